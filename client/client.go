@@ -1,0 +1,543 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// Version is sent to the gateway in Hello.
+var Version = "dev"
+
+// Transports.
+const (
+	TransportAuto = "auto"
+	TransportQUIC = "quic"
+	TransportTLS  = "tls"
+	TransportSSH  = "ssh"
+)
+
+// Default gateway ports when a server address has none.
+const (
+	DefaultPort    = "4433"
+	DefaultSSHPort = "2222"
+)
+
+// Options are the resolved settings of one connect.
+type Options struct {
+	Profile          string
+	Servers          []string
+	Target           string
+	Transport        string
+	Identity         string // key file; empty: ssh-agent, then ~/.ssh/id_ed25519
+	LocalPort        *int   // nil: the port of the target's first node
+	Bind             string
+	KnownHosts       string
+	AcceptNewHostKey bool
+
+	// WaitForSession is how long a local connection waits for a session
+	// while the client reconnects.
+	WaitForSession time.Duration
+	// QUICFallback is how long auto waits for QUIC before trying TLS.
+	QUICFallback time.Duration
+	// Dial bounds one dial and authentication attempt.
+	DialTimeout time.Duration
+	// Ping is the control-stream ping period; a session that answers
+	// nothing for 3 periods is dropped.
+	Ping time.Duration
+
+	Logger *slog.Logger
+	// Out receives the listener table, one line per node.
+	Out io.Writer
+}
+
+// Error is a runtime error with a hint that names the fix.
+type Error struct {
+	Err  error
+	Hint string
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Sentinel errors.
+var (
+	ErrNoSession  = errors.New("no session to the gateway")
+	ErrAuthFailed = errors.New("gateway refused authentication")
+	ErrNoKey      = errors.New("no SSH key to authenticate with")
+)
+
+// Client runs one connect: a supervised session and one local listener
+// per node of the target.
+type Client struct {
+	opts    Options
+	log     *slog.Logger
+	signers []ssh.Signer
+	hosts   *auth.HostKeyChecker
+
+	mu        sync.Mutex    // guards the following
+	cur       *conn         // current session, nil while reconnecting
+	ready     chan struct{} // closed when cur is set
+	listeners map[string]*localListener
+	order     []string // node addresses in port order
+	nextPort  int
+	info      tunnel.TargetInfo
+
+	wg sync.WaitGroup // accept loops and local connections
+}
+
+// conn is one authenticated session with its control stream.
+type conn struct {
+	sess tunnel.Session
+	// ctx ends with the session, so relays of a dead session end at once.
+	ctx    context.Context
+	ctrl   tunnel.Stream
+	server string
+	ctrlMu sync.Mutex // serialises control writes
+}
+
+type localListener struct {
+	ln   net.Listener
+	node string
+}
+
+// New checks the options and loads the keys. It does not dial.
+func New(opts Options) (*Client, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Out == nil {
+		opts.Out = io.Discard
+	}
+	if opts.WaitForSession == 0 {
+		opts.WaitForSession = 10 * time.Second
+	}
+	if opts.QUICFallback == 0 {
+		opts.QUICFallback = 1500 * time.Millisecond
+	}
+	if opts.DialTimeout == 0 {
+		opts.DialTimeout = 10 * time.Second
+	}
+	if opts.Ping == 0 {
+		opts.Ping = 15 * time.Second
+	}
+	if opts.Transport == "" {
+		opts.Transport = TransportAuto
+	}
+	if opts.Bind == "" {
+		opts.Bind = "127.0.0.1"
+	}
+	if opts.KnownHosts == "" {
+		opts.KnownHosts = DefaultKnownHosts()
+	}
+	switch opts.Transport {
+	case TransportAuto, TransportQUIC, TransportTLS, TransportSSH:
+	default:
+		return nil, &ConfigError{Err: fmt.Errorf("unknown transport %q", opts.Transport), Hint: "use auto, quic, tls or ssh"}
+	}
+	if len(opts.Servers) == 0 {
+		return nil, &ConfigError{Err: errors.New("no gateway address"), Hint: "pass --server HOST:PORT or set server: in the profile"}
+	}
+	if opts.Target == "" {
+		return nil, &ConfigError{Err: errors.New("no target name"), Hint: "pass --target NAME or set target: in the profile"}
+	}
+	if opts.LocalPort != nil && (*opts.LocalPort < 0 || *opts.LocalPort > 65535) {
+		return nil, &ConfigError{Err: fmt.Errorf("local port %d out of range", *opts.LocalPort), Hint: "use 1-65535, or 0 for ports the system picks"}
+	}
+	c := &Client{
+		opts:      opts,
+		log:       opts.Logger.With("component", "client"),
+		hosts:     &auth.HostKeyChecker{Path: auth.ExpandHome(opts.KnownHosts), AcceptNew: opts.AcceptNewHostKey},
+		ready:     make(chan struct{}),
+		listeners: make(map[string]*localListener),
+	}
+	signers, err := loadSigners(opts.Identity)
+	if err != nil {
+		return nil, err
+	}
+	c.signers = signers
+	return c, nil
+}
+
+// loadSigners returns the identity file's key, or the agent's keys and
+// then ~/.ssh/id_ed25519.
+func loadSigners(identity string) ([]ssh.Signer, error) {
+	if identity != "" {
+		s, err := auth.LoadSigner(auth.ExpandHome(identity))
+		if err != nil {
+			return nil, &Error{Err: fmt.Errorf("load identity: %w", err), Hint: identityHint(err)}
+		}
+		return []ssh.Signer{s}, nil
+	}
+	var out []ssh.Signer
+	agentSigners, agentErr := auth.AgentSigners()
+	out = append(out, agentSigners...)
+	def := auth.ExpandHome("~/.ssh/id_ed25519")
+	if _, err := os.Stat(def); err == nil {
+		s, err := auth.LoadSigner(def)
+		if err != nil && len(out) == 0 {
+			return nil, &Error{Err: fmt.Errorf("load identity: %w", err), Hint: identityHint(err)}
+		}
+		if err == nil {
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 {
+		err := ErrNoKey
+		if agentErr != nil {
+			err = fmt.Errorf("%w (ssh-agent: %v)", ErrNoKey, agentErr)
+		}
+		return nil, &Error{Err: err, Hint: "run 'cachetun keygen' and give the .pub line to the gateway's operator, or pass -i KEYFILE, or start ssh-agent with your key"}
+	}
+	return out, nil
+}
+
+func identityHint(err error) string {
+	var pe *auth.PermissionError
+	if errors.As(err, &pe) {
+		return pe.Fix
+	}
+	if errors.Is(err, auth.ErrPassphrase) {
+		return "add the key to ssh-agent (ssh-add KEYFILE) and run without -i"
+	}
+	return "pass -i with an OpenSSH private key file"
+}
+
+// Run connects, opens the local listeners and serves until ctx ends. The
+// first connection must succeed; later drops are retried with backoff while
+// the listeners stay open.
+func (c *Client) Run(ctx context.Context) error {
+	cn, welcome, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	if err := c.applyTopology(*welcome.Target, true); err != nil {
+		cn.sess.Close()
+		return err
+	}
+	c.printTable(cn)
+	defer c.closeListeners()
+
+	for {
+		c.setConn(cn)
+		lost := c.serveControl(ctx, cn)
+		c.setConn(nil)
+		if ctx.Err() != nil {
+			cn.sess.Close()
+			c.wg.Wait()
+			return nil
+		}
+		c.log.Warn("session to gateway lost: reconnecting; local ports stay open", "server", cn.server, "reason", lost)
+		cn = c.reconnect(ctx)
+		if cn == nil {
+			c.wg.Wait()
+			return nil
+		}
+	}
+}
+
+// reconnect retries with capped, jittered exponential backoff until a
+// session is up or ctx ends (nil).
+func (c *Client) reconnect(ctx context.Context) *conn {
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		cn, welcome, err := c.connect(ctx)
+		if err == nil {
+			if err := c.applyTopology(*welcome.Target, false); err != nil {
+				c.log.Error("apply topology", "err", err)
+			}
+			c.log.Info("session to gateway restored", "server", cn.server, "transport", cn.sess.Transport(), "attempt", attempt)
+			return cn
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		sleep := backoff/2 + rand.N(backoff/2+1)
+		c.log.Warn("reconnect failed", "attempt", attempt, "err", err, "retry_in", sleep.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(sleep):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+func (c *Client) setConn(cn *conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cn != nil {
+		c.cur = cn
+		close(c.ready)
+		return
+	}
+	if c.cur != nil {
+		c.cur = nil
+		c.ready = make(chan struct{})
+	}
+}
+
+// session returns the current session, waiting up to WaitForSession while
+// the client reconnects.
+func (c *Client) session(ctx context.Context) (*conn, error) {
+	t := time.NewTimer(c.opts.WaitForSession)
+	defer t.Stop()
+	for {
+		c.mu.Lock()
+		cn, ready := c.cur, c.ready
+		c.mu.Unlock()
+		if cn != nil {
+			select {
+			case <-cn.sess.Done():
+			default:
+				return cn, nil
+			}
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+			return nil, fmt.Errorf("%w within %s", ErrNoSession, c.opts.WaitForSession)
+		}
+	}
+}
+
+// serveControl reads control frames until the session ends; it pings the
+// gateway and drops a session that stays silent. It returns why the
+// session ended.
+func (c *Client) serveControl(ctx context.Context, cn *conn) string {
+	frames := make(chan error, 1)
+	go func() {
+		for {
+			typ, payload, err := tunnel.ReadFrame(cn.ctrl)
+			if err != nil {
+				frames <- err
+				return
+			}
+			switch typ {
+			case tunnel.FramePong:
+			case tunnel.FrameTopology:
+				var info tunnel.TargetInfo
+				if err := jsonUnmarshal(payload, &info); err != nil {
+					frames <- fmt.Errorf("bad topology frame: %w", err)
+					return
+				}
+				if err := c.applyTopology(info, false); err != nil {
+					c.log.Error("apply topology", "err", err)
+				}
+			case tunnel.FrameGoAway:
+				frames <- errors.New("gateway is draining (goaway)")
+				return
+			}
+			_ = cn.ctrl.SetReadDeadline(time.Now().Add(3 * c.opts.Ping))
+		}
+	}()
+	_ = cn.ctrl.SetReadDeadline(time.Now().Add(3 * c.opts.Ping))
+	tick := time.NewTicker(c.opts.Ping)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			cn.sess.Close()
+			<-frames
+			return "stopped"
+		case err := <-frames:
+			if ctx.Err() == nil {
+				cn.sess.Close()
+			}
+			return err.Error()
+		case <-cn.sess.Done():
+			cn.ctrl.Abort()
+			<-frames
+			return "session closed"
+		case <-tick.C:
+			cn.ctrlMu.Lock()
+			_ = cn.ctrl.SetWriteDeadline(time.Now().Add(c.opts.Ping))
+			err := tunnel.WriteFrame(cn.ctrl, tunnel.FramePing, nil)
+			cn.ctrlMu.Unlock()
+			if err != nil {
+				cn.sess.Close()
+			}
+		}
+	}
+}
+
+// applyTopology opens listeners for nodes not seen before; ports stay
+// stable for nodes already known. first makes listen errors fatal.
+func (c *Client) applyTopology(info tunnel.TargetInfo, first bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.info = info
+	if c.nextPort == 0 && len(info.Nodes) > 0 {
+		switch {
+		case c.opts.LocalPort != nil:
+			c.nextPort = *c.opts.LocalPort
+		default:
+			_, p, _ := net.SplitHostPort(info.Nodes[0].Addr)
+			c.nextPort, _ = strconv.Atoi(p)
+		}
+		if c.nextPort == 0 {
+			c.nextPort = -1 // ephemeral ports
+		}
+	}
+	var added []string
+	for _, n := range info.Nodes {
+		if _, ok := c.listeners[n.Addr]; ok {
+			continue
+		}
+		port := 0
+		if c.nextPort > 0 {
+			port = c.nextPort
+			c.nextPort++
+		}
+		addr := net.JoinHostPort(c.opts.Bind, strconv.Itoa(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			err = &Error{Err: fmt.Errorf("listen on %s for node %s: %w", addr, n.Addr, err),
+				Hint: "another program uses that port: pass --local-port N to move the block of ports, or 0 for free ones"}
+			if first {
+				for _, l := range c.listeners {
+					l.ln.Close()
+				}
+				return err
+			}
+			c.log.Error("open local port for new node", "err", err)
+			continue
+		}
+		l := &localListener{ln: ln, node: n.Addr}
+		c.listeners[n.Addr] = l
+		c.order = append(c.order, n.Addr)
+		added = append(added, n.Addr)
+		c.wg.Add(1)
+		go c.acceptLoop(l)
+	}
+	if !first && len(added) > 0 {
+		for _, a := range added {
+			c.log.Info("new node: local port opened", "node", a, "local", c.listeners[a].ln.Addr().String())
+		}
+	}
+	return nil
+}
+
+// LocalAddrs returns the local listener address of every node, in port
+// order (tests and the demo use it).
+func (c *Client) LocalAddrs() map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := make(map[string]string, len(c.listeners))
+	for a, l := range c.listeners {
+		m[a] = l.ln.Addr().String()
+	}
+	return m
+}
+
+func (c *Client) printTable(cn *conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fmt.Fprintf(c.opts.Out, "%s  %s  via %s %s\n", c.opts.Profile, c.info.Type, cn.sess.Transport(), cn.server)
+	roles := make(map[string]tunnel.NodeInfo, len(c.info.Nodes))
+	for _, n := range c.info.Nodes {
+		roles[n.Addr] = n
+	}
+	for _, a := range c.order {
+		line := fmt.Sprintf("  %s  ->  %s", c.listeners[a].ln.Addr(), a)
+		if n := roles[a]; n.Role != "" {
+			line += "  " + n.Role
+			if n.Slots != "" {
+				line += "  slots " + n.Slots
+			}
+		}
+		fmt.Fprintln(c.opts.Out, line)
+	}
+	if !isLoopback(c.opts.Bind) {
+		c.log.Warn("local ports are bound to a non-loopback address: anyone who reaches " + c.opts.Bind + " reaches the cache unencrypted")
+	}
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (c *Client) closeListeners() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, l := range c.listeners {
+		l.ln.Close()
+	}
+}
+
+func (c *Client) acceptLoop(l *localListener) {
+	defer c.wg.Done()
+	for {
+		nc, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			c.log.Warn("accept local connection", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.serveLocal(nc, l.node)
+		}()
+	}
+}
+
+// serveLocal carries one local connection to node through the session.
+func (c *Client) serveLocal(nc net.Conn, node string) {
+	ctx := context.Background()
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	log := c.log.With("node", node, "local", nc.RemoteAddr().String())
+	cn, err := c.session(ctx)
+	if err != nil {
+		log.Warn("closing local connection: no session to the gateway", "err", err)
+		nc.Close()
+		return
+	}
+	octx, cancel := context.WithTimeout(ctx, c.opts.WaitForSession)
+	st, err := cn.sess.OpenStream(octx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: c.opts.Target, Node: node})
+	cancel()
+	if err != nil {
+		log.Warn("closing local connection: open stream", "err", err)
+		nc.Close()
+		return
+	}
+	res := tunnel.Relay(cn.ctx, nc, st, 0)
+	var se *tunnel.StatusError
+	if errors.As(res.Err, &se) {
+		log.Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)
+		return
+	}
+	log.Debug("connection closed", "bytes_up", res.ConnToStream, "bytes_down", res.StreamToConn, "err", res.Err)
+}
+
+func hostPortDefault(addr, port string) string {
+	if _, _, err := net.SplitHostPort(addr); err == nil {
+		return addr
+	}
+	return net.JoinHostPort(strings.Trim(addr, "[]"), port)
+}

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitRuntime = 1
+	exitUsage   = 2
+)
+
+// CLI is the command line; every command has a Run method in its own file.
+type CLI struct {
+	LogLevel  string `help:"Log level: debug, info, warn, error." enum:"debug,info,warn,error" default:"info" env:"CACHETUN_LOG_LEVEL"`
+	LogFormat string `help:"Log format: text or json." enum:"text,json" default:"text" env:"CACHETUN_LOG_FORMAT"`
+
+	Server  ServerCmd  `cmd:"" help:"Run the gateway, or set one up (server init)."`
+	Connect ConnectCmd `cmd:"" help:"Open local ports for a profile's target."`
+	Keygen  KeygenCmd  `cmd:"" help:"Create a new ed25519 key (OpenSSH format)."`
+	Version VersionCmd `cmd:"" help:"Print the version."`
+}
+
+// env is what every command's Run receives.
+type env struct {
+	stdin   io.Reader
+	stdout  io.Writer
+	stderr  io.Writer
+	log     *slog.Logger
+	signals signals
+}
+
+// signals delivers SIGINT/SIGTERM and SIGHUP; tests inject their own.
+type signals struct {
+	stop   <-chan os.Signal
+	reload <-chan os.Signal
+}
+
+func newSignals() signals {
+	stop := make(chan os.Signal, 2)
+	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	reload := make(chan os.Signal, 1)
+	signal.Notify(reload, syscall.SIGHUP)
+	return signals{stop: stop, reload: reload}
+}
+
+// usageError marks errors that exit with code 2.
+type usageError struct {
+	err  error
+	hint string
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// hinted is an error that carries the fix.
+type hinted struct {
+	err  error
+	hint string
+}
+
+func (e *hinted) Error() string { return e.err.Error() }
+func (e *hinted) Unwrap() error { return e.err }
+
+// run parses args and runs the command. Every error reaches the user as
+//
+//	cachetun: error: what went wrong
+//	cachetun: hint: the fix
+//
+// lowercase, without a final period; the exit code is 0 on a clean stop, 1
+// for a runtime failure and 2 for a usage or configuration error.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) int {
+	var cli CLI
+	exitCode := -1
+	parser, err := kong.New(&cli,
+		kong.Name("cachetun"),
+		kong.Description("Encrypted tunnels to Redis, Valkey and Memcached nodes inside a VPC."),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { exitCode = code }),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Vars{"version": version},
+	)
+	if err != nil {
+		fmt.Fprintf(stderr, "cachetun: error: %v\n", err)
+		return exitRuntime
+	}
+	kctx, err := parser.Parse(args)
+	if exitCode >= 0 { // --help
+		return exitCode
+	}
+	if err != nil {
+		printError(stderr, &usageError{err: err, hint: "run 'cachetun --help' or 'cachetun COMMAND --help'"})
+		return exitUsage
+	}
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, log: newLogger(stderr, cli.LogLevel, cli.LogFormat), signals: sig}
+	err = kctx.Run(e)
+	if err == nil {
+		return exitOK
+	}
+	printError(stderr, err)
+	var ue *usageError
+	var cce *client.ConfigError
+	var sce *server.ConfigError
+	if errors.As(err, &ue) || errors.As(err, &cce) || errors.As(err, &sce) {
+		return exitUsage
+	}
+	return exitRuntime
+}
+
+func printError(w io.Writer, err error) {
+	msg := err.Error()
+	fmt.Fprintf(w, "cachetun: error: %s\n", strings.TrimSuffix(msg, "."))
+	if h := hintOf(err); h != "" {
+		fmt.Fprintf(w, "cachetun: hint: %s\n", strings.TrimSuffix(h, "."))
+	}
+}
+
+func hintOf(err error) string {
+	var ue *usageError
+	if errors.As(err, &ue) && ue.hint != "" {
+		return ue.hint
+	}
+	var h *hinted
+	if errors.As(err, &h) && h.hint != "" {
+		return h.hint
+	}
+	var ce *client.Error
+	if errors.As(err, &ce) && ce.Hint != "" {
+		return ce.Hint
+	}
+	var cce *client.ConfigError
+	if errors.As(err, &cce) && cce.Hint != "" {
+		return cce.Hint
+	}
+	var sce *server.ConfigError
+	if errors.As(err, &sce) {
+		return "fix " + sce.File + " and run again"
+	}
+	return ""
+}
+
+func newLogger(w io.Writer, level, format string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// stopContext returns a context cancelled at the first stop signal and a
+// second one cancelled at the second: the first drains, the second aborts.
+func stopContext(sig signals) (drain, abort context.Context, cancel func()) {
+	drain, cancelDrain := context.WithCancel(context.Background())
+	abort, cancelAbort := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-sig.stop:
+			cancelDrain()
+		case <-done:
+			return
+		}
+		select {
+		case <-sig.stop:
+			cancelAbort()
+		case <-done:
+		}
+	}()
+	return drain, abort, func() {
+		close(done)
+		cancelDrain()
+		cancelAbort()
+	}
+}

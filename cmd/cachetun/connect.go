@@ -1,0 +1,95 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cachetun/cachetun/client"
+)
+
+// ConnectCmd opens one local port per node of a target.
+type ConnectCmd struct {
+	Profile          string   `arg:"" help:"Profile name from the config file; with --server, just a target name." placeholder:"PROFILE"`
+	Config           string   `help:"Client config file (default: ~/.config/cachetun/config.yaml)." env:"CACHETUN_CONFIG" placeholder:"PATH"`
+	Server           []string `help:"Gateway address HOST[:PORT]; repeat or comma-separate to fail over." env:"CACHETUN_SERVER" placeholder:"HOST:PORT"`
+	Target           string   `help:"Target name on the gateway (default: the profile name)." placeholder:"NAME"`
+	Transport        string   `help:"auto (QUIC, falling back to TLS), quic, tls or ssh." enum:"auto,quic,tls,ssh," default:"" env:"CACHETUN_TRANSPORT"`
+	Identity         string   `short:"i" help:"Private key file (default: ssh-agent keys, then ~/.ssh/id_ed25519)." env:"CACHETUN_IDENTITY" placeholder:"FILE"`
+	LocalPort        *int     `help:"First local port; node i listens on N+i (default: the first node's port; 0: free ports)." placeholder:"N"`
+	Bind             string   `help:"Local address to bind (default 127.0.0.1; anything else re-exposes the cache unencrypted)." placeholder:"ADDR"`
+	KnownHosts       string   `help:"known_hosts file (default: ~/.config/cachetun/known_hosts)." env:"CACHETUN_KNOWN_HOSTS" placeholder:"FILE"`
+	AcceptNewHostKey bool     `help:"Record the gateway's host key if it is not known yet (never accepts a changed key)."`
+}
+
+// Run connects and serves until SIGINT/SIGTERM.
+func (c *ConnectCmd) Run(e *env) error {
+	opts, err := c.options()
+	if err != nil {
+		return err
+	}
+	opts.Logger = e.log
+	opts.Out = e.stdout
+	cl, err := client.New(opts)
+	if err != nil {
+		return err
+	}
+	drain, _, cancel := stopContext(e.signals)
+	defer cancel()
+	return cl.Run(drain)
+}
+
+// options merges flags (and their env vars) over the profile.
+func (c *ConnectCmd) options() (client.Options, error) {
+	path, explicit := c.Config, c.Config != ""
+	if !explicit {
+		path = client.DefaultConfigPath()
+	}
+	cfg, err := client.LoadConfig(path, explicit)
+	if err != nil {
+		return client.Options{}, err
+	}
+	p := cfg.Profiles[c.Profile]
+	if p == nil {
+		if len(c.Server) == 0 {
+			return client.Options{}, &client.ConfigError{
+				Err:  fmt.Errorf("profile %q is not in %s", c.Profile, path),
+				Hint: "add it under profiles: in that file, or pass --server HOST:PORT to use " + fmt.Sprintf("%q", c.Profile) + " as a target name",
+			}
+		}
+		p = &client.Profile{}
+	}
+	opts := client.Options{
+		Profile:          c.Profile,
+		Servers:          p.Server,
+		Target:           p.Target,
+		Transport:        p.Transport,
+		Identity:         p.Identity,
+		LocalPort:        p.LocalPort,
+		Bind:             p.Bind,
+		KnownHosts:       cfg.KnownHosts,
+		AcceptNewHostKey: c.AcceptNewHostKey,
+	}
+	if opts.Target == "" {
+		opts.Target = c.Profile
+	}
+	if len(c.Server) > 0 {
+		opts.Servers = c.Server
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&opts.Target, c.Target)
+	set(&opts.Transport, c.Transport)
+	set(&opts.Identity, c.Identity)
+	set(&opts.Bind, c.Bind)
+	set(&opts.KnownHosts, c.KnownHosts)
+	if c.LocalPort != nil {
+		opts.LocalPort = c.LocalPort
+	}
+	if len(opts.Servers) == 0 {
+		return opts, &client.ConfigError{Err: errors.New("no gateway address"), Hint: "pass --server HOST:PORT or set server: in profile " + c.Profile}
+	}
+	return opts, nil
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/server"
+)
+
+// ServerCmd runs the gateway (default) or sets one up (init).
+type ServerCmd struct {
+	Run  ServerRunCmd  `cmd:"" default:"withargs" help:"Run the gateway (default)."`
+	Init ServerInitCmd `cmd:"" help:"Create a host key and a sample config; print the known_hosts line."`
+}
+
+// ServerRunCmd runs the gateway in the foreground (systemd Type=notify).
+type ServerRunCmd struct {
+	Config string `help:"Server config file." default:"/etc/cachetun/server.yaml" env:"CACHETUN_SERVER_CONFIG" placeholder:"PATH"`
+}
+
+// Run serves until SIGINT/SIGTERM, then drains; a second signal aborts.
+// SIGHUP reloads authorized_keys.
+func (c *ServerRunCmd) Run(e *env) error {
+	cfg, err := server.LoadConfig(c.Config)
+	if err != nil {
+		return err
+	}
+	server.Version = version
+	srv, err := server.New(cfg, e.log)
+	if err != nil {
+		return &hinted{err: err, hint: serverHint(err)}
+	}
+	lns, err := srv.Listen()
+	if err != nil {
+		return &hinted{err: err, hint: "another process holds the port, or the address is wrong: check listen: in " + c.Config}
+	}
+	drain, abort, cancel := stopContext(e.signals)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	for _, ln := range lns {
+		e.log.Info("listening", "addr", ln.Addr().String(), "network", ln.Addr().Network())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = srv.Serve(abort, ln)
+		}()
+	}
+	if cfg.Metrics != "" {
+		mln, err := net.Listen("tcp", cfg.Metrics)
+		if err != nil {
+			srv.Drain(abort)
+			return fmt.Errorf("listen metrics on %q: %w", cfg.Metrics, err)
+		}
+		e.log.Info("metrics", "addr", "http://"+mln.Addr().String()+"/metrics")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = srv.ServeMetrics(abort, mln)
+		}()
+	}
+	e.log.Info("gateway ready", "version", version, "host_key", ssh.FingerprintSHA256(srv.HostPublicKey()), "targets", strings.Join(cfg.TargetNames(), ","))
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+	for {
+		select {
+		case <-e.signals.reload:
+			_, _ = daemon.SdNotify(false, daemon.SdNotifyReloading)
+			if err := srv.ReloadKeys(); err != nil {
+				e.log.Error("reload authorized_keys failed; keeping the old keys", "err", err)
+			} else {
+				e.log.Info("reloaded authorized_keys", "path", cfg.AuthorizedKeys)
+			}
+			_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+			continue
+		case <-drain.Done():
+		}
+		break
+	}
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	e.log.Info("draining: no new sessions; waiting for open streams", "drain_timeout", cfg.Limits.DrainTimeout)
+	srv.Drain(abort)
+	cancel()
+	wg.Wait()
+	e.log.Info("stopped")
+	return nil
+}
+
+func serverHint(err error) string {
+	var pe *auth.PermissionError
+	if errors.As(err, &pe) {
+		return pe.Fix
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		return "run 'cachetun server init' to create the host key and config, or fix the path in the config"
+	}
+	return ""
+}
+
+// ServerInitCmd creates a host key and a sample configuration.
+type ServerInitCmd struct {
+	Dir  string `help:"Directory for host key, config and authorized_keys." default:"/etc/cachetun" placeholder:"DIR"`
+	Name string `help:"Name clients use for this gateway (for the known_hosts line); default: the hostname." placeholder:"HOST"`
+}
+
+const sampleConfig = `# cachetun gateway configuration. Reference: README.md, "Server on EC2".
+listen:
+  quic: ":4433"        # UDP. Empty string disables a transport.
+  tls:  ":4433"        # TCP, TLS 1.3 + yamux
+  ssh:  ":2222"        # TCP, SSH (stock OpenSSH clients work too)
+host_key: %[1]s/host_ed25519
+authorized_keys: %[1]s/authorized_keys
+targets:
+  example-redis:
+    type: redis        # redis | redis-cluster | memcached | tcp
+    nodes: ["127.0.0.1:6379"]
+# limits:
+#   idle_timeout: 30m
+#   max_streams_per_session: 1024
+#   max_sessions_per_key: 16
+# metrics: "127.0.0.1:9464"
+`
+
+// Run writes the files that do not exist yet and prints the known_hosts
+// lines for clients.
+func (c *ServerInitCmd) Run(e *env) error {
+	dir, err := filepath.Abs(c.Dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return &hinted{err: fmt.Errorf("create %s: %w", dir, err), hint: "run as root, or pick another --dir"}
+	}
+	keyPath := filepath.Join(dir, "host_ed25519")
+	var pub ssh.PublicKey
+	if _, err := os.Stat(keyPath); err == nil {
+		s, err := auth.LoadSigner(keyPath)
+		if err != nil {
+			return &hinted{err: err, hint: serverHint(err)}
+		}
+		pub = s.PublicKey()
+		fmt.Fprintf(e.stdout, "kept existing host key %s\n", keyPath)
+	} else {
+		host, _ := os.Hostname()
+		if pub, err = auth.GenerateKey(keyPath, "cachetun-host@"+host); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "wrote host key %s\n", keyPath)
+	}
+	cfgPath := filepath.Join(dir, "server.yaml")
+	if err := writeIfMissing(cfgPath, []byte(fmt.Sprintf(sampleConfig, dir)), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "config %s\n", cfgPath)
+	akPath := filepath.Join(dir, "authorized_keys")
+	if err := writeIfMissing(akPath, []byte("# one OpenSSH public key per line; options: targets=\"a,b\" from=\"CIDR\" expiry-time=\"YYYYMMDD\" cert-authority\n"), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "authorized_keys %s\n", akPath)
+	name := c.Name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	key := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
+	fmt.Fprintf(e.stdout, "\nhost key %s\nclients add these lines to ~/.config/cachetun/known_hosts:\n", ssh.FingerprintSHA256(pub))
+	fmt.Fprintf(e.stdout, "[%s]:4433 %s\n[%s]:2222 %s\n", name, key, name, key)
+	return nil
+}
+
+func writeIfMissing(path string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+var _ = context.Background

@@ -1,0 +1,244 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the gateway's configuration, /etc/cachetun/server.yaml.
+type Config struct {
+	Listen         Listen             `yaml:"listen"`
+	HostKey        string             `yaml:"host_key"`
+	HostCert       string             `yaml:"host_cert"` // optional OpenSSH host certificate
+	AuthorizedKeys string             `yaml:"authorized_keys"`
+	Targets        map[string]*Target `yaml:"targets"`
+	Limits         Limits             `yaml:"limits"`
+	// Metrics is the listen address of the Prometheus /metrics endpoint;
+	// empty disables it.
+	Metrics string `yaml:"metrics"`
+}
+
+// Listen holds one address per transport; an empty string disables it.
+type Listen struct {
+	QUIC string `yaml:"quic"`
+	TLS  string `yaml:"tls"`
+	SSH  string `yaml:"ssh"`
+}
+
+// Limits bound what one client can make the gateway hold.
+type Limits struct {
+	HandshakeTimeout      time.Duration `yaml:"handshake_timeout"`
+	AuthTimeout           time.Duration `yaml:"auth_timeout"`
+	IdleTimeout           time.Duration `yaml:"idle_timeout"`
+	DialTimeout           time.Duration `yaml:"dial_timeout"`
+	DrainTimeout          time.Duration `yaml:"drain_timeout"`
+	MaxStreamsPerSession  int           `yaml:"max_streams_per_session"`
+	MaxSessionsPerKey     int           `yaml:"max_sessions_per_key"`
+	MaxSessions           int           `yaml:"max_sessions"`
+	AuthFailuresPerMinute int           `yaml:"auth_failures_per_minute"`
+}
+
+// Target types.
+const (
+	TypeRedis        = "redis"
+	TypeRedisCluster = "redis-cluster"
+	TypeMemcached    = "memcached"
+	TypeTCP          = "tcp"
+)
+
+// Target is one named cache (or TCP service) behind the gateway.
+type Target struct {
+	Type  string   `yaml:"type"`
+	Nodes []string `yaml:"nodes"`
+	// Refresh is how often cluster targets rediscover their topology.
+	Refresh time.Duration `yaml:"refresh"`
+	TLS     *UpstreamTLS  `yaml:"tls"`
+	Auth    *UpstreamAuth `yaml:"auth"`
+}
+
+// UpstreamTLS makes the gateway speak TLS to the cache nodes.
+type UpstreamTLS struct {
+	ServerName         string `yaml:"server_name"`
+	CAFile             string `yaml:"ca_file"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// UpstreamAuth makes the gateway authenticate to Redis on the client's
+// behalf; the secret never leaves the gateway.
+type UpstreamAuth struct {
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+}
+
+// DefaultConfig returns the defaults that a config file is decoded over.
+func DefaultConfig() *Config {
+	return &Config{
+		Listen:         Listen{QUIC: ":4433", TLS: ":4433", SSH: ":2222"},
+		HostKey:        "/etc/cachetun/host_ed25519",
+		AuthorizedKeys: "/etc/cachetun/authorized_keys",
+		Limits: Limits{
+			HandshakeTimeout:      10 * time.Second,
+			AuthTimeout:           10 * time.Second,
+			IdleTimeout:           30 * time.Minute,
+			DialTimeout:           5 * time.Second,
+			DrainTimeout:          30 * time.Second,
+			MaxStreamsPerSession:  1024,
+			MaxSessionsPerKey:     16,
+			MaxSessions:           1024,
+			AuthFailuresPerMinute: 30,
+		},
+	}
+}
+
+// ConfigError names the field of a configuration that is wrong.
+type ConfigError struct {
+	File  string
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string {
+	if e.Field == "" {
+		return fmt.Sprintf("config %s: %v", e.File, e.Err)
+	}
+	return fmt.Sprintf("config %s: %s: %v", e.File, e.Field, e.Err)
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// LoadConfig reads a YAML file over DefaultConfig and validates it.
+// Unknown keys are errors, so a typo never passes silently.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &ConfigError{File: path, Err: err}
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			ce.File = path
+			return nil, ce
+		}
+		return nil, &ConfigError{File: path, Err: err}
+	}
+	return cfg, nil
+}
+
+// ParseConfig decodes YAML over DefaultConfig and validates the result.
+func ParseConfig(data []byte) (*Config, error) {
+	cfg := DefaultConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) { // empty file: defaults
+		return nil, &ConfigError{Err: err}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Validate checks every field and names the first bad one.
+func (c *Config) Validate() error {
+	bad := func(field string, format string, args ...any) error {
+		return &ConfigError{Field: field, Err: fmt.Errorf(format, args...)}
+	}
+	if c.Listen.QUIC == "" && c.Listen.TLS == "" && c.Listen.SSH == "" {
+		return bad("listen", "every transport is disabled: set at least one of quic, tls, ssh")
+	}
+	for name, addr := range map[string]string{"listen.quic": c.Listen.QUIC, "listen.tls": c.Listen.TLS, "listen.ssh": c.Listen.SSH} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return bad(name, "%q is not host:port (e.g. \":4433\")", addr)
+		}
+	}
+	if c.Listen.TLS != "" && c.Listen.TLS == c.Listen.SSH {
+		return bad("listen.ssh", "%q is also listen.tls: TCP transports need different ports", c.Listen.SSH)
+	}
+	if c.HostKey == "" {
+		return bad("host_key", "empty: run 'cachetun server init' to create one")
+	}
+	if c.AuthorizedKeys == "" {
+		return bad("authorized_keys", "empty: name the OpenSSH authorized_keys file of the clients")
+	}
+	if len(c.Targets) == 0 {
+		return bad("targets", "none configured: add at least one target with a type and nodes")
+	}
+	for _, name := range c.TargetNames() {
+		t := c.Targets[name]
+		field := "targets." + name
+		if t == nil {
+			return bad(field, "empty target")
+		}
+		if strings.ContainsAny(name, " \t,:/") || len(name) > 100 {
+			return bad(field, "target names may not contain spaces, commas, colons or slashes")
+		}
+		switch t.Type {
+		case TypeRedis, TypeRedisCluster, TypeMemcached, TypeTCP:
+		case "":
+			return bad(field+".type", "missing: one of redis, redis-cluster, memcached, tcp")
+		default:
+			return bad(field+".type", "%q is not one of redis, redis-cluster, memcached, tcp", t.Type)
+		}
+		if len(t.Nodes) == 0 {
+			return bad(field+".nodes", "no nodes: list host:port addresses (seeds for cluster types)")
+		}
+		for i, n := range t.Nodes {
+			if _, port, err := net.SplitHostPort(n); err != nil || port == "" {
+				return bad(fmt.Sprintf("%s.nodes[%d]", field, i), "%q is not host:port", n)
+			}
+		}
+		if t.Refresh == 0 {
+			t.Refresh = 30 * time.Second
+		}
+		if t.Auth != nil && t.Type != TypeRedis && t.Type != TypeRedisCluster {
+			return bad(field+".auth", "only redis and redis-cluster targets take auth")
+		}
+		if t.Auth != nil && t.Auth.PasswordFile == "" {
+			return bad(field+".auth.password_file", "missing: name a file holding the password")
+		}
+	}
+	l := c.Limits
+	for field, d := range map[string]time.Duration{
+		"limits.handshake_timeout": l.HandshakeTimeout, "limits.auth_timeout": l.AuthTimeout,
+		"limits.dial_timeout": l.DialTimeout, "limits.drain_timeout": l.DrainTimeout,
+	} {
+		if d <= 0 {
+			return bad(field, "must be a positive duration such as \"10s\"")
+		}
+	}
+	if l.IdleTimeout < 0 {
+		return bad("limits.idle_timeout", "must be positive, or 0 for none")
+	}
+	for field, n := range map[string]int{
+		"limits.max_streams_per_session": l.MaxStreamsPerSession, "limits.max_sessions_per_key": l.MaxSessionsPerKey,
+		"limits.max_sessions": l.MaxSessions, "limits.auth_failures_per_minute": l.AuthFailuresPerMinute,
+	} {
+		if n <= 0 {
+			return bad(field, "must be a positive number")
+		}
+	}
+	return nil
+}
+
+// TargetNames returns the configured target names, sorted.
+func (c *Config) TargetNames() []string {
+	names := make([]string, 0, len(c.Targets))
+	for n := range c.Targets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

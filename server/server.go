@@ -1,0 +1,361 @@
+package server
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/certs"
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// Version is reported to clients in Welcome.
+var Version = "dev"
+
+// Log attribute keys.
+const (
+	keySession   = "session"
+	keyTransport = "transport"
+	keyRemote    = "remote"
+	keyKey       = "key"
+	keyTarget    = "target"
+	keyNode      = "node"
+	keyResult    = "result"
+	keyErr       = "err"
+)
+
+// Server is the gateway. New loads keys and targets; Run listens and
+// serves until its context ends, then drains.
+type Server struct {
+	cfg         *Config
+	log         *slog.Logger
+	hostKey     crypto.Signer
+	hostSigner  ssh.Signer
+	hostCert    *ssh.Certificate
+	targets     map[string]*target
+	targetNames []string
+	metrics     *metrics
+
+	keys atomic.Pointer[auth.AuthorizedKeys]
+
+	// draining is closed when the server stops taking new work.
+	draining chan struct{}
+	drainOne sync.Once
+
+	mu       sync.Mutex // guards the following
+	sessions map[*session]struct{}
+	perKey   map[string]int
+	failures map[string]*failWindow
+
+	wg sync.WaitGroup // every session goroutine
+}
+
+type failWindow struct {
+	start time.Time
+	n     int
+}
+
+// New loads the host key, authorized_keys and targets of cfg. It does not
+// listen.
+func New(cfg *Config, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if _, err := auth.LoadSigner(cfg.HostKey); err != nil { // permission check
+		return nil, fmt.Errorf("load host key: %w", err)
+	}
+	key, signer, err := certs.LoadHostKey(cfg.HostKey)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:        cfg,
+		log:        log.With("component", "server"),
+		hostKey:    key,
+		hostSigner: signer,
+		targets:    make(map[string]*target),
+		draining:   make(chan struct{}),
+		sessions:   make(map[*session]struct{}),
+		perKey:     make(map[string]int),
+		failures:   make(map[string]*failWindow),
+		metrics:    newMetrics(),
+	}
+	if cfg.HostCert != "" {
+		b, err := os.ReadFile(cfg.HostCert)
+		if err != nil {
+			return nil, fmt.Errorf("read host_cert: %w", err)
+		}
+		pk, _, _, _, err := ssh.ParseAuthorizedKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("parse host_cert %q: %w", cfg.HostCert, err)
+		}
+		c, ok := pk.(*ssh.Certificate)
+		if !ok || c.CertType != ssh.HostCert {
+			return nil, fmt.Errorf("host_cert %q is not an OpenSSH host certificate", cfg.HostCert)
+		}
+		if string(c.Key.Marshal()) != string(signer.PublicKey().Marshal()) {
+			return nil, fmt.Errorf("host_cert %q certifies another key than host_key %q", cfg.HostCert, cfg.HostKey)
+		}
+		s.hostCert = c
+	}
+	if err := s.ReloadKeys(); err != nil {
+		return nil, err
+	}
+	for _, name := range cfg.TargetNames() {
+		tc := cfg.Targets[name]
+		t := newTarget(name, tc)
+		if tc.TLS != nil {
+			if t.upstreamTLS, err = upstreamTLSConfig(tc.TLS); err != nil {
+				return nil, fmt.Errorf("target %q: %w", name, err)
+			}
+		}
+		if tc.Auth != nil {
+			if t.password, err = readSecret(tc.Auth.PasswordFile); err != nil {
+				return nil, fmt.Errorf("target %q: %w", name, err)
+			}
+		}
+		s.targets[name] = t
+		s.targetNames = append(s.targetNames, name)
+	}
+	return s, nil
+}
+
+// HostPublicKey returns the gateway's SSH host key.
+func (s *Server) HostPublicKey() ssh.PublicKey { return s.hostSigner.PublicKey() }
+
+// ReloadKeys re-reads authorized_keys; sessions already up keep going and
+// new sessions and streams use the new file.
+func (s *Server) ReloadKeys() error {
+	ak, err := auth.LoadAuthorizedKeys(s.cfg.AuthorizedKeys)
+	if err != nil {
+		return fmt.Errorf("load authorized_keys: %w", err)
+	}
+	s.keys.Store(ak)
+	return nil
+}
+
+// Listen opens the listeners of every configured transport.
+func (s *Server) Listen() ([]tunnel.Listener, error) {
+	var lns []tunnel.Listener
+	fail := func(err error) ([]tunnel.Listener, error) {
+		for _, ln := range lns {
+			ln.Close()
+		}
+		return nil, err
+	}
+	tlsConf, err := certs.ServerTLSConfig(s.hostKey, s.hostCert)
+	if err != nil {
+		return nil, err
+	}
+	if a := s.cfg.Listen.QUIC; a != "" {
+		qc := tunnel.DefaultQUICConfig()
+		qc.HandshakeTimeout = s.cfg.Limits.HandshakeTimeout
+		qc.MaxStreams = int64(s.cfg.Limits.MaxStreamsPerSession)
+		qc.StatelessResetKey = s.statelessResetKey()
+		ln, err := tunnel.ListenQUIC(a, tlsConf, qc)
+		if err != nil {
+			return fail(err)
+		}
+		lns = append(lns, ln)
+	}
+	if a := s.cfg.Listen.TLS; a != "" {
+		ln, err := s.listenTLS(a, tlsConf)
+		if err != nil {
+			return fail(err)
+		}
+		lns = append(lns, ln)
+	}
+	if a := s.cfg.Listen.SSH; a != "" {
+		ln, err := s.listenSSH(a)
+		if err != nil {
+			return fail(err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+// statelessResetKey derives a stable key from the host key, so that a
+// restarted gateway resets its old connections at once.
+func (s *Server) statelessResetKey() *[32]byte {
+	der, err := x509.MarshalPKCS8PrivateKey(s.hostKey)
+	if err != nil {
+		return nil
+	}
+	h := sha256.New()
+	h.Write([]byte("cachetun stateless reset key v1\x00"))
+	h.Write(der)
+	clear(der)
+	var k [32]byte
+	copy(k[:], h.Sum(nil))
+	return &k
+}
+
+// Serve accepts sessions from ln until ctx ends or the server drains.
+// Serve closes ln.
+func (s *Server) Serve(ctx context.Context, ln tunnel.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	go func() {
+		<-s.draining
+		ln.Close()
+	}()
+	for {
+		sess, err := ln.Accept(ctx)
+		if err != nil {
+			select {
+			case <-s.draining:
+				return nil
+			default:
+			}
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			s.log.Warn("accept session", keyErr, err)
+			continue
+		}
+		if !s.admit(sess) {
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveSession(ctx, sess)
+		}()
+	}
+}
+
+// admit applies the global session limit.
+func (s *Server) admit(sess tunnel.Session) bool {
+	s.mu.Lock()
+	n := len(s.sessions)
+	s.mu.Unlock()
+	if n >= s.cfg.Limits.MaxSessions {
+		s.log.Warn("session refused: max_sessions reached", keyRemote, sess.RemoteAddr().String(), "max_sessions", s.cfg.Limits.MaxSessions)
+		sess.Close()
+		return false
+	}
+	return true
+}
+
+// Drain stops accepting sessions and streams, tells clients to go away,
+// waits for open streams to finish up to limits.drain_timeout (or ctx),
+// then closes every session.
+func (s *Server) Drain(ctx context.Context) {
+	s.drainOne.Do(func() { close(s.draining) })
+	s.mu.Lock()
+	for ss := range s.sessions {
+		ss.goAway()
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.DrainTimeout)
+	defer cancel()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for s.activeStreams() > 0 {
+		select {
+		case <-ctx.Done():
+			s.log.Warn("drain timeout: closing sessions with open streams", "streams", s.activeStreams())
+			s.closeAll()
+			s.wg.Wait()
+			return
+		case <-t.C:
+		}
+	}
+	s.closeAll()
+	s.wg.Wait()
+}
+
+func (s *Server) activeStreams() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for ss := range s.sessions {
+		n += ss.streams.Load()
+	}
+	return n
+}
+
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ss := range s.sessions {
+		ss.sess.Close()
+	}
+}
+
+// authFailed counts a failed authentication from ip; it reports whether the
+// source is over its budget.
+func (s *Server) authFailed(ip string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	w := s.failures[ip]
+	if w == nil || now.Sub(w.start) > time.Minute {
+		if len(s.failures) > 10000 { // bound the table
+			for k, v := range s.failures {
+				if now.Sub(v.start) > time.Minute {
+					delete(s.failures, k)
+				}
+			}
+			if len(s.failures) > 10000 {
+				clear(s.failures)
+			}
+		}
+		w = &failWindow{start: now}
+		s.failures[ip] = w
+	}
+	w.n++
+}
+
+// rateLimited reports whether ip failed to authenticate too often.
+func (s *Server) rateLimited(ip string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.failures[ip]
+	return w != nil && time.Since(w.start) <= time.Minute && w.n >= s.cfg.Limits.AuthFailuresPerMinute
+}
+
+func newSessionID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func remoteIP(a net.Addr) net.IP {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.IP
+	case *net.TCPAddr:
+		return a.IP
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return nil
+	}
+	return net.ParseIP(host)
+}
+
+// hello decodes a Hello frame.
+func decodeHello(payload []byte) (*tunnel.Hello, error) {
+	var h tunnel.Hello
+	if err := json.Unmarshal(payload, &h); err != nil {
+		return nil, fmt.Errorf("decode hello: %w", err)
+	}
+	return &h, nil
+}

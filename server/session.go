@@ -1,0 +1,486 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// maxHelloTries bounds the keys one session may try, as OpenSSH's
+// MaxAuthTries does.
+const maxHelloTries = 6
+
+// session is one client session on the gateway.
+type session struct {
+	srv     *Server
+	sess    tunnel.Session
+	id      string
+	log     *slog.Logger
+	ident   *auth.Identity
+	started time.Time
+
+	streams   atomic.Int64 // open now
+	opened    atomic.Int64 // total
+	bytesUp   atomic.Int64
+	bytesDown atomic.Int64
+
+	ctrlMu sync.Mutex // guards the following
+	ctrl   tunnel.Stream
+	gone   bool // GoAway sent
+}
+
+func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
+	defer ts.Close()
+	ss := &session{srv: s, sess: ts, id: newSessionID(), started: time.Now()}
+	ss.log = s.log.With(keySession, ss.id, keyTransport, ts.Transport(), keyRemote, ts.RemoteAddr().String())
+	ip := remoteIP(ts.RemoteAddr())
+	if s.rateLimited(ip.String()) {
+		ss.log.Warn("session refused: too many failed authentications from this address", "auth_failures_per_minute", s.cfg.Limits.AuthFailuresPerMinute)
+		s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
+		return
+	}
+
+	var (
+		hello *tunnel.Hello
+		ctrl  tunnel.Stream
+	)
+	if pa, ok := ts.(tunnel.PreAuthenticated); ok {
+		id, _ := pa.AuthInfo().(*auth.Identity)
+		if id == nil {
+			ss.log.Error("transport reported no identity")
+			return
+		}
+		ss.ident = id
+	} else {
+		var ok bool
+		ctrl, hello, ok = ss.authenticate(ctx, ip)
+		if !ok {
+			return
+		}
+	}
+	if !s.register(ss) {
+		if ctrl != nil {
+			ss.welcome(ctrl, &tunnel.Welcome{Code: "session_limit",
+				Error: fmt.Sprintf("key %s already has %d sessions open on this gateway", ss.ident.Fingerprint, s.cfg.Limits.MaxSessionsPerKey),
+				Hint:  "close other 'cachetun connect' processes using this key, or raise limits.max_sessions_per_key"})
+		}
+		return
+	}
+	defer s.unregister(ss)
+	ss.log = ss.log.With(keyKey, ss.ident.String())
+	ss.log.Info("session start")
+	s.metrics.sessions.Inc()
+	defer func() {
+		s.metrics.sessions.Dec()
+		ss.log.Info("session end", "duration", time.Since(ss.started).Round(time.Millisecond),
+			"streams", ss.opened.Load(), "bytes_up", ss.bytesUp.Load(), "bytes_down", ss.bytesDown.Load())
+	}()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if ctrl != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer ts.Close() // the control stream ending ends the session
+			ss.control(sctx, ctrl, hello)
+		}()
+	}
+
+	for {
+		in, err := ts.AcceptStream(sctx)
+		if err != nil {
+			return
+		}
+		if ss.streams.Load() >= int64(s.cfg.Limits.MaxStreamsPerSession) {
+			in.Reject(tunnel.StatusLimit, fmt.Sprintf("this session already has %d streams open (limits.max_streams_per_session)", s.cfg.Limits.MaxStreamsPerSession))
+			continue
+		}
+		ss.streams.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer ss.streams.Add(-1)
+			ss.serveStream(sctx, in)
+		}()
+	}
+}
+
+// authenticate reads Hello frames on the first stream until one proves a
+// key that authorized_keys accepts and names a target that key may use.
+func (ss *session) authenticate(ctx context.Context, ip []byte) (tunnel.Stream, *tunnel.Hello, bool) {
+	s := ss.srv
+	deadline := time.Now().Add(s.cfg.Limits.AuthTimeout)
+	actx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	in, err := ss.sess.AcceptStream(actx)
+	if err != nil {
+		ss.log.Info("session closed before authentication", keyErr, err)
+		return nil, nil, false
+	}
+	req, err := in.Request(deadline)
+	if err != nil {
+		ss.log.Warn("bad first stream", keyErr, err)
+		in.Reject(tunnel.StatusBadRequest, "malformed open header")
+		return nil, nil, false
+	}
+	if req.Kind != tunnel.KindControl {
+		ss.log.Warn("first stream is not the control stream: refused before authentication", keyTarget, req.Target, keyNode, req.Node)
+		in.Reject(tunnel.StatusDenied, "authenticate on the control stream first")
+		return nil, nil, false
+	}
+	ctrl, err := in.Accept()
+	if err != nil {
+		return nil, nil, false
+	}
+	ss.ctrl = ctrl
+	_ = ctrl.SetDeadline(deadline)
+	fail := func(code string, err error, hint string) {
+		s.authFailed(netIPString(ip))
+		s.metrics.authFailures.WithLabelValues(code).Inc()
+		ss.log.Warn("authentication failed", "code", code, keyErr, err)
+		ss.welcome(ctrl, &tunnel.Welcome{Code: code, Error: err.Error(), Hint: hint})
+	}
+	for try := 0; try < maxHelloTries; try++ {
+		typ, payload, err := tunnel.ReadFrame(ctrl)
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				ss.log.Warn("authentication aborted", keyErr, err)
+			}
+			ctrl.Abort()
+			return nil, nil, false
+		}
+		if typ != tunnel.FrameHello {
+			fail("protocol", fmt.Errorf("expected hello frame, got type %d", typ), "")
+			return nil, nil, false
+		}
+		hello, err := decodeHello(payload)
+		if err != nil {
+			fail("protocol", err, "")
+			return nil, nil, false
+		}
+		key, err := ssh.ParsePublicKey(hello.PublicKey)
+		if err != nil {
+			fail("bad_key", fmt.Errorf("parse client public key: %w", err), "")
+			return nil, nil, false
+		}
+		sig := &ssh.Signature{Format: hello.SigFormat, Blob: hello.SigBlob, Rest: hello.SigRest}
+		if err := auth.VerifyBinding(key, ss.sess.Binding(), sig); err != nil {
+			fail("bad_signature", fmt.Errorf("key %s did not prove possession for this session: %w", auth.Fingerprint(key), err), "")
+			return nil, nil, false
+		}
+		id, err := s.keys.Load().Authorize(key, ip, time.Now())
+		if err != nil {
+			hint := ""
+			if errors.Is(err, auth.ErrUnknownKey) {
+				hint = "ask the gateway's operator to add your public key to " + s.cfg.AuthorizedKeys + ": " + string(ssh.MarshalAuthorizedKey(key))
+			}
+			fail(authCode(err), err, hint)
+			if s.rateLimited(netIPString(ip)) {
+				return nil, nil, false
+			}
+			continue
+		}
+		ss.ident = id
+		if _, ok := s.targets[hello.Target]; !ok {
+			ss.log.Warn("unknown target requested", keyTarget, hello.Target)
+			ss.welcome(ctrl, &tunnel.Welcome{Code: "unknown_target",
+				Error: fmt.Sprintf("target %q is not configured on this gateway", hello.Target),
+				Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()})
+			return nil, nil, false
+		}
+		if !id.Allows(hello.Target) {
+			ss.log.Warn("target denied", keyKey, id.String(), keyTarget, hello.Target)
+			s.metrics.authFailures.WithLabelValues("target_denied").Inc()
+			ss.welcome(ctrl, &tunnel.Welcome{Code: "target_denied",
+				Error: fmt.Sprintf("key %s may not use target %q", id.Fingerprint, hello.Target),
+				Hint:  "targets your key may use: " + ss.allowedTargets() + "; or ask the operator to extend targets= in authorized_keys"})
+			return nil, nil, false
+		}
+		_ = ctrl.SetDeadline(time.Time{})
+		return ctrl, hello, true
+	}
+	fail("too_many_tries", fmt.Errorf("too many keys tried (%d)", maxHelloTries), "use -i to pick the key the gateway knows")
+	return nil, nil, false
+}
+
+func netIPString(ip []byte) string {
+	if len(ip) == 0 {
+		return ""
+	}
+	return fmt.Sprint(ip)
+}
+
+func authCode(err error) string {
+	switch {
+	case errors.Is(err, auth.ErrUnknownKey):
+		return "unknown_key"
+	case errors.Is(err, auth.ErrKeyExpired):
+		return "key_expired"
+	case errors.Is(err, auth.ErrSourceNotAllowed):
+		return "source_denied"
+	case errors.Is(err, auth.ErrCertInvalid):
+		return "cert_invalid"
+	}
+	return "denied"
+}
+
+func (ss *session) allowedTargets() string {
+	var out []string
+	for _, n := range ss.srv.targetNames {
+		if ss.ident != nil && ss.ident.Allows(n) {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		return "(none)"
+	}
+	return fmt.Sprint(out)
+}
+
+// welcome writes a Welcome frame on ctrl.
+func (ss *session) welcome(ctrl tunnel.Stream, w *tunnel.Welcome) {
+	w.Server = "cachetun " + Version
+	w.Session = ss.id
+	ss.ctrlMu.Lock()
+	defer ss.ctrlMu.Unlock()
+	_ = ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = tunnel.WriteJSON(ctrl, tunnel.FrameWelcome, w)
+	_ = ctrl.SetWriteDeadline(time.Time{})
+}
+
+// control serves the control stream after authentication: Welcome, then
+// topology pushes, pings and refresh requests.
+func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunnel.Hello) {
+	s := ss.srv
+	defer ctrl.Close()
+	ss.ctrlMu.Lock()
+	ss.ctrl = ctrl
+	ss.ctrlMu.Unlock()
+	t := s.targets[hello.Target]
+	if t == nil || !ss.ident.Allows(hello.Target) {
+		// Only on SSH, where the control channel comes after transport auth.
+		ss.welcome(ctrl, &tunnel.Welcome{Code: "target_denied",
+			Error: fmt.Sprintf("target %q is not configured or not allowed for key %s", hello.Target, ss.ident.Fingerprint),
+			Hint:  "targets your key may use: " + ss.allowedTargets()})
+		return
+	}
+	ss.log.Info("control stream up", keyTarget, t.name, "client", hello.Client)
+	changed := t.Changed()
+	info := t.Info()
+	ss.welcome(ctrl, &tunnel.Welcome{OK: true, Target: &info})
+
+	frames := make(chan frame)
+	go func() {
+		defer close(frames)
+		for {
+			typ, payload, err := tunnel.ReadFrame(ctrl)
+			if err != nil {
+				return
+			}
+			select {
+			case frames <- frame{typ, payload}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	defer func() {
+		ctrl.Abort()
+		for range frames { // let the reader end
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+			changed = t.Changed()
+			info := t.Info()
+			if err := ss.writeFrame(tunnel.FrameTopology, &info); err != nil {
+				return
+			}
+		case f, ok := <-frames:
+			if !ok {
+				return
+			}
+			switch f.typ {
+			case tunnel.FramePing:
+				if err := ss.writeFrame(tunnel.FramePong, nil); err != nil {
+					return
+				}
+			case tunnel.FrameRefresh:
+				t.requestRefresh()
+			default:
+				ss.log.Warn("unexpected control frame", "type", f.typ)
+			}
+		}
+	}
+}
+
+type frame struct {
+	typ     byte
+	payload []byte
+}
+
+func (ss *session) writeFrame(typ byte, v any) error {
+	ss.ctrlMu.Lock()
+	defer ss.ctrlMu.Unlock()
+	if ss.ctrl == nil {
+		return tunnel.ErrSessionClosed
+	}
+	_ = ss.ctrl.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	defer ss.ctrl.SetWriteDeadline(time.Time{})
+	if v == nil {
+		return tunnel.WriteFrame(ss.ctrl, typ, nil)
+	}
+	return tunnel.WriteJSON(ss.ctrl, typ, v)
+}
+
+// goAway tells the client that the gateway drains.
+func (ss *session) goAway() {
+	ss.ctrlMu.Lock()
+	if ss.gone || ss.ctrl == nil {
+		ss.gone = true
+		ss.ctrlMu.Unlock()
+		return
+	}
+	ss.gone = true
+	ss.ctrlMu.Unlock()
+	_ = ss.writeFrame(tunnel.FrameGoAway, nil)
+}
+
+// serveStream authorises one stream, dials its node and relays.
+func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
+	s := ss.srv
+	start := time.Now()
+	req, err := in.Request(time.Now().Add(s.cfg.Limits.HandshakeTimeout))
+	if err != nil {
+		ss.log.Warn("stream refused: malformed open header", keyErr, err)
+		in.Reject(tunnel.StatusBadRequest, "malformed open header")
+		return
+	}
+	if req.Kind == tunnel.KindControl {
+		ss.ctrlMu.Lock()
+		had := ss.ctrl != nil
+		ss.ctrlMu.Unlock()
+		if had {
+			in.Reject(tunnel.StatusBadRequest, "this session already has a control stream")
+			return
+		}
+		ctrl, err := in.Accept()
+		if err != nil {
+			return
+		}
+		_ = ctrl.SetReadDeadline(time.Now().Add(s.cfg.Limits.AuthTimeout))
+		typ, payload, err := tunnel.ReadFrame(ctrl)
+		_ = ctrl.SetReadDeadline(time.Time{})
+		if err != nil || typ != tunnel.FrameHello {
+			ctrl.Abort()
+			return
+		}
+		hello, err := decodeHello(payload)
+		if err != nil {
+			ctrl.Abort()
+			return
+		}
+		ss.streams.Add(-1) // the control stream is not a proxied stream
+		defer ss.streams.Add(1)
+		ss.control(ctx, ctrl, hello)
+		ss.sess.Close()
+		return
+	}
+	select {
+	case <-s.draining:
+		in.Reject(tunnel.StatusShutdown, "the gateway is shutting down: reconnect")
+		return
+	default:
+	}
+	ss.opened.Add(1)
+	t, node, status, msg := s.resolve(req, ss.ident.Allows)
+	log := ss.log.With(keyTarget, req.Target, keyNode, req.Node)
+	if t != nil {
+		log = ss.log.With(keyTarget, t.name, keyNode, node)
+	}
+	refuse := func(st tunnel.Status, msg string) {
+		in.Reject(st, msg)
+		s.metrics.streams.WithLabelValues(st.String()).Inc()
+		log.Warn("stream refused", keyResult, st.String(), "reason", msg)
+	}
+	if status != tunnel.StatusOK {
+		refuse(status, msg)
+		return
+	}
+	if !ss.ident.Allows(t.name) {
+		refuse(tunnel.StatusDenied, fmt.Sprintf("key %s may not use target %q", ss.ident.Fingerprint, t.name))
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.DialTimeout)
+	up, err := t.dial(dctx, node)
+	cancel()
+	if err != nil {
+		refuse(tunnel.StatusUnreachable, fmt.Sprintf("gateway could not reach %s: %v", node, err))
+		return
+	}
+	st, err := in.Accept()
+	if err != nil {
+		up.Close()
+		return
+	}
+	s.metrics.streamsActive.Inc()
+	res := tunnel.Relay(ctx, up, st, s.cfg.Limits.IdleTimeout)
+	s.metrics.streamsActive.Dec()
+	bytesUp, bytesDown := res.StreamToConn, res.ConnToStream // the conn is the cache
+	ss.bytesUp.Add(bytesUp)
+	ss.bytesDown.Add(bytesDown)
+	s.metrics.bytes.WithLabelValues("up").Add(float64(bytesUp))
+	s.metrics.bytes.WithLabelValues("down").Add(float64(bytesDown))
+	result := "ok"
+	switch {
+	case res.Idle:
+		result = "idle_timeout"
+	case res.Err != nil:
+		result = "reset"
+	}
+	s.metrics.streams.WithLabelValues(result).Inc()
+	attrs := []any{keyResult, result, "bytes_up", bytesUp, "bytes_down", bytesDown, "duration", time.Since(start).Round(time.Microsecond)}
+	if res.Err != nil && !res.Idle {
+		attrs = append(attrs, keyErr, res.Err)
+	}
+	log.Info("stream", attrs...)
+}
+
+// register applies the per-key session limit and records the session.
+func (s *Server) register(ss *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fp := ss.ident.Fingerprint
+	if s.perKey[fp] >= s.cfg.Limits.MaxSessionsPerKey {
+		ss.log.Warn("session refused: max_sessions_per_key reached", keyKey, ss.ident.String())
+		return false
+	}
+	s.perKey[fp]++
+	s.sessions[ss] = struct{}{}
+	return true
+}
+
+func (s *Server) unregister(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, ss)
+	if s.perKey[ss.ident.Fingerprint]--; s.perKey[ss.ident.Fingerprint] <= 0 {
+		delete(s.perKey, ss.ident.Fingerprint)
+	}
+}

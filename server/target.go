@@ -1,0 +1,191 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// target is a configured target and its current nodes. Static targets
+// keep their configured nodes; cluster targets replace them on discovery.
+type target struct {
+	name string
+	cfg  *Target
+	// upstreamTLS is nil for plaintext upstreams.
+	upstreamTLS *tls.Config
+	// password is the upstream AUTH secret; never logged, never sent to a
+	// client.
+	password []byte
+	// refresh wakes the discovery loop of cluster targets; nil otherwise.
+	refresh chan struct{}
+
+	mu      sync.RWMutex // guards the following
+	info    tunnel.TargetInfo
+	nodes   map[string]bool // set of info.Nodes[i].Addr
+	changed chan struct{}   // closed and replaced on every change
+}
+
+func newTarget(name string, cfg *Target) *target {
+	t := &target{name: name, cfg: cfg, changed: make(chan struct{})}
+	nodes := make([]tunnel.NodeInfo, len(cfg.Nodes))
+	for i, n := range cfg.Nodes {
+		nodes[i] = tunnel.NodeInfo{Addr: n}
+	}
+	t.setNodesLocked(nodes)
+	return t
+}
+
+// Info returns the current topology.
+func (t *target) Info() tunnel.TargetInfo {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.info
+}
+
+// Changed returns a channel closed at the next topology change.
+func (t *target) Changed() <-chan struct{} {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.changed
+}
+
+// SetNodes replaces the topology and wakes the subscribers.
+func (t *target) SetNodes(nodes []tunnel.NodeInfo) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.setNodesLocked(nodes)
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+func (t *target) setNodesLocked(nodes []tunnel.NodeInfo) {
+	t.info = tunnel.TargetInfo{Name: t.name, Type: t.cfg.Type, Nodes: nodes, Version: t.info.Version + 1}
+	t.nodes = make(map[string]bool, len(nodes))
+	for _, n := range nodes {
+		t.nodes[n.Addr] = true
+	}
+}
+
+// HasNode reports whether addr is a node of the target right now. Cluster
+// targets also keep accepting their seed addresses.
+func (t *target) HasNode(addr string) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if t.nodes[addr] {
+		return true
+	}
+	for _, seed := range t.cfg.Nodes {
+		if seed == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// requestRefresh asks cluster targets to rediscover soon; static targets
+// ignore it.
+func (t *target) requestRefresh() {
+	if t.refresh != nil {
+		select {
+		case t.refresh <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// nodeByIndex returns node i of the current topology.
+func (t *target) nodeByIndex(i int) (string, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if i < 0 || i >= len(t.info.Nodes) {
+		return "", false
+	}
+	return t.info.Nodes[i].Addr, true
+}
+
+// dial connects to one node of the target, with TLS and AUTH as
+// configured.
+func (t *target) dial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	if t.upstreamTLS != nil {
+		cfg := t.upstreamTLS.Clone()
+		if cfg.ServerName == "" {
+			host, _, _ := net.SplitHostPort(addr)
+			cfg.ServerName = host
+		}
+		tc := tls.Client(c, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("upstream tls handshake: %w", err)
+		}
+		c = tc
+	}
+	if t.password != nil {
+		if err := redisAuth(ctx, c, t.cfg.Auth.Username, t.password); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// resolve maps a stream request to a node address of this server's
+// targets. Requests from cachetun clients name the target and the node
+// address. Requests from stock SSH clients (direct-tcpip) name only a host
+// and port: "TARGET" means node 0 of the target, "N.TARGET" node N, and any
+// other host:port must be a node of a target.
+func (s *Server) resolve(req tunnel.OpenRequest, allows func(string) bool) (*target, string, tunnel.Status, string) {
+	if req.Target != "" {
+		t := s.targets[req.Target]
+		if t == nil {
+			return nil, "", tunnel.StatusUnknownTarget, fmt.Sprintf("target %q is not configured on this gateway", req.Target)
+		}
+		if !t.HasNode(req.Node) {
+			return t, "", tunnel.StatusUnknownNode, fmt.Sprintf("%q is not a node of target %q", req.Node, req.Target)
+		}
+		return t, req.Node, tunnel.StatusOK, ""
+	}
+	host, _, err := net.SplitHostPort(req.Node)
+	if err != nil {
+		return nil, "", tunnel.StatusBadRequest, fmt.Sprintf("%q is not host:port", req.Node)
+	}
+	if t := s.targets[host]; t != nil {
+		addr, _ := t.nodeByIndex(0)
+		return t, addr, tunnel.StatusOK, ""
+	}
+	if i := strings.IndexByte(host, '.'); i > 0 {
+		if t := s.targets[host[i+1:]]; t != nil {
+			n, err := strconv.Atoi(host[:i])
+			if addr, ok := t.nodeByIndex(n); err == nil && ok {
+				return t, addr, tunnel.StatusOK, ""
+			}
+			return t, "", tunnel.StatusUnknownNode, fmt.Sprintf("target %q has no node %q (nodes are 0..%d)", t.name, host[:i], len(t.Info().Nodes)-1)
+		}
+	}
+	var found *target
+	for _, name := range s.targetNames {
+		if t := s.targets[name]; t.HasNode(req.Node) {
+			if allows(name) {
+				return t, req.Node, tunnel.StatusOK, ""
+			}
+			found = t
+		}
+	}
+	if found != nil {
+		return found, req.Node, tunnel.StatusOK, "" // the caller refuses it
+	}
+	return nil, "", tunnel.StatusUnknownNode, fmt.Sprintf("%q is not a node of any target on this gateway", req.Node)
+}

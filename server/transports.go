@@ -1,0 +1,19 @@
+package server
+
+import (
+	"crypto/tls"
+	"errors"
+
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+func (s *Server) listenTLS(addr string, conf *tls.Config) (tunnel.Listener, error) {
+	tc := tunnel.DefaultTLSConfig()
+	tc.HandshakeTimeout = s.cfg.Limits.HandshakeTimeout
+	tc.MaxStreams = s.cfg.Limits.MaxStreamsPerSession
+	return tunnel.ListenTLS(addr, conf, tc)
+}
+
+func (s *Server) listenSSH(addr string) (tunnel.Listener, error) {
+	return nil, errors.New("ssh transport: not yet built")
+}

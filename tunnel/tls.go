@@ -1,0 +1,271 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// TLSConfig holds the tuning of the TLS+yamux transport.
+type TLSConfig struct {
+	HandshakeTimeout time.Duration
+	KeepAlive        time.Duration
+	// Window is yamux's per-stream receive window. yamux has no
+	// connection-level flow control, so memory per session is at most
+	// Window × MaxStreams.
+	Window uint32
+	// MaxStreams bounds the streams waiting to be accepted.
+	MaxStreams int
+}
+
+// DefaultTLSConfig returns the measured defaults.
+func DefaultTLSConfig() TLSConfig {
+	return TLSConfig{HandshakeTimeout: 10 * time.Second, KeepAlive: 15 * time.Second, Window: 4 << 20, MaxStreams: 1024}
+}
+
+func (c TLSConfig) yamux() *yamux.Config {
+	y := yamux.DefaultConfig()
+	y.AcceptBacklog = c.MaxStreams
+	y.KeepAliveInterval = c.KeepAlive
+	y.ConnectionWriteTimeout = 10 * time.Second
+	y.MaxStreamWindowSize = c.Window
+	y.StreamOpenTimeout = 30 * time.Second
+	y.StreamCloseTimeout = time.Minute
+	y.LogOutput = io.Discard
+	return y
+}
+
+// ListenTLS listens on the TCP address addr for TLS 1.3 sessions with
+// yamux inside. Handshakes run concurrently, each bounded by
+// HandshakeTimeout, so a slow client cannot stall others.
+func ListenTLS(addr string, tlsConf *tls.Config, cfg TLSConfig) (Listener, error) {
+	tcp, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen tls on %q: %w", addr, err)
+	}
+	l := &tlsListener{tcp: tcp, conf: tlsConf, cfg: cfg, ready: make(chan Session), done: make(chan struct{})}
+	l.wg.Add(1)
+	go l.acceptLoop()
+	return l, nil
+}
+
+type tlsListener struct {
+	tcp   net.Listener
+	conf  *tls.Config
+	cfg   TLSConfig
+	ready chan Session
+	done  chan struct{}
+	once  sync.Once
+	wg    sync.WaitGroup
+}
+
+// maxPendingHandshakes bounds TLS handshakes in flight on one listener.
+const maxPendingHandshakes = 256
+
+func (l *tlsListener) acceptLoop() {
+	defer l.wg.Done()
+	sem := make(chan struct{}, maxPendingHandshakes)
+	for {
+		c, err := l.tcp.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond) // EMFILE and friends
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			c.Close() // too many handshakes at once
+			continue
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			defer func() { <-sem }()
+			s, err := l.handshake(c)
+			if err != nil {
+				c.Close()
+				return
+			}
+			select {
+			case l.ready <- s:
+			case <-l.done:
+				s.Close()
+			}
+		}()
+	}
+}
+
+func (l *tlsListener) handshake(c net.Conn) (Session, error) {
+	setTCPOptions(c)
+	tc := tls.Server(c, l.conf)
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, err
+	}
+	ys, err := yamux.Server(tc, l.cfg.yamux())
+	if err != nil {
+		return nil, err
+	}
+	return newYamuxSession(ys, tc)
+}
+
+func (l *tlsListener) Accept(ctx context.Context) (Session, error) {
+	select {
+	case s := <-l.ready:
+		return s, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (l *tlsListener) Addr() net.Addr { return l.tcp.Addr() }
+
+// Close stops accepting and waits for handshakes in flight.
+func (l *tlsListener) Close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.done)
+		err = l.tcp.Close()
+		l.wg.Wait()
+	})
+	return err
+}
+
+func setTCPOptions(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3})
+	}
+}
+
+// DialTLS opens a TLS+yamux session to addr.
+func DialTLS(ctx context.Context, addr string, tlsConf *tls.Config, cfg TLSConfig) (Session, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	setTCPOptions(c)
+	tc := tls.Client(c, tlsConf)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	ys, err := yamux.Client(tc, cfg.yamux())
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	return newYamuxSession(ys, tc)
+}
+
+type yamuxSession struct {
+	s       *yamux.Session
+	binding []byte
+}
+
+func newYamuxSession(s *yamux.Session, tc *tls.Conn) (*yamuxSession, error) {
+	cs := tc.ConnectionState()
+	b, err := cs.ExportKeyingMaterial(BindingLabel, nil, 32)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("export channel binding: %w", err)
+	}
+	return &yamuxSession{s: s, binding: b}, nil
+}
+
+func (y *yamuxSession) OpenStream(ctx context.Context, req OpenRequest) (Stream, error) {
+	type result struct {
+		s   *yamux.Stream
+		err error
+	}
+	// OpenStream blocks while AcceptBacklog streams are unacknowledged.
+	ch := make(chan result, 1)
+	go func() {
+		s, err := y.s.OpenStream()
+		ch <- result{s, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, r.err
+		}
+		return newClientStream(&yamuxStream{s: r.s}, req)
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.s != nil {
+				r.s.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+func (y *yamuxSession) AcceptStream(ctx context.Context) (Incoming, error) {
+	s, err := y.s.AcceptStreamWithContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &framedIncoming{s: &yamuxStream{s: s}}, nil
+}
+
+func (y *yamuxSession) Binding() []byte       { return y.binding }
+func (y *yamuxSession) Transport() string     { return "tls" }
+func (y *yamuxSession) LocalAddr() net.Addr   { return y.s.LocalAddr() }
+func (y *yamuxSession) RemoteAddr() net.Addr  { return y.s.RemoteAddr() }
+func (y *yamuxSession) Done() <-chan struct{} { return y.s.CloseChan() }
+func (y *yamuxSession) Close() error          { return y.s.Close() }
+
+// yamuxStream adapts *yamux.Stream. yamux's Close is a half-close (FIN)
+// and it has no stream reset: Abort closes and the peer sees a clean end,
+// which the relay's other direction then follows. A stream is freed when
+// both sides have closed, or after StreamCloseTimeout.
+type yamuxStream struct {
+	s    *yamux.Stream
+	once sync.Once
+}
+
+func (y *yamuxStream) Read(p []byte) (int, error) { return y.s.Read(p) }
+
+// Write closes the whole session on a connection write timeout: yamux
+// v0.1.2 can otherwise leave the peer's reader hanging (GHSA-29qp-crvh-w22m).
+func (y *yamuxStream) Write(p []byte) (int, error) {
+	n, err := y.s.Write(p)
+	if errors.Is(err, yamux.ErrConnectionWriteTimeout) {
+		y.s.Session().Close()
+	}
+	return n, err
+}
+
+func (y *yamuxStream) SetDeadline(t time.Time) error      { return y.s.SetDeadline(t) }
+func (y *yamuxStream) SetReadDeadline(t time.Time) error  { return y.s.SetReadDeadline(t) }
+func (y *yamuxStream) SetWriteDeadline(t time.Time) error { return y.s.SetWriteDeadline(t) }
+
+func (y *yamuxStream) CloseWrite() error {
+	var err error
+	y.once.Do(func() { err = y.s.Close() })
+	return err
+}
+
+func (y *yamuxStream) Close() error {
+	return y.CloseWrite()
+}
+
+func (y *yamuxStream) Abort() {
+	_ = y.CloseWrite()
+	// Unblock local readers and writers at once.
+	_ = y.s.SetDeadline(time.Now())
+}

@@ -1,0 +1,129 @@
+package tunnel
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"time"
+)
+
+// Stream is one bidirectional byte stream of a session.
+//
+// Close releases the stream in both directions; CloseWrite only ends the
+// write side (the peer reads io.EOF) and reading goes on. Abort resets the
+// stream: the peer sees an error rather than a clean end. After Close or
+// Abort, Read and Write return an error. Close and Abort are idempotent.
+type Stream interface {
+	io.ReadWriteCloser
+	CloseWrite() error
+	Abort()
+	SetDeadline(t time.Time) error
+	SetReadDeadline(t time.Time) error
+	SetWriteDeadline(t time.Time) error
+}
+
+// Incoming is a stream the peer opened that the server has not yet
+// answered. The server reads the request, then either accepts or rejects.
+type Incoming interface {
+	// Request returns the open header; it waits for it at most until
+	// deadline.
+	Request(deadline time.Time) (OpenRequest, error)
+	// Accept answers StatusOK and returns the stream.
+	Accept() (Stream, error)
+	// Reject answers with a refusal and releases the stream.
+	Reject(code Status, msg string)
+}
+
+// Session is one authenticated-or-not connection between a client and a
+// server carrying many streams.
+type Session interface {
+	// OpenStream opens a stream carrying req. On transports with in-band
+	// headers the header is sent at once and the status is read by the
+	// first Read, which returns a *StatusError for a refusal.
+	OpenStream(ctx context.Context, req OpenRequest) (Stream, error)
+	// AcceptStream waits for the next stream the peer opens.
+	AcceptStream(ctx context.Context) (Incoming, error)
+	// Binding returns a value that both ends of this very session compute
+	// and no other session shares (TLS exporter, SSH session ID).
+	Binding() []byte
+	// Transport names the transport: "quic", "tls" or "ssh".
+	Transport() string
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+	// Done is closed when the session has ended.
+	Done() <-chan struct{}
+	// Close ends the session and every stream of it. Idempotent.
+	Close() error
+}
+
+// PreAuthenticated is implemented by sessions whose transport already
+// authenticated the client (SSH); AuthInfo returns what the transport's
+// auth callback decided.
+type PreAuthenticated interface {
+	AuthInfo() any
+}
+
+// Listener accepts sessions of one transport.
+type Listener interface {
+	Accept(ctx context.Context) (Session, error)
+	Addr() net.Addr
+	Close() error
+}
+
+// Control messages, JSON payloads of control frames.
+
+// Hello is the client's first control frame.
+type Hello struct {
+	Client string `json:"client"` // software version
+	Target string `json:"target"`
+	// PublicKey is the wire form of the client's SSH public key or
+	// certificate; Signature signs the session binding (empty on SSH,
+	// where the transport authenticated the key).
+	PublicKey []byte `json:"public_key,omitempty"`
+	SigFormat string `json:"sig_format,omitempty"`
+	SigBlob   []byte `json:"sig_blob,omitempty"`
+	SigRest   []byte `json:"sig_rest,omitempty"`
+}
+
+// Welcome answers Hello.
+type Welcome struct {
+	OK      bool   `json:"ok"`
+	Code    string `json:"code,omitempty"` // "unknown_key", "target_denied", ...
+	Error   string `json:"error,omitempty"`
+	Hint    string `json:"hint,omitempty"`
+	Server  string `json:"server,omitempty"`
+	Session string `json:"session,omitempty"` // id for correlating logs
+	Target  *TargetInfo
+}
+
+// TargetInfo describes a target and its nodes, pushed on Welcome and
+// whenever the topology changes.
+type TargetInfo struct {
+	Name  string     `json:"name"`
+	Type  string     `json:"type"`
+	Nodes []NodeInfo `json:"nodes"`
+	// Discovery is the memcached auto-discovery config version, if any.
+	Version int64 `json:"version,omitempty"`
+}
+
+// NodeInfo is one upstream node. Addr is what stream requests name.
+type NodeInfo struct {
+	Addr  string `json:"addr"`
+	ID    string `json:"id,omitempty"`
+	Role  string `json:"role,omitempty"`
+	Slots string `json:"slots,omitempty"`
+}
+
+// WriteJSON writes a control frame with v encoded as JSON.
+func WriteJSON(w io.Writer, typ byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return WriteFrame(w, typ, b)
+}
+
+// ErrSessionClosed is returned by operations on a closed session.
+var ErrSessionClosed = errors.New("session closed")
