@@ -347,7 +347,7 @@ func (a *AuthorizedKeys) Authorize(key ssh.PublicKey, remote net.IP, now time.Ti
 			isCA = true
 			continue
 		}
-		if err := a.checkEntry(e, Fingerprint(key), remote, now); err != nil {
+		if err := a.checkEntry(e, "key "+Fingerprint(key), remote, now); err != nil {
 			if firstErr == nil {
 				firstErr = err
 			}
