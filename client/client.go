@@ -98,7 +98,15 @@ type Client struct {
 	info      tunnel.TargetInfo
 
 	wg sync.WaitGroup // accept loops and local connections
+
+	runCtx context.Context // Run's context; set before any listener opens
+	up     chan struct{}   // closed once the listeners are open
+	upOnce sync.Once
 }
+
+// Ready is closed once the first session is up and the local listeners
+// are open.
+func (c *Client) Ready() <-chan struct{} { return c.up }
 
 // conn is one authenticated session with its control stream.
 type conn struct {
@@ -163,6 +171,7 @@ func New(opts Options) (*Client, error) {
 		log:       opts.Logger.With("component", "client"),
 		hosts:     &auth.HostKeyChecker{Path: auth.ExpandHome(opts.KnownHosts), AcceptNew: opts.AcceptNewHostKey},
 		ready:     make(chan struct{}),
+		up:        make(chan struct{}),
 		listeners: make(map[string]*localListener),
 	}
 	signers, err := loadSigners(opts.Identity)
@@ -221,6 +230,7 @@ func identityHint(err error) string {
 // first connection must succeed; later drops are retried with backoff while
 // the listeners stay open.
 func (c *Client) Run(ctx context.Context) error {
+	c.runCtx = ctx
 	cn, welcome, err := c.connect(ctx)
 	if err != nil {
 		return err
@@ -230,7 +240,11 @@ func (c *Client) Run(ctx context.Context) error {
 		return err
 	}
 	c.printTable(cn)
-	defer c.closeListeners()
+	c.upOnce.Do(func() { close(c.up) })
+	defer func() {
+		c.closeListeners()
+		c.wg.Wait() // local connections end with their session
+	}()
 
 	for {
 		c.setConn(cn)
@@ -238,16 +252,25 @@ func (c *Client) Run(ctx context.Context) error {
 		c.setConn(nil)
 		if ctx.Err() != nil {
 			cn.sess.Close()
-			c.wg.Wait()
 			return nil
 		}
 		c.log.Warn("session to gateway lost: reconnecting; local ports stay open", "server", cn.server, "reason", lost)
 		cn = c.reconnect(ctx)
 		if cn == nil {
-			c.wg.Wait()
 			return nil
 		}
 	}
+}
+
+// Dial opens one authenticated session to the first gateway that accepts
+// the client and returns it with the gateway's Welcome. Run uses the same
+// path; Dial is for tools and tests that open streams themselves.
+func (c *Client) Dial(ctx context.Context) (tunnel.Session, *tunnel.Welcome, error) {
+	cn, w, err := c.connect(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cn.sess, w, nil
 }
 
 // reconnect retries with capped, jittered exponential backoff until a
@@ -507,7 +530,7 @@ func (c *Client) acceptLoop(l *localListener) {
 
 // serveLocal carries one local connection to node through the session.
 func (c *Client) serveLocal(nc net.Conn, node string) {
-	ctx := context.Background()
+	ctx := c.runCtx
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}

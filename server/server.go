@@ -58,7 +58,8 @@ type Server struct {
 	drainOne sync.Once
 
 	mu       sync.Mutex // guards the following
-	sessions map[*session]struct{}
+	sessions  map[*session]struct{}
+	listeners map[tunnel.Listener]struct{}
 	perKey   map[string]int
 	failures map[string]*failWindow
 
@@ -91,6 +92,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		targets:    make(map[string]*target),
 		draining:   make(chan struct{}),
 		sessions:   make(map[*session]struct{}),
+		listeners:  make(map[tunnel.Listener]struct{}),
 		perKey:     make(map[string]int),
 		failures:   make(map[string]*failWindow),
 		metrics:    newMetrics(),
@@ -206,28 +208,29 @@ func (s *Server) statelessResetKey() *[32]byte {
 	return &k
 }
 
-// Serve accepts sessions from ln until ctx ends or the server drains.
-// Serve closes ln.
+// Serve accepts sessions from ln until ctx ends or Drain completes; while
+// the server drains, new sessions are closed at once. Serve closes ln.
 func (s *Server) Serve(ctx context.Context, ln tunnel.Listener) error {
+	s.mu.Lock()
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	go func() {
-		<-s.draining
-		ln.Close()
-	}()
+	defer ln.Close()
 	for {
 		sess, err := ln.Accept(ctx)
 		if err != nil {
-			select {
-			case <-s.draining:
-				return nil
-			default:
-			}
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			s.log.Warn("accept session", keyErr, err)
 			continue
+		}
+		select {
+		case <-s.draining:
+			sess.Close()
+			continue
+		default:
 		}
 		if !s.admit(sess) {
 			continue
@@ -273,12 +276,23 @@ func (s *Server) Drain(ctx context.Context) {
 			s.log.Warn("drain timeout: closing sessions with open streams", "streams", s.activeStreams())
 			s.closeAll()
 			s.wg.Wait()
+			s.closeListeners()
 			return
 		case <-t.C:
 		}
 	}
 	s.closeAll()
 	s.wg.Wait()
+	s.closeListeners()
+}
+
+// closeListeners closes the listeners of every Serve, which then return.
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ln := range s.listeners {
+		ln.Close()
+	}
 }
 
 func (s *Server) activeStreams() int64 {

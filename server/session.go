@@ -70,7 +70,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 	}
 	if !s.register(ss) {
 		if ctrl != nil {
-			ss.welcome(ctrl, &tunnel.Welcome{Code: "session_limit",
+			ss.refuse(ctrl, &tunnel.Welcome{Code: "session_limit",
 				Error: fmt.Sprintf("key %s already has %d sessions open on this gateway", ss.ident.Fingerprint, s.cfg.Limits.MaxSessionsPerKey),
 				Hint:  "close other 'cachetun connect' processes using this key, or raise limits.max_sessions_per_key"})
 		}
@@ -147,11 +147,18 @@ func (ss *session) authenticate(ctx context.Context, ip []byte) (tunnel.Stream, 
 	}
 	ss.ctrl = ctrl
 	_ = ctrl.SetDeadline(deadline)
-	fail := func(code string, err error, hint string) {
+	// fail answers a failed attempt; the client may try another key
+	// unless the failure is final.
+	fail := func(code string, err error, hint string, final bool) {
 		s.authFailed(netIPString(ip))
 		s.metrics.authFailures.WithLabelValues(code).Inc()
 		ss.log.Warn("authentication failed", "code", code, keyErr, err)
-		ss.welcome(ctrl, &tunnel.Welcome{Code: code, Error: err.Error(), Hint: hint})
+		w := &tunnel.Welcome{Code: code, Error: err.Error(), Hint: hint}
+		if final {
+			ss.refuse(ctrl, w)
+		} else {
+			ss.welcome(ctrl, w)
+		}
 	}
 	for try := 0; try < maxHelloTries; try++ {
 		typ, payload, err := tunnel.ReadFrame(ctrl)
@@ -163,22 +170,22 @@ func (ss *session) authenticate(ctx context.Context, ip []byte) (tunnel.Stream, 
 			return nil, nil, false
 		}
 		if typ != tunnel.FrameHello {
-			fail("protocol", fmt.Errorf("expected hello frame, got type %d", typ), "")
+			fail("protocol", fmt.Errorf("expected hello frame, got type %d", typ), "", true)
 			return nil, nil, false
 		}
 		hello, err := decodeHello(payload)
 		if err != nil {
-			fail("protocol", err, "")
+			fail("protocol", err, "", true)
 			return nil, nil, false
 		}
 		key, err := ssh.ParsePublicKey(hello.PublicKey)
 		if err != nil {
-			fail("bad_key", fmt.Errorf("parse client public key: %w", err), "")
+			fail("bad_key", fmt.Errorf("parse client public key: %w", err), "", true)
 			return nil, nil, false
 		}
 		sig := &ssh.Signature{Format: hello.SigFormat, Blob: hello.SigBlob, Rest: hello.SigRest}
 		if err := auth.VerifyBinding(key, ss.sess.Binding(), sig); err != nil {
-			fail("bad_signature", fmt.Errorf("key %s did not prove possession for this session: %w", auth.Fingerprint(key), err), "")
+			fail("bad_signature", fmt.Errorf("key %s did not prove possession for this session: %w", auth.Fingerprint(key), err), "", true)
 			return nil, nil, false
 		}
 		id, err := s.keys.Load().Authorize(key, ip, time.Now())
@@ -187,7 +194,7 @@ func (ss *session) authenticate(ctx context.Context, ip []byte) (tunnel.Stream, 
 			if errors.Is(err, auth.ErrUnknownKey) {
 				hint = "ask the gateway's operator to add your public key to " + s.cfg.AuthorizedKeys + ": " + string(ssh.MarshalAuthorizedKey(key))
 			}
-			fail(authCode(err), err, hint)
+			fail(authCode(err), err, hint, false)
 			if s.rateLimited(netIPString(ip)) {
 				return nil, nil, false
 			}
@@ -196,7 +203,7 @@ func (ss *session) authenticate(ctx context.Context, ip []byte) (tunnel.Stream, 
 		ss.ident = id
 		if _, ok := s.targets[hello.Target]; !ok {
 			ss.log.Warn("unknown target requested", keyTarget, hello.Target)
-			ss.welcome(ctrl, &tunnel.Welcome{Code: "unknown_target",
+			ss.refuse(ctrl, &tunnel.Welcome{Code: "unknown_target",
 				Error: fmt.Sprintf("target %q is not configured on this gateway", hello.Target),
 				Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()})
 			return nil, nil, false
@@ -204,7 +211,7 @@ func (ss *session) authenticate(ctx context.Context, ip []byte) (tunnel.Stream, 
 		if !id.Allows(hello.Target) {
 			ss.log.Warn("target denied", keyKey, id.String(), keyTarget, hello.Target)
 			s.metrics.authFailures.WithLabelValues("target_denied").Inc()
-			ss.welcome(ctrl, &tunnel.Welcome{Code: "target_denied",
+			ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied",
 				Error: fmt.Sprintf("key %s may not use target %q", id.Fingerprint, hello.Target),
 				Hint:  "targets your key may use: " + ss.allowedTargets() + "; or ask the operator to extend targets= in authorized_keys"})
 			return nil, nil, false
@@ -212,7 +219,7 @@ func (ss *session) authenticate(ctx context.Context, ip []byte) (tunnel.Stream, 
 		_ = ctrl.SetDeadline(time.Time{})
 		return ctrl, hello, true
 	}
-	fail("too_many_tries", fmt.Errorf("too many keys tried (%d)", maxHelloTries), "use -i to pick the key the gateway knows")
+	fail("too_many_tries", fmt.Errorf("too many keys tried (%d)", maxHelloTries), "use -i to pick the key the gateway knows", true)
 	return nil, nil, false
 }
 
@@ -250,6 +257,16 @@ func (ss *session) allowedTargets() string {
 	return fmt.Sprint(out)
 }
 
+// refuse writes a refusing Welcome and gives the client a moment to read
+// it before the session closes (closing a QUIC connection discards data in
+// flight).
+func (ss *session) refuse(ctrl tunnel.Stream, w *tunnel.Welcome) {
+	ss.welcome(ctrl, w)
+	_ = ctrl.CloseWrite()
+	_ = ctrl.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, _ = io.Copy(io.Discard, io.LimitReader(ctrl, 64<<10))
+}
+
 // welcome writes a Welcome frame on ctrl.
 func (ss *session) welcome(ctrl tunnel.Stream, w *tunnel.Welcome) {
 	w.Server = "cachetun " + Version
@@ -272,7 +289,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	t := s.targets[hello.Target]
 	if t == nil || !ss.ident.Allows(hello.Target) {
 		// Only on SSH, where the control channel comes after transport auth.
-		ss.welcome(ctrl, &tunnel.Welcome{Code: "target_denied",
+		ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied",
 			Error: fmt.Sprintf("target %q is not configured or not allowed for key %s", hello.Target, ss.ident.Fingerprint),
 			Hint:  "targets your key may use: " + ss.allowedTargets()})
 		return

@@ -101,14 +101,9 @@ func (l *quicListener) Accept(ctx context.Context) (Session, error) {
 
 func (l *quicListener) Addr() net.Addr { return l.ln.Addr() }
 
-// Close stops accepting; established sessions are left alone (the server
-// drains and closes them), the UDP socket is closed by CloseTransport.
+// Close stops accepting and closes the UDP socket; sessions that are
+// still open die with it, so the server closes them first.
 func (l *quicListener) Close() error {
-	return l.ln.Close()
-}
-
-// CloseTransport closes the UDP socket and with it every connection.
-func (l *quicListener) CloseTransport() error {
 	var err error
 	l.once.Do(func() {
 		l.ln.Close()
