@@ -287,11 +287,21 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	ss.ctrl = ctrl
 	ss.ctrlMu.Unlock()
 	t := s.targets[hello.Target]
-	if t == nil || !ss.ident.Allows(hello.Target) {
-		// Only on SSH, where the control channel comes after transport auth.
+	// Only on SSH, where the control channel comes after transport auth;
+	// the messages are those of authenticate.
+	if t == nil {
+		ss.log.Warn("unknown target requested", keyTarget, hello.Target)
+		ss.refuse(ctrl, &tunnel.Welcome{Code: "unknown_target",
+			Error: fmt.Sprintf("target %q is not configured on this gateway", hello.Target),
+			Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()})
+		return
+	}
+	if !ss.ident.Allows(hello.Target) {
+		ss.log.Warn("target denied", keyKey, ss.ident.String(), keyTarget, hello.Target)
+		s.metrics.authFailures.WithLabelValues("target_denied").Inc()
 		ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied",
-			Error: fmt.Sprintf("target %q is not configured or not allowed for key %s", hello.Target, ss.ident.Fingerprint),
-			Hint:  "targets your key may use: " + ss.allowedTargets()})
+			Error: fmt.Sprintf("key %s may not use target %q", ss.ident.Fingerprint, hello.Target),
+			Hint:  "targets your key may use: " + ss.allowedTargets() + "; or ask the operator to extend targets= in authorized_keys"})
 		return
 	}
 	ss.log.Info("control stream up", keyTarget, t.name, "client", hello.Client)

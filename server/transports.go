@@ -2,7 +2,6 @@ package server
 
 import (
 	"crypto/tls"
-	"errors"
 
 	"github.com/cachetun/cachetun/tunnel"
 )
@@ -12,8 +11,4 @@ func (s *Server) listenTLS(addr string, conf *tls.Config) (tunnel.Listener, erro
 	tc.HandshakeTimeout = s.cfg.Limits.HandshakeTimeout
 	tc.MaxStreams = s.cfg.Limits.MaxStreamsPerSession
 	return tunnel.ListenTLS(addr, conf, tc)
-}
-
-func (s *Server) listenSSH(addr string) (tunnel.Listener, error) {
-	return nil, errors.New("ssh transport: not yet built")
 }

@@ -1,0 +1,124 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// The SSH listener authenticates clients in the SSH handshake itself, with
+// the same authorized_keys decisions as the other transports:
+//
+//   - PublicKeyCallback answers the client's "would you accept this key?"
+//     queries. It refuses keys that authorized_keys does not know at all (no
+//     reason is sent: the client has not proved it holds the key), and any
+//     key while the source address is over its failed-authentication
+//     budget. Other keys are let through to the signature.
+//   - VerifiedPublicKeyCallback runs once the client has signed with the
+//     key. Only there is the key authorized (auth.AuthorizedKeys.Authorize)
+//     and the *auth.Identity stored in the Permissions, which x/crypto
+//     guarantees belong to the key that authenticated (CVE-2024-45337 was
+//     trusting a key merely offered). A refusal (expired key or
+//     certificate, from= or source-address, principals outside targets=)
+//     is sent to the client as an SSH banner, which OpenSSH prints and the
+//     cachetun client turns into its error message.
+//
+// The target is not decided here: stock clients name it per channel
+// (direct-tcpip "TARGET:PORT"), the cachetun client on its control channel.
+
+// errRateLimited refuses every key from an address over its budget.
+var errRateLimited = errors.New("too many failed authentications from this address")
+
+func (s *Server) listenSSH(addr string) (tunnel.Listener, error) {
+	conf, err := s.sshServerConfig()
+	if err != nil {
+		return nil, err
+	}
+	sc := tunnel.DefaultSSHConfig()
+	// The SSH handshake includes client authentication.
+	sc.HandshakeTimeout = s.cfg.Limits.HandshakeTimeout + s.cfg.Limits.AuthTimeout
+	sc.MaxStreams = s.cfg.Limits.MaxStreamsPerSession
+	return tunnel.ListenSSH(addr, conf, sc)
+}
+
+func (s *Server) sshServerConfig() (*ssh.ServerConfig, error) {
+	conf := &ssh.ServerConfig{
+		MaxAuthTries:              maxHelloTries,
+		PublicKeyCallback:         s.sshOfferedKey,
+		VerifiedPublicKeyCallback: s.sshVerifiedKey,
+		// No SHA-1 (ssh-rsa) nor DSA signatures, as on the other transports.
+		PublicKeyAuthAlgorithms: []string{
+			ssh.KeyAlgoED25519, ssh.KeyAlgoSKED25519,
+			ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521, ssh.KeyAlgoSKECDSA256,
+			ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSASHA512,
+		},
+		ServerVersion: "SSH-2.0-cachetun_" + sshSoftwareVersion(Version),
+	}
+	tunnel.SSHAlgorithms(&conf.Config)
+	conf.AddHostKey(s.hostSigner)
+	if s.hostCert != nil {
+		cs, err := ssh.NewCertSigner(s.hostCert, s.hostSigner)
+		if err != nil {
+			return nil, fmt.Errorf("ssh host certificate %q: %w", s.cfg.HostCert, err)
+		}
+		conf.AddHostKey(cs) // offered to clients that trust a host CA
+	}
+	return conf, nil
+}
+
+// sshOfferedKey is the PublicKeyCallback: a first, cheap filter that may
+// run for keys the client does not hold. It grants nothing.
+func (s *Server) sshOfferedKey(conn ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+	ip := remoteIP(conn.RemoteAddr())
+	if s.rateLimited(ip.String()) {
+		s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
+		s.log.Warn("authentication refused: too many failed authentications from this address",
+			keyTransport, "ssh", keyRemote, conn.RemoteAddr().String(), "auth_failures_per_minute", s.cfg.Limits.AuthFailuresPerMinute)
+		return nil, &ssh.BannerError{Err: errRateLimited,
+			Message: fmt.Sprintf("cachetun: %s %s: wait a minute before trying again\n", errRateLimited, ip)}
+	}
+	if _, err := s.keys.Load().Authorize(key, ip, time.Now()); errors.Is(err, auth.ErrUnknownKey) {
+		s.sshAuthFailed(conn, key, err)
+		return nil, err
+	}
+	return &ssh.Permissions{}, nil
+}
+
+// sshVerifiedKey is the VerifiedPublicKeyCallback: the client has signed
+// with key, so it is authorized here and the identity recorded.
+func (s *Server) sshVerifiedKey(conn ssh.ConnMetadata, key ssh.PublicKey, _ *ssh.Permissions, _ string) (*ssh.Permissions, error) {
+	ip := remoteIP(conn.RemoteAddr())
+	id, err := s.keys.Load().Authorize(key, ip, time.Now())
+	if err != nil {
+		s.sshAuthFailed(conn, key, err)
+		return nil, &ssh.BannerError{Err: err, Message: "cachetun: " + err.Error() + "\n"}
+	}
+	return &ssh.Permissions{ExtraData: map[any]any{tunnel.SSHAuthInfoKey: id}}, nil
+}
+
+func (s *Server) sshAuthFailed(conn ssh.ConnMetadata, key ssh.PublicKey, err error) {
+	ip := remoteIP(conn.RemoteAddr())
+	s.authFailed(ip.String())
+	code := authCode(err)
+	s.metrics.authFailures.WithLabelValues(code).Inc()
+	s.log.Warn("authentication failed", keyTransport, "ssh", keyRemote, conn.RemoteAddr().String(),
+		"user", conn.User(), keyKey, auth.Fingerprint(key), "code", code, keyErr, err)
+}
+
+// sshSoftwareVersion makes v fit the softwareversion of an SSH
+// identification string: printable US-ASCII without spaces or minus signs
+// (RFC 4253 §4.2).
+func sshSoftwareVersion(v string) string {
+	return strings.Map(func(r rune) rune {
+		if r <= ' ' || r > '~' || r == '-' {
+			return '_'
+		}
+		return r
+	}, v)
+}
