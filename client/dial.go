@@ -198,14 +198,6 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, e
 	return nil, &Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, last.Error), Hint: last.Hint}
 }
 
-// dialSSH is replaced when the SSH transport is built.
-var dialSSHFunc func(ctx context.Context, c *Client, addr string, verify func(ssh.PublicKey) error) (tunnel.Session, error)
-
-func (c *Client) dialSSH(ctx context.Context, addr string, verify func(ssh.PublicKey) error) (tunnel.Session, error) {
-	if dialSSHFunc == nil {
-		return nil, errors.New("ssh transport is not built yet")
-	}
-	return dialSSHFunc(ctx, c, addr, verify)
-}
+// dialSSH is in ssh.go.
 
 var _ = net.JoinHostPort

@@ -364,6 +364,9 @@ func (s *sshSession) keepAlive() {
 	}
 }
 
+// OpenStream opens a channel and waits for the server's answer. As on the
+// other transports, a refusal is not an error of OpenStream: the first Read
+// of the stream returns it as a *StatusError (and writes are dropped).
 func (s *sshSession) OpenStream(ctx context.Context, req OpenRequest) (Stream, error) {
 	typ := ChannelStream
 	if req.Kind == KindControl {
@@ -389,7 +392,7 @@ func (s *sshSession) OpenStream(ctx context.Context, req OpenRequest) (Stream, e
 		if r.err != nil {
 			var oe *ssh.OpenChannelError
 			if errors.As(r.err, &oe) {
-				return nil, sshStatusError(oe)
+				return &refusedStream{err: sshStatusError(oe)}, nil
 			}
 			select {
 			case <-s.done:
@@ -686,3 +689,17 @@ func (s *sshStream) Close() error {
 
 // Abort is Close: SSH cannot reset a channel.
 func (s *sshStream) Abort() { _ = s.Close() }
+
+// refusedStream is a stream the server refused to open: Read returns the
+// refusal, writes are dropped as early data to a refused stream is on the
+// other transports.
+type refusedStream struct{ err *StatusError }
+
+func (r *refusedStream) Read([]byte) (int, error)         { return 0, r.err }
+func (r *refusedStream) Write(p []byte) (int, error)      { return len(p), nil }
+func (r *refusedStream) CloseWrite() error                { return nil }
+func (r *refusedStream) Close() error                     { return nil }
+func (r *refusedStream) Abort()                           {}
+func (r *refusedStream) SetDeadline(time.Time) error      { return nil }
+func (r *refusedStream) SetReadDeadline(time.Time) error  { return nil }
+func (r *refusedStream) SetWriteDeadline(time.Time) error { return nil }
