@@ -1,0 +1,162 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"testing/iotest"
+)
+
+func TestProto_HeaderRoundTrip(t *testing.T) {
+	for _, req := range []OpenRequest{
+		{Kind: KindControl, Target: "prod-redis"},
+		{Kind: KindProxy, Target: "prod-redis", Node: "10.0.1.231:6379"},
+		{Kind: KindProxy, Target: strings.Repeat("t", 255), Node: strings.Repeat("n", 255)},
+		{Kind: KindProxy},
+	} {
+		b, err := AppendHeader(nil, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Payload behind the header must stay unread.
+		r := iotest.OneByteReader(bytes.NewReader(append(b, "PAYLOAD"...)))
+		got, err := ReadHeader(r)
+		if err != nil {
+			t.Fatalf("ReadHeader(%+v): %v", req, err)
+		}
+		if got != req {
+			t.Fatalf("got %+v, want %+v", got, req)
+		}
+		rest, _ := io.ReadAll(r)
+		if string(rest) != "PAYLOAD" {
+			t.Fatalf("ReadHeader consumed payload: rest %q", rest)
+		}
+	}
+}
+
+func TestProto_HeaderErrors(t *testing.T) {
+	if _, err := AppendHeader(nil, OpenRequest{Kind: KindProxy, Target: strings.Repeat("x", 256)}); !errors.Is(err, ErrTooLong) {
+		t.Fatalf("long target: got %v, want ErrTooLong", err)
+	}
+	cases := map[string]struct {
+		in   []byte
+		want error
+	}{
+		"bad magic":   {[]byte("GET / HTTP/1.1\r\n"), ErrBadMagic},
+		"bad version": {[]byte{'C', 'T', 9, 2, 0, 0}, ErrBadVersion},
+		"bad kind":    {[]byte{'C', 'T', 1, 7, 0, 0}, ErrBadKind},
+		"truncated":   {[]byte{'C', 'T', 1, 2, 5, 0, 'a'}, io.ErrUnexpectedEOF},
+		"empty":       {nil, io.EOF},
+	}
+	for name, tc := range cases {
+		if _, err := ReadHeader(bytes.NewReader(tc.in)); !errors.Is(err, tc.want) {
+			t.Errorf("%s: got %v, want %v", name, err, tc.want)
+		}
+	}
+}
+
+func TestProto_Status(t *testing.T) {
+	var b bytes.Buffer
+	b.Write(AppendStatus(nil, StatusOK, ""))
+	b.Write(AppendStatus(nil, StatusDenied, "key may not use target"))
+	b.Write(AppendStatus(nil, StatusUnreachable, strings.Repeat("m", 5000)))
+	if err := ReadStatus(&b); err != nil {
+		t.Fatalf("ok status: %v", err)
+	}
+	err := ReadStatus(&b)
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != StatusDenied || se.Message != "key may not use target" {
+		t.Fatalf("denied status: got %v", err)
+	}
+	if err := ReadStatus(&b); !errors.As(err, &se) || len(se.Message) != 1024 {
+		t.Fatalf("long message: got %v", err)
+	}
+}
+
+func TestProto_Frames(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteJSON(&b, FrameHello, Hello{Target: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFrame(&b, FramePing, nil); err != nil {
+		t.Fatal(err)
+	}
+	typ, p, err := ReadFrame(&b)
+	if err != nil || typ != FrameHello || !strings.Contains(string(p), `"target":"x"`) {
+		t.Fatalf("hello frame: %d %q %v", typ, p, err)
+	}
+	typ, p, err = ReadFrame(&b)
+	if err != nil || typ != FramePing || len(p) != 0 {
+		t.Fatalf("ping frame: %d %q %v", typ, p, err)
+	}
+	// A length over the limit is refused before any allocation.
+	huge := []byte{FrameTopology, 0xff, 0xff, 0xff, 0xff}
+	if _, _, err := ReadFrame(bytes.NewReader(huge)); !errors.Is(err, ErrFrameSize) {
+		t.Fatalf("huge frame: got %v, want ErrFrameSize", err)
+	}
+	if err := WriteFrame(io.Discard, FrameTopology, make([]byte, MaxFrameSize+1)); !errors.Is(err, ErrFrameSize) {
+		t.Fatalf("writing a huge frame: got %v", err)
+	}
+}
+
+// FuzzReadHeader: a peer controls these bytes; the decoder must never
+// panic, never read past the header, and round-trip what it accepts.
+func FuzzReadHeader(f *testing.F) {
+	seed := func(r OpenRequest) []byte { b, _ := AppendHeader(nil, r); return b }
+	f.Add(seed(OpenRequest{Kind: KindControl, Target: "prod"}))
+	f.Add(seed(OpenRequest{Kind: KindProxy, Target: "prod", Node: "10.0.1.1:6379"}))
+	f.Add([]byte{'C', 'T', 1, 2, 255, 255})
+	f.Add([]byte("CT"))
+	f.Add([]byte("*1\r\n$4\r\nPING\r\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r := bytes.NewReader(in)
+		req, err := ReadHeader(r)
+		if err != nil {
+			return
+		}
+		b, err := AppendHeader(nil, req)
+		if err != nil {
+			t.Fatalf("accepted header does not encode: %v", err)
+		}
+		if !bytes.Equal(b, in[:len(b)]) {
+			t.Fatalf("round trip: got %x, want %x", b, in[:len(b)])
+		}
+		if r.Len() != len(in)-len(b) {
+			t.Fatalf("read past the header")
+		}
+	})
+}
+
+// FuzzReadFrame: control frames from a peer never panic nor allocate more
+// than MaxFrameSize.
+func FuzzReadFrame(f *testing.F) {
+	var b bytes.Buffer
+	_ = WriteJSON(&b, FrameWelcome, Welcome{OK: true, Target: &TargetInfo{Name: "x", Nodes: []NodeInfo{{Addr: "a:1"}}}})
+	f.Add(b.Bytes())
+	f.Add([]byte{FramePing, 0, 0, 0, 0})
+	f.Add([]byte{FrameHello, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		typ, p, err := ReadFrame(bytes.NewReader(in))
+		if err != nil {
+			return
+		}
+		if len(p) > MaxFrameSize || len(in) < 5+len(p) || typ != in[0] {
+			t.Fatalf("bad frame decode: type %d len %d from %d bytes", typ, len(p), len(in))
+		}
+	})
+}
+
+func FuzzReadStatus(f *testing.F) {
+	f.Add(AppendStatus(nil, StatusOK, ""))
+	f.Add(AppendStatus(nil, StatusDenied, "no"))
+	f.Add([]byte{2, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		err := ReadStatus(bytes.NewReader(in))
+		var se *StatusError
+		if errors.As(err, &se) && len(se.Message) > 1024 {
+			t.Fatalf("message longer than the limit: %d", len(se.Message))
+		}
+	})
+}
