@@ -1,0 +1,690 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/crypto/ssh"
+)
+
+// sshTestSigner returns a fresh ed25519 signer.
+func sshTestSigner(t testing.TB) ssh.Signer {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// sshTestEnv is a listener whose server config accepts one client key and
+// records "alice" as its auth info.
+type sshTestEnv struct {
+	ln        Listener
+	hostKey   ssh.Signer
+	clientKey ssh.Signer
+}
+
+func newSSHTestEnv(t testing.TB, sc SSHConfig) *sshTestEnv {
+	t.Helper()
+	e := &sshTestEnv{hostKey: sshTestSigner(t), clientKey: sshTestSigner(t)}
+	conf := &ssh.ServerConfig{
+		PublicKeyCallback: func(_ ssh.ConnMetadata, k ssh.PublicKey) (*ssh.Permissions, error) {
+			if !bytes.Equal(k.Marshal(), e.clientKey.PublicKey().Marshal()) {
+				return nil, errors.New("unknown key")
+			}
+			return &ssh.Permissions{ExtraData: map[any]any{SSHAuthInfoKey: "alice"}}, nil
+		},
+	}
+	conf.AddHostKey(e.hostKey)
+	ln, err := ListenSSH("127.0.0.1:0", conf, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	e.ln = ln
+	return e
+}
+
+func (e *sshTestEnv) clientConfig() *ssh.ClientConfig {
+	return &ssh.ClientConfig{
+		User:            "cache",
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(e.clientKey)},
+		HostKeyCallback: ssh.FixedHostKey(e.hostKey.PublicKey()),
+	}
+}
+
+// pair dials addr (the listener, or a proxy in front of it) and returns
+// both ends of the session.
+func (e *sshTestEnv) pair(t testing.TB, addr string, sc SSHConfig) (client, server Session) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	type res struct {
+		s   Session
+		err error
+	}
+	acc := make(chan res, 1)
+	go func() {
+		s, err := e.ln.Accept(ctx)
+		acc <- res{s, err}
+	}()
+	c, err := DialSSH(ctx, addr, e.clientConfig(), sc)
+	if err != nil {
+		t.Fatalf("DialSSH: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	r := <-acc
+	if r.err != nil {
+		t.Fatalf("Accept: %v", r.err)
+	}
+	t.Cleanup(func() { r.s.Close() })
+	return c, r.s
+}
+
+func sshTestConfig() SSHConfig {
+	sc := DefaultSSHConfig()
+	sc.HandshakeTimeout = 5 * time.Second
+	return sc
+}
+
+// acceptOne accepts the next stream on srv and returns its request.
+func acceptOne(t testing.TB, srv Session) (Incoming, OpenRequest) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	in, err := srv.AcceptStream(ctx)
+	if err != nil {
+		t.Fatalf("AcceptStream: %v", err)
+	}
+	req, err := in.Request(time.Now().Add(time.Second))
+	if err != nil {
+		t.Fatalf("Request: %v", err)
+	}
+	return in, req
+}
+
+func TestSSH_StreamOpenAccept(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreCurrent()) })
+	sc := sshTestConfig()
+	e := newSSHTestEnv(t, sc)
+	cl, srv := e.pair(t, e.ln.Addr().String(), sc)
+
+	if got := srv.(PreAuthenticated).AuthInfo(); got != "alice" {
+		t.Errorf("AuthInfo() = %v, want alice", got)
+	}
+	if cl.Transport() != "ssh" || srv.Transport() != "ssh" {
+		t.Errorf("Transport() = %q, %q, want ssh", cl.Transport(), srv.Transport())
+	}
+	if b := cl.Binding(); len(b) < 32 || !bytes.Equal(b, srv.Binding()) {
+		t.Errorf("bindings differ or are short: %x vs %x", b, srv.Binding())
+	}
+
+	for _, want := range []OpenRequest{
+		{Kind: KindControl, Target: "cache"},
+		{Kind: KindProxy, Target: "cache", Node: "10.0.1.230:6379"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		type res struct {
+			st  Stream
+			err error
+		}
+		opened := make(chan res, 1)
+		go func() {
+			st, err := cl.OpenStream(ctx, want)
+			opened <- res{st, err}
+		}()
+		in, got := acceptOne(t, srv)
+		if got != want {
+			t.Fatalf("Request() = %+v, want %+v", got, want)
+		}
+		sst, err := in.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := <-opened
+		cancel()
+		if r.err != nil {
+			t.Fatalf("OpenStream: %v", r.err)
+		}
+		go func() { _, _ = io.Copy(sst, sst); sst.Close() }() // echo
+		msg := []byte("PING " + want.Node)
+		if _, err := r.st.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(r.st, buf); err != nil || !bytes.Equal(buf, msg) {
+			t.Fatalf("echo: got %q, %v; want %q", buf, err, msg)
+		}
+		r.st.Close()
+	}
+	cl.Close()
+	select {
+	case <-srv.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("server session not done after the client closed")
+	}
+	if _, err := srv.AcceptStream(context.Background()); !errors.Is(err, ErrSessionClosed) {
+		t.Errorf("AcceptStream after close: %v, want ErrSessionClosed", err)
+	}
+}
+
+// TestSSH_RejectStatus: every refusal reaches the client as the same
+// Status and message, at the first Read.
+func TestSSH_RejectStatus(t *testing.T) {
+	sc := sshTestConfig()
+	e := newSSHTestEnv(t, sc)
+	cl, srv := e.pair(t, e.ln.Addr().String(), sc)
+	for _, code := range []Status{StatusDenied, StatusUnreachable, StatusUnknownTarget, StatusUnknownNode, StatusBadRequest, StatusLimit, StatusShutdown} {
+		go func() {
+			in, _ := acceptOne(t, srv)
+			in.Reject(code, "because "+code.String())
+		}()
+		st, err := cl.OpenStream(context.Background(), OpenRequest{Kind: KindProxy, Target: "cache", Node: "n:1"})
+		if err != nil {
+			t.Fatalf("OpenStream: %v (a refusal must show at Read)", err)
+		}
+		if n, err := st.Write([]byte("early data")); n != 10 || err != nil {
+			t.Errorf("Write to a refused stream = %d, %v; want it dropped silently", n, err)
+		}
+		_, err = st.Read(make([]byte, 1))
+		var se *StatusError
+		if !errors.As(err, &se) || se.Code != code || se.Message != "because "+code.String() {
+			t.Errorf("Read after %v refusal: %v, want StatusError{%v}", code, err, code)
+		}
+		st.Close()
+	}
+}
+
+func TestSSH_OpenRequestValidation(t *testing.T) {
+	sc := sshTestConfig()
+	e := newSSHTestEnv(t, sc)
+	cl, srv := e.pair(t, e.ln.Addr().String(), sc)
+	conn := cl.(*sshSession).conn
+	hdr, _ := AppendHeader(nil, OpenRequest{Kind: KindProxy, Target: "cache", Node: "n:1"})
+	cases := []struct {
+		name  string
+		typ   string
+		extra []byte
+	}{
+		{"proxy header on control channel", ChannelControl, hdr},
+		{"trailing bytes", ChannelStream, append(hdr[:len(hdr):len(hdr)], 'x')},
+		{"bad magic", ChannelStream, []byte("XX\x01\x02\x00\x00")},
+		{"truncated", ChannelStream, hdr[:4]},
+		{"direct-tcpip garbage", "direct-tcpip", []byte{0, 0, 0, 9, 'x'}},
+		{"direct-tcpip port out of range", "direct-tcpip", ssh.Marshal(&sshDirectTCPIP{DestAddr: "cache", DestPort: 70000})},
+	}
+	for _, tc := range cases {
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			go func() {
+				in, err := srv.AcceptStream(context.Background())
+				if err != nil {
+					return
+				}
+				if _, err := in.Request(time.Time{}); err == nil {
+					in.Reject(StatusOK, "validation passed") // makes the test fail below
+					return
+				}
+				in.Reject(StatusBadRequest, "malformed")
+			}()
+			_, _, err := conn.OpenChannel(tc.typ, tc.extra)
+			var oe *ssh.OpenChannelError
+			if !errors.As(err, &oe) || oe.Message == "validation passed" {
+				t.Fatalf("OpenChannel: %v, want a refusal as malformed", err)
+			}
+		})
+	}
+}
+
+// TestSSH_DirectTCPIP: stock clients' port forwards become KindProxy
+// requests without target, and refusals use the standard reasons.
+func TestSSH_DirectTCPIP(t *testing.T) {
+	sc := sshTestConfig()
+	e := newSSHTestEnv(t, sc)
+	cl, srv := e.pair(t, e.ln.Addr().String(), sc)
+	sshc := cl.(*sshSession).conn
+
+	cases := []struct {
+		host   string
+		port   uint32
+		status Status
+		reason ssh.RejectionReason
+	}{
+		{"1.cache", 6379, StatusUnknownNode, ssh.Prohibited},
+		{"169.254.169.254", 80, StatusDenied, ssh.Prohibited},
+		{"cache", 6379, StatusUnreachable, ssh.ConnectionFailed},
+		{"cache", 6379, StatusLimit, ssh.ResourceShortage},
+		{"::1", 6379, StatusOK, 0},
+	}
+	for _, tc := range cases {
+		payload := ssh.Marshal(&sshDirectTCPIP{DestAddr: tc.host, DestPort: tc.port, OriginAddr: "127.0.0.1", OriginPort: 5555})
+		done := make(chan OpenRequest, 1)
+		go func() {
+			in, req := acceptOne(t, srv)
+			done <- req
+			if tc.status != StatusOK {
+				in.Reject(tc.status, "no way")
+				return
+			}
+			st, err := in.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = st.Write([]byte("+PONG\r\n"))
+			st.Close()
+		}()
+		ch, reqs, err := sshc.OpenChannel("direct-tcpip", payload)
+		req := <-done
+		want := OpenRequest{Kind: KindProxy, Node: net.JoinHostPort(tc.host, "6379")}
+		if tc.port == 80 {
+			want.Node = net.JoinHostPort(tc.host, "80")
+		}
+		if req != want {
+			t.Errorf("Request() = %+v, want %+v", req, want)
+		}
+		if tc.status == StatusOK {
+			if err != nil {
+				t.Fatalf("open direct-tcpip: %v", err)
+			}
+			go ssh.DiscardRequests(reqs)
+			b, err := io.ReadAll(ch)
+			if err != nil || string(b) != "+PONG\r\n" {
+				t.Errorf("read %q, %v", b, err)
+			}
+			ch.Close()
+			continue
+		}
+		var oe *ssh.OpenChannelError
+		if !errors.As(err, &oe) || oe.Reason != tc.reason || !strings.Contains(oe.Message, tc.status.String()) || !strings.Contains(oe.Message, "no way") {
+			t.Errorf("refusal %v: got %v, want reason %v with the status and message", tc.status, err, tc.reason)
+		}
+	}
+}
+
+func TestSSH_UnsupportedChannelsAndRequests(t *testing.T) {
+	sc := sshTestConfig()
+	e := newSSHTestEnv(t, sc)
+	cl, _ := e.pair(t, e.ln.Addr().String(), sc)
+	conn := cl.(*sshSession).conn
+	_, _, err := conn.OpenChannel("session", nil)
+	var oe *ssh.OpenChannelError
+	if !errors.As(err, &oe) || oe.Reason != ssh.UnknownChannelType || !strings.Contains(oe.Message, "ssh -N -L") {
+		t.Errorf("session channel: %v, want UnknownChannelType naming ssh -N -L", err)
+	}
+	for _, name := range []string{"keepalive@openssh.com", "tcpip-forward"} {
+		ok, _, err := conn.SendRequest(name, true, nil)
+		if ok || err != nil {
+			t.Errorf("global request %s = %v, %v; want false, nil", name, ok, err)
+		}
+	}
+}
+
+// TestSSH_StreamLimit: channels beyond MaxStreams waiting to be accepted
+// are refused at once instead of stalling the connection.
+func TestSSH_StreamLimit(t *testing.T) {
+	sc := sshTestConfig()
+	sc.MaxStreams = 1
+	e := newSSHTestEnv(t, sc)
+	cl, srv := e.pair(t, e.ln.Addr().String(), sc)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first := make(chan error, 1)
+	go func() {
+		_, err := cl.OpenStream(ctx, OpenRequest{Kind: KindProxy, Target: "cache", Node: "n:1"})
+		first <- err
+	}()
+	queue := srv.(*sshSession).incoming
+	deadline := time.Now().Add(5 * time.Second)
+	for len(queue) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("first channel never queued")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	st, err := cl.OpenStream(ctx, OpenRequest{Kind: KindProxy, Target: "cache", Node: "n:2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var se *StatusError
+	if _, err := st.Read(make([]byte, 1)); !errors.As(err, &se) || se.Code != StatusLimit {
+		t.Fatalf("second stream: %v, want StatusLimit", err)
+	}
+	// The connection still works: accept the first.
+	in, _ := acceptOne(t, srv)
+	if _, err := in.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("first stream: %v", err)
+	}
+}
+
+// sshStreamPair opens one proxied stream and returns client and server
+// ends.
+func sshStreamPair(t testing.TB, cl, srv Session) (Stream, Stream) {
+	t.Helper()
+	opened := make(chan Stream, 1)
+	go func() {
+		st, err := cl.OpenStream(context.Background(), OpenRequest{Kind: KindProxy, Target: "cache", Node: "n:1"})
+		if err != nil {
+			t.Error(err)
+		}
+		opened <- st
+	}()
+	in, _ := acceptOne(t, srv)
+	sst, err := in.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cst := <-opened
+	if cst == nil {
+		t.FailNow()
+	}
+	t.Cleanup(func() { cst.Close(); sst.Close() })
+	return cst, sst
+}
+
+func TestSSH_HalfClose(t *testing.T) {
+	sc := sshTestConfig()
+	e := newSSHTestEnv(t, sc)
+	cl, srv := e.pair(t, e.ln.Addr().String(), sc)
+	cst, sst := sshStreamPair(t, cl, srv)
+
+	if _, err := cst.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cst.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cst.CloseWrite(); err != nil { // idempotent
+		t.Fatalf("second CloseWrite: %v", err)
+	}
+	got, err := io.ReadAll(sst)
+	if err != nil || string(got) != "request" {
+		t.Fatalf("server read %q, %v; want request then EOF", got, err)
+	}
+	// The other direction still flows after the half-close.
+	if _, err := sst.Write([]byte("response")); err != nil {
+		t.Fatalf("server write after client CloseWrite: %v", err)
+	}
+	if err := sst.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err = io.ReadAll(cst)
+	if err != nil || string(got) != "response" {
+		t.Fatalf("client read %q, %v; want response then EOF", got, err)
+	}
+	if err := cst.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cst.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := cst.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read after Close: %v, want net.ErrClosed", err)
+	}
+	if _, err := cst.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Write after Close: %v, want net.ErrClosed", err)
+	}
+}
+
+func TestSSH_Deadlines(t *testing.T) {
+	sc := sshTestConfig()
+	e := newSSHTestEnv(t, sc)
+	cl, srv := e.pair(t, e.ln.Addr().String(), sc)
+
+	t.Run("passed while idle is not fatal", func(t *testing.T) {
+		cst, sst := sshStreamPair(t, cl, srv)
+		_ = sst.SetReadDeadline(time.Now().Add(-time.Second))
+		if _, err := sst.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read past deadline: %v, want os.ErrDeadlineExceeded", err)
+		}
+		_ = sst.SetReadDeadline(time.Time{})
+		if _, err := cst.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(sst, make([]byte, 1)); err != nil {
+			t.Fatalf("Read after clearing the deadline: %v", err)
+		}
+	})
+
+	t.Run("passed while a read is blocked", func(t *testing.T) {
+		_, sst := sshStreamPair(t, cl, srv)
+		_ = sst.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		start := time.Now()
+		_, err := sst.Read(make([]byte, 1))
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("blocked Read: %v, want os.ErrDeadlineExceeded", err)
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Errorf("error %v is not a timeout net.Error", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("Read returned after %s", d)
+		}
+	})
+
+	t.Run("moved before it passes", func(t *testing.T) {
+		cst, sst := sshStreamPair(t, cl, srv)
+		_ = sst.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		_ = sst.SetReadDeadline(time.Now().Add(time.Hour))
+		go func() {
+			time.Sleep(200 * time.Millisecond) // past the first deadline
+			_, _ = cst.Write([]byte("late"))
+		}()
+		if _, err := io.ReadFull(sst, make([]byte, 4)); err != nil {
+			t.Fatalf("Read with the deadline moved: %v", err)
+		}
+	})
+
+	t.Run("blocked write", func(t *testing.T) {
+		cst, _ := sshStreamPair(t, cl, srv)
+		// Nobody reads the server end: the 2 MiB channel window fills.
+		_ = cst.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+		buf := make([]byte, 64<<10)
+		var err error
+		for i := 0; i < 1000 && err == nil; i++ {
+			_, err = cst.Write(buf)
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Write into a full window: %v, want os.ErrDeadlineExceeded", err)
+		}
+	})
+}
+
+// sshFreezeProxy relays TCP between a client and addr until Freeze, after
+// which it silently drops everything, like a peer that vanished.
+type sshFreezeProxy struct {
+	ln     net.Listener
+	frozen atomic.Bool
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newSSHFreezeProxy(t testing.TB, addr string) *sshFreezeProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &sshFreezeProxy{ln: ln}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, up)
+			p.mu.Unlock()
+			p.wg.Add(2)
+			go p.pipe(up, c)
+			go p.pipe(c, up)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *sshFreezeProxy) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.frozen.Load() {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func TestSSH_KeepAliveDetectsDeadPeer(t *testing.T) {
+	srvConf := sshTestConfig()
+	srvConf.KeepAlive = 0 // only the client probes here
+	e := newSSHTestEnv(t, srvConf)
+	proxy := newSSHFreezeProxy(t, e.ln.Addr().String())
+	cliConf := sshTestConfig()
+	cliConf.KeepAlive = 50 * time.Millisecond
+	cliConf.KeepAliveTimeout = 200 * time.Millisecond
+	cl, srv := e.pair(t, proxy.ln.Addr().String(), cliConf)
+
+	// Keepalives are answered while the path works.
+	select {
+	case <-cl.Done():
+		t.Fatal("session ended while the peer was alive")
+	case <-time.After(400 * time.Millisecond):
+	}
+	cst, sst := sshStreamPair(t, cl, srv)
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := cst.Read(make([]byte, 1))
+		readErr <- err
+	}()
+
+	proxy.frozen.Store(true)
+	start := time.Now()
+	select {
+	case <-cl.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("client session still up 5s after the peer went silent")
+	}
+	t.Logf("dead peer detected after %s", time.Since(start).Round(time.Millisecond))
+	select {
+	case err := <-readErr:
+		if err == nil {
+			t.Error("blocked Read returned no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a Read blocked on the dead session was not released")
+	}
+	_ = sst
+}
+
+// TestSSH_HandshakeTimeout: a client that connects and says nothing is
+// dropped after HandshakeTimeout, and Close aborts handshakes in flight.
+func TestSSH_HandshakeTimeout(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreCurrent()) })
+	sc := sshTestConfig()
+	sc.HandshakeTimeout = 200 * time.Millisecond
+	e := newSSHTestEnv(t, sc)
+	c, err := net.Dial("tcp", e.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	// The server sends its version line, then must hang up.
+	_, err = io.Copy(io.Discard, c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("server kept a silent connection open past its handshake timeout")
+	}
+
+	sc.HandshakeTimeout = time.Hour
+	e2 := newSSHTestEnv(t, sc)
+	c2, err := net.Dial("tcp", e2.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	// Wait for the server's version line: the handshake is in flight.
+	if _, err := c2.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() { e2.ln.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("listener Close waited for a stalled handshake")
+	}
+}
+
+func TestSSH_OpenStreamContext(t *testing.T) {
+	sc := sshTestConfig()
+	e := newSSHTestEnv(t, sc)
+	cl, _ := e.pair(t, e.ln.Addr().String(), sc)
+	// The server never accepts: OpenStream waits until ctx ends.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := cl.OpenStream(ctx, OpenRequest{Kind: KindProxy, Target: "cache", Node: "n:1"})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("OpenStream: %v, want context.DeadlineExceeded", err)
+	}
+}
+
+func TestSSH_DialRefusesBadHostKey(t *testing.T) {
+	sc := sshTestConfig()
+	e := newSSHTestEnv(t, sc)
+	conf := e.clientConfig()
+	conf.HostKeyCallback = ssh.FixedHostKey(sshTestSigner(t).PublicKey())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if s, err := DialSSH(ctx, e.ln.Addr().String(), conf, sc); err == nil {
+		s.Close()
+		t.Fatal("DialSSH accepted a host key it was not told to")
+	}
+	conf = e.clientConfig()
+	conf.Auth = []ssh.AuthMethod{ssh.PublicKeys(sshTestSigner(t))}
+	if s, err := DialSSH(ctx, e.ln.Addr().String(), conf, sc); err == nil {
+		s.Close()
+		t.Fatal("DialSSH authenticated with a key the server does not know")
+	}
+}
