@@ -23,7 +23,7 @@ import (
 )
 
 // transports is the list every conformance test runs over.
-var transports = []string{"quic", "tls"}
+var transports = []string{"quic", "tls", "ssh"}
 
 func hasSSH() bool {
 	for _, tr := range transports {
