@@ -1,16 +1,15 @@
 package client
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/internal/yamlx"
 )
 
 // Config is the client configuration, ~/.config/cachetun/config.yaml.
@@ -86,9 +85,7 @@ func LoadConfig(path string, mustExist bool) (*Config, error) {
 		return nil, &ConfigError{Err: fmt.Errorf("read client config: %w", err)}
 	}
 	var cfg Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+	if err := yamlx.DecodeStrict(data, &cfg); err != nil {
 		return nil, &ConfigError{Err: fmt.Errorf("config %s: %w", path, err)}
 	}
 	for name, p := range cfg.Profiles {

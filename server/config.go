@@ -1,17 +1,15 @@
 package server
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"sort"
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/cachetun/cachetun/internal/yamlx"
 )
 
 // Config is the gateway's configuration, /etc/cachetun/server.yaml.
@@ -55,14 +53,25 @@ const (
 	TypeTCP          = "tcp"
 )
 
+// Discovery modes of memcached targets.
+const (
+	DiscoveryNone        = "none"
+	DiscoveryElastiCache = "elasticache"
+)
+
 // Target is one named cache (or TCP service) behind the gateway.
 type Target struct {
 	Type  string   `yaml:"type"`
 	Nodes []string `yaml:"nodes"`
 	// Refresh is how often cluster targets rediscover their topology.
 	Refresh time.Duration `yaml:"refresh"`
-	TLS     *UpstreamTLS  `yaml:"tls"`
-	Auth    *UpstreamAuth `yaml:"auth"`
+	// Discovery turns on node discovery for memcached targets:
+	// "elasticache" treats nodes as configuration endpoints that answer
+	// "config get cluster" (ElastiCache auto discovery). redis-cluster
+	// targets always discover their nodes.
+	Discovery string        `yaml:"discovery"`
+	TLS       *UpstreamTLS  `yaml:"tls"`
+	Auth      *UpstreamAuth `yaml:"auth"`
 }
 
 // UpstreamTLS makes the gateway speak TLS to the cache nodes.
@@ -137,9 +146,7 @@ func LoadConfig(path string) (*Config, error) {
 // ParseConfig decodes YAML over DefaultConfig and validates the result.
 func ParseConfig(data []byte) (*Config, error) {
 	cfg := DefaultConfig()
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) { // empty file: defaults
+	if err := yamlx.DecodeStrict(data, cfg); err != nil {
 		return nil, &ConfigError{Err: err}
 	}
 	if err := cfg.Validate(); err != nil {
@@ -202,6 +209,18 @@ func (c *Config) Validate() error {
 		}
 		if t.Refresh == 0 {
 			t.Refresh = 30 * time.Second
+		}
+		if t.Refresh < 0 {
+			return bad(field+".refresh", "must be a positive duration such as \"30s\"")
+		}
+		switch t.Discovery {
+		case "", DiscoveryNone:
+		case DiscoveryElastiCache:
+			if t.Type != TypeMemcached {
+				return bad(field+".discovery", "%q works only for memcached targets (redis-cluster targets always discover)", t.Discovery)
+			}
+		default:
+			return bad(field+".discovery", "%q is not one of none, elasticache", t.Discovery)
 		}
 		if t.Auth != nil && t.Type != TypeRedis && t.Type != TypeRedisCluster {
 			return bad(field+".auth", "only redis and redis-cluster targets take auth")

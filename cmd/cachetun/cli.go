@@ -31,6 +31,7 @@ const (
 type CLI struct {
 	LogLevel  string `help:"Log level: debug, info, warn, error." enum:"debug,info,warn,error" default:"info" env:"CACHETUN_LOG_LEVEL"`
 	LogFormat string `help:"Log format: text or json." enum:"text,json" default:"text" env:"CACHETUN_LOG_FORMAT"`
+	Pprof     string `hidden:"" help:"Serve net/http/pprof on this loopback address (profiling, benchmarks)." placeholder:"ADDR"`
 
 	Server  ServerCmd  `cmd:"" help:"Run the gateway, or set one up (server init)."`
 	Connect ConnectCmd `cmd:"" help:"Open local ports for a profile's target."`
@@ -110,6 +111,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) 
 		return exitUsage
 	}
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, log: newLogger(stderr, cli.LogLevel, cli.LogFormat), signals: sig}
+	if cli.Pprof != "" {
+		stop, err := startPprof(cli.Pprof)
+		if err != nil {
+			printError(stderr, err)
+			return exitUsage
+		}
+		defer stop()
+	}
 	err = kctx.Run(e)
 	if err == nil {
 		return exitOK
