@@ -252,7 +252,9 @@ func (c *Cluster) BeginMigrateSlot(t testing.TB, slot int, from, to *Redis) {
 
 // MoveSlotKeys moves up to max keys of slot (all of them when max <= 0)
 // from one master to another with MIGRATE and returns how many it moved.
-// The slot must be migrating (BeginMigrateSlot).
+// The slot must be migrating (BeginMigrateSlot). MIGRATE runs on the
+// source, whose connection to the target (cached by Redis for 10 s) counts
+// as a client of the target.
 func (c *Cluster) MoveSlotKeys(t testing.TB, slot int, from, to *Redis, max int) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), clusterTimeout)

@@ -6,7 +6,8 @@
 // grace period) and waited for, and their temporary directories are removed.
 // Helpers never sleep to wait: they poll a condition (the server answers and
 // reports our process id, the cluster converged, ...) until a bounded
-// deadline, and on timeout fail the test with the tail of the server's log.
+// deadline (10 s for a server to answer, 30 s for a cluster to converge),
+// and on timeout fail the test with the tail of the server's log.
 //
 // # Ports
 //
