@@ -340,6 +340,15 @@ func (db *hostDB) isCALine(k knownhosts.KnownKey) bool {
 func (db *hostDB) verify(addr string, key ssh.PublicKey) error {
 	host, _, _ := net.SplitHostPort(addr)
 	cert, isCert := key.(*ssh.Certificate)
+	if isCert && cert.SignatureKey != nil {
+		// A @revoked certified key or CA is refused whatever else holds.
+		for _, k := range []ssh.PublicKey{cert.Key, cert.SignatureKey} {
+			var re *knownhosts.RevokedError
+			if err := db.callback(addr, placeholderRemote, k); errors.As(err, &re) {
+				return db.revokedError(addr, re)
+			}
+		}
+	}
 	if isCert && cert.SignatureKey != nil && db.trustsCA(addr, cert.SignatureKey) {
 		desc := fmt.Sprintf("host certificate %q (serial %d) for %s", sanitize(cert.KeyId), cert.Serial, addr)
 		if len(cert.ValidPrincipals) == 0 {
@@ -359,13 +368,6 @@ func (db *hostDB) verify(addr string, key ssh.PublicKey) error {
 	}
 	if isCert {
 		// Not from a CA trusted for this host: judge the certified key.
-		// Revocation of the CA still counts.
-		if err := db.callback(addr, placeholderRemote, cert.SignatureKey); err != nil {
-			var re *knownhosts.RevokedError
-			if errors.As(err, &re) {
-				return db.revokedError(addr, re)
-			}
-		}
 		key = cert.Key
 	}
 
