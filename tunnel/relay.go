@@ -35,6 +35,22 @@ type closeWriter interface{ CloseWrite() error }
 // moved no byte in either direction for that long; ctx cancellation aborts
 // it. Relay closes both conn and st before it returns.
 func Relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration) RelayResult {
+	return relay(ctx, conn, st, idle, nil, nil)
+}
+
+// CopyFunc copies src to dst until src ends (nil for a clean io.EOF) or
+// either side fails, and returns the bytes written to dst.
+type CopyFunc func(dst io.Writer, src io.Reader) (int64, error)
+
+// RelayWith is Relay with the copy of each direction done by the given
+// functions: up copies conn to st, down copies st to conn (nil means the
+// plain copy). Half-close, resets, the idle timeout and ctx work as in
+// Relay; a copy function must return once its src fails or ends.
+func RelayWith(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up, down CopyFunc) RelayResult {
+	return relay(ctx, conn, st, idle, up, down)
+}
+
+func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up, down CopyFunc) RelayResult {
 	var (
 		res      RelayResult
 		wg       sync.WaitGroup
@@ -77,7 +93,7 @@ func Relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration) Re
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		n, err := copyCounting(st, conn, &last)
+		n, err := copyWith(up, st, conn, &last, idle > 0)
 		res.ConnToStream = n
 		if err != nil {
 			fail(err)
@@ -89,7 +105,7 @@ func Relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration) Re
 	}()
 	go func() {
 		defer wg.Done()
-		n, err := copyCounting(conn, st, &last)
+		n, err := copyWith(down, conn, st, &last, idle > 0)
 		res.StreamToConn = n
 		if err != nil {
 			fail(err)
@@ -115,6 +131,32 @@ var errIdle = errors.New("idle timeout")
 // ErrIdle reports whether err is the relay's idle cut.
 func ErrIdle(err error) bool {
 	return errors.Is(err, errIdle) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// copyWith copies with f, or with copyCounting when f is nil. Only when
+// the idle timeout needs it is src wrapped to note activity.
+func copyWith(f CopyFunc, dst io.Writer, src io.Reader, last *atomic.Int64, track bool) (int64, error) {
+	if f == nil {
+		return copyCounting(dst, src, last)
+	}
+	if track {
+		src = &activityReader{r: src, last: last}
+	}
+	return f(dst, src)
+}
+
+// activityReader records the time of every read that returned data.
+type activityReader struct {
+	r    io.Reader
+	last *atomic.Int64
+}
+
+func (a *activityReader) Read(b []byte) (int, error) {
+	n, err := a.r.Read(b)
+	if n > 0 {
+		a.last.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 // copyCounting copies src to dst with a pooled buffer; io.EOF is a clean end.
