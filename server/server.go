@@ -57,13 +57,15 @@ type Server struct {
 	draining chan struct{}
 	drainOne sync.Once
 
-	mu       sync.Mutex // guards the following
+	mu        sync.Mutex // guards the following
 	sessions  map[*session]struct{}
 	listeners map[tunnel.Listener]struct{}
-	perKey   map[string]int
-	failures map[string]*failWindow
+	perKey    map[string]int
+	failures  map[string]*failWindow
 
 	wg sync.WaitGroup // every session goroutine
+
+	disc discovery // topology discovery loops, run while Serve runs
 }
 
 type failWindow struct {
@@ -210,7 +212,12 @@ func (s *Server) statelessResetKey() *[32]byte {
 
 // Serve accepts sessions from ln until ctx ends or Drain completes; while
 // the server drains, new sessions are closed at once. Serve closes ln.
+// While any Serve runs, targets that discover their nodes (redis-cluster,
+// memcached with discovery) are kept up to date; the last Serve to return
+// stops that.
 func (s *Server) Serve(ctx context.Context, ln tunnel.Listener) error {
+	s.startDiscovery(ctx)
+	defer s.stopDiscovery()
 	s.mu.Lock()
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()

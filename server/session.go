@@ -305,6 +305,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 		return
 	}
 	ss.log.Info("control stream up", keyTarget, t.name, "client", hello.Client)
+	t.waitDiscovered(ctx, s.cfg.Limits.DialTimeout)
 	changed := t.Changed()
 	info := t.Info()
 	ss.welcome(ctrl, &tunnel.Welcome{OK: true, Target: &info})

@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cachetun/cachetun/tunnel"
 )
@@ -24,6 +26,10 @@ type target struct {
 	password []byte
 	// refresh wakes the discovery loop of cluster targets; nil otherwise.
 	refresh chan struct{}
+	// discovered is closed after the first discovery round of targets
+	// that discover; nil otherwise.
+	discovered     chan struct{}
+	discoveredOnce sync.Once
 
 	mu      sync.RWMutex // guards the following
 	info    tunnel.TargetInfo
@@ -36,9 +42,68 @@ func newTarget(name string, cfg *Target) *target {
 	nodes := make([]tunnel.NodeInfo, len(cfg.Nodes))
 	for i, n := range cfg.Nodes {
 		nodes[i] = tunnel.NodeInfo{Addr: n}
+		if cfg.Discovery == DiscoveryElastiCache {
+			nodes[i].Role = RoleConfig
+		}
 	}
 	t.setNodesLocked(nodes)
+	if cfg.Type == TypeRedisCluster || cfg.Discovery == DiscoveryElastiCache {
+		t.refresh = make(chan struct{}, 1)
+		t.discovered = make(chan struct{})
+	}
 	return t
+}
+
+// discovers reports whether the target learns its nodes from the cache.
+func (t *target) discovers() bool { return t.discovered != nil }
+
+// markDiscovered ends waitDiscovered: the first round is over, whatever
+// its outcome.
+func (t *target) markDiscovered() {
+	t.discoveredOnce.Do(func() { close(t.discovered) })
+}
+
+// waitDiscovered waits, at most timeout, for the first discovery round of
+// a target that discovers, so that the first topology a client sees is the
+// discovered one and its port order holds from the start.
+func (t *target) waitDiscovered(ctx context.Context, timeout time.Duration) {
+	if t.discovered == nil {
+		return
+	}
+	tm := time.NewTimer(timeout)
+	defer tm.Stop()
+	select {
+	case <-t.discovered:
+	case <-ctx.Done():
+	case <-tm.C:
+	}
+}
+
+// updateNodes is SetNodes when nodes differ from the current topology; it
+// reports whether they did.
+func (t *target) updateNodes(nodes []tunnel.NodeInfo) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if slices.Equal(nodes, t.info.Nodes) {
+		return false
+	}
+	t.setNodesLocked(nodes)
+	close(t.changed)
+	t.changed = make(chan struct{})
+	return true
+}
+
+// knownAddrs returns the seeds, then the current nodes not among them.
+func (t *target) knownAddrs() []string {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	out := slices.Clone(t.cfg.Nodes)
+	for _, n := range t.info.Nodes {
+		if !slices.Contains(out, n.Addr) {
+			out = append(out, n.Addr)
+		}
+	}
+	return out
 }
 
 // Info returns the current topology.

@@ -1,0 +1,378 @@
+package server
+
+// Node discovery: redis-cluster targets learn their nodes, roles and slots
+// from the cluster (CLUSTER SHARDS, or CLUSTER SLOTS before Redis 7), and
+// memcached targets with discovery: elasticache from their configuration
+// endpoint (config get cluster). Each such target has one loop that runs
+// while the server serves: a round at start, then one every
+// Target.Refresh, and one soon after a client asks (FrameRefresh), at
+// most one per refreshGap. A round that fails keeps the last topology.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// refreshGap is the shortest time between two rounds that clients asked
+// for, so that a burst of redirects costs the cluster one query.
+const refreshGap = 500 * time.Millisecond
+
+// A round that a client asked for and that found no change is followed by
+// up to followUps more, followUpGap apart: the client saw the cluster
+// change (a MOVED that disagrees with the topology), and the node asked
+// may not have caught up yet.
+const (
+	followUps   = 5
+	followUpGap = time.Second
+)
+
+// Node roles of memcached targets with discovery.
+const (
+	RoleConfig = "config" // a configuration endpoint
+	RoleNode   = "node"   // a node the endpoint listed
+)
+
+// ErrNoDiscovery means no seed or known node answered a discovery query.
+var ErrNoDiscovery = errors.New("no node answered the discovery query")
+
+// discovery runs the discovery loops while at least one Serve runs.
+type discovery struct {
+	mu      sync.Mutex // guards the following
+	serving int
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when every loop has returned
+}
+
+// startDiscovery is called by every Serve; the first one starts a loop per
+// target that discovers.
+func (s *Server) startDiscovery(ctx context.Context) {
+	d := &s.disc
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.serving++
+	if d.serving > 1 {
+		return
+	}
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.cancel = cancel
+	d.done = make(chan struct{})
+	var wg sync.WaitGroup
+	for _, name := range s.targetNames {
+		if t := s.targets[name]; t.discovers() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.discoveryLoop(dctx, t)
+			}()
+		}
+	}
+	go func(done chan struct{}) {
+		wg.Wait()
+		close(done)
+	}(d.done)
+}
+
+// stopDiscovery is called by every Serve on return; the last one stops the
+// loops and waits for them.
+func (s *Server) stopDiscovery() {
+	d := &s.disc
+	d.mu.Lock()
+	d.serving--
+	if d.serving > 0 {
+		d.mu.Unlock()
+		return
+	}
+	d.cancel()
+	done := d.done
+	d.mu.Unlock()
+	<-done
+}
+
+// discoveryLoop rediscovers t until ctx ends.
+func (s *Server) discoveryLoop(ctx context.Context, t *target) {
+	log := s.log.With(keyTarget, t.name)
+	timeout := s.cfg.Limits.DialTimeout
+	tm := time.NewTimer(0) // the first round at once
+	defer tm.Stop()
+	var (
+		last    time.Time
+		lastErr string
+		follow  int // follow-up rounds still to do
+	)
+	for {
+		asked := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-tm.C:
+		case <-t.refresh:
+			asked = true
+			if wait := refreshGap - time.Since(last); wait > 0 {
+				tm.Reset(wait)
+				select {
+				case <-ctx.Done():
+					return
+				case <-tm.C:
+				}
+			}
+		}
+		last = time.Now()
+		nodes, from, err := t.discover(ctx, timeout)
+		t.markDiscovered()
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err != nil:
+			if msg := err.Error(); msg != lastErr {
+				log.Warn("discovery failed: keeping the last topology", keyErr, err)
+				lastErr = msg
+			}
+		default:
+			if lastErr != "" {
+				log.Info("discovery works again", "from", from)
+				lastErr = ""
+			}
+			if t.updateNodes(nodes) {
+				log.Info("topology changed", "from", from, "nodes", len(nodes), "version", t.Info().Version, "layout", layout(nodes))
+				follow = 0
+			} else if asked {
+				follow = followUps
+			}
+		}
+		next := t.cfg.Refresh
+		if follow > 0 {
+			follow--
+			next = min(next, followUpGap)
+		}
+		tm.Reset(next)
+	}
+}
+
+// layout summarises nodes for the log: "addr role slots; ...".
+func layout(nodes []tunnel.NodeInfo) string {
+	var b strings.Builder
+	for i, n := range nodes {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(n.Addr)
+		if n.Role != "" {
+			b.WriteString(" " + n.Role)
+		}
+		if n.Slots != "" {
+			b.WriteString(" " + n.Slots)
+		}
+	}
+	return b.String()
+}
+
+// discover asks the seeds, then the other known nodes, one at a time,
+// until one answers; it returns the nodes sorted by address and who
+// answered.
+func (t *target) discover(ctx context.Context, timeout time.Duration) ([]tunnel.NodeInfo, string, error) {
+	var errs []error
+	for _, addr := range t.knownAddrs() {
+		qctx, cancel := context.WithTimeout(ctx, timeout)
+		var (
+			nodes []tunnel.NodeInfo
+			err   error
+		)
+		switch t.cfg.Type {
+		case TypeRedisCluster:
+			nodes, err = t.queryRedisCluster(qctx, addr, timeout)
+		case TypeMemcached:
+			if !slices.Contains(t.cfg.Nodes, addr) {
+				cancel()
+				continue // only configuration endpoints answer
+			}
+			nodes, err = t.queryElastiCache(qctx, addr)
+		default:
+			cancel()
+			return nil, "", fmt.Errorf("target type %q does not discover", t.cfg.Type)
+		}
+		cancel()
+		if err == nil && len(nodes) > 0 {
+			if t.cfg.Type == TypeMemcached {
+				nodes = t.withEndpoints(nodes)
+			}
+			return nodes, addr, nil
+		}
+		if err == nil {
+			err = errors.New("empty topology")
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, "", fmt.Errorf("%w: %w", ErrNoDiscovery, errors.Join(errs...))
+}
+
+// queryRedisCluster asks one node for the cluster's topology with CLUSTER
+// SHARDS, or CLUSTER SLOTS when the node does not know SHARDS. The
+// connection is made by t.dial, so it has the target's TLS and AUTH.
+func (t *target) queryRedisCluster(ctx context.Context, addr string, timeout time.Duration) ([]tunnel.NodeInfo, error) {
+	rc := redis.NewClient(&redis.Options{
+		Addr: addr,
+		Dialer: func(ctx context.Context, _, a string) (net.Conn, error) {
+			return t.dial(ctx, a)
+		},
+		Protocol:                 2,
+		DisableIdentity:          true,
+		MaxRetries:               -1,
+		PoolSize:                 1,
+		DialTimeout:              timeout,
+		ReadTimeout:              timeout,
+		WriteTimeout:             timeout,
+		ContextTimeoutEnabled:    true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+	})
+	defer rc.Close()
+	shards, err := rc.ClusterShards(ctx).Result()
+	if err == nil {
+		return t.nodesFromShards(shards), nil
+	}
+	var re redis.Error
+	if !errors.As(err, &re) { // not an error reply: the node is unreachable
+		return nil, fmt.Errorf("cluster shards: %w", err)
+	}
+	slots, err2 := rc.ClusterSlots(ctx).Result()
+	if err2 != nil {
+		return nil, fmt.Errorf("cluster shards: %w; cluster slots: %w", err, err2)
+	}
+	return nodesFromSlots(slots), nil
+}
+
+// nodesFromShards turns a CLUSTER SHARDS reply into nodes. A node's
+// address is the endpoint it announces (what MOVED names), or its IP when
+// the endpoint is unknown; with upstream TLS its TLS port wins.
+func (t *target) nodesFromShards(shards []redis.ClusterShard) []tunnel.NodeInfo {
+	var nodes []tunnel.NodeInfo
+	for _, sh := range shards {
+		ranges := make([][2]int, 0, len(sh.Slots))
+		for _, r := range sh.Slots {
+			ranges = append(ranges, [2]int{int(r.Start), int(r.End)})
+		}
+		slots := formatSlots(ranges)
+		for _, n := range sh.Nodes {
+			port := n.Port
+			if (t.upstreamTLS != nil && n.TLSPort != 0) || port == 0 {
+				port = n.TLSPort
+			}
+			host := n.Endpoint
+			if host == "" || host == "?" {
+				host = n.IP
+			}
+			if host == "" || host == "?" || port <= 0 || port > 65535 {
+				continue // the node has no address yet
+			}
+			ni := tunnel.NodeInfo{Addr: net.JoinHostPort(host, strconv.FormatInt(port, 10)), ID: n.ID, Role: n.Role}
+			if n.Role == "master" {
+				ni.Slots = slots
+			}
+			nodes = append(nodes, ni)
+		}
+	}
+	return sortNodes(nodes)
+}
+
+// nodesFromSlots turns a CLUSTER SLOTS reply into nodes: the first node of
+// each range is its master. Masters without slots do not appear in it.
+func nodesFromSlots(slots []redis.ClusterSlot) []tunnel.NodeInfo {
+	byAddr := make(map[string]*tunnel.NodeInfo)
+	ranges := make(map[string][][2]int)
+	var order []string
+	for _, s := range slots {
+		for i, n := range s.Nodes {
+			addr := n.Addr
+			if host, port, err := net.SplitHostPort(addr); err == nil && (host == "" || host == "?") {
+				if ip := n.NetworkingMetadata["ip"]; ip != "" {
+					addr = net.JoinHostPort(ip, port)
+				} else {
+					continue
+				}
+			}
+			ni := byAddr[addr]
+			if ni == nil {
+				ni = &tunnel.NodeInfo{Addr: addr, ID: n.ID, Role: "replica"}
+				byAddr[addr] = ni
+				order = append(order, addr)
+			}
+			if i == 0 {
+				ni.Role = "master"
+				ranges[addr] = append(ranges[addr], [2]int{s.Start, s.End})
+			}
+		}
+	}
+	nodes := make([]tunnel.NodeInfo, 0, len(order))
+	for _, a := range order {
+		ni := *byAddr[a]
+		ni.Slots = formatSlots(ranges[a])
+		nodes = append(nodes, ni)
+	}
+	return sortNodes(nodes)
+}
+
+// formatSlots writes slot ranges as "0-5460,10923", merging neighbours.
+func formatSlots(ranges [][2]int) string {
+	if len(ranges) == 0 {
+		return ""
+	}
+	ranges = slices.Clone(ranges)
+	slices.SortFunc(ranges, func(a, b [2]int) int { return a[0] - b[0] })
+	merged := ranges[:1]
+	for _, r := range ranges[1:] {
+		if l := &merged[len(merged)-1]; r[0] <= l[1]+1 {
+			l[1] = max(l[1], r[1])
+			continue
+		}
+		merged = append(merged, r)
+	}
+	var b strings.Builder
+	for i, r := range merged {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(r[0]))
+		if r[1] != r[0] {
+			b.WriteByte('-')
+			b.WriteString(strconv.Itoa(r[1]))
+		}
+	}
+	return b.String()
+}
+
+// sortNodes orders nodes by host, then numeric port, and drops duplicate
+// addresses, so that a node keeps its place (and its client port) however
+// the cache lists them.
+func sortNodes(nodes []tunnel.NodeInfo) []tunnel.NodeInfo {
+	slices.SortStableFunc(nodes, func(a, b tunnel.NodeInfo) int { return compareAddr(a.Addr, b.Addr) })
+	return slices.CompactFunc(nodes, func(a, b tunnel.NodeInfo) bool { return a.Addr == b.Addr })
+}
+
+func compareAddr(a, b string) int {
+	ha, pa, _ := net.SplitHostPort(a)
+	hb, pb, _ := net.SplitHostPort(b)
+	if c := strings.Compare(ha, hb); c != 0 {
+		return c
+	}
+	na, _ := strconv.Atoi(pa)
+	nb, _ := strconv.Atoi(pb)
+	if na != nb {
+		return na - nb
+	}
+	return strings.Compare(a, b)
+}
