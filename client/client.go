@@ -97,7 +97,9 @@ type Client struct {
 	nextPort  int
 	info      tunnel.TargetInfo
 
-	wg sync.WaitGroup // accept loops and local connections
+	cluster clusterState // address rewriting (cluster.go)
+
+	wg sync.WaitGroup // accept loops, local connections, refresh requests
 
 	runCtx context.Context // Run's context; set before any listener opens
 	up     chan struct{}   // closed once the listeners are open
@@ -454,6 +456,7 @@ func (c *Client) applyTopology(info tunnel.TargetInfo, first bool) error {
 			c.log.Info("new node: local port opened", "node", a, "local", c.listeners[a].ln.Addr().String())
 		}
 	}
+	c.publishTopologyLocked()
 	return nil
 }
 
@@ -549,7 +552,7 @@ func (c *Client) serveLocal(nc net.Conn, node string) {
 		nc.Close()
 		return
 	}
-	res := tunnel.Relay(cn.ctx, nc, st, 0)
+	res := c.relayLocal(cn, nc, st, node)
 	var se *tunnel.StatusError
 	if errors.As(res.Err, &se) {
 		log.Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)
