@@ -413,6 +413,7 @@ func TestAuthorizedKeys_AuthorizeCert(t *testing.T) {
 }
 
 func TestAuthorizedKeys_AuthorizeCertErrors(t *testing.T) {
+	t.Parallel()
 	ca, user, otherCA := newSigner(t), newSigner(t), newSigner(t)
 	ak := mustParseAK(t, "cert-authority "+pubLine(ca.PublicKey())+"\n"+pubLine(user.PublicKey())+" plain\n")
 	remote := net.ParseIP("192.0.2.1")
@@ -546,6 +547,7 @@ func TestAuthorizedKeys_AuthorizeCertCAOptions(t *testing.T) {
 // Certificates signed by the real ssh-keygen.
 
 func TestAuthorizedKeys_AuthorizeSSHKeygenCert(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	for _, caType := range []string{"ed25519", "rsa", "ecdsa"} {
 		t.Run(caType, func(t *testing.T) {

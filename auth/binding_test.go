@@ -10,6 +10,7 @@ import (
 )
 
 func TestSignBinding_RoundTrip(t *testing.T) {
+	t.Parallel()
 	binding := bytes.Repeat([]byte{0xab}, 32)
 	ca := newSigner(t)
 	ed := newSigner(t)
@@ -67,6 +68,7 @@ func TestSignBinding_IsDomainSeparated(t *testing.T) {
 }
 
 func TestVerifyBinding_RejectsSHA1(t *testing.T) {
+	t.Parallel()
 	s := newRSASigner(t)
 	binding := bytes.Repeat([]byte{2}, 32)
 	sig, err := s.(ssh.AlgorithmSigner).SignWithAlgorithm(rand.Reader, bindingMessage(binding), ssh.KeyAlgoRSA)

@@ -141,6 +141,7 @@ func modeOctal(m os.FileMode) string {
 }
 
 func TestLoadSigner_Passphrase(t *testing.T) {
+	t.Parallel()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -160,6 +161,7 @@ func TestLoadSigner_Passphrase(t *testing.T) {
 }
 
 func TestLoadSigner_PassphraseSSHKeygen(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "id")
 	sshKeygen(t, "-q", "-t", "ed25519", "-N", "secret", "-f", path)
 	if _, err := LoadSigner(path); !errors.Is(err, ErrPassphrase) {
@@ -168,6 +170,7 @@ func TestLoadSigner_PassphraseSSHKeygen(t *testing.T) {
 }
 
 func TestLoadSigner_Formats(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	for _, tc := range []struct{ name, typ, want string }{
 		{"ed25519", "ed25519", ssh.KeyAlgoED25519},
