@@ -342,6 +342,9 @@ func (c *Client) session(ctx context.Context) (*conn, error) {
 	}
 }
 
+// errGoAway: the gateway drains; open new streams on a new session.
+var errGoAway = errors.New("gateway is draining (goaway)")
+
 // serveControl reads control frames until the session ends; it pings the
 // gateway and drops a session that stays silent. It returns why the
 // session ended.
@@ -366,7 +369,7 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) string {
 					c.log.Error("apply topology", "err", err)
 				}
 			case tunnel.FrameGoAway:
-				frames <- errors.New("gateway is draining (goaway)")
+				frames <- errGoAway
 				return
 			}
 			_ = cn.ctrl.SetReadDeadline(time.Now().Add(3 * c.opts.Ping))
@@ -382,7 +385,9 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) string {
 			<-frames
 			return "stopped"
 		case err := <-frames:
-			if ctx.Err() == nil {
+			// On GoAway the old session stays up for the streams it
+			// carries; the gateway closes it when they are done.
+			if ctx.Err() == nil && !errors.Is(err, errGoAway) {
 				cn.sess.Close()
 			}
 			return err.Error()

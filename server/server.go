@@ -293,6 +293,15 @@ func (s *Server) Drain(ctx context.Context) {
 	s.closeListeners()
 }
 
+// Close stops the server at once, as a crash would, but tidily: no
+// GoAway, every session and listener closed. Idempotent.
+func (s *Server) Close() {
+	s.drainOne.Do(func() { close(s.draining) })
+	s.closeAll()
+	s.wg.Wait()
+	s.closeListeners()
+}
+
 // closeListeners closes the listeners of every Serve, which then return.
 func (s *Server) closeListeners() {
 	s.mu.Lock()

@@ -131,10 +131,15 @@ type gateway struct {
 	Addr    string
 	SSHAddr string
 
+	noQUIC, noSSH bool // transports disabled by an option
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
 }
+
+// withoutQUIC disables the QUIC listener (UDP gets no answer).
+func withoutQUIC(c *server.Config) { c.Listen.QUIC = "" }
 
 // gatewayOpt adjusts the configuration before the server starts.
 type gatewayOpt func(*server.Config)
@@ -160,7 +165,7 @@ func startGateway(t testing.TB, targets map[string]*server.Target, authorized []
 	for _, o := range opts {
 		o(cfg)
 	}
-	g := &gateway{Dir: dir, Config: cfg}
+	g := &gateway{Dir: dir, Config: cfg, noQUIC: cfg.Listen.QUIC == "", noSSH: cfg.Listen.SSH == "" || !hasSSH()}
 	g.start(t, "127.0.0.1:0")
 	return g
 }
@@ -189,8 +194,11 @@ func (g *gateway) start(t testing.TB, addr string) {
 			quicTLS = freeTCPUDPPort(t)
 		}
 		cfg.Listen.QUIC, cfg.Listen.TLS = quicTLS, quicTLS
+		if g.noQUIC {
+			cfg.Listen.QUIC = ""
+		}
 		switch {
-		case !hasSSH():
+		case g.noSSH:
 			cfg.Listen.SSH = ""
 		case g.SSHAddr != "":
 			cfg.Listen.SSH = g.SSHAddr
@@ -207,12 +215,7 @@ func (g *gateway) start(t testing.TB, addr string) {
 	}
 	g.Srv = srv
 	g.HostKey = srv.HostPublicKey()
-	for _, ln := range lns {
-		switch ln.Addr().Network() {
-		case "udp":
-			g.Addr = ln.Addr().String()
-		}
-	}
+	g.Addr = cfg.Listen.TLS
 	// The SSH listener is the TCP one on another port than the TLS one.
 	for _, ln := range lns {
 		if ln.Addr().Network() == "tcp" && ln.Addr().String() != g.Addr {
@@ -246,10 +249,8 @@ func (g *gateway) Stop() {
 // Kill stops the gateway abruptly: sessions are closed without draining.
 func (g *gateway) Kill() {
 	g.once.Do(func() {
+		g.Srv.Close()
 		g.cancel()
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel() // no drain time at all
-		g.Srv.Drain(ctx)
 		g.wg.Wait()
 	})
 }
@@ -267,7 +268,9 @@ func (g *gateway) KnownHosts(t testing.TB) string {
 	path := filepath.Join(t.TempDir(), "known_hosts")
 	var b strings.Builder
 	for _, a := range []string{g.Addr, g.SSHAddr} {
-		b.WriteString(knownHostsLine(a, g.HostKey))
+		if a != "" {
+			b.WriteString(knownHostsLine(a, g.HostKey))
+		}
 	}
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)

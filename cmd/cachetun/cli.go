@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/alecthomas/kong"
@@ -194,9 +195,12 @@ func stopContext(sig signals) (drain, abort context.Context, cancel func()) {
 		case <-done:
 		}
 	}()
+	var once sync.Once
 	return drain, abort, func() {
-		close(done)
-		cancelDrain()
-		cancelAbort()
+		once.Do(func() {
+			close(done)
+			cancelDrain()
+			cancelAbort()
+		})
 	}
 }
