@@ -60,8 +60,7 @@ func (s *Server) sshServerConfig() (*ssh.ServerConfig, error) {
 		},
 		ServerVersion: "SSH-2.0-cachetun_" + sshSoftwareVersion(Version),
 	}
-	tunnel.SSHAlgorithms(&conf.Config)
-	conf.AddHostKey(s.hostSigner)
+	conf.AddHostKey(s.hostSigner) // algorithms: tunnel.SSHAlgorithms, set by ListenSSH
 	if s.hostCert != nil {
 		cs, err := ssh.NewCertSigner(s.hostCert, s.hostSigner)
 		if err != nil {
