@@ -31,11 +31,12 @@ type Options struct {
 	Map AddrMap
 
 	// OnRedirect, if not nil, is called with the upstream address of every MOVED,
-	// ASK and REDIRECT error seen (kind KindMoved, KindAsk, KindRedirect; whether
-	// or not Map knew the address) and of every node of a CLUSTER reply that Map
-	// does not know (kind KindUnknown; slot is the first slot of the node's range,
-	// or -1), so that the caller can ask for a topology refresh. It is called from
-	// the goroutine running CopyReplies and must not block.
+	// ASK and REDIRECT error seen (kind KindMoved, KindAsk, KindRedirect), before
+	// Map is asked about that address, and with every node of a CLUSTER reply
+	// that Map does not know (kind KindUnknown, after Map failed; slot is the
+	// first slot of the node's range, or -1), so that the caller can ask for a
+	// topology refresh. It is called from the goroutine running CopyReplies, and
+	// replies wait for it: it must return quickly.
 	OnRedirect func(kind string, slot int, upstream string)
 
 	// Logger receives debug records when the Conn gives up pairing or parsing.
@@ -93,6 +94,10 @@ type execItem struct {
 // Run CopyRequests and CopyReplies once each, in two goroutines. A request must
 // pass through CopyRequests before the server can answer it, which always holds
 // when dst of CopyRequests is the server. Neither method closes anything.
+//
+// Memory: each method borrows a 64 KiB buffer from a pool while it runs;
+// CopyReplies holds at most 8 MiB more, and only while a CLUSTER reply that is
+// being rewritten arrives.
 type Conn struct {
 	opts Options
 	log  *slog.Logger

@@ -37,7 +37,7 @@ const (
 // w have been written; [w, r) are parsed and waiting to be written, unchanged
 // unless obuf holds output (then obuf goes first); [r, end) are not parsed yet.
 // Everything parsed is written before the next read, so nothing waits for more
-// input once it is understood.
+// input once it is understood, except a topology reply being held whole.
 type replyParser struct {
 	c    *Conn
 	dst  io.Writer
@@ -50,14 +50,19 @@ type replyParser struct {
 	written int64
 	werr    error
 
-	mode    int
-	stack   []frame
-	skip    int64 // bulk bytes still to come, without the trailing CRLF
-	crlf    bool  // a bulk's CRLF comes next
-	inLine  bool  // inside a simple line too long to hold; pass through to '\n'
-	eof     bool
-	growing bool // the value at r is a topology reply waiting for more input
-	noGrow  bool // the value at r is too large to hold: frame it as usual
+	mode   int
+	stack  []frame
+	skip   int64 // bulk bytes still to come, without the trailing CRLF
+	crlf   bool  // a bulk's CRLF comes next
+	inLine bool  // inside a simple line too long to hold; pass through to '\n'
+	lastCR bool  // inLine, and the last byte passed was '\r'
+	eof    bool
+
+	// A topology reply being held: it starts at capStart (-1: none), at stack
+	// depth capDepth, and is rewritten as a reply of capKind once complete.
+	capStart int
+	capDepth int
+	capKind  kind
 
 	replyIdx int64   // number of the reply at top level
 	pend     []entry // entries from the request side, not yet used
@@ -87,31 +92,33 @@ func (c *Conn) CopyReplies(dst io.Writer, src io.Reader) (int64, error) {
 	}
 	defer func() { p.buf, p.base, p.dst = nil, nil, nil }()
 
+	p.capStart = -1
 	for {
 		if p.mode == modeRaw {
 			return p.copyRaw(src)
 		}
-		// Make room: keep only the unparsed tail, at the front.
-		if p.r > 0 {
-			p.end = copy(p.buf, p.buf[p.r:p.end])
-			p.r, p.w = 0, 0
+		// Make room: keep only what is not written yet, at the front.
+		if p.w > 0 {
+			p.end = copy(p.buf, p.buf[p.w:p.end])
+			p.r -= p.w
+			if p.capStart >= 0 {
+				p.capStart -= p.w
+			}
+			p.w = 0
 		}
 		if p.end == len(p.buf) {
-			if p.growing && len(p.buf) < maxCapture {
+			// Only a held reply can fill the buffer.
+			if len(p.buf) < maxCapture {
 				nb := make([]byte, min(2*len(p.buf), maxCapture))
 				copy(nb, p.buf[:p.end])
 				p.buf = nb
 			} else {
-				// Cannot hold the value whole: frame it as it streams by.
-				p.noGrow = true
-				p.parse()
-				p.noGrow, p.growing = false, false
-				if p.mode != modeRaw && p.r == 0 {
-					p.fail(0, "no progress with a full buffer") // cannot happen
-				}
-				if p.mode == modeRaw {
+				if p.capStart < 0 {
+					p.fail(p.r, "no progress") // cannot happen: only held replies are large
 					continue
 				}
+				p.c.log.Debug("topology reply too large to rewrite; passing it on unchanged")
+				p.capStart = -1
 				p.flush(p.r)
 				if p.werr != nil {
 					return p.written, p.werr
@@ -133,14 +140,18 @@ func (c *Conn) CopyReplies(dst io.Writer, src io.Reader) (int64, error) {
 			}
 			p.parse()
 		}
-		if p.eof {
-			// Whatever could not be parsed goes out as it is.
-			p.r = p.end
-		}
 		if p.mode == modeRaw {
 			continue
 		}
-		p.flush(p.r)
+		if p.eof {
+			// Whatever could not be parsed goes out as it is.
+			p.r, p.capStart = p.end, -1
+		}
+		upto := p.r
+		if p.capStart >= 0 {
+			upto = p.capStart
+		}
+		p.flush(upto)
 		if p.werr != nil {
 			return p.written, p.werr
 		}
@@ -228,9 +239,8 @@ func (p *replyParser) setNext() {
 // consume drops the first n entries.
 func (p *replyParser) consume(n int) {
 	p.c.outstanding.Add(-int64(n))
-	m := copy(p.pend, p.pend[n:])
-	clear(p.pend[m:])
-	p.pend = p.pend[:m]
+	clear(p.pend[:n])
+	p.pend = p.pend[n:] // append reallocates once the front is used up
 }
 
 // unpair stops pairing for the rest of the connection.
@@ -258,9 +268,17 @@ func (p *replyParser) topDone() {
 	}
 }
 
-// elemDone records the end of one complete value at the current depth.
-func (p *replyParser) elemDone() {
-	for n := len(p.stack); n > 0; n = len(p.stack) {
+// elemDone records the end of one complete value, which ends at r.
+func (p *replyParser) elemDone(r int) {
+	for {
+		n := len(p.stack)
+		if n == p.capDepth && p.capStart >= 0 {
+			p.captured(r)
+		}
+		if n == 0 {
+			p.topDone()
+			return
+		}
 		f := &p.stack[n-1]
 		f.n--
 		if f.n > 0 {
@@ -275,7 +293,20 @@ func (p *replyParser) elemDone() {
 			return // pushes are not replies
 		}
 	}
-	p.topDone()
+}
+
+// captured rewrites the held reply, now complete at buf[capStart:r].
+func (p *replyParser) captured(r int) {
+	a := p.capStart
+	p.capStart = -1
+	frame := p.buf[a:r]
+	v, n, err := decode(frame, 0)
+	if err != nil || n != len(frame) {
+		return
+	}
+	p.rewriteAt(a, r, func(dst []byte) ([]byte, bool) {
+		return p.c.appendRewrite(dst, p.capKind, frame, &v)
+	})
 }
 
 // push opens an aggregate of n > 0 elements.
@@ -299,6 +330,12 @@ func (p *replyParser) parse() {
 // modeRaw, p.r says where the raw bytes start.
 func (p *replyParser) frame(b []byte, r int) int {
 	for r < len(b) {
+		if len(p.stack) == 0 && p.skip == 0 && !p.crlf && !p.inLine {
+			r = p.fastTop(b, r)
+			if r == len(b) {
+				break
+			}
+		}
 		if p.skip > 0 {
 			avail := int64(len(b) - r)
 			if avail <= p.skip {
@@ -323,18 +360,23 @@ func (p *replyParser) frame(b []byte, r int) int {
 			}
 			r += 2
 			p.crlf = false
-			p.elemDone()
+			p.elemDone(r)
 			continue
 		}
 		if p.inLine {
 			i := bytes.IndexByte(b[r:], '\n')
 			if i < 0 {
+				p.lastCR = b[len(b)-1] == '\r'
 				r = len(b)
+				return r
+			}
+			if i > 0 && b[r+i-1] != '\r' || i == 0 && !p.lastCR {
+				p.fail(r+i, "line not ended by CRLF")
 				return r
 			}
 			r += i + 1
 			p.inLine = false
-			p.elemDone()
+			p.elemDone(r)
 			continue
 		}
 
@@ -370,7 +412,7 @@ func (p *replyParser) frame(b []byte, r int) int {
 					return r
 				}
 				r = h
-				p.elemDone()
+				p.elemDone(r)
 				continue
 			}
 			if n <= int64(len(b)-h-2) {
@@ -380,8 +422,11 @@ func (p *replyParser) frame(b []byte, r int) int {
 					return r
 				}
 				r = e + 2
-				p.elemDone()
+				p.elemDone(r)
 				continue
+			}
+			if p.capStart >= 0 && n > maxCapture {
+				p.capStart = -1 // too large to rewrite: let it stream
 			}
 			r = h
 			p.skip = n
@@ -402,7 +447,7 @@ func (p *replyParser) frame(b []byte, r int) int {
 					return r
 				}
 				r = h
-				p.elemDone()
+				p.elemDone(r)
 				continue
 			}
 			k := uint8(fAgg)
@@ -420,7 +465,7 @@ func (p *replyParser) frame(b []byte, r int) int {
 			r = h
 			if n == 0 {
 				if k == fAgg {
-					p.elemDone()
+					p.elemDone(r)
 				}
 				continue
 			}
@@ -433,6 +478,7 @@ func (p *replyParser) frame(b []byte, r int) int {
 			if i < 0 {
 				if len(b)-r >= maxLine {
 					p.inLine = true
+					p.lastCR = b[len(b)-1] == '\r'
 					r = len(b)
 				}
 				return r
@@ -443,13 +489,90 @@ func (p *replyParser) frame(b []byte, r int) int {
 				return r
 			}
 			r = nl + 1
-			p.elemDone()
+			p.elemDone(r)
 		default:
 			p.fail(r, "unknown type byte")
 			return r
 		}
 	}
 	return r
+}
+
+// fastTop frames top-level bulk strings, simple strings, integers and nulls that
+// need no work, the replies of a pipeline of GETs and SETs, and returns where it
+// stopped: at the end of b, or at a value for the general code.
+func (p *replyParser) fastTop(b []byte, r int) int {
+	idx, next := p.replyIdx, p.nextIdx
+	for r < len(b) && idx != next {
+		switch b[r] {
+		case '$':
+			if len(b)-r < 5 {
+				p.replyIdx = idx
+				return r
+			}
+			var i, n int
+			if d := b[r+1] - '0'; d <= 9 && b[r+2] == '\r' {
+				i, n = r+2, int(d) // one digit, the common case
+			} else if d <= 9 && b[r+3] == '\r' {
+				if d2 := b[r+2] - '0'; d2 <= 9 {
+					i, n = r+3, int(d)*10+int(d2)
+				}
+			} else if b[r+1] == '-' && b[r+2] == '1' && b[r+3] == '\r' && b[r+4] == '\n' {
+				r += 5 // null
+				break
+			}
+			if i == 0 {
+				for i = r + 1; i < len(b) && i-r <= 10; i++ {
+					d := b[i] - '0'
+					if d > 9 {
+						break
+					}
+					n = n*10 + int(d)
+				}
+			}
+			e := i + 2 + n
+			if i == r+1 || e+2 > len(b) || b[i] != '\r' || b[i+1] != '\n' || b[e] != '\r' || b[e+1] != '\n' {
+				p.replyIdx = idx
+				return r
+			}
+			r = e + 2
+		case '+', ':', '_':
+			// Short lines; long ones go to the general code.
+			e := min(r+32, len(b))
+			i := r + 1
+			for i < e && b[i] != '\n' {
+				i++
+			}
+			if i == e || b[i-1] != '\r' || i == r+1 {
+				p.replyIdx = idx
+				return r
+			}
+			r = i + 1
+		default:
+			p.replyIdx = idx
+			return r
+		}
+		idx++
+	}
+	p.replyIdx = idx
+	if idx > next {
+		p.setNext()
+	}
+	return r
+}
+
+// parseLenFast is parseLen, quicker for the usual one- and two-digit numbers.
+func parseLenFast(b []byte, i int) (n int64, next int, ok int) {
+	if i+3 < len(b) {
+		d := b[i] - '0'
+		if d <= 9 && b[i+1] == '\r' && b[i+2] == '\n' {
+			return int64(d), i + 3, 1
+		}
+		if d2 := b[i+1] - '0'; d <= 9 && d2 <= 9 && b[i+2] == '\r' && b[i+3] == '\n' {
+			return int64(d)*10 + int64(d2), i + 4, 1
+		}
+	}
+	return parseLen(b, i)
 }
 
 // parseLen parses "<int>\r\n" at b[i:]. ok is 1 with the value and the index
@@ -528,16 +651,10 @@ func (p *replyParser) start(b []byte, r int) (int, int) {
 		}
 		return r, stNormal
 	}
-	next, st := p.capture(b, r, e.kind)
-	if st != stNeedMore {
-		p.consume(1)
-		if st == stHandled {
-			p.topDone()
-		} else {
-			p.setNext()
-		}
-	}
-	return next, st
+	p.consume(1)
+	p.setNext()
+	p.hold(r, 0, e.kind)
+	return r, stNormal
 }
 
 // startExecElem handles the start of an element of the EXEC array being followed.
@@ -550,45 +667,20 @@ func (p *replyParser) startExecElem(b []byte, r int) (int, int) {
 	for p.execPos < len(items) && items[p.execPos].pos < pos {
 		p.execPos++
 	}
-	if p.execPos == len(items) {
+	switch {
+	case p.execPos == len(items):
 		p.exec = nil
-		return r, stNormal
-	}
-	it := items[p.execPos]
-	if it.pos != pos {
-		return r, stNormal
-	}
-	next, st := p.capture(b, r, it.kind)
-	switch st {
-	case stHandled:
-		p.execPos++
-		p.elemDone()
-	case stNormal:
+	case items[p.execPos].pos == pos:
+		p.hold(r, 1, items[p.execPos].kind)
 		p.execPos++
 	}
-	return next, st
+	return r, stNormal
 }
 
-// capture rewrites the whole value at b[r:] as a reply of kind k once it is all
-// in the buffer.
-func (p *replyParser) capture(b []byte, r int, k kind) (int, int) {
-	if p.noGrow {
-		p.noGrow, p.growing = false, false
-		return r, stNormal
-	}
-	v, n, err := decode(b[r:], 0)
-	if err == errIncomplete && !p.eof {
-		p.growing = true
-		return r, stNeedMore
-	}
-	p.growing = false
-	if err != nil {
-		return r, stNormal
-	}
-	p.rewriteAt(r, r+n, func(dst []byte) ([]byte, bool) {
-		return p.c.appendRewrite(dst, k, b[r:r+n], &v)
-	})
-	return r + n, stHandled
+// hold starts holding the value at r, at stack depth depth, to rewrite it as a
+// reply of kind k once complete.
+func (p *replyParser) hold(r, depth int, k kind) {
+	p.capStart, p.capDepth, p.capKind = r, depth, k
 }
 
 // errorLine handles a top-level error reply, rewriting a redirect.

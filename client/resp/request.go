@@ -56,6 +56,10 @@ func (p *reqParser) feed(b []byte) {
 		switch p.state {
 		case sStart:
 			if b[i] == '*' {
+				if j := p.fastCommand(b, i); j > i {
+					i = j
+					continue
+				}
 				p.state, p.num, p.ndig, p.neg = sCount, 0, 0, false
 				i++
 			} else {
@@ -174,6 +178,69 @@ func (p *reqParser) feed(b []byte) {
 			p.inline()
 		}
 	}
+}
+
+// interestingLen has bit n set if a command that command() reacts to has n letters.
+const interestingLen = 1<<4 | 1<<5 | 1<<6 | 1<<7 | 1<<9 | 1<<10 | 1<<11 | 1<<12
+
+// interestingFirst has bit c-'a' set if such a command starts with letter c.
+const interestingFirst = 1<<('c'-'a') | 1<<('d'-'a') | 1<<('e'-'a') | 1<<('m'-'a') | 1<<('p'-'a') |
+	1<<('q'-'a') | 1<<('r'-'a') | 1<<('s'-'a') | 1<<('u'-'a') | 1<<('w'-'a')
+
+// interesting reports whether a command named name may need command()'s attention.
+func interesting(name []byte) bool {
+	if len(name) >= 16 || interestingLen>>len(name)&1 == 0 {
+		return false
+	}
+	c := name[0] | 0x20 - 'a'
+	return c < 26 && interestingFirst>>c&1 != 0
+}
+
+// fastCommand parses the multibulk command at b[i] if it is all in b, and
+// returns the index after it, or i to leave it to the state machine.
+func (p *reqParser) fastCommand(b []byte, i int) int {
+	argc, j, ok := parseLenFast(b, i+1)
+	if ok != 1 || argc <= 0 || argc > 1<<20 {
+		return i
+	}
+	var arg [3][2]int
+	for k := int64(0); k < argc; k++ {
+		if j >= len(b) || b[j] != '$' {
+			return i
+		}
+		n, h, ok := parseLenFast(b, j+1)
+		if ok != 1 || n < 0 || n > int64(len(b)-h-2) {
+			return i
+		}
+		e := h + int(n)
+		if k < 3 {
+			arg[k] = [2]int{h, e}
+		}
+		j = e + 2 // Redis skips the two bytes after an argument unseen
+	}
+	if !interesting(b[arg[0][0]:arg[0][1]]) {
+		p.idx++
+		if p.inMulti {
+			p.multiN++
+		}
+		return j
+	}
+	for k := 0; k < 3 && int64(k) < argc; k++ {
+		a := b[arg[k][0]:arg[k][1]]
+		if len(a) > argCap {
+			p.argl[k] = argCap + 1
+			continue
+		}
+		for x, c := range a {
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			p.args[k][x] = c
+		}
+		p.argl[k] = len(a)
+	}
+	p.command(argc)
+	return j
 }
 
 // fail gives up following requests for the rest of the connection.
