@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,7 +122,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 
 // authenticate reads Hello frames on the first stream until one proves a
 // key that authorized_keys accepts and names a target that key may use.
-func (ss *session) authenticate(ctx context.Context, ip []byte) (tunnel.Stream, *tunnel.Hello, bool) {
+func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, *tunnel.Hello, bool) {
 	s := ss.srv
 	deadline := time.Now().Add(s.cfg.Limits.AuthTimeout)
 	actx, cancel := context.WithDeadline(ctx, deadline)
@@ -150,7 +152,7 @@ func (ss *session) authenticate(ctx context.Context, ip []byte) (tunnel.Stream, 
 	// fail answers a failed attempt; the client may try another key
 	// unless the failure is final.
 	fail := func(code string, err error, hint string, final bool) {
-		s.authFailed(netIPString(ip))
+		s.authFailed(ip.String())
 		s.metrics.authFailures.WithLabelValues(code).Inc()
 		ss.log.Warn("authentication failed", "code", code, keyErr, err)
 		w := &tunnel.Welcome{Code: code, Error: err.Error(), Hint: hint}
@@ -191,11 +193,14 @@ func (ss *session) authenticate(ctx context.Context, ip []byte) (tunnel.Stream, 
 		id, err := s.keys.Load().Authorize(key, ip, time.Now())
 		if err != nil {
 			hint := ""
-			if errors.Is(err, auth.ErrUnknownKey) {
-				hint = "ask the gateway's operator to add your public key to " + s.cfg.AuthorizedKeys + ": " + string(ssh.MarshalAuthorizedKey(key))
+			switch cert, isCert := key.(*ssh.Certificate); {
+			case isCert && errors.Is(err, auth.ErrUnknownKey):
+				hint = "the certificate's CA " + auth.Fingerprint(cert.SignatureKey) + " is not trusted here: ask the gateway's operator for a certificate from a trusted CA, or to add a cert-authority line for this CA to " + s.cfg.AuthorizedKeys
+			case errors.Is(err, auth.ErrUnknownKey):
+				hint = "ask the gateway's operator to add your public key to " + s.cfg.AuthorizedKeys + ": " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
 			}
 			fail(authCode(err), err, hint, false)
-			if s.rateLimited(netIPString(ip)) {
+			if s.rateLimited(ip.String()) {
 				return nil, nil, false
 			}
 			continue
@@ -221,13 +226,6 @@ func (ss *session) authenticate(ctx context.Context, ip []byte) (tunnel.Stream, 
 	}
 	fail("too_many_tries", fmt.Errorf("too many keys tried (%d)", maxHelloTries), "use -i to pick the key the gateway knows", true)
 	return nil, nil, false
-}
-
-func netIPString(ip []byte) string {
-	if len(ip) == 0 {
-		return ""
-	}
-	return fmt.Sprint(ip)
 }
 
 func authCode(err error) string {

@@ -8,10 +8,13 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
-// relayBufSize is the copy buffer of each relay direction.
+// relayBufSize is the copy buffer of each relay direction. A relay holds
+// a buffer only while bytes move: waiting for data it holds none (see
+// copyConn and copyStream), so idle connections cost no copy buffers.
 const relayBufSize = 32 << 10
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
@@ -53,9 +56,9 @@ func RelayWith(ctx context.Context, conn net.Conn, st Stream, idle time.Duration
 func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up, down CopyFunc) RelayResult {
 	var (
 		res      RelayResult
-		wg       sync.WaitGroup
 		errOnce  sync.Once
-		last     atomic.Int64
+		lastAt   atomic.Int64
+		last     *atomic.Int64 // nil without an idle timeout: no clock reads per copy
 		idleCut  atomic.Bool
 		abortAll = func() {
 			st.Abort()
@@ -71,8 +74,9 @@ func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up
 			abortAll()
 		})
 	}
-	last.Store(time.Now().UnixNano())
 	if idle > 0 {
+		last = &lastAt
+		last.Store(time.Now().UnixNano())
 		var t *time.Timer
 		var check func()
 		check = func() {
@@ -90,22 +94,23 @@ func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up
 	stop := context.AfterFunc(ctx, func() { fail(context.Cause(ctx)) })
 	defer stop()
 
-	wg.Add(2)
+	// A client stream whose open header is still unsent gets it with the
+	// first bytes of conn (one write instead of two); the stream is read
+	// only once the header is out, so that a Read cannot send it alone.
+	var gate *openGate
+	if op, ok := st.(opener); ok && op.openPending() {
+		gate = &openGate{op: op, ch: make(chan struct{})}
+	}
+
+	// One direction runs here, the other in one goroutine: two goroutines
+	// per relay, counting the caller's.
+	downDone := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		n, err := copyWith(up, st, conn, &last, idle > 0)
-		res.ConnToStream = n
-		if err != nil {
-			fail(err)
-			return
+		defer close(downDone)
+		if gate != nil {
+			<-gate.ch
 		}
-		if err := st.CloseWrite(); err != nil {
-			fail(err)
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		n, err := copyWith(down, conn, st, &last, idle > 0)
+		n, err := copyDown(down, conn, st, last)
 		res.StreamToConn = n
 		if err != nil {
 			fail(err)
@@ -119,7 +124,18 @@ func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up
 			_ = conn.Close()
 		}
 	}()
-	wg.Wait()
+	n, err := copyUp(up, st, conn, last, gate)
+	res.ConnToStream = n
+	if err == nil {
+		err = st.CloseWrite()
+	}
+	if err != nil {
+		fail(err)
+	}
+	<-downDone
+	// Seal res.Err: a late fail (idle timer, ctx) either finished before
+	// this returns or does nothing.
+	errOnce.Do(func() {})
 	res.Idle = idleCut.Load()
 	_ = st.Close()
 	_ = conn.Close()
@@ -133,16 +149,102 @@ func ErrIdle(err error) bool {
 	return errors.Is(err, errIdle) || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// copyWith copies with f, or with copyCounting when f is nil. Only when
-// the idle timeout needs it is src wrapped to note activity.
-func copyWith(f CopyFunc, dst io.Writer, src io.Reader, last *atomic.Int64, track bool) (int64, error) {
-	if f == nil {
-		return copyCounting(dst, src, last)
+// opener is implemented by client streams whose open header has not been
+// written yet (see clientStream).
+type opener interface {
+	// openPending reports whether the header is still unsent.
+	openPending() bool
+	// flushOpen writes the header alone if it is still unsent.
+	flushOpen() error
+}
+
+// openGate releases the reading direction of a relay once the open header
+// is out, with the first payload or alone.
+type openGate struct {
+	op   opener
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (g *openGate) release() { g.once.Do(func() { close(g.ch) }) }
+
+func (g *openGate) flush() error {
+	defer g.release()
+	return g.op.flushOpen()
+}
+
+// readWaiter is implemented by streams that can wait for data without a
+// buffer, so that an idle relay holds no copy buffer.
+type readWaiter interface {
+	// waitReadable blocks until a Read would not block: data is there, the
+	// stream ended (io.EOF) or it failed. It consumes no data. It returns
+	// errNoWait at once when the stream cannot wait this way.
+	waitReadable() error
+}
+
+// errNoWait: the stream has no way to wait for data without reading.
+var errNoWait = errors.New("stream cannot wait for data")
+
+// copyUp copies conn to the stream.
+func copyUp(f CopyFunc, st Stream, conn net.Conn, last *atomic.Int64, gate *openGate) (int64, error) {
+	if gate != nil {
+		defer gate.release()
 	}
-	if track {
-		src = &activityReader{r: src, last: last}
+	if f != nil {
+		if gate != nil {
+			if err := gate.flush(); err != nil {
+				return 0, err
+			}
+		}
+		return f(st, activity(conn, last))
 	}
-	return f(dst, src)
+	if rc := rawConn(conn); rc != nil {
+		return copyConn(st, rc, last, gate)
+	}
+	if gate != nil {
+		if err := gate.flush(); err != nil {
+			return 0, err
+		}
+	}
+	return copyHolding(st, conn, last)
+}
+
+// copyDown copies the stream to conn.
+func copyDown(f CopyFunc, conn net.Conn, st Stream, last *atomic.Int64) (int64, error) {
+	if f != nil {
+		return f(conn, activity(st, last))
+	}
+	if w, ok := st.(readWaiter); ok {
+		return copyStream(conn, st, w, last)
+	}
+	return copyHolding(conn, st, last)
+}
+
+// rawConn returns the raw socket of TCP and Unix connections.
+func rawConn(c net.Conn) syscall.RawConn {
+	var sc syscall.Conn
+	switch c := c.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	default:
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// activity wraps src to note the time of reads when the idle timeout
+// needs it.
+func activity(src io.Reader, last *atomic.Int64) io.Reader {
+	if last == nil {
+		return src
+	}
+	return &activityReader{r: src, last: last}
 }
 
 // activityReader records the time of every read that returned data.
@@ -159,8 +261,133 @@ func (a *activityReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// copyCounting copies src to dst with a pooled buffer; io.EOF is a clean end.
-func copyCounting(dst io.Writer, src io.Reader, last *atomic.Int64) (int64, error) {
+// copyConn copies a socket to dst through its raw file descriptor: the
+// same read(2) calls as net.Conn.Read, but the buffer is taken from the
+// pool only when read(2) is about to run and goes back before the
+// goroutine parks on EAGAIN, so a relay waiting for data holds none.
+//
+// With gate, a first read that would block sends the open header alone
+// before waiting; a first read with data sends it together with the data.
+func copyConn(dst io.Writer, rc syscall.RawConn, last *atomic.Int64, gate *openGate) (int64, error) {
+	var (
+		total int64
+		bp    *[]byte
+	)
+	defer func() {
+		if bp != nil {
+			relayBufs.Put(bp)
+		}
+	}()
+	for {
+		var (
+			n          int
+			rerr       error
+			wouldBlock bool
+		)
+		err := rc.Read(func(fd uintptr) bool {
+			if bp == nil {
+				bp = relayBufs.Get().(*[]byte)
+			}
+			for {
+				n, rerr = syscall.Read(int(fd), *bp)
+				if rerr != syscall.EINTR {
+					break
+				}
+			}
+			if rerr == syscall.EAGAIN {
+				relayBufs.Put(bp)
+				bp = nil
+				if gate != nil {
+					wouldBlock = true
+					return true
+				}
+				return false // park until readable, holding no buffer
+			}
+			return true
+		})
+		if err != nil {
+			return total, err
+		}
+		if wouldBlock {
+			g := gate
+			gate = nil
+			if err := g.flush(); err != nil {
+				return total, err
+			}
+			continue
+		}
+		if rerr != nil {
+			return total, os.NewSyscallError("read", rerr)
+		}
+		if n <= 0 {
+			return total, nil // EOF
+		}
+		if last != nil {
+			last.Store(time.Now().UnixNano())
+		}
+		w, werr := dst.Write((*bp)[:n])
+		total += int64(w)
+		if gate != nil {
+			gate.release()
+			gate = nil
+		}
+		if werr != nil {
+			return total, werr
+		}
+		if w != n {
+			return total, io.ErrShortWrite
+		}
+	}
+}
+
+// copyStream copies a stream that can wait for data without a buffer: it
+// waits, then reads with a pooled buffer that goes back at once.
+func copyStream(dst io.Writer, src io.Reader, w readWaiter, last *atomic.Int64) (int64, error) {
+	var total int64
+	for {
+		if err := w.waitReadable(); err != nil {
+			switch {
+			case errors.Is(err, errNoWait) && total == 0:
+				return copyHolding(dst, src, last)
+			case err == io.EOF:
+				// Read the EOF too: quic-go counts a stream as done once
+				// its reader has seen it.
+				bp := relayBufs.Get().(*[]byte)
+				_, _ = src.Read(*bp)
+				relayBufs.Put(bp)
+				return total, nil
+			}
+			return total, err
+		}
+		bp := relayBufs.Get().(*[]byte)
+		n, rerr := src.Read(*bp)
+		if n > 0 {
+			if last != nil {
+				last.Store(time.Now().UnixNano())
+			}
+			w, werr := dst.Write((*bp)[:n])
+			total += int64(w)
+			if werr == nil && w != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				relayBufs.Put(bp)
+				return total, werr
+			}
+		}
+		relayBufs.Put(bp)
+		if rerr != nil {
+			if rerr == io.EOF {
+				return total, nil
+			}
+			return total, rerr
+		}
+	}
+}
+
+// copyHolding copies src to dst with a pooled buffer held throughout (for
+// sources that cannot wait without one); io.EOF is a clean end.
+func copyHolding(dst io.Writer, src io.Reader, last *atomic.Int64) (int64, error) {
 	bp := relayBufs.Get().(*[]byte)
 	defer relayBufs.Put(bp)
 	buf := *bp
@@ -168,7 +395,9 @@ func copyCounting(dst io.Writer, src io.Reader, last *atomic.Int64) (int64, erro
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
-			last.Store(time.Now().UnixNano())
+			if last != nil {
+				last.Store(time.Now().UnixNano())
+			}
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
 			if werr != nil {
