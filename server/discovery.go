@@ -29,10 +29,11 @@ import (
 // for, so that a burst of redirects costs the cluster one query.
 const refreshGap = 500 * time.Millisecond
 
-// A round that a client asked for and that found no change is followed by
-// up to followUps more, followUpGap apart: the client saw the cluster
-// change (a MOVED that disagrees with the topology), and the node asked
-// may not have caught up yet.
+// A round that a client asked for, or that found a change, is followed by
+// followUps more, followUpGap apart, until that many in a row change
+// nothing: the cluster is changing (a client saw a MOVED that disagrees
+// with the topology), and the node asked may not have caught up yet, or
+// may be half way (a failover shows two masters for a moment).
 const (
 	followUps   = 5
 	followUpGap = time.Second
@@ -130,10 +131,11 @@ func (s *Server) discoveryLoop(ctx context.Context, t *target) {
 		}
 		last = time.Now()
 		nodes, from, err := t.discover(ctx, timeout)
-		t.markDiscovered()
 		if ctx.Err() != nil {
+			t.markDiscovered()
 			return
 		}
+		changed := false
 		switch {
 		case err != nil:
 			if msg := err.Error(); msg != lastErr {
@@ -145,12 +147,13 @@ func (s *Server) discoveryLoop(ctx context.Context, t *target) {
 				log.Info("discovery works again", "from", from)
 				lastErr = ""
 			}
-			if t.updateNodes(nodes) {
+			if changed = t.updateNodes(nodes); changed {
 				log.Info("topology changed", "from", from, "nodes", len(nodes), "version", t.Info().Version, "layout", layout(nodes))
-				follow = 0
-			} else if asked {
-				follow = followUps
 			}
+		}
+		t.markDiscovered() // after the update: the first Welcome has it
+		if changed || asked {
+			follow = followUps
 		}
 		next := t.cfg.Refresh
 		if follow > 0 {
