@@ -361,7 +361,7 @@ func (m *mcConfigConn) reply(p *mcPipe, kind mcKind, l []byte) error {
 		}
 	case mcConfig:
 		if bytes.HasPrefix(l, []byte("CONFIG cluster ")) {
-			return m.configReply(p, l, 2)
+			return m.configReply(p, l)
 		}
 		if !isErr(l) {
 			return errUnpaired
@@ -376,7 +376,7 @@ func (m *mcConfigConn) reply(p *mcPipe, kind mcKind, l []byte) error {
 				return err
 			}
 			if kind == mcLegacy && string(f[1]) == "AmazonElastiCache:cluster" {
-				if err := m.configReply(p, l, 3); err != nil {
+				if err := m.configReply(p, l); err != nil {
 					return err
 				}
 			} else {
@@ -400,10 +400,11 @@ func (m *mcConfigConn) reply(p *mcPipe, kind mcKind, l []byte) error {
 	return errUnpaired
 }
 
-// configReply rewrites one auto-discovery block: the header line l whose
-// field lenField is the body length, the body and its CRLF. The caller
-// handles what follows (END).
-func (m *mcConfigConn) configReply(p *mcPipe, l []byte, lenField int) error {
+// configReply rewrites one auto-discovery block: the header line l
+// ("CONFIG cluster <flags> <len>" or "VALUE <key> <flags> <len>"), the
+// body and its CRLF. The caller handles what follows (END).
+func (m *mcConfigConn) configReply(p *mcPipe, l []byte) error {
+	const lenField = 3
 	f := bytes.Fields(l)
 	if len(f) <= lenField {
 		return errUnpaired
