@@ -52,6 +52,7 @@ type Server struct {
 	metrics     *metrics
 
 	keys atomic.Pointer[auth.AuthorizedKeys]
+	live atomic.Int64 // sessions being served, authenticated or not
 
 	// draining is closed when the server stops taking new work.
 	draining chan struct{}
@@ -242,20 +243,21 @@ func (s *Server) Serve(ctx context.Context, ln tunnel.Listener) error {
 		if !s.admit(sess) {
 			continue
 		}
+		s.live.Add(1)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer s.live.Add(-1)
 			s.serveSession(ctx, sess)
 		}()
 	}
 }
 
 // admit applies the global session limit.
+// Sessions still authenticating count too, so unauthenticated clients
+// cannot pile up.
 func (s *Server) admit(sess tunnel.Session) bool {
-	s.mu.Lock()
-	n := len(s.sessions)
-	s.mu.Unlock()
-	if n >= s.cfg.Limits.MaxSessions {
+	if s.live.Load() >= int64(s.cfg.Limits.MaxSessions) {
 		s.log.Warn("session refused: max_sessions reached", keyRemote, sess.RemoteAddr().String(), "max_sessions", s.cfg.Limits.MaxSessions)
 		sess.Close()
 		return false

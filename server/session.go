@@ -136,11 +136,13 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 	if err != nil {
 		ss.log.Warn("bad first stream", keyErr, err)
 		in.Reject(tunnel.StatusBadRequest, "malformed open header")
+		ss.linger()
 		return nil, nil, false
 	}
 	if req.Kind != tunnel.KindControl {
 		ss.log.Warn("first stream is not the control stream: refused before authentication", keyTarget, req.Target, keyNode, req.Node)
 		in.Reject(tunnel.StatusDenied, "authenticate on the control stream first")
+		ss.linger()
 		return nil, nil, false
 	}
 	ctrl, err := in.Accept()
@@ -263,6 +265,15 @@ func (ss *session) refuse(ctrl tunnel.Stream, w *tunnel.Welcome) {
 	_ = ctrl.CloseWrite()
 	_ = ctrl.SetReadDeadline(time.Now().Add(2 * time.Second))
 	_, _ = io.Copy(io.Discard, io.LimitReader(ctrl, 64<<10))
+}
+
+// linger gives the client up to two seconds to read a refusal and close
+// the session itself: closing a QUIC connection discards data in flight.
+func (ss *session) linger() {
+	select {
+	case <-ss.sess.Done():
+	case <-time.After(2 * time.Second):
+	}
 }
 
 // welcome writes a Welcome frame on ctrl.
