@@ -59,6 +59,12 @@ type copyFunc func(c *Conn, dst io.Writer, src io.Reader) (int64, error)
 
 func ioCopy(_ *Conn, dst io.Writer, src io.Reader) (int64, error) { return io.Copy(dst, src) }
 
+// ioCopy64K copies with CopyReplies's buffer size, to tell parsing apart from
+// fewer system calls.
+func ioCopy64K(_ *Conn, dst io.Writer, src io.Reader) (int64, error) {
+	return io.CopyBuffer(dst, src, make([]byte, bufSize))
+}
+
 func copyReplies(c *Conn, dst io.Writer, src io.Reader) (int64, error) {
 	return c.CopyReplies(dst, src)
 }
@@ -158,6 +164,13 @@ func BenchmarkIOCopy_PipelinedGET(b *testing.B) {
 	for _, s := range benchSizes {
 		b.Run("mem/"+s.name, func(b *testing.B) { benchMem(b, getReplies(s.size), ioCopy) })
 		b.Run("tcp/"+s.name, func(b *testing.B) { benchTCP(b, getReplies(s.size), ioCopy) })
+	}
+}
+
+func BenchmarkIOCopyBuffer64K_PipelinedGET(b *testing.B) {
+	for _, s := range benchSizes {
+		b.Run("mem/"+s.name, func(b *testing.B) { benchMem(b, getReplies(s.size), ioCopy64K) })
+		b.Run("tcp/"+s.name, func(b *testing.B) { benchTCP(b, getReplies(s.size), ioCopy64K) })
 	}
 }
 

@@ -112,6 +112,8 @@ var replySeeds = []struct{ name, requests, replies string }{
 	{"streamed", cmd("GET", "a"), "$?\r\n;1\r\na\r\n;0\r\n"},
 	{"psync", cmd("PSYNC", "?", "-1"), "+FULLRESYNC x 0\r\n$3\r\nabc-MOVED 1 a:6379\r\n"},
 	{"deep", cmd("CLUSTER", "SLOTS"), strings.Repeat("*1\r\n", 600) + ":1\r\n"},
+	{"repeated headers", strings.Repeat(cmd("GET", "a"), 12) + cmd("CLUSTER", "NODES") + cmd("GET", "a"),
+		strings.Repeat(bulk("abc"), 6) + "-MOVED 1 a:6379\r\n" + strings.Repeat(bulk("abc"), 5) + nodesResp2 + "$3\r\nabcXY"},
 }
 
 func FuzzCopyReplies(f *testing.F) {

@@ -2,6 +2,7 @@ package resp
 
 import (
 	"bytes"
+	"encoding/binary"
 	"io"
 	"math"
 )
@@ -220,10 +221,14 @@ func (p *replyParser) rewriteAt(a, b int, appendNew func(dst []byte) ([]byte, bo
 }
 
 func (p *replyParser) setNext() {
-	// Entries for replies already gone by cannot be used (this does not happen
-	// while requests and replies are paired correctly).
+	// Entries for replies already gone by cannot be used. A rewrite is merely
+	// lost; a reply that ended pairing cannot be told apart any more.
 	i := 0
 	for i < len(p.pend) && p.pend[i].idx < p.replyIdx {
+		if k := p.pend[i].kind; k == kUnpair || k == kRaw {
+			p.unpair()
+			return
+		}
 		i++
 	}
 	if i > 0 {
@@ -503,7 +508,18 @@ func (p *replyParser) frame(b []byte, r int) int {
 // stopped: at the end of b, or at a value for the general code.
 func (p *replyParser) fastTop(b []byte, r int) int {
 	idx, next := p.replyIdx, p.nextIdx
+	// Pipelined replies often repeat the previous bulk string's header: then one
+	// comparison frames the reply, and the next position does not depend on
+	// parsing this one.
+	var hdr, mask uint64
+	var size int
 	for r < len(b) && idx != next {
+		if size > 0 && len(b)-r >= max(size, 8) &&
+			binary.LittleEndian.Uint64(b[r:])&mask == hdr && b[r+size-2] == '\r' && b[r+size-1] == '\n' {
+			r += size
+			idx++
+			continue
+		}
 		switch b[r] {
 		case '$':
 			if len(b)-r < 5 {
@@ -534,6 +550,11 @@ func (p *replyParser) fastTop(b []byte, r int) int {
 			if i == r+1 || e+2 > len(b) || b[i] != '\r' || b[i+1] != '\n' || b[e] != '\r' || b[e+1] != '\n' {
 				p.replyIdx = idx
 				return r
+			}
+			if hl := i + 2 - r; hl <= 8 && len(b)-r >= 8 {
+				mask = 1<<(8*hl) - 1
+				hdr = binary.LittleEndian.Uint64(b[r:]) & mask
+				size = e + 2 - r
 			}
 			r = e + 2
 		case '+', ':', '_':

@@ -128,6 +128,12 @@ func TestConn_ClusterReplies(t *testing.T) {
 			nodesResp2 + "-MOVED 1 127.0.0.1:6379\r\n",
 		mode: modeUnpaired,
 	}, {
+		name:     "long error to subscribe stops pairing",
+		requests: cmd("SUBSCRIBE", "a") + cmd("CLUSTER", "NODES"),
+		replies:  "-ERR " + strings.Repeat("x", 2000) + "\r\n" + nodesResp2,
+		want:     "-ERR " + strings.Repeat("x", 2000) + "\r\n" + nodesResp2,
+		mode:     modeUnpaired,
+	}, {
 		name:     "client reply skip stops pairing",
 		requests: cmd("CLIENT", "REPLY", "SKIP") + cmd("CLUSTER", "NODES") + cmd("CLUSTER", "NODES"),
 		replies:  nodesResp2,
@@ -162,6 +168,17 @@ func TestConn_ClusterReplies(t *testing.T) {
 		requests: cmd("CLUSTER", "NODES"),
 		replies:  nodesResp2[:len(nodesResp2)-40],
 		want:     nodesResp2[:len(nodesResp2)-40],
+	}, {
+		name:     "repeated headers around a cluster reply",
+		requests: strings.Repeat(get, 5) + cmd("CLUSTER", "NODES") + strings.Repeat(get, 5) + cmd("CLUSTER", "NODES"),
+		replies:  strings.Repeat(bulk("abc"), 5) + nodesResp2 + strings.Repeat(bulk("abc"), 5) + nodesResp3,
+		want:     strings.Repeat(bulk("abc"), 5) + nodesResp2Want + strings.Repeat(bulk("abc"), 5) + nodesResp3Want,
+	}, {
+		name:     "repeated header with a broken end",
+		requests: strings.Repeat(get, 12),
+		replies:  strings.Repeat(bulk("abc"), 10) + "$3\r\nabcXY-MOVED 1 10.0.1.230:6379\r\n",
+		want:     strings.Repeat(bulk("abc"), 10) + "$3\r\nabcXY-MOVED 1 10.0.1.230:6379\r\n",
+		mode:     modeRaw,
 	}, {
 		name:     "empty and null replies",
 		requests: strings.Repeat(cmd("CLUSTER", "SLOTS"), 4),
