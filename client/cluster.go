@@ -51,7 +51,8 @@ type clusterState struct {
 
 	refreshPending atomic.Bool
 	refreshRunning atomic.Bool
-	lastRefresh    time.Time // owned by the refresh goroutine
+	refreshes      atomic.Int64 // refresh requests made
+	lastRefresh    time.Time    // owned by the refresh goroutine
 }
 
 // addrTable maps upstream node addresses to local listener addresses.
@@ -231,6 +232,7 @@ func (c *Client) requestRefresh() {
 				}
 				c.sendRefresh()
 				cs.lastRefresh = time.Now()
+				cs.refreshes.Add(1)
 			}
 			cs.refreshRunning.Store(false)
 			if !cs.refreshPending.Load() || !cs.refreshRunning.CompareAndSwap(false, true) {

@@ -98,7 +98,8 @@ func newMCPipe(dst io.Writer, src io.Reader) *mcPipe {
 var errLongLine = errors.New("memcached line too long")
 
 // line returns the next line with its line end; the slice is valid until
-// the next read.
+// the next read. On errLongLine it returns what it read; on other errors
+// it has written what it read.
 func (p *mcPipe) line() ([]byte, error) {
 	if buf, _ := p.br.Peek(p.br.Buffered()); bytes.IndexByte(buf, '\n') < 0 {
 		if err := p.bw.Flush(); err != nil {
@@ -108,6 +109,10 @@ func (p *mcPipe) line() ([]byte, error) {
 	l, err := p.br.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) || len(l) > mcMaxLine {
 		return l, errLongLine
+	}
+	if err != nil && len(l) > 0 { // the stream ends inside a line: pass it on
+		_, _ = p.bw.Write(l)
+		return nil, err
 	}
 	return l, err
 }
@@ -183,9 +188,6 @@ func (m *mcConfigConn) copyRequests(dst io.Writer, src io.Reader) (int64, error)
 			return p.raw(l)
 		}
 		if err != nil {
-			if len(l) > 0 { // a last line without its end: pass it on
-				_, _ = p.bw.Write(l)
-			}
 			return p.end(err)
 		}
 		kind, data, ok := classifyRequest(l)
@@ -299,9 +301,6 @@ func (m *mcConfigConn) copyReplies(dst io.Writer, src io.Reader) (int64, error) 
 			return p.raw(l)
 		}
 		if err != nil {
-			if len(l) > 0 {
-				_, _ = p.bw.Write(l)
-			}
 			return p.end(err)
 		}
 		kind, ok := m.pop()
@@ -325,7 +324,8 @@ func (m *mcConfigConn) copyReplies(dst io.Writer, src io.Reader) (int64, error) 
 
 var errUnpaired = errors.New("reply does not match its request")
 
-// reply passes on one reply of kind whose first line is l.
+// reply passes on one reply of kind whose first line is l. Whatever it
+// consumed is written, also when it returns errUnpaired.
 func (m *mcConfigConn) reply(p *mcPipe, kind mcKind, l []byte) error {
 	isErr := func(l []byte) bool {
 		return bytes.HasPrefix(l, []byte("ERROR")) || bytes.HasPrefix(l, []byte("CLIENT_ERROR")) || bytes.HasPrefix(l, []byte("SERVER_ERROR"))
@@ -363,10 +363,10 @@ func (m *mcConfigConn) reply(p *mcPipe, kind mcKind, l []byte) error {
 		if bytes.HasPrefix(l, []byte("CONFIG cluster ")) {
 			return m.configReply(p, l)
 		}
-		if !isErr(l) {
-			return errUnpaired
-		}
 		_, err := p.bw.Write(l)
+		if err == nil && !isErr(l) {
+			err = errUnpaired
+		}
 		return err
 	case mcValues, mcLegacy:
 		for {
@@ -381,11 +381,11 @@ func (m *mcConfigConn) reply(p *mcPipe, kind mcKind, l []byte) error {
 				}
 			} else {
 				n, err := strconv.ParseInt(string(f[3]), 10, 64)
+				if _, werr := p.bw.Write(l); werr != nil {
+					return werr
+				}
 				if err != nil || n < 0 {
 					return errUnpaired
-				}
-				if _, err := p.bw.Write(l); err != nil {
-					return err
 				}
 				if err := p.copyN(n + 2); err != nil {
 					return err
@@ -406,11 +406,14 @@ func (m *mcConfigConn) reply(p *mcPipe, kind mcKind, l []byte) error {
 func (m *mcConfigConn) configReply(p *mcPipe, l []byte) error {
 	const lenField = 3
 	f := bytes.Fields(l)
-	if len(f) <= lenField {
-		return errUnpaired
+	var n int64 = -1
+	if len(f) > lenField {
+		n, _ = strconv.ParseInt(string(f[lenField]), 10, 64)
 	}
-	n, err := strconv.ParseInt(string(f[lenField]), 10, 64)
-	if err != nil || n < 0 {
+	if n < 0 {
+		if _, err := p.bw.Write(l); err != nil {
+			return err
+		}
 		return errUnpaired
 	}
 	if n > mcMaxConfig { // too large to hold: pass it on as it is
@@ -421,7 +424,9 @@ func (m *mcConfigConn) configReply(p *mcPipe, l []byte) error {
 	}
 	header := bytes.Clone(l)
 	body := make([]byte, n+2)
-	if _, err := io.ReadFull(p.br, body); err != nil {
+	if got, err := io.ReadFull(p.br, body); err != nil { // cut short: pass on what came
+		_, _ = p.bw.Write(header)
+		_, _ = p.bw.Write(body[:got])
 		return err
 	}
 	nb, ok := rewriteClusterConfig(body[:n], m.mapNode)
@@ -433,7 +438,7 @@ func (m *mcConfigConn) configReply(p *mcPipe, l []byte) error {
 	out := append(bytes.Join(f, []byte(" ")), '\r', '\n')
 	out = append(out, nb...)
 	out = append(out, body[n:]...)
-	_, err = p.bw.Write(out)
+	_, err := p.bw.Write(out)
 	return err
 }
 

@@ -1,0 +1,274 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/cachetun/cachetun/client/resp"
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// testMCMap knows the nodes 10.0.0.1:11211 (port 7001) and
+// 10.0.0.2:11211 (7002), by IP or by host name.
+func testMCMap(host, ip, port string) (string, bool) {
+	switch {
+	case ip == "10.0.0.1" && port == "11211", host == "node1.internal" && port == "11211":
+		return "127.0.0.1:7001", true
+	case ip == "10.0.0.2" && port == "11211":
+		return "127.0.0.1:7002", true
+	}
+	return "", false
+}
+
+func mcBody(version int, nodes ...string) string {
+	return strconv.Itoa(version) + "\n" + strings.Join(nodes, " ") + "\n"
+}
+
+func mcConfigReply(body string) string {
+	return "CONFIG cluster 0 " + strconv.Itoa(len(body)) + "\r\n" + body + "\r\nEND\r\n"
+}
+
+func mcLegacyValue(body string) string {
+	return "VALUE AmazonElastiCache:cluster 0 " + strconv.Itoa(len(body)) + "\r\n" + body + "\r\nEND\r\n"
+}
+
+// runMC passes requests and then replies through one mcConfigConn, each
+// side reading one byte at a time when slow, and returns what each side
+// wrote.
+func runMC(t testing.TB, requests, replies string, slow bool) (string, string) {
+	m := newMCConfigConn(testMCMap)
+	wrap := func(s string) io.Reader {
+		if slow {
+			return iotest.OneByteReader(strings.NewReader(s))
+		}
+		return strings.NewReader(s)
+	}
+	var up, down bytes.Buffer
+	if _, err := m.copyRequests(&up, wrap(requests)); err != nil {
+		t.Fatalf("copyRequests: %v", err)
+	}
+	if _, err := m.copyReplies(&down, wrap(replies)); err != nil {
+		t.Fatalf("copyReplies: %v", err)
+	}
+	return up.String(), down.String()
+}
+
+func TestMCConfigConn(t *testing.T) {
+	both := mcBody(7, "node1.internal|10.0.0.1|11211", "node2.internal|10.0.0.2|11211")
+	bothLocal := mcBody(7, "127.0.0.1|127.0.0.1|7001", "127.0.0.1|127.0.0.1|7002")
+	lookalike := mcConfigReply(both) // a stored value that looks like a reply
+	cases := []struct {
+		name              string
+		requests, replies string
+		want              string
+	}{{
+		name:     "config get cluster",
+		requests: "config get cluster\r\n",
+		replies:  mcConfigReply(both),
+		want:     mcConfigReply(bothLocal),
+	}, {
+		name:     "legacy get",
+		requests: "get AmazonElastiCache:cluster\r\n",
+		replies:  mcLegacyValue(both),
+		want:     mcLegacyValue(bothLocal),
+	}, {
+		name:     "host name only",
+		requests: "config get cluster\r\n",
+		replies:  mcConfigReply(mcBody(1, "node1.internal||11211")),
+		want:     mcConfigReply(mcBody(1, "127.0.0.1|127.0.0.1|7001")),
+	}, {
+		name:     "unknown node left alone",
+		requests: "config get cluster\r\n",
+		replies:  mcConfigReply(mcBody(2, "x|10.9.9.9|11211", "node2.internal|10.0.0.2|11211")),
+		want:     mcConfigReply(mcBody(2, "x|10.9.9.9|11211", "127.0.0.1|127.0.0.1|7002")),
+	}, {
+		name:     "not an endpoint",
+		requests: "config get cluster\r\n",
+		replies:  "ERROR\r\n",
+		want:     "ERROR\r\n",
+	}, {
+		name:     "a value that looks like a reply is never touched",
+		requests: "get k\r\nget k k2\r\nconfig get cluster\r\n",
+		replies: "VALUE k 0 " + strconv.Itoa(len(lookalike)) + "\r\n" + lookalike + "\r\nEND\r\n" +
+			"VALUE k 0 " + strconv.Itoa(len(lookalike)) + "\r\n" + lookalike + "\r\nVALUE k2 5 3 99\r\nabc\r\nEND\r\n" +
+			mcConfigReply(both),
+		want: "VALUE k 0 " + strconv.Itoa(len(lookalike)) + "\r\n" + lookalike + "\r\nEND\r\n" +
+			"VALUE k 0 " + strconv.Itoa(len(lookalike)) + "\r\n" + lookalike + "\r\nVALUE k2 5 3 99\r\nabc\r\nEND\r\n" +
+			mcConfigReply(bothLocal),
+	}, {
+		name: "pipelined with data blocks, noreply, stats and meta",
+		requests: "set a 0 0 20\r\nconfig get cluster\r\n\r\n" + "set b 0 0 1 noreply\r\nx\r\n" +
+			"stats\r\nmg a v\r\nmg zz v\r\nincr n 1\r\nversion\r\nconfig get cluster\r\n",
+		replies: "STORED\r\nSTAT pid 1\r\nSTAT uptime 2\r\nEND\r\nVA 20\r\nconfig get cluster\r\n\r\nEN\r\nNOT_FOUND\r\nVERSION 1.6\r\n" +
+			mcConfigReply(both),
+		want: "STORED\r\nSTAT pid 1\r\nSTAT uptime 2\r\nEND\r\nVA 20\r\nconfig get cluster\r\n\r\nEN\r\nNOT_FOUND\r\nVERSION 1.6\r\n" +
+			mcConfigReply(bothLocal),
+	}, {
+		name:     "an unknown command ends rewriting",
+		requests: "lru_crawler metadump all\r\nconfig get cluster\r\n",
+		replies:  "key=a exp=-1\r\nEND\r\n" + mcConfigReply(both),
+		want:     "key=a exp=-1\r\nEND\r\n" + mcConfigReply(both),
+	}, {
+		name:     "quiet meta commands end rewriting",
+		requests: "mg a v q\r\nmn\r\nconfig get cluster\r\n",
+		replies:  "MN\r\n" + mcConfigReply(both),
+		want:     "MN\r\n" + mcConfigReply(both),
+	}, {
+		name:     "a client error ends rewriting",
+		requests: "set a 0 0 1\r\nxyz\r\nconfig get cluster\r\n",
+		replies:  "CLIENT_ERROR bad data chunk\r\nERROR\r\n" + mcConfigReply(both),
+		want:     "CLIENT_ERROR bad data chunk\r\nERROR\r\n" + mcConfigReply(both),
+	}, {
+		name:     "binary protocol",
+		requests: "\x80\x0a\x00\x00config get cluster\r\n",
+		replies:  mcConfigReply(both),
+		want:     mcConfigReply(both),
+	}, {
+		name:     "a reply nobody asked for",
+		requests: "",
+		replies:  mcConfigReply(both),
+		want:     mcConfigReply(both),
+	}}
+	for _, tc := range cases {
+		for _, slow := range []bool{false, true} {
+			name := tc.name
+			if slow {
+				name += " one byte at a time"
+			}
+			t.Run(name, func(t *testing.T) {
+				up, down := runMC(t, tc.requests, tc.replies, slow)
+				if up != tc.requests {
+					t.Errorf("requests changed:\ngot  %q\nwant %q", up, tc.requests)
+				}
+				if down != tc.want {
+					t.Errorf("replies:\ngot  %q\nwant %q", down, tc.want)
+				}
+			})
+		}
+	}
+}
+
+// FuzzMCConfigConn: requests always pass unchanged; replies pass
+// unchanged unless they hold an auto-discovery reply; nothing panics.
+func FuzzMCConfigConn(f *testing.F) {
+	body := mcBody(3, "node1.internal|10.0.0.1|11211", "h|10.0.0.2|11211")
+	f.Add("config get cluster\r\n", mcConfigReply(body))
+	f.Add("get AmazonElastiCache:cluster\r\n", mcLegacyValue(body))
+	f.Add("get a b\r\nconfig get cluster\r\n", "VALUE a 0 2\r\nab\r\nEND\r\n"+mcConfigReply(body))
+	f.Add("set a 0 0 2\r\nab\r\nconfig get cluster\r\n", "STORED\r\n"+mcConfigReply(body))
+	f.Add("stats\r\nconfig get cluster\r\n", "STAT a b\r\nEND\r\nCONFIG cluster 0 99999999\r\n")
+	f.Add("mg a v\r\nconfig get cluster\r\n", "VA 3 f\r\nabc\r\n"+mcConfigReply("x\n"))
+	f.Add("config get cluster\r\n", "CONFIG cluster 0 -5\r\n")
+	f.Fuzz(func(t *testing.T, requests, replies string) {
+		m := newMCConfigConn(testMCMap)
+		var up, down bytes.Buffer
+		_, _ = m.copyRequests(&up, strings.NewReader(requests))
+		_, _ = m.copyReplies(&down, strings.NewReader(replies))
+		if up.String() != requests {
+			t.Fatalf("requests changed: %q -> %q", requests, up.String())
+		}
+		if !strings.Contains(replies, "CONFIG cluster") && !strings.Contains(replies, "AmazonElastiCache:cluster") && down.String() != replies {
+			t.Fatalf("replies changed: %q -> %q", replies, down.String())
+		}
+	})
+}
+
+func TestSplitUpstream(t *testing.T) {
+	for _, tc := range []struct{ in, host, port string }{
+		{"10.0.1.231:6379", "10.0.1.231", "6379"},
+		{"::1:6379", "::1", "6379"},
+		{"[fe80::1]:6380", "fe80::1", "6380"},
+		{":6379", "", "6379"},
+		{"node.example:7000", "node.example", "7000"},
+	} {
+		h, p, ok := splitUpstream(tc.in)
+		if !ok || h != tc.host || p != tc.port {
+			t.Errorf("splitUpstream(%q) = %q %q %v", tc.in, h, p, ok)
+		}
+	}
+	for _, bad := range []string{"nocolon", "host:"} {
+		if _, _, ok := splitUpstream(bad); ok {
+			t.Errorf("splitUpstream(%q) accepted", bad)
+		}
+	}
+}
+
+// testClient is a Client with just enough state for the rewriting logic.
+func testClient(t *testing.T, info tunnel.TargetInfo) *Client {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	c := &Client{log: slog.New(slog.DiscardHandler), runCtx: ctx, listeners: map[string]*localListener{}}
+	c.info = info
+	c.mu.Lock()
+	c.publishTopologyLocked()
+	c.mu.Unlock()
+	t.Cleanup(c.wg.Wait)
+	return c
+}
+
+func TestClient_RedisMapAndRedirects(t *testing.T) {
+	c := testClient(t, tunnel.TargetInfo{Type: typeRedisCluster, Nodes: []tunnel.NodeInfo{
+		{Addr: "10.0.0.1:6379", Role: "master", Slots: "0-8191"},
+		{Addr: "10.0.0.2:6379", Role: "master", Slots: "8192-16383"},
+	}})
+	tab := c.cluster.table.Load()
+	tab.local = map[string]string{"10.0.0.1:6379": "127.0.0.1:7001", "10.0.0.2:6379": "127.0.0.1:7002", "[::1]:6379": "127.0.0.1:7003"}
+	m := c.redisMap("10.0.0.1:6379")
+	for up, want := range map[string]string{"10.0.0.2:6379": "127.0.0.1:7002", ":6379": "127.0.0.1:7001", "::1:6379": "127.0.0.1:7003"} {
+		if got, ok := m(up); !ok || got != want {
+			t.Errorf("map(%q) = %q %v, want %q", up, got, ok, want)
+		}
+	}
+	if got, ok := m(":6380"); ok {
+		t.Errorf("map(:6380) = %q: an empty host means this node, whose port is 6379", got)
+	}
+	on := c.onRedirect("10.0.0.1:6379")
+	on(resp.KindMoved, 9000, "10.0.0.2:6379") // agrees with the topology
+	on(resp.KindAsk, 100, "10.0.0.2:6379")    // a migration, not a change
+	if c.cluster.refreshPending.Load() || c.cluster.refreshRunning.Load() || c.cluster.refreshes.Load() != 0 {
+		t.Fatal("a redirect that agrees with the topology asked for a refresh")
+	}
+	on(resp.KindMoved, 100, "10.0.0.2:6379") // slot 100 is 10.0.0.1's
+	waitUntil(t, func() bool { return c.cluster.refreshes.Load() == 1 })
+	// A burst makes one more request, not one each.
+	for range 100 {
+		on(resp.KindMoved, 100, "10.0.0.2:6379")
+	}
+	waitUntil(t, func() bool { return c.cluster.refreshes.Load() == 2 && !c.cluster.refreshRunning.Load() })
+	time.Sleep(2 * refreshGap)
+	if n := c.cluster.refreshes.Load(); n != 2 {
+		t.Fatalf("%d refresh requests, want 2", n)
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestForEachSlot(t *testing.T) {
+	var got []int
+	forEachSlot("0-2,10,16383-16390,x-3", func(s int) { got = append(got, s) })
+	want := []int{0, 1, 2, 10, 16383}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+}
