@@ -2,17 +2,94 @@ package tunnel
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // Transports with in-band open headers (QUIC, TLS+yamux) share the code in
-// this file: the client writes the header first and reads the status
-// lazily; the server reads the header and answers with a status.
+// this file: the client writes the header and reads the status lazily; the
+// server reads the header and answers with a status.
+//
+// Both ends hold their first bytes back for a moment so that they travel
+// with the first payload: the client's header with the first request, the
+// server's OK status with the first reply. That is one write, one QUIC
+// packet or yamux frame, instead of two at every stream open. Nothing waits
+// for it: the header goes out alone before the client's first Read, close
+// or (in Relay) as soon as the local connection has nothing to send, and
+// the status alone on the server's close, so no protocol can stall on it.
 
-// clientStream reads the server's status before the first payload byte.
+// coalesceMax bounds the payload copied behind a header or status; a larger
+// first write goes out as two writes.
+const coalesceMax = 16 << 10
+
+// pendingWrite holds bytes that must precede every other byte written to a
+// stream.
+type pendingWrite struct {
+	pending atomic.Bool
+	mu      sync.Mutex // guards b; held while b is being written
+	b       []byte
+}
+
+func (pw *pendingWrite) set(b []byte) {
+	pw.b = b
+	pw.pending.Store(true)
+}
+
+// writeWith writes the pending bytes, then p, as one write when p is small.
+// done is false when nothing was pending (any more): the caller writes p.
+func (pw *pendingWrite) writeWith(s Stream, p []byte) (n int, done bool, err error) {
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	b := pw.b
+	if b == nil {
+		return 0, false, nil
+	}
+	pw.b = nil
+	defer pw.pending.Store(false)
+	if len(p) > coalesceMax {
+		if _, err := s.Write(b); err != nil {
+			return 0, true, err
+		}
+		n, err := s.Write(p)
+		return n, true, err
+	}
+	buf := make([]byte, 0, len(b)+len(p))
+	buf = append(append(buf, b...), p...)
+	n, err = s.Write(buf)
+	return max(n-len(b), 0), true, err
+}
+
+// flush writes the pending bytes alone, if any.
+func (pw *pendingWrite) flush(s Stream) error {
+	if !pw.pending.Load() {
+		return nil
+	}
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	b := pw.b
+	if b == nil {
+		return nil
+	}
+	pw.b = nil
+	defer pw.pending.Store(false)
+	_, err := s.Write(b)
+	return err
+}
+
+// drop forgets the pending bytes (the stream is being reset).
+func (pw *pendingWrite) drop() {
+	pw.mu.Lock()
+	pw.b = nil
+	pw.pending.Store(false)
+	pw.mu.Unlock()
+}
+
+// clientStream is the client end: it sends the open header with the first
+// payload and reads the server's status before the first payload byte.
 // Read is not safe for concurrent use (nor is any stream's Read).
 type clientStream struct {
 	Stream
+	hdr        pendingWrite
 	statusDone bool
 	statusErr  error
 }
@@ -20,24 +97,130 @@ type clientStream struct {
 func newClientStream(s Stream, req OpenRequest) (*clientStream, error) {
 	hdr, err := AppendHeader(make([]byte, 0, 6+len(req.Target)+len(req.Node)), req)
 	if err != nil {
-		return nil, err
-	}
-	if _, err := s.Write(hdr); err != nil {
 		s.Abort()
 		return nil, err
 	}
-	return &clientStream{Stream: s}, nil
+	c := &clientStream{Stream: s}
+	c.hdr.set(hdr)
+	return c, nil
+}
+
+func (c *clientStream) Write(p []byte) (int, error) {
+	if c.hdr.pending.Load() {
+		if n, done, err := c.hdr.writeWith(c.Stream, p); done {
+			if err != nil {
+				c.Stream.Abort()
+			}
+			return n, err
+		}
+	}
+	return c.Stream.Write(p)
+}
+
+func (c *clientStream) openPending() bool { return c.hdr.pending.Load() }
+
+func (c *clientStream) flushOpen() error {
+	if err := c.hdr.flush(c.Stream); err != nil {
+		c.Stream.Abort()
+		return err
+	}
+	return nil
+}
+
+func (c *clientStream) readStatus() error {
+	if !c.statusDone {
+		c.statusDone = true
+		if c.statusErr = c.flushOpen(); c.statusErr == nil {
+			c.statusErr = ReadStatus(c.Stream)
+		}
+	}
+	return c.statusErr
 }
 
 func (c *clientStream) Read(p []byte) (int, error) {
 	if !c.statusDone {
-		c.statusDone = true
-		c.statusErr = ReadStatus(c.Stream)
-	}
-	if c.statusErr != nil {
-		return 0, c.statusErr
+		if err := c.readStatus(); err != nil {
+			return 0, err
+		}
 	}
 	return c.Stream.Read(p)
+}
+
+// waitReadable reads the status (it holds no buffer meanwhile), then waits
+// for payload.
+func (c *clientStream) waitReadable(scratch []byte) error {
+	w, ok := c.Stream.(readWaiter)
+	if !ok {
+		return errNoWait
+	}
+	if err := c.readStatus(); err != nil {
+		return err
+	}
+	return w.waitReadable(scratch)
+}
+
+func (c *clientStream) CloseWrite() error {
+	if err := c.flushOpen(); err != nil {
+		return err
+	}
+	return c.Stream.CloseWrite()
+}
+
+func (c *clientStream) Close() error {
+	_ = c.hdr.flush(c.Stream)
+	return c.Stream.Close()
+}
+
+func (c *clientStream) Abort() {
+	c.hdr.drop()
+	c.Stream.Abort()
+}
+
+// statusStream is the server end of an accepted stream: the OK status goes
+// out with the first payload, or alone on CloseWrite and Close.
+type statusStream struct {
+	Stream
+	status pendingWrite
+}
+
+// okStatus is the encoded StatusOK reply.
+var okStatus = AppendStatus(nil, StatusOK, "")
+
+func (s *statusStream) Write(p []byte) (int, error) {
+	if s.status.pending.Load() {
+		if n, done, err := s.status.writeWith(s.Stream, p); done {
+			if err != nil {
+				s.Stream.Abort()
+			}
+			return n, err
+		}
+	}
+	return s.Stream.Write(p)
+}
+
+func (s *statusStream) waitReadable(scratch []byte) error {
+	if w, ok := s.Stream.(readWaiter); ok {
+		return w.waitReadable(scratch)
+	}
+	return errNoWait
+}
+
+func (s *statusStream) CloseWrite() error {
+	if err := s.status.flush(s.Stream); err != nil {
+		s.Stream.Abort()
+		return err
+	}
+	return s.Stream.CloseWrite()
+}
+
+func (s *statusStream) Close() error {
+	_ = s.status.flush(s.Stream)
+	return s.Stream.Close()
+}
+
+func (s *statusStream) Abort() {
+	s.status.drop()
+	s.Stream.Abort()
 }
 
 // framedIncoming is a server-side stream whose header is still unread.
@@ -53,12 +236,11 @@ func (in *framedIncoming) Request(deadline time.Time) (OpenRequest, error) {
 	return req, err
 }
 
+// Accept answers OK with the stream's first payload (see statusStream).
 func (in *framedIncoming) Accept() (Stream, error) {
-	if _, err := in.s.Write(AppendStatus(nil, StatusOK, "")); err != nil {
-		in.s.Abort()
-		return nil, err
-	}
-	return in.s, nil
+	st := &statusStream{Stream: in.s}
+	st.status.set(okStatus)
+	return st, nil
 }
 
 func (in *framedIncoming) Reject(code Status, msg string) {

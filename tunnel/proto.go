@@ -13,8 +13,10 @@ package tunnel
 //	target   [tlen]byte
 //	node     [nlen]byte  upstream node address "host:port" (empty for control)
 //
-// The client may write payload right behind the header without waiting. The
-// server answers every header with a status before any payload:
+// The client may write payload right behind the header without waiting,
+// and must not wait: the server answers every header with a status before
+// any payload, but an OK status may wait for the first payload byte (see
+// framed.go):
 //
 //	status   uint8    StatusOK ...
 //	mlen     uint16   big-endian length of message (0 for StatusOK)

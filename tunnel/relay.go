@@ -15,7 +15,7 @@ import (
 // relayBufSize is the copy buffer of each relay direction. A relay holds
 // a buffer only while bytes move: waiting for data it holds none (see
 // copyConn and copyStream), so idle connections cost no copy buffers.
-const relayBufSize = 32 << 10
+const relayBufSize = 64 << 10
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
@@ -177,9 +177,10 @@ func (g *openGate) flush() error {
 // buffer, so that an idle relay holds no copy buffer.
 type readWaiter interface {
 	// waitReadable blocks until a Read would not block: data is there, the
-	// stream ended (io.EOF) or it failed. It consumes no data. It returns
-	// errNoWait at once when the stream cannot wait this way.
-	waitReadable() error
+	// stream ended (io.EOF) or it failed. It consumes no data; scratch (at
+	// least one byte) is the caller's, for streams that must peek. It
+	// returns errNoWait at once when the stream cannot wait this way.
+	waitReadable(scratch []byte) error
 }
 
 // errNoWait: the stream has no way to wait for data without reading.
@@ -269,46 +270,17 @@ func (a *activityReader) Read(b []byte) (int, error) {
 // With gate, a first read that would block sends the open header alone
 // before waiting; a first read with data sends it together with the data.
 func copyConn(dst io.Writer, rc syscall.RawConn, last *atomic.Int64, gate *openGate) (int64, error) {
-	var (
-		total int64
-		bp    *[]byte
-	)
-	defer func() {
-		if bp != nil {
-			relayBufs.Put(bp)
-		}
-	}()
+	r := &rawReader{noWait: gate != nil}
+	r.fn = r.read // one closure for the whole copy, not one per read
+	defer r.release()
+	var total int64
 	for {
-		var (
-			n          int
-			rerr       error
-			wouldBlock bool
-		)
-		err := rc.Read(func(fd uintptr) bool {
-			if bp == nil {
-				bp = relayBufs.Get().(*[]byte)
-			}
-			for {
-				n, rerr = syscall.Read(int(fd), *bp)
-				if rerr != syscall.EINTR {
-					break
-				}
-			}
-			if rerr == syscall.EAGAIN {
-				relayBufs.Put(bp)
-				bp = nil
-				if gate != nil {
-					wouldBlock = true
-					return true
-				}
-				return false // park until readable, holding no buffer
-			}
-			return true
-		})
-		if err != nil {
+		r.wouldBlock = false
+		if err := rc.Read(r.fn); err != nil {
 			return total, err
 		}
-		if wouldBlock {
+		if r.wouldBlock {
+			r.noWait = false
 			g := gate
 			gate = nil
 			if err := g.flush(); err != nil {
@@ -316,18 +288,20 @@ func copyConn(dst io.Writer, rc syscall.RawConn, last *atomic.Int64, gate *openG
 			}
 			continue
 		}
-		if rerr != nil {
-			return total, os.NewSyscallError("read", rerr)
+		if r.err != nil {
+			return total, os.NewSyscallError("read", r.err)
 		}
+		n := r.n
 		if n <= 0 {
 			return total, nil // EOF
 		}
 		if last != nil {
 			last.Store(time.Now().UnixNano())
 		}
-		w, werr := dst.Write((*bp)[:n])
+		w, werr := dst.Write((*r.bp)[:n])
 		total += int64(w)
 		if gate != nil {
+			r.noWait = false
 			gate.release()
 			gate = nil
 		}
@@ -340,12 +314,52 @@ func copyConn(dst io.Writer, rc syscall.RawConn, last *atomic.Int64, gate *openG
 	}
 }
 
+// rawReader is the state of copyConn's read callback.
+type rawReader struct {
+	fn         func(fd uintptr) bool
+	bp         *[]byte
+	n          int
+	err        error
+	noWait     bool // return instead of parking when the read would block
+	wouldBlock bool
+}
+
+func (r *rawReader) read(fd uintptr) bool {
+	if r.bp == nil {
+		r.bp = relayBufs.Get().(*[]byte)
+	}
+	for {
+		r.n, r.err = syscall.Read(int(fd), *r.bp)
+		if r.err != syscall.EINTR {
+			break
+		}
+	}
+	if r.err == syscall.EAGAIN {
+		r.err = nil
+		r.release()
+		if r.noWait {
+			r.wouldBlock = true
+			return true
+		}
+		return false // park until readable, holding no buffer
+	}
+	return true
+}
+
+func (r *rawReader) release() {
+	if r.bp != nil {
+		relayBufs.Put(r.bp)
+		r.bp = nil
+	}
+}
+
 // copyStream copies a stream that can wait for data without a buffer: it
 // waits, then reads with a pooled buffer that goes back at once.
 func copyStream(dst io.Writer, src io.Reader, w readWaiter, last *atomic.Int64) (int64, error) {
 	var total int64
+	scratch := make([]byte, 1)
 	for {
-		if err := w.waitReadable(); err != nil {
+		if err := w.waitReadable(scratch); err != nil {
 			switch {
 			case errors.Is(err, errNoWait) && total == 0:
 				return copyHolding(dst, src, last)

@@ -107,13 +107,14 @@ func (l *tlsListener) acceptLoop() {
 
 func (l *tlsListener) handshake(c net.Conn) (Session, error) {
 	setTCPOptions(c)
-	tc := tls.Server(c, l.conf)
+	bc := &batchConn{Conn: c}
+	tc := tls.Server(bc, l.conf)
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, err
 	}
-	ys, err := yamux.Server(tc, l.cfg.yamux())
+	ys, err := yamux.Server(&frameConn{Conn: tc, raw: bc}, l.cfg.yamux())
 	if err != nil {
 		return nil, err
 	}
@@ -159,12 +160,13 @@ func DialTLS(ctx context.Context, addr string, tlsConf *tls.Config, cfg TLSConfi
 		return nil, err
 	}
 	setTCPOptions(c)
-	tc := tls.Client(c, tlsConf)
+	bc := &batchConn{Conn: c} // see tlsbatch.go
+	tc := tls.Client(bc, tlsConf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
 		return nil, err
 	}
-	ys, err := yamux.Client(tc, cfg.yamux())
+	ys, err := yamux.Client(&frameConn{Conn: tc, raw: bc}, cfg.yamux())
 	if err != nil {
 		tc.Close()
 		return nil, err
