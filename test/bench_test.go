@@ -1,0 +1,207 @@
+package test
+
+// End-to-end benchmarks: a real redis-server behind an in-process gateway
+// and client, the whole path an application's connection takes (client
+// listener, serveLocal, the transport, serveStream with its checks, audit
+// log and metrics, the upstream dial and both relays).
+//
+//	go test -run '^$' -bench Gateway -benchmem -count 6 ./test/ > new.txt
+//	benchstat old.txt new.txt
+//
+// Logs go to a text handler on io.Discard at info level: formatted, as in
+// production, but not kept. make bench (bench/cmd/cachetun-bench) measures
+// the same paths with separate processes against ssh -L and friends.
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/server"
+	"github.com/cachetun/cachetun/test/testenv"
+)
+
+// benchTunnel starts redis, a gateway and a connect on transport and
+// returns the local address of the redis node.
+func benchTunnel(b *testing.B, transport string) string {
+	b.Helper()
+	r := testenv.StartRedis(b)
+	k := newKey(b, "bench@laptop")
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	dir := b.TempDir()
+	ak := filepath.Join(dir, "authorized_keys")
+	if err := os.WriteFile(ak, []byte(k.Line+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	hostKey := filepath.Join(dir, "host_ed25519")
+	if _, err := auth.GenerateKey(hostKey, "bench-host"); err != nil {
+		b.Fatal(err)
+	}
+	cfg := server.DefaultConfig()
+	cfg.HostKey, cfg.AuthorizedKeys = hostKey, ak
+	cfg.Targets = redisTarget(r)
+	cfg.Limits.MaxStreamsPerSession = 4096
+	cfg.Listen = server.Listen{}
+	addr := freeTCPUDPPort(b)
+	switch transport {
+	case "quic":
+		cfg.Listen.QUIC = addr
+	case "tls":
+		cfg.Listen.TLS = addr
+	case "ssh":
+		cfg.Listen.SSH = addr
+	}
+	if err := cfg.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	srv, err := server.New(cfg, logger)
+	if err != nil {
+		b.Fatal(err)
+	}
+	lns, err := srv.Listen()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = srv.Serve(ctx, ln)
+		}()
+	}
+	kh := filepath.Join(dir, "known_hosts")
+	if err := os.WriteFile(kh, []byte(knownHostsLine(lns[0].Addr().String(), srv.HostPublicKey())), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	zero := 0
+	cl, err := client.New(client.Options{
+		Profile: "cache", Servers: []string{lns[0].Addr().String()}, Target: "cache", Transport: transport,
+		Identity: k.Path, LocalPort: &zero, KnownHosts: kh, Logger: logger,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- cl.Run(ctx) }()
+	select {
+	case <-cl.Ready():
+	case err := <-runErr:
+		b.Fatalf("connect over %s: %v", transport, err)
+	case <-time.After(20 * time.Second):
+		b.Fatal("client not ready within 20s")
+	}
+	b.Cleanup(func() {
+		cancel()
+		<-runErr
+		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer dcancel()
+		srv.Drain(dctx)
+		wg.Wait()
+	})
+	local := cl.LocalAddrs()[r.Addr]
+	if local == "" {
+		b.Fatalf("no local port for %s", r.Addr)
+	}
+	c := dialRedis(b, local)
+	defer c.Close()
+	c.do(b, "*3\r\n$3\r\nSET\r\n$5\r\nbench\r\n$16\r\n0123456789abcdef\r\n", "+OK\r\n")
+	return local
+}
+
+// redisConn is a raw RESP connection.
+type redisConn struct {
+	net.Conn
+	r   *bufio.Reader
+	buf []byte
+}
+
+func dialRedis(tb testing.TB, addr string) *redisConn {
+	tb.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &redisConn{Conn: c, r: bufio.NewReader(c), buf: make([]byte, 64)}
+}
+
+// do sends req and reads exactly len(want) bytes, which must be want.
+func (c *redisConn) do(tb testing.TB, req, want string) {
+	if _, err := io.WriteString(c.Conn, req); err != nil {
+		tb.Fatal(err)
+	}
+	got := c.buf[:len(want)]
+	if _, err := io.ReadFull(c.r, got); err != nil {
+		tb.Fatal(err)
+	}
+	if string(got) != want {
+		tb.Fatalf("got %q, want %q", got, want)
+	}
+}
+
+const (
+	benchGET   = "*2\r\n$3\r\nGET\r\n$5\r\nbench\r\n"
+	benchReply = "$16\r\n0123456789abcdef\r\n"
+)
+
+// BenchmarkGateway_GET: one connection, one GET at a time (-c 1).
+func BenchmarkGateway_GET(b *testing.B) {
+	for _, tr := range transports {
+		b.Run(tr, func(b *testing.B) {
+			c := dialRedis(b, benchTunnel(b, tr))
+			defer c.Close()
+			c.do(b, benchGET, benchReply)
+			b.ReportAllocs()
+			for b.Loop() {
+				c.do(b, benchGET, benchReply)
+			}
+		})
+	}
+}
+
+// BenchmarkGateway_GETParallel: 32 connections doing GETs at once
+// (-c 50 -P 1).
+func BenchmarkGateway_GETParallel(b *testing.B) {
+	for _, tr := range transports {
+		b.Run(tr, func(b *testing.B) {
+			local := benchTunnel(b, tr)
+			b.SetParallelism(16)
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				c := dialRedis(b, local)
+				defer c.Close()
+				for pb.Next() {
+					c.do(b, benchGET, benchReply)
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkGateway_Churn: a new connection per GET (-k 0): a stream open,
+// an upstream dial and an audit log line per op.
+func BenchmarkGateway_Churn(b *testing.B) {
+	for _, tr := range transports {
+		b.Run(tr, func(b *testing.B) {
+			local := benchTunnel(b, tr)
+			b.ReportAllocs()
+			for b.Loop() {
+				c := dialRedis(b, local)
+				c.do(b, benchGET, benchReply)
+				c.Close()
+			}
+		})
+	}
+}
