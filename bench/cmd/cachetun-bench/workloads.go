@@ -1,0 +1,430 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// metric is one figure of the results table.
+type metric struct {
+	key   string
+	label string
+	unit  string
+	// higher is better for rates, lower for latencies
+	higherBetter bool
+}
+
+var metrics = []metric{
+	{"set_c50", "SET ops/s, -c 50 -P 1", "ops/s", true},
+	{"get_c50", "GET ops/s, -c 50 -P 1", "ops/s", true},
+	{"get_p16", "GET ops/s, -c 50 -P 16", "ops/s", true},
+	{"p50_c1", "GET p50 latency, -c 1", "µs", false},
+	{"p99_c1", "GET p99 latency, -c 1", "µs", false},
+	{"churn", "GET ops/s, -c 50 -k 0 (new connection per request)", "ops/s", true},
+	{"bulk_up", "bulk SET of 1 MiB values (1 GiB), client to cache", "MiB/s", true},
+	{"bulk_down", "bulk GET of 1 MiB values (1 GiB), cache to client", "MiB/s", true},
+}
+
+// workload is one redis-benchmark invocation and the metrics it yields.
+type workload struct {
+	name  string
+	args  func(s float64) []string
+	stdin string // file name under the bench dir fed to -x
+	parse func(rows map[string][]string, out map[string]float64) error
+}
+
+func scaled(n int, s float64, min int) string {
+	v := int(float64(n) * s)
+	if v < min {
+		v = min
+	}
+	return strconv.Itoa(v)
+}
+
+// bulkValue is the size of one bulk value; bulkCount of them make 1 GiB.
+const (
+	bulkValue = 1 << 20
+	bulkCount = 1024
+)
+
+var workloads = []workload{
+	{
+		name: "setget",
+		args: func(s float64) []string {
+			return []string{"-t", "set,get", "-c", "50", "-P", "1", "-n", scaled(20000, s, 500)}
+		},
+		parse: func(rows map[string][]string, out map[string]float64) error {
+			var err error
+			if out["set_c50"], err = col(rows, "SET", "rps"); err != nil {
+				return err
+			}
+			out["get_c50"], err = col(rows, "GET", "rps")
+			return err
+		},
+	},
+	{
+		name: "p16",
+		args: func(s float64) []string {
+			return []string{"-t", "get", "-c", "50", "-P", "16", "-n", scaled(300000, s, 5000)}
+		},
+		parse: func(rows map[string][]string, out map[string]float64) error {
+			var err error
+			out["get_p16"], err = col(rows, "GET", "rps")
+			return err
+		},
+	},
+	{
+		name: "c1",
+		args: func(s float64) []string {
+			return []string{"-t", "get", "-c", "1", "-P", "1", "-n", scaled(10000, s, 500)}
+		},
+		parse: func(rows map[string][]string, out map[string]float64) error {
+			p50, err := col(rows, "GET", "p50_latency_ms")
+			if err != nil {
+				return err
+			}
+			p99, err := col(rows, "GET", "p99_latency_ms")
+			if err != nil {
+				return err
+			}
+			out["p50_c1"], out["p99_c1"] = p50*1000, p99*1000
+			return nil
+		},
+	},
+	{
+		name: "churn",
+		args: func(s float64) []string {
+			return []string{"-t", "get", "-c", "50", "-k", "0", "-n", scaled(5000, s, 500)}
+		},
+		parse: func(rows map[string][]string, out map[string]float64) error {
+			var err error
+			out["churn"], err = col(rows, "GET", "rps")
+			return err
+		},
+	},
+	{
+		name:  "bulk_up",
+		stdin: "value-1MiB",
+		args: func(s float64) []string {
+			return []string{"-c", "4", "-P", "1", "-n", scaled(bulkCount, s, 64), "-x", "set", "bench:bulk"}
+		},
+		parse: func(rows map[string][]string, out map[string]float64) error {
+			rps, err := col(rows, "set bench:bulk", "rps")
+			out["bulk_up"] = rps * bulkValue / (1 << 20)
+			return err
+		},
+	},
+	{
+		name: "bulk_down",
+		args: func(s float64) []string {
+			return []string{"-c", "4", "-P", "1", "-n", scaled(bulkCount, s, 64), "get", "bench:bulk"}
+		},
+		parse: func(rows map[string][]string, out map[string]float64) error {
+			rps, err := col(rows, "get bench:bulk", "rps")
+			out["bulk_down"] = rps * bulkValue / (1 << 20)
+			return err
+		},
+	},
+}
+
+// col returns the numeric column of the CSV row whose test is test.
+func col(rows map[string][]string, test, column string) (float64, error) {
+	hdr, ok := rows["test"]
+	if !ok {
+		return 0, fmt.Errorf("no CSV header")
+	}
+	row, ok := rows[test]
+	if !ok {
+		return 0, fmt.Errorf("no CSV row %q", test)
+	}
+	for i, h := range hdr {
+		if h == column && i < len(row) {
+			return strconv.ParseFloat(row[i], 64)
+		}
+	}
+	return 0, fmt.Errorf("no CSV column %q", column)
+}
+
+// runWorkload runs one redis-benchmark against addr.
+func (b *bench) runWorkload(w workload, addr string) (map[string]float64, error) {
+	host, port, _ := net.SplitHostPort(addr)
+	argv := append([]string{b.tools["redis-benchmark"], "-h", host, "-p", port, "--csv"}, w.args(b.opts.scale)...)
+	ctx, cancel := context.WithTimeout(b.ctx, 180*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.WaitDelay = 5 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if w.stdin != "" {
+		f, err := os.Open(filepath.Join(b.dir, w.stdin))
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		cmd.Stdin = f
+	}
+	b.recordWorkload(w.name, argv)
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("redis-benchmark %s: %v: %s", w.name, err, lastLine(stderr.String()+stdout.String()))
+	}
+	rows := map[string][]string{}
+	r := csv.NewReader(&stdout)
+	r.FieldsPerRecord = -1
+	for {
+		rec, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("parse redis-benchmark CSV: %w", err)
+		}
+		if len(rec) > 0 {
+			rows[rec[0]] = rec
+		}
+	}
+	out := map[string]float64{}
+	if err := w.parse(rows, out); err != nil {
+		return nil, fmt.Errorf("redis-benchmark %s: %w: %s", w.name, err, lastLine(stdout.String()+stderr.String()))
+	}
+	return out, nil
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// idleResult is the outcome of the idle-connection test on one path.
+type idleResult struct {
+	conns                  int
+	failed                 int
+	clientKiB, serverKiB   float64 // RSS per connection; -1 when not measured
+	clientBase, clientPeak int64   // KiB
+	serverBase, serverPeak int64
+	gorBefore, gorDuring   [2]int // client, server; -1 unknown
+	gorAfter               [2]int
+	streamsAfter           int // server's cachetun_streams after close; -1 unknown
+	// Go runtime memory of connect and server from /debug/pprof/heap?debug=1
+	// (KiB, before and during): where the RSS goes.
+	memBefore, memDuring [2]goMem
+	leak                 string
+	openSecs             float64
+	note                 string
+}
+
+// runIdle opens n connections through p, sends one GET on each, holds them
+// all open, measures RSS, closes them and checks that the goroutines go
+// back to their baseline.
+func (b *bench) runIdle(p *benchPath, n int) (*idleResult, error) {
+	res := &idleResult{clientKiB: -1, serverKiB: -1, streamsAfter: -1,
+		gorBefore: [2]int{-1, -1}, gorDuring: [2]int{-1, -1}, gorAfter: [2]int{-1, -1}}
+	sum := func(f func() []int) int64 {
+		if f == nil {
+			return -1
+		}
+		var t int64
+		for _, pid := range f() {
+			if r, err := rssKiB(pid); err == nil {
+				t += r
+			}
+		}
+		return t
+	}
+	settle := func() { time.Sleep(1500 * time.Millisecond) }
+	settle()
+	res.clientBase, res.serverBase = sum(p.clientPIDs), sum(p.serverPIDs)
+	res.gorBefore = b.goroutines(p)
+	res.memBefore = b.goMem(p)
+
+	conns := make([]net.Conn, n)
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reply := make([]byte, 5)
+			for i := range jobs {
+				c, err := net.DialTimeout("tcp", p.addr, 10*time.Second)
+				if err == nil {
+					_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+					if _, err = c.Write(redisProbe); err == nil {
+						_, err = io.ReadFull(c, reply)
+					}
+					_ = c.SetDeadline(time.Time{})
+					if err != nil {
+						c.Close()
+					}
+				}
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				conns[i] = c
+			}
+		}()
+	}
+	deadline := time.Now().Add(120 * time.Second)
+	for i := 0; i < n && time.Now().Before(deadline) && b.ctx.Err() == nil; i++ {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	res.openSecs = time.Since(start).Seconds()
+	for _, c := range conns {
+		if c != nil {
+			res.conns++
+		}
+	}
+	res.failed = n - res.conns
+	if e, ok := firstErr.Load().(string); ok {
+		res.note = fmt.Sprintf("%d failed, first error: %s", failed.Load(), e)
+	}
+	settle()
+	res.clientPeak, res.serverPeak = sum(p.clientPIDs), sum(p.serverPIDs)
+	res.gorDuring = b.goroutines(p)
+	res.memDuring = b.goMem(p)
+	if b.opts.heapDir != "" && p.clientPprof != "" {
+		b.saveIdleProfiles(p)
+	}
+	if res.conns > 0 {
+		if res.clientBase >= 0 {
+			res.clientKiB = float64(res.clientPeak-res.clientBase) / float64(res.conns)
+		}
+		if res.serverBase >= 0 {
+			res.serverKiB = float64(res.serverPeak-res.serverBase) / float64(res.conns)
+		}
+	}
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+	// Leak check: every goroutine above the baseline must go within 30s.
+	if p.clientPprof != "" {
+		slack := 5
+		ok := waitFor(b.ctx, nil, 30*time.Second, "goroutines back to baseline", func() bool {
+			g := b.goroutines(p)
+			res.gorAfter = g
+			res.streamsAfter = b.serverStreams(p)
+			return g[0] >= 0 && g[1] >= 0 && g[0] <= res.gorBefore[0]+slack && g[1] <= res.gorBefore[1]+slack && res.streamsAfter == 0
+		}) == nil
+		if ok {
+			res.leak = "none"
+		} else {
+			res.leak = fmt.Sprintf("LEAK: goroutines %d/%d (client/server) 30s after close, baseline %d/%d, streams %d",
+				res.gorAfter[0], res.gorAfter[1], res.gorBefore[0], res.gorBefore[1], res.streamsAfter)
+		}
+	}
+	return res, nil
+}
+
+var (
+	goroutineTotal = regexp.MustCompile(`goroutine profile: total (\d+)`)
+	promGoroutines = regexp.MustCompile(`(?m)^go_goroutines (\d+)`)
+	promStreams    = regexp.MustCompile(`(?m)^cachetun_streams (\d+)`)
+)
+
+// goroutines returns the goroutine counts of connect (pprof) and server
+// (go_goroutines of /metrics), -1 when unknown.
+func (b *bench) goroutines(p *benchPath) [2]int {
+	g := [2]int{-1, -1}
+	if p.clientPprof == "" {
+		return g
+	}
+	if body, err := httpGet("http://" + p.clientPprof + "/debug/pprof/goroutine?debug=1"); err == nil {
+		if m := goroutineTotal.FindSubmatch(body); m != nil {
+			g[0], _ = strconv.Atoi(string(m[1]))
+		}
+	}
+	if body, err := httpGet("http://" + p.serverMetrics + "/metrics"); err == nil {
+		if m := promGoroutines.FindSubmatch(body); m != nil {
+			g[1], _ = strconv.Atoi(string(m[1]))
+		}
+	}
+	return g
+}
+
+// serverStreams returns the gateway's cachetun_streams gauge.
+func (b *bench) serverStreams(p *benchPath) int {
+	body, err := httpGet("http://" + p.serverMetrics + "/metrics")
+	if err != nil {
+		return -1
+	}
+	if m := promStreams.FindSubmatch(body); m != nil {
+		n, _ := strconv.Atoi(string(m[1]))
+		return n
+	}
+	return -1
+}
+
+// saveIdleProfiles writes heap and goroutine profiles of connect and
+// server while the idle connections are held.
+func (b *bench) saveIdleProfiles(p *benchPath) {
+	tr := cachetunTransport[p.name]
+	for side, addr := range map[string]string{"client": p.clientPprof, "server": p.serverPprof} {
+		for _, what := range []string{"heap", "goroutine"} {
+			body, err := httpGet("http://" + addr + "/debug/pprof/" + what)
+			if err != nil {
+				b.log.Printf("idle profile %s %s: %v", side, what, err)
+				continue
+			}
+			f := filepath.Join(b.opts.heapDir, fmt.Sprintf("idle-%s-%s-%s.pprof", tr, side, what))
+			if err := os.WriteFile(f, body, 0o644); err != nil {
+				b.log.Printf("idle profile: %v", err)
+			}
+		}
+	}
+}
+
+// goMem is what the Go runtime of one process holds, in KiB.
+type goMem struct{ heapInuse, stackInuse int64 }
+
+var (
+	memHeapInuse  = regexp.MustCompile(`(?m)^# HeapInuse = (\d+)`)
+	memStackInuse = regexp.MustCompile(`(?m)^# Stack = (\d+)`)
+)
+
+// goMem reads the runtime.MemStats of connect and server.
+func (b *bench) goMem(p *benchPath) [2]goMem {
+	var out [2]goMem
+	for i, addr := range []string{p.clientPprof, p.serverPprof} {
+		out[i] = goMem{-1, -1}
+		if addr == "" {
+			continue
+		}
+		body, err := httpGet("http://" + addr + "/debug/pprof/heap?debug=1")
+		if err != nil {
+			continue
+		}
+		if m := memHeapInuse.FindSubmatch(body); m != nil {
+			v, _ := strconv.ParseInt(string(m[1]), 10, 64)
+			out[i].heapInuse = v / 1024
+		}
+		if m := memStackInuse.FindSubmatch(body); m != nil {
+			v, _ := strconv.ParseInt(string(m[1]), 10, 64)
+			out[i].stackInuse = v / 1024
+		}
+	}
+	return out
+}
