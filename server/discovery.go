@@ -111,6 +111,7 @@ func (s *Server) discoveryLoop(ctx context.Context, t *target) {
 		last    time.Time
 		lastErr string
 		follow  int // follow-up rounds still to do
+		first   = true
 	)
 	for {
 		asked := false
@@ -151,10 +152,13 @@ func (s *Server) discoveryLoop(ctx context.Context, t *target) {
 				log.Info("topology changed", "from", from, "nodes", len(nodes), "version", t.Info().Version, "layout", layout(nodes))
 			}
 		}
-		t.markDiscovered() // after the update: the first Welcome has it
-		if changed || asked {
+		// The first round replaces the configured seeds: a change that
+		// says nothing about the cluster moving.
+		if (changed && !first) || asked {
 			follow = followUps
 		}
+		first = false
+		t.markDiscovered() // after the update: the first Welcome has it
 		next := t.cfg.Refresh
 		if follow > 0 {
 			follow--

@@ -733,3 +733,104 @@ func BenchmarkCluster_PipelinedGET(b *testing.B) {
 		}
 	}
 }
+
+// TestCluster_NewNode: a node joins the cluster (CLUSTER MEET) and takes a
+// slot. The first MOVED that names it makes the client ask the gateway,
+// which rediscovers and pushes the node; the client opens a port for it
+// and the MOVED the application sees already names that port.
+func TestCluster_NewNode(t *testing.T) {
+	ctx := context.Background()
+	cl := testenv.StartCluster(t, 3, 0)
+	k := newKey(t, "dev@laptop")
+	g := startGateway(t, map[string]*server.Target{
+		"prod": {Type: server.TypeRedisCluster, Nodes: []string{cl.Nodes[0].Addr}, Refresh: time.Hour},
+	}, []string{k.Line})
+	c := mustConnect(t, g, transports[0], "prod", k)
+	if n := len(c.Client.LocalAddrs()); n != 3 {
+		t.Fatalf("%d local ports, want 3", n)
+	}
+
+	// A fourth node, its cluster bus on a port of its own.
+	bus := testenv.FreeLoopbackListener(t)
+	busPort := strconv.Itoa(bus.Addr().(*net.TCPAddr).Port)
+	bus.Close()
+	n4 := testenv.StartRedis(t, "--cluster-enabled", "yes", "--cluster-announce-ip", "127.0.0.1",
+		"--cluster-port", busPort, "--cluster-node-timeout", "2000")
+	admin := func(r *testenv.Redis) *redis.Client { return r.Client(t) }
+	n4ID, err := admin(n4).ClusterMyID(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := cl.MasterForSlot(t, 1000)
+	var srcBus string
+	nodes, err := admin(src).ClusterNodes(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(nodes, "\n") {
+		if f := strings.Fields(l); len(f) > 2 && strings.Contains(f[2], "myself") {
+			_, srcBus, _ = strings.Cut(strings.Split(f[1], ",")[0], "@")
+		}
+	}
+	if err := admin(n4).Do(ctx, "CLUSTER", "MEET", "127.0.0.1", src.Port, srcBus).Err(); err != nil {
+		t.Fatalf("CLUSTER MEET: %v", err)
+	}
+	waitFor(t, 30*time.Second, "every node to know the new one", func() bool {
+		for _, r := range cl.Nodes {
+			s, err := admin(r).ClusterNodes(ctx).Result()
+			if err != nil || !strings.Contains(s, n4ID) || strings.Contains(s, "handshake") {
+				return false
+			}
+		}
+		info, err := admin(n4).ClusterInfo(ctx).Result()
+		return err == nil && strings.Contains(info, "cluster_state:ok")
+	})
+
+	// Slot 1000 and its key move to the new node.
+	key := "{" + testenv.KeyInSlot(1000) + "}:k"
+	direct := cl.ClusterClient(t)
+	if err := direct.Set(ctx, key, "moved along", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	srcID := src.ClusterID()
+	must := func(r *testenv.Redis, args ...any) {
+		t.Helper()
+		if err := admin(r).Do(ctx, args...).Err(); err != nil {
+			t.Fatalf("%v on %s: %v", args, r.Addr, err)
+		}
+	}
+	must(n4, "CLUSTER", "SETSLOT", 1000, "IMPORTING", srcID)
+	must(src, "CLUSTER", "SETSLOT", 1000, "MIGRATING", n4ID)
+	must(src, "MIGRATE", "127.0.0.1", n4.Port, "", 0, 5000, "KEYS", key)
+	must(n4, "CLUSTER", "SETSLOT", 1000, "NODE", n4ID)
+	must(src, "CLUSTER", "SETSLOT", 1000, "NODE", n4ID)
+	for _, r := range cl.Nodes {
+		if r != src {
+			must(r, "CLUSTER", "SETSLOT", 1000, "NODE", n4ID)
+		}
+	}
+
+	// Through the tunnel, the source answers MOVED, rewritten to a port
+	// that did not exist a moment ago.
+	plainSrc := redis.NewClient(&redis.Options{Addr: c.Local(t, src.Addr), MaxRetries: -1})
+	defer plainSrc.Close()
+	err = plainSrc.Get(ctx, key).Err()
+	local, ok := c.Client.LocalAddrs()[n4.Addr]
+	if !ok {
+		t.Fatalf("no local port for the new node after the MOVED (%v); the MOVED was %v", c.Client.LocalAddrs(), err)
+	}
+	if want := "MOVED 1000 " + local; err == nil || err.Error() != want {
+		t.Fatalf("GET through the source's port: %v, want %q", err, want)
+	}
+	if log := c.Log.String(); !strings.Contains(log, "asking the gateway to refresh") {
+		t.Errorf("client log does not show the refresh request")
+	}
+	cc := tunnelClusterClient(t, c)
+	if got, err := cc.Get(ctx, key).Result(); err != nil || got != "moved along" {
+		t.Fatalf("GET through go-redis: %q, %v", got, err)
+	}
+	waitFor(t, 10*time.Second, "the new node to serve slot 1000 in the client's topology", func() bool {
+		r, s := roleOf(c, n4.Addr)
+		return r == "master" && slotsContain(s, 1000)
+	})
+}
