@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -143,12 +144,25 @@ func TestCluster(t *testing.T) {
 		t.Run("GoRedis", func(t *testing.T) { testClusterGoRedis(t, env, c, transport) })
 		t.Run("RedisBenchmark", func(t *testing.T) { testClusterRedisBenchmark(t, c) })
 		t.Run("FailoverAndMigration", func(t *testing.T) { testClusterChanges(t, env, c, transport) })
+		t.Cleanup(func() { assertNoSecret(t, c, env.Password) })
 		if transport == transports[0] { // a few seconds of load: once is enough
 			t.Run("PipelinedGET", func(t *testing.T) { testClusterPipelinedGET(t, env, c, transport) })
 		}
 	})
 	if log := env.Gateway.Log.String(); strings.Contains(log, env.Password) {
 		t.Fatal("the gateway's log holds the cluster password")
+	}
+}
+
+// assertNoSecret fails when the client's log, output or topology holds
+// secret.
+func assertNoSecret(t testing.TB, c *connect, secret string) {
+	t.Helper()
+	topo, _ := json.Marshal(c.Client.Topology())
+	for what, text := range map[string]string{"log": c.Log.String(), "output": c.Out.String(), "topology": string(topo)} {
+		if strings.Contains(text, secret) {
+			t.Errorf("the client's %s holds the upstream password", what)
+		}
 	}
 }
 
@@ -735,15 +749,29 @@ func BenchmarkCluster_PipelinedGET(b *testing.B) {
 }
 
 // TestCluster_NewNode: a node joins the cluster (CLUSTER MEET) and takes a
-// slot. The first MOVED that names it makes the client ask the gateway,
+// slot; the gateway discovers with CLUSTER SLOTS, as its user may not run
+// CLUSTER SHARDS. The first MOVED that names it makes the client ask the gateway,
 // which rediscovers and pushes the node; the client opens a port for it
 // and the MOVED the application sees already names that port.
 func TestCluster_NewNode(t *testing.T) {
 	ctx := context.Background()
 	cl := testenv.StartCluster(t, 3, 0)
+	// The gateway's user may not run CLUSTER SHARDS, as on some managed
+	// services: discovery falls back to CLUSTER SLOTS.
+	pw := randomSecret(t)
+	user := testenv.ACLUser{Name: "gateway", Password: pw, Rules: []string{"~*", "&*", "+@all", "-cluster|shards"}}
+	for _, r := range cl.Nodes {
+		r.AddUser(t, user)
+	}
+	asUser := redis.NewClient(&redis.Options{Addr: cl.Nodes[0].Addr, Username: user.Name, Password: pw})
+	defer asUser.Close()
+	if err := asUser.ClusterShards(ctx).Err(); err == nil || !strings.HasPrefix(err.Error(), "NOPERM") {
+		t.Fatalf("CLUSTER SHARDS as %s: %v, want NOPERM", user.Name, err)
+	}
 	k := newKey(t, "dev@laptop")
 	g := startGateway(t, map[string]*server.Target{
-		"prod": {Type: server.TypeRedisCluster, Nodes: []string{cl.Nodes[0].Addr}, Refresh: time.Hour},
+		"prod": {Type: server.TypeRedisCluster, Nodes: []string{cl.Nodes[0].Addr}, Refresh: time.Hour,
+			Auth: &server.UpstreamAuth{Username: "gateway", PasswordFile: writeSecret(t, pw)}},
 	}, []string{k.Line})
 	c := mustConnect(t, g, transports[0], "prod", k)
 	if n := len(c.Client.LocalAddrs()); n != 3 {
@@ -756,6 +784,7 @@ func TestCluster_NewNode(t *testing.T) {
 	bus.Close()
 	n4 := testenv.StartRedis(t, "--cluster-enabled", "yes", "--cluster-announce-ip", "127.0.0.1",
 		"--cluster-port", busPort, "--cluster-node-timeout", "2000")
+	n4.AddUser(t, user)
 	admin := func(r *testenv.Redis) *redis.Client { return r.Client(t) }
 	n4ID, err := admin(n4).ClusterMyID(ctx).Result()
 	if err != nil {
