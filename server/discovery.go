@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -47,6 +48,9 @@ const (
 
 // ErrNoDiscovery means no seed or known node answered a discovery query.
 var ErrNoDiscovery = errors.New("no node answered the discovery query")
+
+// errDiscoveryConnUsed: a discovery query makes one connection only.
+var errDiscoveryConnUsed = errors.New("discovery connection already used")
 
 // discovery runs the discovery loops while at least one Serve runs.
 type discovery struct {
@@ -232,11 +236,24 @@ func (t *target) discover(ctx context.Context, timeout time.Duration) ([]tunnel.
 // SHARDS, or CLUSTER SLOTS when the node does not know SHARDS. The
 // connection is made by t.dial, so it has the target's TLS and AUTH.
 func (t *target) queryRedisCluster(ctx context.Context, addr string, timeout time.Duration) ([]tunnel.NodeInfo, error) {
+	// The connection is dialled here and handed to go-redis, whose pool
+	// would otherwise retry a failed dial and probe on in a goroutine of
+	// its own after Close.
+	conn, err := t.dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	var used atomic.Bool
 	rc := redis.NewClient(&redis.Options{
 		Addr: addr,
-		Dialer: func(ctx context.Context, _, a string) (net.Conn, error) {
-			return t.dial(ctx, a)
+		Dialer: func(context.Context, string, string) (net.Conn, error) {
+			if used.CompareAndSwap(false, true) {
+				return conn, nil
+			}
+			return nil, errDiscoveryConnUsed
 		},
+		DialerRetries:            1,
 		Protocol:                 2,
 		DisableIdentity:          true,
 		MaxRetries:               -1,

@@ -2,12 +2,20 @@ package server
 
 import (
 	"bufio"
+	"context"
+	"io"
+	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
 
 	"github.com/cachetun/cachetun/tunnel"
 )
@@ -218,4 +226,142 @@ func FuzzParseClusterConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestServer_DiscoveryLifecycle: the loops run while any Serve runs, end
+// with the last one, and leave no goroutine behind; a failing first round
+// still releases the first Welcome.
+func TestServer_DiscoveryLifecycle(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing answers there
+	cfg := DefaultConfig()
+	cfg.Limits.DialTimeout = time.Second
+	s := &Server{cfg: cfg, log: slog.New(slog.DiscardHandler), targets: map[string]*target{}}
+	for name, tc := range map[string]*Target{
+		"cluster":   {Type: TypeRedisCluster, Nodes: []string{addr}, Refresh: time.Hour},
+		"memcached": {Type: TypeMemcached, Nodes: []string{addr}, Refresh: time.Hour, Discovery: DiscoveryElastiCache},
+		"static":    {Type: TypeRedis, Nodes: []string{addr}},
+	} {
+		s.targets[name] = newTarget(name, tc)
+		s.targetNames = append(s.targetNames, name)
+	}
+	ctx := context.Background()
+	s.startDiscovery(ctx)
+	s.startDiscovery(ctx) // a second Serve
+	for _, name := range []string{"cluster", "memcached"} {
+		tg := s.targets[name]
+		select {
+		case <-tg.discovered:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the first round never ended", name)
+		}
+		for range 10 {
+			tg.requestRefresh() // never blocks
+		}
+	}
+	if s.targets["static"].discovers() {
+		t.Fatal("a redis target discovers")
+	}
+	s.stopDiscovery()
+	select {
+	case <-s.disc.done:
+		t.Fatal("discovery stopped while a Serve still runs")
+	default:
+	}
+	s.stopDiscovery()
+	<-s.disc.done
+}
+
+// fakeNode answers CLUSTER SHARDS with reply and any other command with
+// an error, once per connection, and counts connections.
+func fakeNode(t *testing.T, reply string) (string, *atomic.Int64) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns atomic.Int64
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if !strings.HasPrefix(line, "*") {
+						continue
+					}
+					var args []string
+					n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
+					for range n {
+						_, _ = br.ReadString('\n') // $len
+						a, _ := br.ReadString('\n')
+						args = append(args, strings.ToUpper(strings.TrimSpace(a)))
+					}
+					out := "-ERR unknown command\r\n"
+					if strings.Join(args, " ") == "CLUSTER SHARDS" {
+						out = reply
+					}
+					if _, err := io.WriteString(c, out); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), &conns
+}
+
+// TestTarget_QueryRedisCluster: one query is one connection, parsed from
+// a RESP2 CLUSTER SHARDS reply, and leaves no goroutine behind.
+func TestTarget_QueryRedisCluster(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after fakeNode's cleanup
+	bulk := func(s string) string { return "$" + strconv.Itoa(len(s)) + "\r\n" + s + "\r\n" }
+	node := func(id, ip string, port int, role string) string {
+		return "*14\r\n" + bulk("id") + bulk(id) + bulk("port") + ":" + strconv.Itoa(port) + "\r\n" +
+			bulk("ip") + bulk(ip) + bulk("endpoint") + bulk(ip) + bulk("role") + bulk(role) +
+			bulk("replication-offset") + ":0\r\n" + bulk("health") + bulk("online")
+	}
+	reply := "*2\r\n" +
+		"*4\r\n" + bulk("slots") + "*2\r\n:0\r\n:8191\r\n" + bulk("nodes") + "*2\r\n" + node("a", "10.0.0.1", 6379, "master") + node("b", "10.0.0.2", 6379, "replica") +
+		"*4\r\n" + bulk("slots") + "*2\r\n:8192\r\n:16383\r\n" + bulk("nodes") + "*1\r\n" + node("c", "10.0.0.3", 6379, "master")
+	addr, conns := fakeNode(t, reply)
+	tg := newTarget("c", &Target{Type: TypeRedisCluster, Nodes: []string{addr}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	nodes, err := tg.queryRedisCluster(ctx, addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []tunnel.NodeInfo{
+		{Addr: "10.0.0.1:6379", ID: "a", Role: "master", Slots: "0-8191"},
+		{Addr: "10.0.0.2:6379", ID: "b", Role: "replica"},
+		{Addr: "10.0.0.3:6379", ID: "c", Role: "master", Slots: "8192-16383"},
+	}
+	if !slices.Equal(nodes, want) {
+		t.Fatalf("got %+v, want %+v", nodes, want)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("%d connections for one query, want 1", n)
+	}
 }
