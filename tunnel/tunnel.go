@@ -104,7 +104,7 @@ type TargetInfo struct {
 	Name  string     `json:"name"`
 	Type  string     `json:"type"`
 	Nodes []NodeInfo `json:"nodes"`
-	// Discovery is the memcached auto-discovery config version, if any.
+	// Version counts the gateway's topology changes of this target.
 	Version int64 `json:"version,omitempty"`
 }
 

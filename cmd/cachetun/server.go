@@ -123,6 +123,16 @@ targets:
   example-redis:
     type: redis        # redis | redis-cluster | memcached | tcp
     nodes: ["127.0.0.1:6379"]
+#  example-cluster:
+#    type: redis-cluster
+#    nodes: ["clustercfg.example.cache.amazonaws.com:6379"]   # seeds; the rest is discovered
+#    refresh: 30s
+#    tls: {server_name: clustercfg.example.cache.amazonaws.com, ca_file: /etc/ssl/certs/ca-certificates.crt}
+#    auth: {username: app, password_file: %[1]s/example-cluster.password}
+#  example-memcached:
+#    type: memcached
+#    discovery: elasticache   # nodes: the configuration endpoint
+#    nodes: ["example.cfg.use1.cache.amazonaws.com:11211"]
 # limits:
 #   idle_timeout: 30m
 #   max_streams_per_session: 1024
