@@ -320,6 +320,8 @@ func BenchmarkRelay_Parallel(b *testing.B) {
 			b.SetBytes(2 * 64)
 			b.ReportAllocs()
 			b.ResetTimer()
+			sc := startSyscalls()
+			defer func() { sc.report(b, b.N) }()
 			b.RunParallel(func(pb *testing.PB) {
 				nc := <-conns
 				defer nc.Close()

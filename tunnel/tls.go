@@ -114,8 +114,10 @@ func (l *tlsListener) handshake(c net.Conn) (Session, error) {
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, err
 	}
+	bc.startFlusher()
 	ys, err := yamux.Server(&frameConn{Conn: tc, raw: bc}, l.cfg.yamux())
 	if err != nil {
+		tc.Close() // stops the flusher
 		return nil, err
 	}
 	return newYamuxSession(ys, tc)
@@ -166,6 +168,7 @@ func DialTLS(ctx context.Context, addr string, tlsConf *tls.Config, cfg TLSConfi
 		c.Close()
 		return nil, err
 	}
+	bc.startFlusher()
 	ys, err := yamux.Client(&frameConn{Conn: tc, raw: bc}, cfg.yamux())
 	if err != nil {
 		tc.Close()

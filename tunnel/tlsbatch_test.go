@@ -4,18 +4,49 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+	"sync"
 	"testing"
+	"time"
 )
 
 // recordConn records every Write.
 type recordConn struct {
 	net.Conn
+	mu     sync.Mutex
 	writes [][]byte
 }
 
 func (r *recordConn) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.writes = append(r.writes, bytes.Clone(p))
 	return len(p), nil
+}
+
+func (r *recordConn) Close() error { return nil }
+
+// take waits until want bytes were written and returns the writes.
+func (r *recordConn) take(t *testing.T, want int) [][]byte {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.mu.Lock()
+		n := 0
+		for _, w := range r.writes {
+			n += len(w)
+		}
+		if n >= want {
+			w := r.writes
+			r.writes = nil
+			r.mu.Unlock()
+			return w
+		}
+		r.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d bytes written within 5s", n, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func yamuxHeader(typ byte, length uint32) []byte {
@@ -33,51 +64,61 @@ func yamuxHeader(typ byte, length uint32) []byte {
 func TestFrameConn_OneWritePerFrame(t *testing.T) {
 	rec := &recordConn{}
 	bc := &batchConn{Conn: rec}
+	bc.startFlusher()
+	defer bc.Close()
 	fc := &frameConn{Conn: bc, raw: bc}
 	for _, n := range []int{1, 100, maxRecordPayload - yamuxHeaderSize, maxRecordPayload, 64 << 10} {
-		rec.writes = nil
 		hdr := yamuxHeader(yamuxTypeData, uint32(n))
 		body := bytes.Repeat([]byte{'b'}, n)
 		if w, err := fc.Write(hdr); w != len(hdr) || err != nil {
 			t.Fatalf("header write: %d, %v", w, err)
 		}
-		if len(rec.writes) != 0 {
-			t.Fatalf("%d-byte frame: header written before its body", n)
-		}
+		time.Sleep(2 * time.Millisecond) // the flusher would have written a lone header by now
 		if w, err := fc.Write(body); w != n || err != nil {
 			t.Fatalf("body write: %d, %v", w, err)
 		}
-		if len(rec.writes) != 1 || !bytes.Equal(rec.writes[0], append(hdr, body...)) {
-			t.Fatalf("%d-byte frame: %d writes, want one of header+body", n, len(rec.writes))
+		if got := rec.take(t, len(hdr)+n); len(got) != 1 || !bytes.Equal(got[0], append(hdr, body...)) {
+			t.Fatalf("%d-byte frame: %d writes, want one of header+body", n, len(got))
 		}
 	}
 	for _, hdr := range [][]byte{yamuxHeader(1, 1<<20), yamuxHeader(yamuxTypeData, 0), yamuxHeader(2, 5)} {
-		rec.writes = nil
 		if _, err := fc.Write(hdr); err != nil {
 			t.Fatal(err)
 		}
-		if len(rec.writes) != 1 || !bytes.Equal(rec.writes[0], hdr) {
-			t.Fatalf("frame without body (type %d): %d writes, want it at once", hdr[1], len(rec.writes))
+		if got := rec.take(t, len(hdr)); len(got) != 1 || !bytes.Equal(got[0], hdr) {
+			t.Fatalf("frame without body (type %d): %q, want it alone", hdr[1], got)
 		}
 	}
 }
 
-// TestBatchConn_KeepsOrder: a write from outside a batch (a TLS alert)
-// while a batch is open goes behind the batch, not before it.
+// TestBatchConn_KeepsOrder: bytes leave in the order they were written,
+// and the records of one batch in one write.
 func TestBatchConn_KeepsOrder(t *testing.T) {
 	rec := &recordConn{}
 	bc := &batchConn{Conn: rec}
+	if _, err := bc.Write([]byte("hello")); err != nil { // before the handshake: straight through
+		t.Fatal(err)
+	}
+	if got := rec.take(t, 5); len(got) != 1 {
+		t.Fatalf("handshake write: %q", got)
+	}
+	bc.startFlusher()
 	bc.begin()
 	_, _ = bc.Write([]byte("one"))
+	time.Sleep(2 * time.Millisecond)
 	_, _ = bc.Write([]byte("two"))
-	if len(rec.writes) != 0 {
-		t.Fatal("batch written before its end")
-	}
 	if err := bc.end(); err != nil {
 		t.Fatal(err)
 	}
 	_, _ = bc.Write([]byte("alert"))
-	if len(rec.writes) != 2 || string(rec.writes[0]) != "onetwo" || string(rec.writes[1]) != "alert" {
-		t.Fatalf("writes %q, want [onetwo alert]", rec.writes)
+	got := rec.take(t, len("onetwoalert"))
+	if string(bytes.Join(got, nil)) != "onetwoalert" || !bytes.HasPrefix(got[0], []byte("onetwo")) {
+		t.Fatalf("writes %q, want onetwo in one write, then alert", got)
+	}
+	if err := bc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bc.Write([]byte("late")); err == nil {
+		t.Fatal("write after Close succeeded")
 	}
 }
