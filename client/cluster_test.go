@@ -237,14 +237,18 @@ func TestClient_RedisMapAndRedirects(t *testing.T) {
 	}
 	on(resp.KindMoved, 100, "10.0.0.2:6379") // slot 100 is 10.0.0.1's
 	waitUntil(t, func() bool { return c.cluster.refreshes.Load() == 1 })
-	// A burst makes one more request, not one each.
+	// A burst is merged: requests are at most one per refreshGap, so 100
+	// redirects in a few microseconds make one or two more requests (two
+	// when the refresher started between them), never one each.
 	for range 100 {
 		on(resp.KindMoved, 100, "10.0.0.2:6379")
 	}
-	waitUntil(t, func() bool { return c.cluster.refreshes.Load() == 2 && !c.cluster.refreshRunning.Load() })
+	waitUntil(t, func() bool {
+		return c.cluster.refreshes.Load() >= 2 && !c.cluster.refreshRunning.Load() && !c.cluster.refreshPending.Load()
+	})
 	time.Sleep(2 * refreshGap)
-	if n := c.cluster.refreshes.Load(); n != 2 {
-		t.Fatalf("%d refresh requests, want 2", n)
+	if n := c.cluster.refreshes.Load(); n < 2 || n > 3 {
+		t.Fatalf("%d refresh requests after a burst of 100, want 2 or 3", n)
 	}
 }
 
