@@ -115,110 +115,36 @@ func ListenSSH(addr string, cfg *ssh.ServerConfig, sc SSHConfig) (Listener, erro
 	if err != nil {
 		return nil, fmt.Errorf("listen ssh on %q: %w", addr, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &sshListener{tcp: tcp, conf: &conf, sc: sc, ready: make(chan Session), ctx: ctx, cancel: cancel}
-	l.wg.Add(1)
-	go l.acceptLoop()
-	return l, nil
+	return newTCPListener(tcp, sshHandshake(&conf, sc)), nil
 }
 
-type sshListener struct {
-	tcp    net.Listener
-	conf   *ssh.ServerConfig
-	sc     SSHConfig
-	ready  chan Session
-	ctx    context.Context // ends when the listener closes
-	cancel context.CancelFunc
-	once   sync.Once
-	wg     sync.WaitGroup
-}
-
-func (l *sshListener) acceptLoop() {
-	defer l.wg.Done()
-	sem := make(chan struct{}, maxPendingHandshakes)
-	for {
-		c, err := l.tcp.Accept()
+// sshHandshake returns the handshake of the SSH transport.
+func sshHandshake(conf *ssh.ServerConfig, sc SSHConfig) handshakeFunc {
+	return func(lctx context.Context, c net.Conn) (Session, error) {
+		if sc.HandshakeTimeout > 0 {
+			_ = c.SetDeadline(time.Now().Add(sc.HandshakeTimeout))
+		}
+		stop := context.AfterFunc(lctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+		conn, chans, reqs, err := ssh.NewServerConn(c, conf)
+		if !stop() {
+			if err == nil {
+				conn.Close()
+			}
+			return nil, net.ErrClosed
+		}
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			time.Sleep(10 * time.Millisecond) // EMFILE and friends
-			continue
+			return nil, err
 		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			c.Close() // too many handshakes at once
-			continue
-		}
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			defer func() { <-sem }()
-			s, err := l.handshake(c)
-			if err != nil {
-				c.Close()
-				return
-			}
-			select {
-			case l.ready <- s:
-			case <-l.ctx.Done():
-				s.Close()
-			}
-		}()
-	}
-}
-
-func (l *sshListener) handshake(c net.Conn) (*sshSession, error) {
-	setTCPOptions(c)
-	if l.sc.HandshakeTimeout > 0 {
-		_ = c.SetDeadline(time.Now().Add(l.sc.HandshakeTimeout))
-	}
-	stop := context.AfterFunc(l.ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	conn, chans, reqs, err := ssh.NewServerConn(c, l.conf)
-	if !stop() {
-		if err == nil {
+		if err := c.SetDeadline(time.Time{}); err != nil {
 			conn.Close()
+			return nil, err
 		}
-		return nil, net.ErrClosed
+		var info any
+		if conn.Permissions != nil {
+			info = conn.Permissions.ExtraData[SSHAuthInfoKey]
+		}
+		return newSSHSession(conn, chans, reqs, sc, true, info), nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	if err := c.SetDeadline(time.Time{}); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	var info any
-	if conn.Permissions != nil {
-		info = conn.Permissions.ExtraData[SSHAuthInfoKey]
-	}
-	return newSSHSession(conn, chans, reqs, l.sc, true, info), nil
-}
-
-func (l *sshListener) Accept(ctx context.Context) (Session, error) {
-	select {
-	case s := <-l.ready:
-		return s, nil
-	case <-l.ctx.Done():
-		return nil, net.ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-func (l *sshListener) Addr() net.Addr { return l.tcp.Addr() }
-
-// Close stops accepting, aborts the handshakes in flight and waits for
-// them.
-func (l *sshListener) Close() error {
-	var err error
-	l.once.Do(func() {
-		l.cancel()
-		err = l.tcp.Close()
-		l.wg.Wait()
-	})
-	return err
 }
 
 // DialSSH opens an SSH session to addr. ctx bounds the TCP dial and the

@@ -50,107 +50,26 @@ func ListenTLS(addr string, tlsConf *tls.Config, cfg TLSConfig) (Listener, error
 	if err != nil {
 		return nil, fmt.Errorf("listen tls on %q: %w", addr, err)
 	}
-	l := &tlsListener{tcp: tcp, conf: tlsConf, cfg: cfg, ready: make(chan Session), done: make(chan struct{})}
-	l.wg.Add(1)
-	go l.acceptLoop()
-	return l, nil
+	return newTCPListener(tcp, tlsHandshake(tlsConf, cfg)), nil
 }
 
-type tlsListener struct {
-	tcp   net.Listener
-	conf  *tls.Config
-	cfg   TLSConfig
-	ready chan Session
-	done  chan struct{}
-	once  sync.Once
-	wg    sync.WaitGroup
-}
-
-// maxPendingHandshakes bounds TLS handshakes in flight on one listener.
-const maxPendingHandshakes = 256
-
-func (l *tlsListener) acceptLoop() {
-	defer l.wg.Done()
-	sem := make(chan struct{}, maxPendingHandshakes)
-	for {
-		c, err := l.tcp.Accept()
+// tlsHandshake returns the handshake of the TLS transport.
+func tlsHandshake(conf *tls.Config, cfg TLSConfig) handshakeFunc {
+	return func(lctx context.Context, c net.Conn) (Session, error) {
+		bc := &batchConn{Conn: c}
+		tc := tls.Server(bc, conf)
+		ctx, cancel := context.WithTimeout(lctx, cfg.HandshakeTimeout)
+		defer cancel()
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return nil, err
+		}
+		bc.startFlusher()
+		ys, err := yamux.Server(&frameConn{Conn: tc, raw: bc}, cfg.yamux())
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			time.Sleep(10 * time.Millisecond) // EMFILE and friends
-			continue
+			tc.Close() // stops the flusher
+			return nil, err
 		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			c.Close() // too many handshakes at once
-			continue
-		}
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			defer func() { <-sem }()
-			s, err := l.handshake(c)
-			if err != nil {
-				c.Close()
-				return
-			}
-			select {
-			case l.ready <- s:
-			case <-l.done:
-				s.Close()
-			}
-		}()
-	}
-}
-
-func (l *tlsListener) handshake(c net.Conn) (Session, error) {
-	setTCPOptions(c)
-	bc := &batchConn{Conn: c}
-	tc := tls.Server(bc, l.conf)
-	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, err
-	}
-	bc.startFlusher()
-	ys, err := yamux.Server(&frameConn{Conn: tc, raw: bc}, l.cfg.yamux())
-	if err != nil {
-		tc.Close() // stops the flusher
-		return nil, err
-	}
-	return newYamuxSession(ys, tc)
-}
-
-func (l *tlsListener) Accept(ctx context.Context) (Session, error) {
-	select {
-	case s := <-l.ready:
-		return s, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-func (l *tlsListener) Addr() net.Addr { return l.tcp.Addr() }
-
-// Close stops accepting and waits for handshakes in flight.
-func (l *tlsListener) Close() error {
-	var err error
-	l.once.Do(func() {
-		close(l.done)
-		err = l.tcp.Close()
-		l.wg.Wait()
-	})
-	return err
-}
-
-func setTCPOptions(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3})
+		return newYamuxSession(ys, tc)
 	}
 }
 
