@@ -262,94 +262,101 @@ func (a *activityReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// copyConn copies a socket to dst through its raw file descriptor: the
-// same read(2) calls as net.Conn.Read, but the buffer is taken from the
-// pool only when read(2) is about to run and goes back before the
-// goroutine parks on EAGAIN, so a relay waiting for data holds none.
+// copyConn copies a socket to dst through its raw file descriptor, with
+// the whole copy inside one RawConn.Read, so that
+//
+//   - the 64 KiB buffer is taken from the pool only when read(2) runs and
+//     goes back before the goroutine parks: a relay waiting for data holds
+//     none;
+//   - the poller is prepared once per copy, not once per read.
 //
 // With gate, a first read that would block sends the open header alone
 // before waiting; a first read with data sends it together with the data.
 func copyConn(dst io.Writer, rc syscall.RawConn, last *atomic.Int64, gate *openGate) (int64, error) {
-	r := &rawReader{noWait: gate != nil}
-	r.fn = r.read // one closure for the whole copy, not one per read
-	defer r.release()
-	var total int64
+	c := &rawCopier{dst: dst, last: last, gate: gate}
+	c.fn = c.step // one closure for the whole copy
+	defer c.release()
 	for {
-		r.wouldBlock = false
-		if err := rc.Read(r.fn); err != nil {
-			return total, err
+		if err := rc.Read(c.fn); err != nil {
+			return c.total, err
 		}
-		if r.wouldBlock {
-			r.noWait = false
-			g := gate
-			gate = nil
-			if err := g.flush(); err != nil {
-				return total, err
+		if !c.flushGate {
+			return c.total, c.err
+		}
+		c.flushGate = false
+		g := c.gate
+		c.gate = nil
+		if err := g.flush(); err != nil {
+			return c.total, err
+		}
+	}
+}
+
+// rawCopier is the state of copyConn; step runs inside RawConn.Read.
+type rawCopier struct {
+	fn        func(fd uintptr) bool
+	dst       io.Writer
+	last      *atomic.Int64
+	gate      *openGate
+	bp        *[]byte
+	total     int64
+	err       error // set when step returns true without flushGate
+	flushGate bool  // step returned to send the open header alone
+}
+
+// step reads and writes until read(2) says EAGAIN (false: park until
+// readable) or the copy ends (true: EOF, an error, or the open header is
+// due).
+func (c *rawCopier) step(fd uintptr) bool {
+	for {
+		if c.bp == nil {
+			c.bp = relayBufs.Get().(*[]byte)
+		}
+		n, err := syscall.Read(int(fd), *c.bp)
+		for err == syscall.EINTR {
+			n, err = syscall.Read(int(fd), *c.bp)
+		}
+		if err == syscall.EAGAIN {
+			c.release()
+			if c.gate != nil {
+				c.flushGate = true
+				return true
 			}
-			continue
+			return false
 		}
-		if r.err != nil {
-			return total, os.NewSyscallError("read", r.err)
-		}
-		n := r.n
-		if n <= 0 {
-			return total, nil // EOF
-		}
-		if last != nil {
-			last.Store(time.Now().UnixNano())
-		}
-		w, werr := dst.Write((*r.bp)[:n])
-		total += int64(w)
-		if gate != nil {
-			r.noWait = false
-			gate.release()
-			gate = nil
-		}
-		if werr != nil {
-			return total, werr
-		}
-		if w != n {
-			return total, io.ErrShortWrite
-		}
-	}
-}
-
-// rawReader is the state of copyConn's read callback.
-type rawReader struct {
-	fn         func(fd uintptr) bool
-	bp         *[]byte
-	n          int
-	err        error
-	noWait     bool // return instead of parking when the read would block
-	wouldBlock bool
-}
-
-func (r *rawReader) read(fd uintptr) bool {
-	if r.bp == nil {
-		r.bp = relayBufs.Get().(*[]byte)
-	}
-	for {
-		r.n, r.err = syscall.Read(int(fd), *r.bp)
-		if r.err != syscall.EINTR {
-			break
-		}
-	}
-	if r.err == syscall.EAGAIN {
-		r.err = nil
-		r.release()
-		if r.noWait {
-			r.wouldBlock = true
+		if err != nil {
+			c.err = os.NewSyscallError("read", err)
 			return true
 		}
-		return false // park until readable, holding no buffer
+		if n <= 0 {
+			return true // EOF
+		}
+		if c.last != nil {
+			c.last.Store(time.Now().UnixNano())
+		}
+		w, werr := c.dst.Write((*c.bp)[:n])
+		c.total += int64(w)
+		if c.gate != nil {
+			c.gate.release()
+			c.gate = nil
+		}
+		if werr == nil && w != n {
+			werr = io.ErrShortWrite
+		}
+		if werr != nil {
+			c.err = werr
+			return true
+		}
+		// Read again even after a short read: a FIN (or RST) that came
+		// with the data raises no edge of its own, so only the next
+		// read(2) can see it.
 	}
-	return true
 }
 
-func (r *rawReader) release() {
-	if r.bp != nil {
-		relayBufs.Put(r.bp)
-		r.bp = nil
+func (c *rawCopier) release() {
+	if c.bp != nil {
+		relayBufs.Put(c.bp)
+		c.bp = nil
 	}
 }
 

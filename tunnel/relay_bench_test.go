@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -257,22 +258,41 @@ func sysIO() (r, w int64) {
 	return r, w
 }
 
-// syscalls reports read and write syscalls per op of the whole process
-// (bench loop, both relays, transports and upstream) as custom metrics.
-type syscalls struct{ r, w int64 }
+// cpuTime returns the user+system CPU time of this process.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return -1
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// syscalls reports read and write syscalls and CPU time per op of the
+// whole process (bench loop, both relays, transports and upstream) as
+// custom metrics; both hardly depend on other load on the machine.
+type syscalls struct {
+	r, w int64
+	cpu  time.Duration
+}
 
 func startSyscalls() syscalls {
 	r, w := sysIO()
-	return syscalls{r, w}
+	return syscalls{r, w, cpuTime()}
 }
 
 func (s syscalls) report(b *testing.B, ops int) {
 	r, w := sysIO()
-	if s.r < 0 || r < 0 || ops == 0 {
+	cpu := cpuTime()
+	if ops == 0 {
 		return
 	}
-	b.ReportMetric(float64(r-s.r)/float64(ops), "reads/op")
-	b.ReportMetric(float64(w-s.w)/float64(ops), "writes/op")
+	if s.r >= 0 && r >= 0 {
+		b.ReportMetric(float64(r-s.r)/float64(ops), "reads/op")
+		b.ReportMetric(float64(w-s.w)/float64(ops), "writes/op")
+	}
+	if s.cpu >= 0 && cpu >= 0 {
+		b.ReportMetric(float64(cpu-s.cpu)/float64(ops), "cpu-ns/op")
+	}
 }
 
 // BenchmarkRelay_RoundTrip: one connection, one 64-byte request and its

@@ -19,10 +19,20 @@ import (
 //	yamux ─► frameConn ─► tls.Conn ─► batchConn ─► TCP
 //
 // frameConn holds a data frame's header back until its body arrives and
-// hands both to TLS together; batchConn collects the records and a flusher
-// goroutine writes them to the socket: at once when it is idle, and, while
-// it is inside write(2), everything that queued meanwhile in the next one
-// (group commit: no timer, no added latency, fewer syscalls under load).
+// hands both to TLS together, as one batch; batchConn writes a batch with
+// one write(2), in one of two modes:
+//
+//   - inline: the send loop writes itself. One frame at a time is in
+//     flight, the cheapest and fastest when frames come one by one (a
+//     single client: a hand-off to another goroutine costs a thread wake-up
+//     per frame, which doubled the CPU per request at -c 1).
+//   - group commit: a flusher goroutine writes, and everything queued while
+//     it was inside write(2) goes out in its next one. The send loop never
+//     blocks on the socket, and busy sessions share syscalls.
+//
+// A frame that is due within backlogGap of the previous write's end means
+// frames are queueing up behind the send loop: batchConn switches to group
+// commit, and back to inline after flushes that carried one frame each.
 
 // yamux frame header layout (hashicorp/yamux const.go).
 const (
@@ -31,6 +41,8 @@ const (
 )
 
 // maxPending bounds the bytes queued for the flusher; writers wait beyond.
+// A batch holds the flusher back only below it: a frame that does not fit
+// is split rather than blocking forever.
 const maxPending = 256 << 10
 
 // keepIdle is the largest buffer kept once a session has been quiet for a
@@ -41,22 +53,35 @@ const keepIdle = 64 << 10
 // one record per read(2); buffered, one read(2) serves several records.
 const readBufSize = 64 << 10
 
+// Mode switching: a batch that starts within backlogGap of the end of the
+// previous inline write switches to group commit; singleFlushes flushes in
+// a row of one batch each switch back.
+const (
+	backlogGap    = 20 * time.Microsecond
+	singleFlushes = 32
+)
+
 // batchConn sits under tls.Conn. Reads go through a buffer (only the TLS
-// layer reads, one record at a time). Until startFlusher (the TLS handshake)
-// writes go straight through; then they queue for the flusher, in order.
-// Between begin and end the flusher is not woken, so the records of one
-// frame leave in one write.
+// layer reads, one record at a time). Until startFlusher (the TLS
+// handshake) writes go straight through. After it, bytes are queued in
+// order and written by whoever holds the writer role: the caller of end
+// (inline mode) or the flusher (group commit).
 type batchConn struct {
 	net.Conn
 
 	mu       sync.Mutex // guards the following
-	cond     sync.Cond  // signalled when the flusher took or wrote bytes
-	async    bool
+	cond     sync.Cond  // signalled when queued bytes were taken or failed
+	started  bool
+	group    bool // group commit, else inline
 	batching bool
+	writing  bool // someone is in write(2) with taken bytes
 	closed   bool
-	err      error  // the flusher's write error, returned by later writes
+	err      error  // the first write error, returned by later writes
 	buf      []byte // queued bytes
-	spare    []byte // the flusher's last buffer, reused
+	spare    []byte // the last written buffer, reused
+	batches  int    // batches queued since the flusher last took buf
+	singles  int    // flushes in a row that carried one batch
+	lastEnd  time.Time
 	wake     chan struct{}
 	done     chan struct{} // closed when the flusher exits
 
@@ -70,45 +95,59 @@ func (b *batchConn) Read(p []byte) (int, error) {
 	return b.rd.Read(p)
 }
 
-// A batch holds the flusher back only while the queue is below maxPending:
-// a frame that does not fit is split rather than blocking forever.
-
 // startFlusher switches to queued writes (call it after the handshake).
 func (b *batchConn) startFlusher() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.cond.L = &b.mu
-	b.async = true
+	b.started = true
 	b.wake = make(chan struct{}, 1)
 	b.done = make(chan struct{})
 	go b.flusher()
 }
 
+// Write queues p; outside a batch it is a batch of its own.
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
-	if !b.async {
+	if !b.started {
 		b.mu.Unlock()
 		return b.Conn.Write(p)
 	}
 	for len(b.buf) >= maxPending && b.err == nil && !b.closed {
-		b.signal() // a full queue is written even inside a batch
+		if b.group {
+			b.signal()
+		} else if !b.writing {
+			b.writeLocked() // a batch larger than maxPending, inline
+			continue
+		}
 		b.cond.Wait()
 	}
-	if b.err != nil || b.closed {
-		err := b.err
+	if err := b.failedLocked(); err != nil {
 		b.mu.Unlock()
-		if err == nil {
-			err = net.ErrClosed
-		}
 		return 0, err
 	}
 	b.buf = append(b.buf, p...)
-	batching := b.batching
+	if b.batching {
+		b.mu.Unlock()
+		return len(p), nil
+	}
+	b.batches++
+	err := b.commitLocked()
 	b.mu.Unlock()
-	if !batching {
-		b.signal()
+	if err != nil {
+		return 0, err
 	}
 	return len(p), nil
+}
+
+func (b *batchConn) failedLocked() error {
+	if b.err != nil {
+		return b.err
+	}
+	if b.closed {
+		return net.ErrClosed
+	}
+	return nil
 }
 
 func (b *batchConn) signal() {
@@ -118,26 +157,73 @@ func (b *batchConn) signal() {
 	}
 }
 
-// begin holds the flusher back until end, so that the records written in
-// between leave together.
+// begin opens a batch: the bytes written until end leave together.
 func (b *batchConn) begin() {
 	b.mu.Lock()
 	b.batching = true
+	if b.started && !b.group && !b.lastEnd.IsZero() && time.Since(b.lastEnd) < backlogGap {
+		b.group = true // frames are queueing behind the send loop
+		b.singles = 0
+	}
 	b.mu.Unlock()
 }
 
-// end lets the flusher write what begin held back; it returns an earlier
-// write error, if any.
+// end closes the batch and writes it (inline) or hands it to the flusher.
 func (b *batchConn) end() error {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.batching = false
-	err := b.err
-	async := b.async
-	b.mu.Unlock()
-	if async {
-		b.signal()
+	if !b.started {
+		return nil
 	}
-	return err
+	b.batches++
+	return b.commitLocked()
+}
+
+// commitLocked gets the queued bytes written.
+func (b *batchConn) commitLocked() error {
+	if err := b.failedLocked(); err != nil {
+		return err
+	}
+	if b.group || b.writing {
+		b.signal() // the flusher (or the writer in write(2) now) takes it
+		return nil
+	}
+	b.writeLocked()
+	return b.err
+}
+
+// writeLocked writes everything queued, in the caller; b.mu is released
+// during write(2).
+func (b *batchConn) writeLocked() {
+	b.writing = true
+	for len(b.buf) > 0 && b.err == nil {
+		out := b.buf
+		b.buf = b.spare[:0]
+		b.spare = nil
+		b.batches = 0
+		b.cond.Broadcast()
+		b.mu.Unlock()
+		_, err := b.Conn.Write(out)
+		b.mu.Lock()
+		b.doneWritingLocked(out, err)
+	}
+	b.writing = false
+	b.lastEnd = time.Now()
+	b.cond.Broadcast()
+	if b.closed {
+		b.signal() // Close waits for the flusher, which waits for us
+	}
+}
+
+func (b *batchConn) doneWritingLocked(out []byte, err error) {
+	if cap(out) <= 2*maxPending {
+		b.spare = out[:0]
+	}
+	if err != nil && b.err == nil {
+		b.err = err
+		_ = b.Conn.Close() // readers learn at once; writers get err
+	}
 }
 
 func (b *batchConn) flusher() {
@@ -147,8 +233,11 @@ func (b *batchConn) flusher() {
 	defer idle.Stop()
 	for {
 		b.mu.Lock()
-		for len(b.buf) == 0 || b.batching && !b.closed && len(b.buf) < maxPending {
-			if b.closed || b.err != nil {
+		// Write whatever is queued while nobody else is writing and no
+		// batch is open: in group commit that is every batch; in inline
+		// mode only bytes left behind when the mode changed.
+		for len(b.buf) == 0 || b.writing || b.batching && !b.closed && len(b.buf) < maxPending {
+			if b.closed && !b.writing && len(b.buf) == 0 || b.err != nil {
 				b.mu.Unlock()
 				return
 			}
@@ -171,25 +260,30 @@ func (b *batchConn) flusher() {
 			}
 			b.mu.Lock()
 		}
+		if b.batches <= 1 {
+			if b.singles++; b.singles >= singleFlushes {
+				b.group = false // frames come one by one again: inline
+			}
+		} else {
+			b.singles = 0
+		}
+		b.writing = true
 		out := b.buf
 		b.buf = b.spare[:0]
 		b.spare = nil
+		b.batches = 0
 		b.cond.Broadcast()
 		b.mu.Unlock()
 
 		_, err := b.Conn.Write(out)
 
 		b.mu.Lock()
-		if cap(out) <= 2*maxPending {
-			b.spare = out[:0]
-		}
-		if err != nil && b.err == nil {
-			b.err = err
-			b.cond.Broadcast()
-		}
+		b.doneWritingLocked(out, err)
+		b.writing = false
+		b.cond.Broadcast()
+		failed := b.err != nil
 		b.mu.Unlock()
-		if err != nil {
-			_ = b.Conn.Close() // readers learn at once; writers get err
+		if failed {
 			return
 		}
 	}
@@ -199,12 +293,12 @@ func (b *batchConn) flusher() {
 // sets for its close_notify), then closes the connection.
 func (b *batchConn) Close() error {
 	b.mu.Lock()
-	async := b.async && !b.closed
+	started := b.started && !b.closed
 	b.closed = true
 	b.batching = false
 	b.cond.Broadcast()
 	b.mu.Unlock()
-	if async {
+	if started {
 		b.signal()
 		<-b.done
 	}

@@ -9,14 +9,16 @@ import (
 	"time"
 )
 
-// recordConn records every Write.
+// recordConn records every Write; delay makes each write slow.
 type recordConn struct {
 	net.Conn
+	delay  time.Duration
 	mu     sync.Mutex
 	writes [][]byte
 }
 
 func (r *recordConn) Write(p []byte) (int, error) {
+	time.Sleep(r.delay)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.writes = append(r.writes, bytes.Clone(p))
@@ -120,5 +122,55 @@ func TestBatchConn_KeepsOrder(t *testing.T) {
 	}
 	if _, err := bc.Write([]byte("late")); err == nil {
 		t.Fatal("write after Close succeeded")
+	}
+}
+
+// TestBatchConn_GroupCommit: batches that come faster than the socket
+// takes them switch to group commit and share writes, in order; a
+// session that goes back to one batch at a time returns to inline writes.
+func TestBatchConn_GroupCommit(t *testing.T) {
+	rec := &recordConn{delay: 2 * time.Millisecond}
+	bc := &batchConn{Conn: rec}
+	bc.startFlusher()
+	defer bc.Close()
+	var want []byte
+	for i := range 50 {
+		msg := []byte{byte('a' + i%26)}
+		want = append(want, msg...)
+		bc.begin()
+		if _, err := bc.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if err := bc.end(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := rec.take(t, len(want))
+	if !bytes.Equal(bytes.Join(got, nil), want) {
+		t.Fatalf("bytes out of order: %q", bytes.Join(got, nil))
+	}
+	if len(got) >= 25 {
+		t.Fatalf("%d writes for 50 back-to-back batches, want them grouped", len(got))
+	}
+	bc.mu.Lock()
+	group := bc.group
+	bc.mu.Unlock()
+	if !group {
+		t.Fatal("back-to-back batches did not switch to group commit")
+	}
+	// Slow traffic: after singleFlushes lone batches it is inline again.
+	rec.delay = 0
+	for range singleFlushes + 2 {
+		bc.begin()
+		_, _ = bc.Write([]byte("x"))
+		_ = bc.end()
+		rec.take(t, 1)
+		time.Sleep(time.Millisecond)
+	}
+	bc.mu.Lock()
+	group = bc.group
+	bc.mu.Unlock()
+	if group {
+		t.Fatal("lone batches did not switch back to inline writes")
 	}
 }
