@@ -232,7 +232,7 @@ func (b *bench) throughputPhase() error {
 	for _, p := range paths {
 		if _, err := b.runWorkload(workload{name: "warmup", args: func(float64) []string {
 			return []string{"-t", "set,get", "-c", "10", "-n", "2000"}
-		}, parse: func(map[string][]string, map[string]float64) error { return nil }}, p.addr); err != nil {
+		}, parse: func(map[string][]string, map[string]float64) error { return nil }}, p); err != nil {
 			b.log.Printf("%s: warm-up failed: %v", p.name, err)
 		}
 	}
@@ -244,7 +244,7 @@ func (b *bench) throughputPhase() error {
 					return b.ctx.Err()
 				}
 				t0 := time.Now()
-				out, err := b.runWorkload(w, p.addr)
+				out, err := b.runWorkload(w, p)
 				if err != nil {
 					b.log.Printf("round %d %s %s: %v", r+1, w.name, p.name, err)
 					if _, ok := b.errs[p.name]; !ok {

@@ -66,7 +66,7 @@ func (b *bench) profileOne(p *benchPath, w workload) error {
 	end := time.Now().Add(time.Duration(secs) * time.Second)
 	runs := 0
 	for time.Now().Before(end) && runs < 50 && b.ctx.Err() == nil {
-		out, err := b.runWorkload(w, p.addr)
+		out, err := b.runWorkload(w, p)
 		if err != nil {
 			return err
 		}

@@ -38,12 +38,28 @@ var metrics = []metric{
 	{"bulk_down", "bulk GET of 1 MiB values (1 GiB), cache to client", "MiB/s", true},
 }
 
+// cpuMetrics are the CPU time the path's own processes (client and server
+// side, not redis, not redis-benchmark) spent per request or per GiB:
+// unlike rates, they hardly depend on how busy the machine is.
+var cpuMetrics = []metric{
+	{"cpu_setget", "SET/GET, -c 50 -P 1", "µs/req", false},
+	{"cpu_p16", "GET, -c 50 -P 16", "µs/req", false},
+	{"cpu_c1", "GET, -c 1", "µs/req", false},
+	{"cpu_churn", "GET, -c 50 -k 0", "µs/req", false},
+	{"cpu_bulk_up", "bulk SET, client to cache", "ms/GiB", false},
+	{"cpu_bulk_down", "bulk GET, cache to client", "ms/GiB", false},
+}
+
 // workload is one redis-benchmark invocation and the metrics it yields.
 type workload struct {
 	name  string
 	args  func(s float64) []string
 	stdin string // file name under the bench dir fed to -x
 	parse func(rows map[string][]string, out map[string]float64) error
+	// cpu names the CPU metric; perN turns the -n of the run into its
+	// unit (requests, or GiB for bulk; CPU per GiB is in ms).
+	cpu  string
+	perN float64
 }
 
 func scaled(n int, s float64, min int) string {
@@ -63,8 +79,9 @@ const (
 var workloads = []workload{
 	{
 		name: "setget",
+		cpu:  "cpu_setget", perN: 2,
 		args: func(s float64) []string {
-			return []string{"-t", "set,get", "-c", "50", "-P", "1", "-n", scaled(20000, s, 500)}
+			return []string{"-t", "set,get", "-c", "50", "-P", "1", "-n", scaled(15000, s, 500)}
 		},
 		parse: func(rows map[string][]string, out map[string]float64) error {
 			var err error
@@ -77,6 +94,7 @@ var workloads = []workload{
 	},
 	{
 		name: "p16",
+		cpu:  "cpu_p16", perN: 1,
 		args: func(s float64) []string {
 			return []string{"-t", "get", "-c", "50", "-P", "16", "-n", scaled(300000, s, 5000)}
 		},
@@ -88,6 +106,7 @@ var workloads = []workload{
 	},
 	{
 		name: "c1",
+		cpu:  "cpu_c1", perN: 1,
 		args: func(s float64) []string {
 			return []string{"-t", "get", "-c", "1", "-P", "1", "-n", scaled(10000, s, 500)}
 		},
@@ -106,8 +125,9 @@ var workloads = []workload{
 	},
 	{
 		name: "churn",
+		cpu:  "cpu_churn", perN: 1,
 		args: func(s float64) []string {
-			return []string{"-t", "get", "-c", "50", "-k", "0", "-n", scaled(5000, s, 500)}
+			return []string{"-t", "get", "-c", "50", "-k", "0", "-n", scaled(3000, s, 300)}
 		},
 		parse: func(rows map[string][]string, out map[string]float64) error {
 			var err error
@@ -118,6 +138,7 @@ var workloads = []workload{
 	{
 		name:  "bulk_up",
 		stdin: "value-1MiB",
+		cpu:   "cpu_bulk_up", perN: float64(bulkValue) / (1 << 30),
 		args: func(s float64) []string {
 			return []string{"-c", "4", "-P", "1", "-n", scaled(bulkCount, s, 64), "-x", "set", "bench:bulk"}
 		},
@@ -129,6 +150,7 @@ var workloads = []workload{
 	},
 	{
 		name: "bulk_down",
+		cpu:  "cpu_bulk_down", perN: float64(bulkValue) / (1 << 30),
 		args: func(s float64) []string {
 			return []string{"-c", "4", "-P", "1", "-n", scaled(bulkCount, s, 64), "get", "bench:bulk"}
 		},
@@ -158,10 +180,12 @@ func col(rows map[string][]string, test, column string) (float64, error) {
 	return 0, fmt.Errorf("no CSV column %q", column)
 }
 
-// runWorkload runs one redis-benchmark against addr.
-func (b *bench) runWorkload(w workload, addr string) (map[string]float64, error) {
-	host, port, _ := net.SplitHostPort(addr)
-	argv := append([]string{b.tools["redis-benchmark"], "-h", host, "-p", port, "--csv"}, w.args(b.opts.scale)...)
+// runWorkload runs one redis-benchmark through p.
+func (b *bench) runWorkload(w workload, p *benchPath) (map[string]float64, error) {
+	host, port, _ := net.SplitHostPort(p.addr)
+	args := w.args(b.opts.scale)
+	argv := append([]string{b.tools["redis-benchmark"], "-h", host, "-p", port, "--csv"}, args...)
+	cpu0 := pathCPU(p)
 	ctx, cancel := context.WithTimeout(b.ctx, 180*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -199,7 +223,74 @@ func (b *bench) runWorkload(w workload, addr string) (map[string]float64, error)
 	if err := w.parse(rows, out); err != nil {
 		return nil, fmt.Errorf("redis-benchmark %s: %w: %s", w.name, err, lastLine(stdout.String()+stderr.String()))
 	}
+	if cpu1 := pathCPU(p); w.cpu != "" && cpu0 != nil && cpu1 != nil {
+		units := float64(argN(args)) * w.perN
+		if units > 0 {
+			var ticks int64
+			for pid, t1 := range cpu1 {
+				ticks += t1 - cpu0[pid] // a process born meanwhile counts whole
+			}
+			secs := float64(ticks) / clockTicks
+			if w.perN < 1 { // per GiB, in ms
+				out[w.cpu] = secs * 1e3 / units
+			} else { // per request, in µs
+				out[w.cpu] = secs * 1e6 / units
+			}
+		}
+	}
 	return out, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times.
+const clockTicks = 100
+
+// argN returns the -n of a redis-benchmark argument list.
+func argN(args []string) int {
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "-n" {
+			n, _ := strconv.Atoi(args[i+1])
+			return n
+		}
+	}
+	return 0
+}
+
+// pathCPU returns utime+stime+cutime+cstime in ticks of every client- and
+// server-side process of p (children that socat reaped count in cutime);
+// nil for a path without processes of its own (direct).
+func pathCPU(p *benchPath) map[int]int64 {
+	var pids []int
+	for _, f := range []func() []int{p.clientPIDs, p.serverPIDs} {
+		if f != nil {
+			pids = append(pids, f()...)
+		}
+	}
+	if p.name == pathDirect || len(pids) == 0 {
+		return nil
+	}
+	out := map[int]int64{}
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:]) // f[0] is field 3 (state)
+		if len(f) < 15 {
+			continue
+		}
+		var t int64
+		for _, k := range []int{11, 12, 13, 14} { // utime stime cutime cstime
+			v, _ := strconv.ParseInt(f[k], 10, 64)
+			t += v
+		}
+		out[pid] = t
+	}
+	return out
 }
 
 func lastLine(s string) string {
