@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"runtime"
 
 	"github.com/cachetun/cachetun/client"
 )
@@ -32,6 +34,13 @@ func (c *ConnectCmd) Run(e *env) error {
 	cl, err := client.New(opts)
 	if err != nil {
 		return err
+	}
+	// One session's traffic runs through one connection's loops, so a
+	// second processor mostly adds thread wake-ups: on 2 cores, one cut
+	// the CPU per request by a quarter and -c 1 latency by a fifth
+	// (BENCHMARKS.md). GOMAXPROCS in the environment still wins.
+	if os.Getenv("GOMAXPROCS") == "" {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	}
 	drain, _, cancel := stopContext(e.signals)
 	defer cancel()
