@@ -60,10 +60,11 @@ type bench struct {
 	tools map[string]string
 	log   *log.Logger
 
-	mu    sync.Mutex // guards the following
-	procs []*proc
-	cmds  []string // setup commands in order, deduplicated
-	wcmds map[string]string
+	mu      sync.Mutex // guards the following
+	procs   []*proc
+	cmds    []string // setup commands in order, deduplicated
+	wcmds   map[string]string
+	configs []namedConfig // config files of the first instance of each path
 
 	redis          *proc
 	redisAddr      string
@@ -342,6 +343,24 @@ func (b *bench) record(kind string, argv []string) {
 		}
 	}
 	b.cmds = append(b.cmds, s)
+}
+
+type namedConfig struct{ name, text string }
+
+// recordConfig keeps a config file for the report (first instances only:
+// the idle test's are the same but for ports).
+func (b *bench) recordConfig(name, tag, text string) {
+	if tag != "" {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range b.configs {
+		if c.name == name {
+			return
+		}
+	}
+	b.configs = append(b.configs, namedConfig{name, strings.ReplaceAll(text, b.dir, "$D")})
 }
 
 func (b *bench) recordWorkload(name string, argv []string) {

@@ -161,6 +161,7 @@ func (b *bench) setupNutcracker(tag string) (*benchPath, error) {
 		if err := os.WriteFile(conf, []byte(yml), 0o644); err != nil {
 			return nil, err
 		}
+		b.recordConfig("nutcracker.yml", tag, yml)
 		p, err := b.spawn("nutcracker"+tag, []string{b.tools["nutcracker"], "-c", conf,
 			"-o", filepath.Join(b.dir, "logs", "nutcracker"+tag+".out"), "-v", "3",
 			"-s", strconv.Itoa(statsPort), "-a", "127.0.0.1",
@@ -254,6 +255,7 @@ LogLevel INFO
 		if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
 			return nil, err
 		}
+		b.recordConfig("sshd_config", tag, cfg)
 		sshd, err = b.spawn("sshd"+tag, []string{b.tools["sshd"], "-D", "-e", "-f", conf})
 		if err != nil {
 			return nil, err
@@ -405,6 +407,7 @@ metrics: "%s"
 		if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
 			return nil, err
 		}
+		b.recordConfig("server-"+tr+".yaml", tag, cfg)
 		pport, err := freePort(false)
 		if err != nil {
 			return nil, err

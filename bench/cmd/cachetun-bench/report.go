@@ -247,7 +247,11 @@ func (b *bench) report() string {
 	for _, c := range b.cmds {
 		pf("%s\n", c)
 	}
-	pf("```\n\nWorkloads (each path in turn, order rotated every round; `$PORT` is the path's local port):\n\n```sh\n")
+	pf("```\n\n")
+	for _, c := range b.configs {
+		pf("`%s`:\n\n```\n%s```\n\n", c.name, c.text)
+	}
+	pf("Workloads (each path in turn, order rotated every round; `$PORT` is the path's local port):\n\n```sh\n")
 	for _, wl := range workloads {
 		if c, ok := b.wcmds[wl.name]; ok {
 			pf("%s\n", portVar(c))
