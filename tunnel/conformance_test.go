@@ -26,7 +26,7 @@ type pair struct {
 
 // newPair connects a client and a server of transport over loopback. No
 // authentication beyond the transport's: these tests are about streams.
-func newPair(t *testing.T, transport string) pair {
+func newPair(t testing.TB, transport string) pair {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {

@@ -12,8 +12,6 @@ package tunnel_test
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"io"
 	"net"
@@ -25,85 +23,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
-	"github.com/cachetun/cachetun/certs"
 	"github.com/cachetun/cachetun/tunnel"
 )
-
-// benchPair connects a client and a server session of transport over
-// loopback (newPair for testing.TB).
-func benchPair(tb testing.TB, transport string) pair {
-	tb.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var ln tunnel.Listener
-	var dial func() (tunnel.Session, error)
-	switch transport {
-	case "quic", "tls":
-		sconf, err := certs.ServerTLSConfig(priv, nil)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		cconf := certs.ClientTLSConfig(func(ssh.PublicKey) error { return nil })
-		if transport == "quic" {
-			ln, err = tunnel.ListenQUIC("127.0.0.1:0", sconf, tunnel.DefaultQUICConfig())
-			dial = func() (tunnel.Session, error) {
-				return tunnel.DialQUIC(ctx, ln.Addr().String(), cconf, tunnel.DefaultQUICConfig())
-			}
-		} else {
-			ln, err = tunnel.ListenTLS("127.0.0.1:0", sconf, tunnel.DefaultTLSConfig())
-			dial = func() (tunnel.Session, error) {
-				return tunnel.DialTLS(ctx, ln.Addr().String(), cconf, tunnel.DefaultTLSConfig())
-			}
-		}
-		if err != nil {
-			tb.Fatal(err)
-		}
-	case "ssh":
-		hostSigner, err := ssh.NewSignerFromSigner(priv)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		scfg := &ssh.ServerConfig{NoClientAuth: true}
-		scfg.AddHostKey(hostSigner)
-		ln, err = tunnel.ListenSSH("127.0.0.1:0", scfg, tunnel.DefaultSSHConfig())
-		if err != nil {
-			tb.Fatal(err)
-		}
-		dial = func() (tunnel.Session, error) {
-			return tunnel.DialSSH(ctx, ln.Addr().String(), &ssh.ClientConfig{
-				User: "bench", HostKeyCallback: ssh.FixedHostKey(hostSigner.PublicKey()),
-			}, tunnel.DefaultSSHConfig())
-		}
-	}
-	accepted := make(chan tunnel.Session, 1)
-	go func() {
-		s, err := ln.Accept(ctx)
-		if err == nil {
-			accepted <- s
-		}
-		close(accepted)
-	}()
-	cs, err := dial()
-	if err != nil {
-		tb.Fatalf("dial %s: %v", transport, err)
-	}
-	ss, ok := <-accepted
-	if !ok {
-		tb.Fatalf("%s: server accepted no session", transport)
-	}
-	tb.Cleanup(func() {
-		cs.Close()
-		ss.Close()
-		ln.Close()
-	})
-	return pair{client: cs, server: ss}
-}
 
 // chain is the whole data path of a proxied connection on loopback:
 //
@@ -118,7 +39,7 @@ type chain struct {
 
 func startChain(tb testing.TB, transport string, upstream func(net.Conn)) *chain {
 	tb.Helper()
-	p := benchPair(tb, transport)
+	p := newPair(tb, transport)
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &chain{}
 	up, err := net.Listen("tcp", "127.0.0.1:0")
@@ -454,7 +375,7 @@ func BenchmarkRelay_Churn(b *testing.B) {
 func BenchmarkOpenStream(b *testing.B) {
 	for _, tr := range benchTransports {
 		b.Run(tr, func(b *testing.B) {
-			p := benchPair(b, tr)
+			p := newPair(b, tr)
 			ctx, cancel := context.WithCancel(context.Background())
 			var wg sync.WaitGroup
 			defer func() {
