@@ -154,8 +154,13 @@ targets:
 	}
 
 	step("what the gateway logged (one audit line per session and per stream)")
-	time.Sleep(200 * time.Millisecond) // let the last stream's line land
-	b, _ := os.ReadFile(srvLog)
+	rdb.Close() // a stream's audit line is written when it closes
+	var b []byte
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if b, _ = os.ReadFile(srvLog); strings.Contains(string(b), "msg=stream") {
+			break
+		}
+	}
 	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		if strings.Contains(l, "session start") || strings.Contains(l, "msg=stream") {
 			fmt.Println("    " + shorten(l))
