@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -361,7 +362,7 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) string {
 			case tunnel.FramePong:
 			case tunnel.FrameTopology:
 				var info tunnel.TargetInfo
-				if err := jsonUnmarshal(payload, &info); err != nil {
+				if err := json.Unmarshal(payload, &info); err != nil {
 					frames <- fmt.Errorf("bad topology frame: %w", err)
 					return
 				}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"time"
 
@@ -15,8 +14,6 @@ import (
 	"github.com/cachetun/cachetun/certs"
 	"github.com/cachetun/cachetun/tunnel"
 )
-
-func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
 // connect tries every server in order and returns the first session that
 // authenticates, with the gateway's Welcome.
@@ -199,5 +196,3 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, e
 }
 
 // dialSSH is in ssh.go.
-
-var _ = net.JoinHostPort

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -200,5 +199,3 @@ func writeIfMissing(path string, data []byte, perm os.FileMode) error {
 	}
 	return f.Close()
 }
-
-var _ = context.Background

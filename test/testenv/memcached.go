@@ -82,26 +82,12 @@ func startMemcached(t testing.TB, extra []string, pick func(int) ([]int, error))
 
 // startLocked starts the process and waits until it answers as itself.
 func (m *Memcached) startLocked() error {
-	p, err := startProc(m.bin, m.args, m.logPath)
+	p, admin, err := startServer("memcached", m.Addr, m.bin, m.args, m.logPath, m.dialAdmin, (*proc).kill)
+	if p != nil {
+		m.proc = p
+	}
 	if err != nil {
 		return err
-	}
-	m.proc = p
-	var admin *mcConn
-	err = p.waitReady(readyTimeout, func(ctx context.Context) error {
-		mc, err := m.dialAdmin(ctx, p.pid())
-		if err != nil {
-			return err
-		}
-		admin = mc
-		return nil
-	})
-	if err != nil {
-		p.kill()
-		if errors.Is(err, errAddrInUse) {
-			return err
-		}
-		return fmt.Errorf("memcached on %s: %w\n%s", m.Addr, err, p.logTail())
 	}
 	m.admin = admin
 	return nil

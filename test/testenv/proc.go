@@ -199,3 +199,33 @@ func poll(ctx context.Context, stop <-chan struct{}, check func(ctx context.Cont
 		}
 	}
 }
+
+// startServer starts bin and waits until dial, given the new process's
+// pid, reaches that very process; it returns the process and what dial
+// returned. On failure the process is ended with halt (kill or stop) and
+// the error carries the log tail, except errAddrInUse, which callers retry
+// on another port.
+func startServer[T any](what, addr, bin string, args []string, logPath string,
+	dial func(ctx context.Context, pid int) (T, error), halt func(*proc)) (*proc, T, error) {
+	var admin T
+	p, err := startProc(bin, args, logPath)
+	if err != nil {
+		return nil, admin, err
+	}
+	err = p.waitReady(readyTimeout, func(ctx context.Context) error {
+		a, err := dial(ctx, p.pid())
+		if err != nil {
+			return err
+		}
+		admin = a
+		return nil
+	})
+	if err != nil {
+		halt(p)
+		if errors.Is(err, errAddrInUse) {
+			return p, admin, err
+		}
+		return p, admin, fmt.Errorf("%s on %s: %w\n%s", what, addr, err, p.logTail())
+	}
+	return p, admin, nil
+}

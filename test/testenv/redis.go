@@ -199,26 +199,12 @@ func lastFlagValue(args []string, flag string) string {
 // the answering connection as the admin connection and replays ACL users.
 // On failure the process is stopped and the error carries its log tail.
 func (r *Redis) startLocked() error {
-	p, err := startProc(r.bin, r.args, r.logPath)
+	p, admin, err := startServer("redis-server", r.Addr, r.bin, r.args, r.logPath, r.dialAdmin, (*proc).stop)
+	if p != nil {
+		r.proc = p
+	}
 	if err != nil {
 		return err
-	}
-	r.proc = p
-	var admin *respConn
-	err = p.waitReady(readyTimeout, func(ctx context.Context) error {
-		rc, err := r.dialAdmin(ctx, p.pid())
-		if err != nil {
-			return err
-		}
-		admin = rc
-		return nil
-	})
-	if err != nil {
-		p.stop()
-		if errors.Is(err, errAddrInUse) {
-			return err
-		}
-		return fmt.Errorf("redis-server on %s: %w\n%s", r.Addr, err, p.logTail())
 	}
 	r.admin = admin
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
