@@ -197,7 +197,7 @@ func copyUp(f CopyFunc, st Stream, conn net.Conn, last *atomic.Int64, gate *open
 				return 0, err
 			}
 		}
-		return f(st, activity(conn, last))
+		return f(st, activity(newFastConn(conn), last))
 	}
 	if rc := rawConn(conn); rc != nil {
 		return copyConn(st, rc, last, gate)
@@ -207,11 +207,12 @@ func copyUp(f CopyFunc, st Stream, conn net.Conn, last *atomic.Int64, gate *open
 			return 0, err
 		}
 	}
-	return copyHolding(st, conn, last)
+	return copyHolding(st, newFastConn(conn), last)
 }
 
 // copyDown copies the stream to conn.
 func copyDown(f CopyFunc, conn net.Conn, st Stream, last *atomic.Int64) (int64, error) {
+	conn = newFastConn(conn) // writes only; Close and CloseWrite stay the caller's
 	if f != nil {
 		return f(conn, activity(st, last))
 	}
@@ -223,6 +224,9 @@ func copyDown(f CopyFunc, conn net.Conn, st Stream, last *atomic.Int64) (int64, 
 
 // rawConn returns the raw socket of TCP and Unix connections.
 func rawConn(c net.Conn) syscall.RawConn {
+	if !rawCopy {
+		return nil
+	}
 	var sc syscall.Conn
 	switch c := c.(type) {
 	case *net.TCPConn:
@@ -312,9 +316,9 @@ func (c *rawCopier) step(fd uintptr) bool {
 		if c.bp == nil {
 			c.bp = relayBufs.Get().(*[]byte)
 		}
-		n, err := syscall.Read(int(fd), *c.bp)
+		n, err := readFD(fd, *c.bp)
 		for err == syscall.EINTR {
-			n, err = syscall.Read(int(fd), *c.bp)
+			n, err = readFD(fd, *c.bp)
 		}
 		if err == syscall.EAGAIN {
 			c.release()

@@ -125,7 +125,7 @@ func sshHandshake(conf *ssh.ServerConfig, sc SSHConfig) handshakeFunc {
 			_ = c.SetDeadline(time.Now().Add(sc.HandshakeTimeout))
 		}
 		stop := context.AfterFunc(lctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-		conn, chans, reqs, err := ssh.NewServerConn(c, conf)
+		conn, chans, reqs, err := ssh.NewServerConn(newFastConn(c), conf)
 		if !stop() {
 			if err == nil {
 				conn.Close()
@@ -163,7 +163,7 @@ func DialSSH(ctx context.Context, addr string, cfg *ssh.ClientConfig, sc SSHConf
 		_ = c.SetDeadline(time.Now().Add(sc.HandshakeTimeout))
 	}
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	conn, chans, reqs, err := ssh.NewClientConn(c, addr, &conf)
+	conn, chans, reqs, err := ssh.NewClientConn(newFastConn(c), addr, &conf)
 	if !stop() {
 		if err == nil {
 			conn.Close()

@@ -56,7 +56,7 @@ func ListenTLS(addr string, tlsConf *tls.Config, cfg TLSConfig) (Listener, error
 // tlsHandshake returns the handshake of the TLS transport.
 func tlsHandshake(conf *tls.Config, cfg TLSConfig) handshakeFunc {
 	return func(lctx context.Context, c net.Conn) (Session, error) {
-		bc := &batchConn{Conn: c}
+		bc := &batchConn{Conn: newFastConn(c)}
 		tc := tls.Server(bc, conf)
 		ctx, cancel := context.WithTimeout(lctx, cfg.HandshakeTimeout)
 		defer cancel()
@@ -81,7 +81,7 @@ func DialTLS(ctx context.Context, addr string, tlsConf *tls.Config, cfg TLSConfi
 		return nil, err
 	}
 	setTCPOptions(c)
-	bc := &batchConn{Conn: c} // see tlsbatch.go
+	bc := &batchConn{Conn: newFastConn(c)} // see tlsbatch.go
 	tc := tls.Client(bc, tlsConf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
