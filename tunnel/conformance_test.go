@@ -135,30 +135,6 @@ func serveRelay(t *testing.T, s tunnel.Session, upstream func() net.Conn, result
 	}
 }
 
-// tcpPair returns two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	done := make(chan net.Conn, 1)
-	go func() {
-		c, _ := l.Accept()
-		done <- c
-	}()
-	a, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-done
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	return a.(*net.TCPConn), b.(*net.TCPConn)
-}
-
 // TestConformance_HalfCloseAndBytes: bytes cross both ways unchanged,
 // and an EOF on either side arrives as EOF on the other while the other
 // direction keeps flowing.
@@ -166,7 +142,7 @@ func TestConformance_HalfCloseAndBytes(t *testing.T) {
 	for _, tr := range allTransports {
 		t.Run(tr, func(t *testing.T) {
 			p := newPair(t, tr)
-			upClient, upServer := tcpPair(t) // upServer plays the cache
+			upClient, upServer := tunnel.TCPPair(t) // upServer plays the cache
 			results := make(chan tunnel.RelayResult, 1)
 			go serveRelay(t, p.server, func() net.Conn { return upClient }, results)
 
@@ -245,7 +221,7 @@ func TestConformance_UpstreamReset(t *testing.T) {
 	for _, tr := range allTransports {
 		t.Run(tr, func(t *testing.T) {
 			p := newPair(t, tr)
-			upClient, upServer := tcpPair(t)
+			upClient, upServer := tunnel.TCPPair(t)
 			results := make(chan tunnel.RelayResult, 1)
 			go serveRelay(t, p.server, func() net.Conn { return upClient }, results)
 			st, err := p.client.OpenStream(context.Background(), tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:1"})
@@ -286,7 +262,7 @@ func TestConformance_IdleTimeout(t *testing.T) {
 	for _, tr := range allTransports {
 		t.Run(tr, func(t *testing.T) {
 			p := newPair(t, tr)
-			upClient, upServer := tcpPair(t)
+			upClient, upServer := tunnel.TCPPair(t)
 			defer upServer.Close()
 			results := make(chan tunnel.RelayResult, 1)
 			go func() {

@@ -14,40 +14,17 @@ import (
 // (including writes far larger than the socket buffer), io.EOF after a
 // half-close, deadlines as timeouts, and net.ErrClosed after Close.
 func TestFastConn(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := <-accepted
-	if peer == nil {
-		t.Fatal("accept failed")
-	}
+	raw, peer := TCPPair(t)
 	defer peer.Close()
 	c := newFastConn(raw)
-	if rawIO {
-		if _, ok := c.(*fastConn); !ok {
-			t.Fatalf("newFastConn(%T) = %T, want *fastConn on this platform", raw, c)
-		}
+	if _, ok := c.(*fastConn); !ok {
+		t.Fatalf("newFastConn(%T) = %T, want *fastConn", raw, c)
 	}
 	defer c.Close()
 
 	// A deadline with nothing to read is a timeout, as with net.Conn.
 	_ = c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-	_, err = c.Read(make([]byte, 16))
+	_, err := c.Read(make([]byte, 16))
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("Read past deadline: %v, want a timeout", err)
@@ -86,7 +63,7 @@ func TestFastConn(t *testing.T) {
 	if b := <-got; !bytes.Equal(b, want) {
 		t.Fatalf("peer got %d bytes, want %d", len(b), len(want))
 	}
-	_ = peer.(*net.TCPConn).CloseWrite()
+	_ = peer.CloseWrite()
 	if n, err := c.Read(make([]byte, 16)); n != 0 || err != io.EOF {
 		t.Fatalf("Read after peer's FIN = %d, %v; want 0, io.EOF", n, err)
 	}
