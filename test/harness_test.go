@@ -328,7 +328,7 @@ type connectOpt func(*client.Options)
 
 // startConnect runs a client for target over transport and waits until its
 // listeners are up (or Run fails: then the error is returned).
-func startConnect(t testing.TB, g *gateway, transport, target string, k key, opts ...connectOpt) (*connect, error) {
+func startConnect(t testing.TB, g gatewayEndpoint, transport, target string, k key, opts ...connectOpt) (*connect, error) {
 	t.Helper()
 	logger, tl := newTestLogger(t)
 	zero := 0
@@ -377,7 +377,7 @@ func startConnect(t testing.TB, g *gateway, transport, target string, k key, opt
 }
 
 // mustConnect is startConnect that fails the test on error.
-func mustConnect(t testing.TB, g *gateway, transport, target string, k key, opts ...connectOpt) *connect {
+func mustConnect(t testing.TB, g gatewayEndpoint, transport, target string, k key, opts ...connectOpt) *connect {
 	t.Helper()
 	c, err := startConnect(t, g, transport, target, k, opts...)
 	if err != nil {
