@@ -353,7 +353,7 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) string {
 	frames := make(chan error, 1)
 	go func() {
 		for {
-			typ, payload, err := tunnel.ReadFrame(cn.ctrl)
+			typ, payload, err := tunnel.ReadServerFrame(cn.ctrl)
 			if err != nil {
 				frames <- err
 				return

@@ -166,7 +166,7 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, e
 		if err := tunnel.WriteJSON(ctrl, tunnel.FrameHello, &hello); err != nil {
 			return nil, fmt.Errorf("send hello: %w", err)
 		}
-		typ, payload, err := tunnel.ReadFrame(ctrl)
+		typ, payload, err := tunnel.ReadServerFrame(ctrl)
 		if err != nil {
 			var se *tunnel.StatusError
 			if errors.As(err, &se) {

@@ -29,7 +29,8 @@ package tunnel
 // The control stream then carries frames in both directions:
 //
 //	type     uint8    Frame...
-//	length   uint32   big-endian, at most MaxFrameSize
+//	length   uint32   big-endian, at most MaxFrameSize from the client and
+//	                  MaxServerFrameSize from the server
 //	payload  [length]byte  JSON
 
 import (
@@ -65,8 +66,17 @@ const (
 
 var headerMagic = [2]byte{'C', 'T'}
 
-// MaxFrameSize bounds one control frame.
-const MaxFrameSize = 1 << 20
+// MaxFrameSize bounds one control frame that a client sends (Hello,
+// Ping, Refresh). A Hello with an OpenSSH certificate is a few KiB. The
+// gateway checks the declared length against it before allocating
+// anything, so a peer that has not authenticated makes it hold at most
+// this much per frame.
+const MaxFrameSize = 64 << 10
+
+// MaxServerFrameSize bounds one control frame that the gateway sends
+// (Welcome and Topology of a large cluster). Readers of such frames
+// allocate as the bytes arrive, never the declared length up front.
+const MaxServerFrameSize = 1 << 20
 
 // Control frame types.
 const (
@@ -218,9 +228,10 @@ func ReadStatus(r io.Reader) error {
 	return nil
 }
 
-// WriteFrame writes one control frame.
+// WriteFrame writes one control frame of at most MaxServerFrameSize bytes
+// (the client's frames are small; ReadFrame holds them to MaxFrameSize).
 func WriteFrame(w io.Writer, typ byte, payload []byte) error {
-	if len(payload) > MaxFrameSize {
+	if len(payload) > MaxServerFrameSize {
 		return fmt.Errorf("write control frame: %w", ErrFrameSize)
 	}
 	b := make([]byte, 5, 5+len(payload))
@@ -230,19 +241,45 @@ func WriteFrame(w io.Writer, typ byte, payload []byte) error {
 	return err
 }
 
-// ReadFrame reads one control frame; the payload is at most MaxFrameSize.
+// ReadFrame reads one control frame of at most MaxFrameSize bytes: what the
+// gateway reads from clients.
 func ReadFrame(r io.Reader) (typ byte, payload []byte, err error) {
+	return ReadFrameLimit(r, MaxFrameSize)
+}
+
+// ReadServerFrame reads one control frame of at most MaxServerFrameSize
+// bytes: what a client reads from the gateway.
+func ReadServerFrame(r io.Reader) (typ byte, payload []byte, err error) {
+	return ReadFrameLimit(r, MaxServerFrameSize)
+}
+
+// frameChunk is what ReadFrameLimit allocates at most ahead of the bytes
+// that actually arrived.
+const frameChunk = 64 << 10
+
+// ReadFrameLimit reads one control frame whose payload is at most limit
+// bytes. The declared length is checked before anything is allocated, and
+// a payload longer than 64 KiB is allocated as it arrives, so a peer that
+// declares a length and sends nothing costs at most 64 KiB.
+func ReadFrameLimit(r io.Reader, limit int) (typ byte, payload []byte, err error) {
 	var fixed [5]byte
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
 		return 0, nil, err
 	}
 	n := binary.BigEndian.Uint32(fixed[1:])
-	if n > MaxFrameSize {
-		return 0, nil, fmt.Errorf("read control frame: %w (%d bytes)", ErrFrameSize, n)
+	if uint64(n) > uint64(limit) {
+		return 0, nil, fmt.Errorf("read control frame: %w (%d bytes, at most %d)", ErrFrameSize, n, limit)
 	}
-	payload = make([]byte, n)
+	payload = make([]byte, min(int(n), frameChunk))
 	if _, err := io.ReadFull(r, payload); err != nil {
 		return 0, nil, fmt.Errorf("read control frame: %w", err)
+	}
+	for len(payload) < int(n) {
+		k := len(payload)
+		payload = append(payload, make([]byte, min(int(n)-k, frameChunk))...)
+		if _, err := io.ReadFull(r, payload[k:]); err != nil {
+			return 0, nil, fmt.Errorf("read control frame: %w", err)
+		}
 	}
 	return fixed[0], payload, nil
 }
