@@ -172,12 +172,16 @@ func (s *Server) discoveryLoop(ctx context.Context, t *target) {
 	}
 }
 
-// layout summarises nodes for the log: "addr role slots; ...".
+// layout summarises nodes for the log: "id addr role slots; ...", as
+// CLUSTER NODES orders them (the id only where the cache has node ids).
 func layout(nodes []tunnel.NodeInfo) string {
 	var b strings.Builder
 	for i, n := range nodes {
 		if i > 0 {
 			b.WriteString("; ")
+		}
+		if n.ID != "" {
+			b.WriteString(n.ID + " ")
 		}
 		b.WriteString(n.Addr)
 		if n.Role != "" {

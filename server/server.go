@@ -32,12 +32,32 @@ const (
 	keySession   = "session"
 	keyTransport = "transport"
 	keyRemote    = "remote"
-	keyKey       = "key"
+	keyKey       = "key" // a fingerprint, where no authorized_keys entry is known yet
+	keyKeyFP     = "key_fp"
+	keyComment   = "key_comment"
+	keyCertSer   = "cert_serial"
+	keyCertCA    = "cert_ca"
 	keyTarget    = "target"
 	keyNode      = "node"
 	keyResult    = "result"
+	keyReason    = "reason"
+	keyDuration  = "duration" // a time.Duration: the JSON log writes it as duration_ms
 	keyErr       = "err"
 )
+
+// identAttrs are the log attributes of an authenticated client: the key's
+// fingerprint and its authorized_keys comment (or certificate key id) as
+// separate fields, and for certificates the serial and the CA.
+func identAttrs(id *auth.Identity) []any {
+	if id == nil {
+		return nil
+	}
+	attrs := []any{keyKeyFP, id.Fingerprint, keyComment, id.Comment}
+	if id.Cert != nil {
+		attrs = append(attrs, keyCertSer, id.Cert.Serial, keyCertCA, auth.Fingerprint(id.Cert.SignatureKey))
+	}
+	return attrs
+}
 
 // Server is the gateway. New loads keys and targets; Run listens and
 // serves until its context ends, then drains.

@@ -36,9 +36,59 @@ type session struct {
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
 
-	ctrlMu sync.Mutex // guards the following
-	ctrl   tunnel.Stream
-	gone   bool // GoAway sent
+	ctrlMu    sync.Mutex // guards the following
+	ctrl      tunnel.Stream
+	gone      bool   // GoAway sent
+	target    string // the control stream's target, once allowed
+	endResult string // why the session ended, for the session end line
+	endReason string
+	endErr    error // the first transport error that ended it
+}
+
+// setEnd records why the session ends, for the "session end" line; the
+// first call wins.
+func (ss *session) setEnd(result, reason string) {
+	ss.ctrlMu.Lock()
+	defer ss.ctrlMu.Unlock()
+	if ss.endResult == "" {
+		ss.endResult, ss.endReason = result, reason
+	}
+}
+
+// noteEndErr records the first transport error seen by the session's loops.
+func (ss *session) noteEndErr(err error) {
+	ss.ctrlMu.Lock()
+	defer ss.ctrlMu.Unlock()
+	if ss.endErr == nil {
+		ss.endErr = err
+	}
+}
+
+// ending says how the session ended: a result from a fixed set (closed,
+// shutdown, timeout, refused, error, or one recorded with setEnd) and a
+// reason for people.
+func (ss *session) ending(ctx context.Context) (result, reason string) {
+	ss.ctrlMu.Lock()
+	result, reason, err := ss.endResult, ss.endReason, ss.endErr
+	ss.ctrlMu.Unlock()
+	if result != "" {
+		return result, reason
+	}
+	select {
+	case <-ss.srv.draining:
+		return "shutdown", "the gateway is shutting down"
+	default:
+	}
+	var ne net.Error
+	switch {
+	case ctx.Err() != nil:
+		return "shutdown", "the gateway stopped"
+	case err == nil || tunnel.ClosedByPeer(err):
+		return "closed", "the client closed the session"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout", "nothing heard from the client within the transport's idle timeout"
+	}
+	return "error", err.Error()
 }
 
 func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
@@ -79,12 +129,17 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 		return
 	}
 	defer s.unregister(ss)
-	ss.log = ss.log.With(keyKey, ss.ident.String())
+	ss.log = ss.log.With(identAttrs(ss.ident)...)
 	ss.log.Info("session start")
 	s.metrics.sessions.Inc()
 	defer func() {
 		s.metrics.sessions.Dec()
-		ss.log.Info("session end", "duration", time.Since(ss.started).Round(time.Millisecond),
+		result, reason := ss.ending(ctx)
+		ss.ctrlMu.Lock()
+		target := ss.target
+		ss.ctrlMu.Unlock()
+		ss.log.Info("session end", keyTarget, target, keyResult, result, keyReason, reason,
+			keyDuration, time.Since(ss.started).Round(time.Millisecond),
 			"streams", ss.opened.Load(), "bytes_up", ss.bytesUp.Load(), "bytes_down", ss.bytesDown.Load())
 	}()
 
@@ -104,6 +159,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 	for {
 		in, err := ts.AcceptStream(sctx)
 		if err != nil {
+			ss.noteEndErr(err)
 			return
 		}
 		if ss.streams.Load() >= int64(s.cfg.Limits.MaxStreamsPerSession) {
@@ -167,7 +223,10 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 	for try := 0; try < maxHelloTries; try++ {
 		typ, payload, err := tunnel.ReadFrame(ctrl)
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
+			// A client that gives up after a refusal closes the session
+			// (QUIC: application error 0, TLS and SSH: EOF); that is
+			// no event of its own, the refusal was logged.
+			if !tunnel.ClosedByPeer(err) {
 				ss.log.Warn("authentication aborted", keyErr, err)
 			}
 			ctrl.Abort()
@@ -216,7 +275,7 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 			return nil, nil, false
 		}
 		if !id.Allows(hello.Target) {
-			ss.log.Warn("target denied", keyKey, id.String(), keyTarget, hello.Target)
+			ss.log.Warn("target denied", append(identAttrs(id), keyTarget, hello.Target)...)
 			s.metrics.authFailures.WithLabelValues("target_denied").Inc()
 			ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied",
 				Error: fmt.Sprintf("key %s may not use target %q", id.Fingerprint, hello.Target),
@@ -299,6 +358,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	// Only on SSH, where the control channel comes after transport auth;
 	// the messages are those of authenticate.
 	if t == nil {
+		ss.setEnd("refused", "unknown_target")
 		ss.log.Warn("unknown target requested", keyTarget, hello.Target)
 		ss.refuse(ctrl, &tunnel.Welcome{Code: "unknown_target",
 			Error: fmt.Sprintf("target %q is not configured on this gateway", hello.Target),
@@ -306,13 +366,17 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 		return
 	}
 	if !ss.ident.Allows(hello.Target) {
-		ss.log.Warn("target denied", keyKey, ss.ident.String(), keyTarget, hello.Target)
+		ss.setEnd("refused", "target_denied")
+		ss.log.Warn("target denied", keyTarget, hello.Target)
 		s.metrics.authFailures.WithLabelValues("target_denied").Inc()
 		ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied",
 			Error: fmt.Sprintf("key %s may not use target %q", ss.ident.Fingerprint, hello.Target),
 			Hint:  "targets your key may use: " + ss.allowedTargets() + "; or ask the operator to extend targets= in authorized_keys"})
 		return
 	}
+	ss.ctrlMu.Lock()
+	ss.target = t.name
+	ss.ctrlMu.Unlock()
 	ss.log.Info("control stream up", keyTarget, t.name, "client", hello.Client)
 	t.waitDiscovered(ctx, s.cfg.Limits.DialTimeout)
 	changed := t.Changed()
@@ -325,6 +389,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 		for {
 			typ, payload, err := tunnel.ReadFrame(ctrl)
 			if err != nil {
+				ss.noteEndErr(err)
 				return
 			}
 			select {
@@ -454,7 +519,7 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 	refuse := func(st tunnel.Status, msg string) {
 		in.Reject(st, msg)
 		s.metrics.streams.WithLabelValues(st.String()).Inc()
-		log.Warn("stream refused", keyResult, st.String(), "reason", msg)
+		log.Warn("stream refused", keyResult, st.String(), keyReason, msg)
 	}
 	if status != tunnel.StatusOK {
 		refuse(status, msg)
@@ -492,7 +557,7 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 		result = "reset"
 	}
 	s.metrics.streams.WithLabelValues(result).Inc()
-	attrs := []any{keyResult, result, "bytes_up", bytesUp, "bytes_down", bytesDown, "duration", time.Since(start).Round(time.Microsecond)}
+	attrs := []any{keyResult, result, "bytes_up", bytesUp, "bytes_down", bytesDown, keyDuration, time.Since(start).Round(time.Microsecond)}
 	if res.Err != nil && !res.Idle {
 		attrs = append(attrs, keyErr, res.Err)
 	}
@@ -505,7 +570,7 @@ func (s *Server) register(ss *session) bool {
 	defer s.mu.Unlock()
 	fp := ss.ident.Fingerprint
 	if s.perKey[fp] >= s.cfg.Limits.MaxSessionsPerKey {
-		ss.log.Warn("session refused: max_sessions_per_key reached", keyKey, ss.ident.String())
+		ss.log.Warn("session refused: max_sessions_per_key reached", identAttrs(ss.ident)...)
 		return false
 	}
 	s.perKey[fp]++

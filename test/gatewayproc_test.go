@@ -46,6 +46,8 @@ type gatewayProcOpts struct {
 	NoQUIC, NoSSH bool
 	// Env is added to the process environment.
 	Env []string
+	// Args are added to `cachetun server --config PATH`.
+	Args []string
 }
 
 // gatewayProc is a real `cachetun server` process on loopback ports: the
@@ -175,7 +177,7 @@ func (g *gatewayProc) WriteAuthorizedKeys(t testing.TB, lines []string) {
 func (g *gatewayProc) start(t testing.TB, bin string) error {
 	t.Helper()
 	g.log = &procLog{t: t}
-	cmd := exec.Command(bin, "server", "--config", g.ConfigPath)
+	cmd := exec.Command(bin, append([]string{"server", "--config", g.ConfigPath}, g.opts.Args...)...)
 	cmd.Env = append(append(os.Environ(), "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true"), g.opts.Env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -166,14 +166,29 @@ func hintOf(err error) string {
 	return ""
 }
 
+// newLogger returns the logger of every command. Text lines write a
+// duration as Go does ("1.5s"); JSON lines, for a log pipeline, write it as
+// a number of milliseconds with the unit in the key ("duration" becomes
+// "duration_ms": 1500), so that a query can compare and sum it.
 func newLogger(w io.Writer, level, format string) *slog.Logger {
 	var lv slog.Level
 	_ = lv.UnmarshalText([]byte(level))
 	opts := &slog.HandlerOptions{Level: lv}
 	if format == "json" {
+		opts.ReplaceAttr = jsonDurations
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// jsonDurations rewrites a time.Duration attribute d as d_ms, a number of
+// milliseconds (microsecond precision).
+func jsonDurations(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() != slog.KindDuration {
+		return a
+	}
+	d := a.Value.Duration()
+	return slog.Float64(a.Key+"_ms", float64(d.Microseconds())/1000)
 }
 
 // stopContext returns a context cancelled at the first stop signal and a
