@@ -5,8 +5,10 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +26,12 @@ type Identity struct {
 	Comment     string           // authorized_keys comment, or cert KeyId
 	Targets     []string         // nil = every target
 	Expires     time.Time        // zero = never
+	// PermitOpen is the permitopen= filter of the authorized_keys line (for
+	// certificates: of the cert-authority line); nil = no filter. A stream
+	// must pass it on top of Targets: see MayOpen.
+	PermitOpen []Permit
+	// permitSource names the line PermitOpen comes from, for messages.
+	permitSource string
 }
 
 // Allows reports whether the identity may use target.
@@ -35,6 +43,102 @@ func (id *Identity) Allows(target string) bool {
 		return true
 	}
 	return slices.Contains(id.Targets, target)
+}
+
+// MayOpen checks the permitopen= filter for a stream to node index of
+// target, whose address is addr (host:port; index is -1 when the node has
+// no index in the current topology). It returns nil when the identity has
+// no filter or an entry permits the node, else an error wrapping
+// ErrNotPermitted that names the filter and its line. Targets= is checked
+// separately (Allows).
+func (id *Identity) MayOpen(target string, index int, addr string) error {
+	if id == nil {
+		return newError(ErrNotPermitted, "no identity")
+	}
+	if id.PermitOpen == nil {
+		return nil
+	}
+	for _, p := range id.PermitOpen {
+		if p.Matches(target, index, addr) {
+			return nil
+		}
+	}
+	return newError(ErrNotPermitted,
+		"key %s may not open %s (node %s of target %q): permitopen=%q on %s allows only that: ask the operator to extend permitopen= there",
+		id.Fingerprint, sanitize(addr), nodeLabel(index), target, permitList(id.PermitOpen), id.permitSource)
+}
+
+func nodeLabel(index int) string {
+	if index < 0 {
+		return "seed"
+	}
+	return strconv.Itoa(index)
+}
+
+// Permit is one entry of a permitopen= option: Host is "*" (any), a target
+// name, "N.TARGET" (node N of a target) or a node's host (IP address or
+// name); Port is "*" (any) or a decimal port, compared with the node's port.
+type Permit struct {
+	Host string
+	Port string
+}
+
+// String returns the entry as written in authorized_keys.
+func (p Permit) String() string {
+	if strings.Contains(p.Host, ":") {
+		return "[" + p.Host + "]:" + p.Port
+	}
+	return p.Host + ":" + p.Port
+}
+
+// Matches reports whether p permits node index of target at addr: the
+// port must match addr's, and the host must be "*", the target's name,
+// "INDEX.TARGET", or addr's host (IP addresses compared as addresses, names
+// without regard to case). What is compared is always the node the gateway
+// would dial, however the client named it.
+func (p Permit) Matches(target string, index int, addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if p.Port != "*" && p.Port != port {
+		return false
+	}
+	switch {
+	case p.Host == "*", target != "" && p.Host == target:
+		return true
+	}
+	if n, t, ok := strings.Cut(p.Host, "."); ok && t == target && index >= 0 && isDigits(n) {
+		if i, err := strconv.Atoi(n); err == nil && i == index {
+			return true
+		}
+	}
+	pa, err1 := netip.ParseAddr(p.Host)
+	ha, err2 := netip.ParseAddr(host)
+	if err1 == nil && err2 == nil {
+		return pa.Unmap() == ha.Unmap().WithZone("")
+	}
+	return strings.EqualFold(p.Host, host)
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func permitList(ps []Permit) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
 }
 
 // String returns "SHA256:... (comment)" for logs. It holds no secrets;
@@ -72,6 +176,11 @@ type authorizedKey struct {
 	targets []string       // nil = every target
 	from    sourcePatterns // nil = any source
 	expires time.Time      // zero = never
+	// denied is the option that took port forwarding away ("restrict" or
+	// "no-port-forwarding"), empty when forwarding is allowed. Options are
+	// applied in order, as OpenSSH does: restrict,port-forwarding allows.
+	denied     string
+	permitOpen []Permit // nil = no permitopen= filter
 }
 
 // AuthorizedKeys is a parsed authorized_keys file. It is immutable and safe
@@ -116,12 +225,19 @@ func LoadAuthorizedKeys(path string) (*AuthorizedKeys, error) {
 // used in messages. Any malformed line is an error (*ParseError) naming name
 // and the line number: a typo must not silently widen or drop access.
 //
-// Options understood: targets="a,b", from="pattern,...",
-// expiry-time="YYYYMMDD[HHMM[SS]]" (UTC) and cert-authority. OpenSSH
-// options that restrict sessions, commands or forwarding (no-pty, restrict,
-// permitopen="..." ...) are accepted and ignored: cachetun limits clients
-// with targets= instead. principals= and verify-required, which cachetun
-// cannot honour, and unknown options are errors.
+// Options fail closed. Understood and enforced: targets="a,b",
+// from="pattern,...", expiry-time="YYYYMMDD[HHMM[SS]]" (UTC),
+// cert-authority, permitopen="host:port,..." (repeatable; the entries
+// accumulate), restrict, no-port-forwarding and port-forwarding (applied in
+// order: restrict or no-port-forwarding deny the key, a later
+// port-forwarding allows it again) and touch-required (always enforced).
+// no-pty, no-agent-forwarding, no-X11-forwarding and no-user-rc are
+// accepted: they deny what cachetun never offers, so they hold by
+// construction. Every other option, the OpenSSH ones that cachetun cannot
+// honour (command=, environment=, tunnel=, permitlisten=, principals=,
+// verify-required, no-touch-required, agent-forwarding, X11-forwarding, pty,
+// user-rc) and unknown ones alike, makes the file an error that names the
+// line and the option.
 func ParseAuthorizedKeys(data []byte, name string) (*AuthorizedKeys, error) {
 	a := &AuthorizedKeys{name: name}
 	lineNo := 0
@@ -143,25 +259,28 @@ func ParseAuthorizedKeys(data []byte, name string) (*AuthorizedKeys, error) {
 	return a, nil
 }
 
-// ignoredFlags are OpenSSH options without a value that do not concern a
-// tunnel gateway. touch-required is enforced anyway (x/crypto checks the
-// FIDO user-presence flag); no-touch-required only relaxes, so ignoring it is
-// stricter.
-var ignoredFlags = map[string]bool{
-	"agent-forwarding": true, "no-agent-forwarding": true,
-	"x11-forwarding": true, "no-x11-forwarding": true,
-	"port-forwarding": true, "no-port-forwarding": true,
-	"pty": true, "no-pty": true,
-	"user-rc": true, "no-user-rc": true,
-	"restrict":       true,
-	"touch-required": true, "no-touch-required": true,
+// moot are OpenSSH options that deny something cachetun never offers (a
+// terminal, agent or X11 forwarding, ~/.ssh/rc): the restriction holds by
+// construction, so they are accepted.
+var moot = map[string]bool{
+	"no-pty": true, "no-agent-forwarding": true, "no-x11-forwarding": true, "no-user-rc": true,
 }
 
-// ignoredValued are OpenSSH options with a value that do not concern a
-// tunnel gateway.
-var ignoredValued = map[string]bool{
-	"command": true, "environment": true, "permitopen": true,
-	"permitlisten": true, "tunnel": true,
+// unsupported are the OpenSSH options that cachetun cannot honour, with
+// why. Each fails the load: ignoring one could grant what the operator
+// meant to withhold.
+var unsupported = map[string]string{
+	"command":           "cachetun runs no commands, so a key limited to a command must not get a tunnel",
+	"environment":       "cachetun sets no environment",
+	"tunnel":            "cachetun offers no tun/tap forwarding",
+	"permitlisten":      "cachetun offers no remote forwarding (ssh -R)",
+	"principals":        "cachetun uses certificate principals as target names; restrict them with targets=\"...\"",
+	"verify-required":   "cachetun does not check FIDO user verification",
+	"no-touch-required": "cachetun always requires the FIDO touch",
+	"agent-forwarding":  "cachetun offers no agent forwarding",
+	"x11-forwarding":    "cachetun offers no X11 forwarding",
+	"pty":               "cachetun offers no terminal",
+	"user-rc":           "cachetun runs no ~/.ssh/rc",
 }
 
 func parseAuthorizedLine(line []byte) (authorizedKey, error) {
@@ -222,26 +341,74 @@ func parseAuthorizedLine(line []byte) (authorizedKey, error) {
 			if e.expires, err = parseExpiry(value); err != nil {
 				return e, err
 			}
-		case lname == "principals":
-			return e, errors.New(`option principals= is not supported: cachetun uses certificate principals as target names, restrict them with targets="..."`)
-		case lname == "verify-required":
-			return e, errors.New("option verify-required is not supported: remove it")
-		case ignoredFlags[lname]:
-			if hasValue {
-				return e, fmt.Errorf("option %s takes no value", name)
-			}
-		case ignoredValued[lname]:
+		case lname == "permitopen":
 			if err := needValue(); err != nil {
 				return e, err
 			}
+			ps, err := parsePermitOpen(value)
+			if err != nil {
+				return e, fmt.Errorf("option permitopen=%q: %w", value, err)
+			}
+			e.permitOpen = append(e.permitOpen, ps...)
+		case lname == "restrict" || lname == "no-port-forwarding" || lname == "port-forwarding" || lname == "touch-required" || moot[lname]:
+			if hasValue {
+				return e, fmt.Errorf("option %s takes no value", name)
+			}
+			switch lname {
+			case "restrict", "no-port-forwarding":
+				e.denied = lname
+			case "port-forwarding":
+				e.denied = ""
+			}
+		case unsupported[lname] != "":
+			shown := name
+			if hasValue {
+				shown += "="
+			}
+			return e, fmt.Errorf("option %s is not supported: %s; remove it from this line, or give cachetun a key line of its own", shown, unsupported[lname])
 		default:
-			return e, fmt.Errorf("unknown option %q: cachetun understands targets=, from=, expiry-time= and cert-authority", name)
+			return e, fmt.Errorf("unknown option %q: cachetun understands targets=, from=, expiry-time=, permitopen=, cert-authority, restrict, no-port-forwarding and port-forwarding", name)
 		}
 	}
 	if _, ok := key.(*ssh.Certificate); ok {
 		return e, errors.New("certificates do not belong in authorized_keys: add the CA's public key with the cert-authority option")
 	}
 	return e, nil
+}
+
+// parsePermitOpen parses a permitopen= value: comma-separated host:port
+// entries ([v6]:port for IPv6 addresses); host may be "*", port "*".
+// OpenSSH takes one entry per option and repeats the option; cachetun
+// takes both forms.
+func parsePermitOpen(value string) ([]Permit, error) {
+	var ps []Permit
+	for _, raw := range strings.Split(value, ",") {
+		entry := strings.TrimSpace(raw)
+		if entry == "" {
+			return nil, errors.New("empty entry: want host:port")
+		}
+		host, port, err := net.SplitHostPort(entry)
+		if err != nil {
+			return nil, fmt.Errorf("entry %q is not host:port (write IPv6 addresses as [addr]:port, any port as host:*)", entry)
+		}
+		if host == "" || strings.IndexFunc(host, func(r rune) bool { return r <= ' ' || r > '~' || r == '/' }) >= 0 {
+			return nil, fmt.Errorf("entry %q has an invalid host: want a target name, N.TARGET, an address or *", entry)
+		}
+		if port != "*" {
+			n, err := strconv.Atoi(port)
+			if err != nil || n < 1 || n > 65535 || !isDigits(port) {
+				return nil, fmt.Errorf("entry %q has an invalid port: want 1-65535 or *", entry)
+			}
+		}
+		if a, err := netip.ParseAddr(host); err == nil {
+			if a.Zone() != "" {
+				return nil, fmt.Errorf("entry %q has an IPv6 zone: remove %%%s", entry, a.Zone())
+			}
+			host = a.Unmap().String()
+		}
+		ps = append(ps, Permit{Host: host, Port: port})
+	}
+	return ps, nil
 }
 
 // unquoteOption returns the content of a double-quoted option value, with
@@ -333,7 +500,6 @@ func (a *AuthorizedKeys) Authorize(key ssh.PublicKey, remote net.IP, now time.Ti
 	}
 	blob := key.Marshal()
 	var (
-		id       *Identity
 		firstErr error
 		isCA     bool
 	)
@@ -347,25 +513,28 @@ func (a *AuthorizedKeys) Authorize(key ssh.PublicKey, remote net.IP, now time.Ti
 			isCA = true
 			continue
 		}
-		if err := a.checkEntry(e, "key "+Fingerprint(key), remote, now); err != nil {
+		what := "key " + Fingerprint(key)
+		if err := a.checkEntry(e, what, remote, now); err != nil {
 			if firstErr == nil {
 				firstErr = err
 			}
 			continue
 		}
-		if id == nil {
-			id = &Identity{
-				Key:         key,
-				Fingerprint: Fingerprint(key),
-				Comment:     e.comment,
-				Targets:     slices.Clone(e.targets),
-				Expires:     e.expires,
-			}
+		// The first line that passes decides, restrictions included.
+		if err := a.checkForwarding(e, what); err != nil {
+			return nil, err
 		}
+		return &Identity{
+			Key:          key,
+			Fingerprint:  Fingerprint(key),
+			Comment:      e.comment,
+			Targets:      slices.Clone(e.targets),
+			Expires:      e.expires,
+			PermitOpen:   slices.Clone(e.permitOpen),
+			permitSource: a.lineName(e),
+		}, nil
 	}
 	switch {
-	case id != nil:
-		return id, nil
 	case firstErr != nil:
 		return nil, firstErr
 	case isCA:
@@ -382,6 +551,23 @@ func (a *AuthorizedKeys) entries() []authorizedKey {
 		return nil
 	}
 	return a.keys
+}
+
+// lineName returns "line N of authorized_keys" for messages; the file's
+// path is not told to clients.
+func (a *AuthorizedKeys) lineName(e *authorizedKey) string {
+	return fmt.Sprintf("line %d of authorized_keys", e.line)
+}
+
+// checkForwarding refuses an entry whose options took port forwarding
+// away: cachetun only forwards ports, so the key may not use it at all.
+func (a *AuthorizedKeys) checkForwarding(e *authorizedKey, what string) error {
+	if e.denied == "" {
+		return nil
+	}
+	return newError(ErrKeyRestricted,
+		"%s is restricted (%s) on %s: cachetun only forwards ports, which that line forbids: ask the operator to add port-forwarding after %s there, or to give the key a line of its own",
+		what, e.denied, a.lineName(e), e.denied)
 }
 
 // checkEntry applies an entry's expiry-time and from= restrictions.
@@ -406,6 +592,10 @@ func (a *AuthorizedKeys) checkEntry(e *authorizedKey, what string, remote net.IP
 	}
 	return nil
 }
+
+// extPortForwarding is the user-certificate extension that permits port
+// forwarding.
+const extPortForwarding = "permit-port-forwarding"
 
 // certTime formats a certificate timestamp.
 func certTime(v uint64) string {
@@ -475,6 +665,9 @@ func (a *AuthorizedKeys) authorizeCert(cert *ssh.Certificate, remote net.IP, now
 			}
 			continue
 		}
+		if err := a.checkForwarding(e, "certificate authority "+caFP); err != nil {
+			return nil, err
+		}
 		expires := e.expires
 		if cert.ValidBefore != ssh.CertTimeInfinity && cert.ValidBefore <= math.MaxInt64 {
 			if cb := time.Unix(int64(cert.ValidBefore), 0); expires.IsZero() || cb.Before(expires) {
@@ -482,12 +675,14 @@ func (a *AuthorizedKeys) authorizeCert(cert *ssh.Certificate, remote net.IP, now
 			}
 		}
 		return &Identity{
-			Key:         cert.Key,
-			Cert:        cert,
-			Fingerprint: Fingerprint(cert.Key),
-			Comment:     cert.KeyId,
-			Targets:     targets,
-			Expires:     expires,
+			Key:          cert.Key,
+			Cert:         cert,
+			Fingerprint:  Fingerprint(cert.Key),
+			Comment:      cert.KeyId,
+			Targets:      targets,
+			Expires:      expires,
+			PermitOpen:   slices.Clone(e.permitOpen),
+			permitSource: a.lineName(e),
 		}, nil
 	}
 	return nil, firstErr
@@ -514,10 +709,17 @@ func checkUserCert(cert *ssh.Certificate, desc string, remote net.IP, now time.T
 		return newErrorKinds([]error{ErrCertInvalid, ErrKeyExpired},
 			"%s expired at %s: get a new certificate from your CA", desc, certTime(cert.ValidBefore))
 	}
-	for opt, val := range cert.CriticalOptions {
-		if opt != "source-address" {
+	opts := slices.Sorted(maps.Keys(cert.CriticalOptions))
+	for _, opt := range opts {
+		val := cert.CriticalOptions[opt]
+		switch opt {
+		case "source-address":
+		case "force-command":
 			return newError(ErrCertInvalid,
-				"%s has critical option %q, which cachetun does not support: issue a certificate without it", desc, opt)
+				"%s has critical option force-command=%q: cachetun runs no commands, so a certificate limited to one is refused: ask your CA for a certificate without -O force-command", desc, sanitize(val))
+		default:
+			return newError(ErrCertInvalid,
+				"%s has critical option %q, which cachetun does not support: issue a certificate without it", desc, sanitize(opt))
 		}
 		ps, err := parseSourcePatterns(val, false)
 		if err != nil {
@@ -539,6 +741,13 @@ func checkUserCert(cert *ssh.Certificate, desc string, remote net.IP, now time.T
 	}
 	if err := checker.CheckCert(cert.ValidPrincipals[0], cert); err != nil {
 		return newError(ErrCertInvalid, "%s is not valid: %v", desc, err)
+	}
+	// As OpenSSH: a certificate grants port forwarding only with this
+	// extension (ssh-keygen adds it unless -O clear or -O
+	// no-port-forwarding).
+	if _, ok := cert.Extensions[extPortForwarding]; !ok {
+		return newErrorKinds([]error{ErrKeyRestricted, ErrCertInvalid},
+			"%s lacks the %s extension (issued with ssh-keygen -O clear or -O no-port-forwarding): cachetun only forwards ports: ask your CA for a certificate with -O permit-port-forwarding", desc, extPortForwarding)
 	}
 	return nil
 }

@@ -59,8 +59,8 @@ func TestParseAuthorizedKeys_MalformedLines(t *testing.T) {
 		{"cert-authority with value", `cert-authority="yes" ` + key, "takes no value"},
 		{"flag with value", `no-pty="1" ` + key, "takes no value"},
 		{"permitopen without value", `permitopen ` + key, "needs a value"},
-		{"principals", `cert-authority,principals="a" ` + key, "principals= is not supported"},
-		{"verify-required", `verify-required ` + key, "verify-required is not supported"},
+		{"principals", `cert-authority,principals="a" ` + key, "option principals= is not supported"},
+		{"verify-required", `verify-required ` + key, "option verify-required is not supported"},
 		{"certificate line", pubLine(cert), "certificates do not belong"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -94,11 +94,10 @@ func TestParseAuthorizedKeys_Accepts(t *testing.T) {
 		"   ",
 		"\t# indented comment",
 		pubLine(k1) + " alice@laptop with spaces\r",
-		`no-pty,no-X11-forwarding,no-agent-forwarding,no-port-forwarding,no-user-rc,restrict,port-forwarding,pty,` +
-			`permitopen="10.0.0.1:6379",permitlisten="localhost:8080",command="/bin/false",environment="A=B",` +
-			`tunnel="0",touch-required,no-touch-required ` + pubLine(k2),
+		`no-pty,no-X11-forwarding,no-agent-forwarding,no-port-forwarding,no-user-rc,restrict,port-forwarding,` +
+			`permitopen="10.0.0.1:6379",touch-required ` + pubLine(k2),
 		`  TARGETS="a",From="10.0.0.0/8",Expiry-Time="20300101" ` + pubLine(k3) + " rsa",
-		`command="echo \"hi, there\"" ` + pubLine(newECDSASigner(t).PublicKey()),
+		`targets="say \"hi\", there" ` + pubLine(newECDSASigner(t).PublicKey()),
 	}, "\n")
 	ak := mustParseAK(t, data)
 	if got, want := ak.Len(), 4; got != want {
@@ -450,7 +449,7 @@ func TestAuthorizedKeys_AuthorizeCertErrors(t *testing.T) {
 			testNow, remote, []error{ErrCertInvalid}, "no principals"},
 		{"force-command", ak, signCert(t, ca, user.PublicKey(), ssh.UserCert, testNow, []string{"prod"}, func(c *ssh.Certificate) {
 			c.CriticalOptions = map[string]string{"force-command": "/bin/true"}
-		}), testNow, remote, []error{ErrCertInvalid}, `"force-command"`},
+		}), testNow, remote, []error{ErrCertInvalid}, `force-command="/bin/true"`},
 		{"source-address mismatch", ak, signCert(t, ca, user.PublicKey(), ssh.UserCert, testNow, []string{"prod"}, func(c *ssh.Certificate) {
 			c.CriticalOptions = map[string]string{"source-address": "10.0.0.0/8,198.51.100.7"}
 		}), testNow, remote, []error{ErrSourceNotAllowed}, "10.0.0.0/8"},
@@ -614,8 +613,22 @@ func TestAuthorizedKeys_AuthorizeSSHKeygenCert(t *testing.T) {
 			}
 
 			forced := sign("-I", "cmd", "-n", "prod", "-V", "-5m:+1h", "-O", "force-command=/bin/true")
-			if _, err := ak.Authorize(forced, remote, now); !errors.Is(err, ErrCertInvalid) {
-				t.Errorf("force-command: err = %v, want ErrCertInvalid", err)
+			if _, err := ak.Authorize(forced, remote, now); !errors.Is(err, ErrCertInvalid) || !strings.Contains(err.Error(), "force-command") {
+				t.Errorf("force-command: err = %v, want ErrCertInvalid naming force-command", err)
+			}
+
+			// -O clear drops permit-port-forwarding (and every other
+			// extension); -O no-port-forwarding drops just that one.
+			for _, opt := range []string{"clear", "no-port-forwarding"} {
+				c := sign("-I", "cleared", "-n", "prod", "-V", "-5m:+1h", "-O", opt)
+				_, err := ak.Authorize(c, remote, now)
+				if !errors.Is(err, ErrKeyRestricted) || !strings.Contains(err.Error(), "permit-port-forwarding") {
+					t.Errorf("-O %s: err = %v, want ErrKeyRestricted naming permit-port-forwarding", opt, err)
+				}
+			}
+			// -O clear then -O permit-port-forwarding grants just that.
+			if _, err := ak.Authorize(sign("-I", "only-fwd", "-n", "prod", "-V", "-5m:+1h", "-O", "clear", "-O", "permit-port-forwarding"), remote, now); err != nil {
+				t.Errorf("-O clear -O permit-port-forwarding: %v", err)
 			}
 
 			host := sign("-I", "host", "-h", "-n", "prod", "-V", "-5m:+1h")

@@ -24,6 +24,14 @@ var (
 	// ErrCertInvalid: a user or host certificate failed verification (type,
 	// signature, validity window, principals, critical options).
 	ErrCertInvalid = errors.New("certificate is not valid")
+	// ErrKeyRestricted: the key's authorized_keys line (or its CA's line)
+	// takes port forwarding away (restrict, no-port-forwarding), or a user
+	// certificate lacks the permit-port-forwarding extension. cachetun only
+	// forwards ports, so such a key cannot use it.
+	ErrKeyRestricted = errors.New("key may not forward ports")
+	// ErrNotPermitted: a stream's destination is outside the permitopen=
+	// filter of the key's line.
+	ErrNotPermitted = errors.New("destination is not permitted")
 	// ErrBadSignature: a channel-binding proof does not verify.
 	ErrBadSignature = errors.New("signature does not verify")
 	// ErrSyntax: a line of authorized_keys could not be parsed.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -52,6 +53,28 @@ func FuzzParseAuthorizedKeys(f *testing.F) {
 		"nul bytes":          "\x00\x00" + key,
 		"long line":          strings.Repeat("a", 70000) + " " + key,
 		"case":               `TARGETS="x",Cert-Authority ` + key,
+		// OpenSSH forwarding options and their combinations.
+		"finding 6":                `restrict,no-port-forwarding,permitopen="127.0.0.1:1",command="/bin/false" ` + key,
+		"restrict":                 `restrict ` + key,
+		"restrict port-forwarding": `restrict,port-forwarding,permitopen="cache:*" ` + key,
+		"port-forwarding restrict": `port-forwarding,restrict ` + key,
+		"no-port-forwarding":       `NO-PORT-FORWARDING,port-forwarding,no-port-forwarding ` + key,
+		"moot flags":               `no-pty,no-agent-forwarding,no-X11-forwarding,no-user-rc,touch-required ` + key,
+		"permitopen list":          `permitopen="0.cache:6379,cache:*,10.0.0.1:6379,[2001:db8::1]:6379,*:11211" ` + key,
+		"permitopen repeated":      `permitopen="a:1",permitopen="b:2",permitopen="*:*" ` + key,
+		"permitopen quoted comma":  `permitopen="a:1,b:2",targets="a,b" ` + key,
+		"permitopen escaped quote": `permitopen="a\"b:1" ` + key,
+		"permitopen empty entry":   `permitopen="a:1,,b:2" ` + key,
+		"permitopen bare v6":       `permitopen="::1:6379" ` + key,
+		"permitopen zone":          `permitopen="[fe80::1%eth0]:6379" ` + key,
+		"permitopen port 0":        `permitopen="a:0" ` + key,
+		"permitopen no port":       `permitopen="a" ` + key,
+		"permitopen mapped":        `permitopen="[::ffff:10.0.0.1]:1" ` + key,
+		"ca restrict":              `cert-authority,restrict,port-forwarding,permitopen="prod:*" ` + pubLine(ca.PublicKey()),
+		"environment":              `environment="A=B" ` + key,
+		"tunnel":                   `tunnel="0" ` + key,
+		"permitlisten":             `permitlisten="localhost:8080" ` + key,
+		"pty":                      `restrict,pty ` + key,
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -75,10 +98,29 @@ func FuzzParseAuthorizedKeys(f *testing.F) {
 			for _, ip := range remotes {
 				id, err := ak.Authorize(e.key, ip, testNow)
 				if err != nil {
-					if !errors.Is(err, ErrUnknownKey) && !errors.Is(err, ErrKeyExpired) && !errors.Is(err, ErrSourceNotAllowed) {
+					if !errors.Is(err, ErrUnknownKey) && !errors.Is(err, ErrKeyExpired) && !errors.Is(err, ErrSourceNotAllowed) && !errors.Is(err, ErrKeyRestricted) {
 						t.Fatalf("Authorize: unexpected error kind: %v", err)
 					}
 					continue
+				}
+				if e.denied != "" {
+					t.Fatalf("a line with %s logged in", e.denied)
+				}
+				if (id.PermitOpen == nil) != (e.permitOpen == nil) {
+					t.Fatalf("PermitOpen = %v, line has %v", id.PermitOpen, e.permitOpen)
+				}
+				for _, p := range id.PermitOpen {
+					if p.Host == "" || p.Port == "" {
+						t.Fatalf("empty permitopen entry %+v", p)
+					}
+					if p.Port != "*" && !p.Matches(p.Host, -1, net.JoinHostPort("192.0.2.1", p.Port)) {
+						t.Fatalf("entry %v does not match its own target name", p)
+					}
+				}
+				if id.PermitOpen != nil && id.MayOpen("no-such-target", -1, "192.0.2.99:1") == nil && !slices.ContainsFunc(id.PermitOpen, func(p Permit) bool {
+					return (p.Host == "*" || p.Host == "192.0.2.99") && (p.Port == "*" || p.Port == "1")
+				}) {
+					t.Fatalf("permitopen=%v lets an unrelated node through", id.PermitOpen)
 				}
 				if e.ca {
 					t.Fatalf("a cert-authority key logged in by itself")

@@ -79,6 +79,8 @@ func signCert(t testing.TB, ca ssh.Signer, key ssh.PublicKey, typ uint32, at tim
 		ValidPrincipals: principals,
 		ValidAfter:      uint64(at.Add(-time.Hour).Unix()),
 		ValidBefore:     uint64(at.Add(time.Hour).Unix()),
+		// ssh-keygen's default set includes this one; cachetun needs it.
+		Permissions: ssh.Permissions{Extensions: map[string]string{"permit-port-forwarding": ""}},
 	}
 	for _, o := range opts {
 		o(cert)

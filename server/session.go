@@ -297,6 +297,8 @@ func authCode(err error) string {
 		return "key_expired"
 	case errors.Is(err, auth.ErrSourceNotAllowed):
 		return "source_denied"
+	case errors.Is(err, auth.ErrKeyRestricted):
+		return "key_restricted"
 	case errors.Is(err, auth.ErrCertInvalid):
 		return "cert_invalid"
 	}
@@ -379,6 +381,13 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	ss.ctrlMu.Unlock()
 	ss.log.Info("control stream up", keyTarget, t.name, "client", hello.Client)
 	t.waitDiscovered(ctx, s.cfg.Limits.DialTimeout)
+	if msg := permitsTarget(ss.ident, t); msg != "" {
+		ss.log.Warn("target denied by permitopen", keyKey, ss.ident.String(), keyTarget, t.name, "reason", msg)
+		s.metrics.authFailures.WithLabelValues("target_denied").Inc()
+		ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied", Error: msg,
+			Hint: "ask the gateway's operator to extend permitopen= on your key's line, or use another target"})
+		return
+	}
 	changed := t.Changed()
 	info := t.Info()
 	ss.welcome(ctrl, &tunnel.Welcome{OK: true, Target: &info})
@@ -527,6 +536,10 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 	}
 	if !ss.ident.Allows(t.name) {
 		refuse(tunnel.StatusDenied, fmt.Sprintf("key %s may not use target %q", ss.ident.Fingerprint, t.name))
+		return
+	}
+	if err := mayOpen(ss.ident, t, node); err != nil {
+		refuse(tunnel.StatusDenied, err.Error())
 		return
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.DialTimeout)
