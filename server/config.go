@@ -23,6 +23,10 @@ type Config struct {
 	// Metrics is the listen address of the Prometheus /metrics endpoint;
 	// empty disables it.
 	Metrics string `yaml:"metrics"`
+	// MetricsKeyLabel adds the client key's fingerprint as a label to the
+	// session, stream and byte series. Off by default: each key makes
+	// series of its own, which a fleet of many keys pays for in memory.
+	MetricsKeyLabel bool `yaml:"metrics_key_label"`
 }
 
 // Listen holds one address per transport; an empty string disables it.

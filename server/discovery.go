@@ -141,6 +141,11 @@ func (s *Server) discoveryLoop(ctx context.Context, t *target) {
 			return
 		}
 		changed := false
+		round := "ok"
+		if err != nil {
+			round = "error"
+		}
+		s.metrics.discoveryRounds.WithLabelValues(t.name, round).Inc()
 		switch {
 		case err != nil:
 			if msg := err.Error(); msg != lastErr {

@@ -241,7 +241,7 @@ func TestServer_DiscoveryLifecycle(t *testing.T) {
 	ln.Close() // nothing answers there
 	cfg := DefaultConfig()
 	cfg.Limits.DialTimeout = time.Second
-	s := &Server{cfg: cfg, log: slog.New(slog.DiscardHandler), targets: map[string]*target{}}
+	s := &Server{cfg: cfg, log: slog.New(slog.DiscardHandler), targets: map[string]*target{}, metrics: newMetrics(false)}
 	for name, tc := range map[string]*Target{
 		"cluster":   {Type: TypeRedisCluster, Nodes: []string{addr}, Refresh: time.Hour},
 		"memcached": {Type: TypeMemcached, Nodes: []string{addr}, Refresh: time.Hour, Discovery: DiscoveryElastiCache},

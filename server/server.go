@@ -118,7 +118,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		listeners:  make(map[tunnel.Listener]struct{}),
 		perKey:     make(map[string]int),
 		failures:   make(map[string]*failWindow),
-		metrics:    newMetrics(),
+		metrics:    newMetrics(cfg.MetricsKeyLabel),
 	}
 	if cfg.HostCert != "" {
 		b, err := os.ReadFile(cfg.HostCert)

@@ -43,6 +43,9 @@ type session struct {
 	endResult string // why the session ended, for the session end line
 	endReason string
 	endErr    error // the first transport error that ended it
+
+	countOnce sync.Once
+	counted   []string // label values of cachetun_sessions, once counted
 }
 
 // setEnd records why the session ends, for the "session end" line; the
@@ -91,6 +94,26 @@ func (ss *session) ending(ctx context.Context) (result, reason string) {
 	return "error", err.Error()
 }
 
+// countSession counts the session in cachetun_sessions under target, the
+// first time it is called: when the target is known (Hello), or at the
+// first stream of a session that names none (stock OpenSSH).
+func (ss *session) countSession(target string) {
+	ss.countOnce.Do(func() {
+		m := ss.srv.metrics
+		ss.counted = m.labels(ss, ss.sess.Transport(), target)
+		m.sessions.WithLabelValues(ss.counted...).Inc()
+		m.sessionsTotal.WithLabelValues(ss.counted...).Inc()
+	})
+}
+
+// uncountSession undoes countSession when the session ends.
+func (ss *session) uncountSession() {
+	ss.countOnce.Do(func() {}) // no count after this
+	if ss.counted != nil {
+		ss.srv.metrics.sessions.WithLabelValues(ss.counted...).Dec()
+	}
+}
+
 func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 	defer ts.Close()
 	ss := &session{srv: s, sess: ts, id: newSessionID(), started: time.Now()}
@@ -121,6 +144,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 		}
 	}
 	if !s.register(ss) {
+		s.metrics.authFailures.WithLabelValues("session_limit").Inc()
 		if ctrl != nil {
 			ss.refuse(ctrl, &tunnel.Welcome{Code: "session_limit",
 				Error: fmt.Sprintf("key %s already has %d sessions open on this gateway", ss.ident.Fingerprint, s.cfg.Limits.MaxSessionsPerKey),
@@ -131,9 +155,11 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 	defer s.unregister(ss)
 	ss.log = ss.log.With(identAttrs(ss.ident)...)
 	ss.log.Info("session start")
-	s.metrics.sessions.Inc()
+	if hello != nil {
+		ss.countSession(hello.Target)
+	}
 	defer func() {
-		s.metrics.sessions.Dec()
+		ss.uncountSession()
 		result, reason := ss.ending(ctx)
 		ss.ctrlMu.Lock()
 		target := ss.target
@@ -163,6 +189,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 			return
 		}
 		if ss.streams.Load() >= int64(s.cfg.Limits.MaxStreamsPerSession) {
+			s.metrics.streamsTotal.WithLabelValues(s.metrics.labels(ss, ts.Transport(), "", resultLimit)...).Inc()
 			in.Reject(tunnel.StatusLimit, fmt.Sprintf("this session already has %d streams open (limits.max_streams_per_session)", s.cfg.Limits.MaxStreamsPerSession))
 			continue
 		}
@@ -269,6 +296,7 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 		ss.ident = id
 		if _, ok := s.targets[hello.Target]; !ok {
 			ss.log.Warn("unknown target requested", keyTarget, hello.Target)
+			s.metrics.authFailures.WithLabelValues("unknown_target").Inc()
 			ss.refuse(ctrl, &tunnel.Welcome{Code: "unknown_target",
 				Error: fmt.Sprintf("target %q is not configured on this gateway", hello.Target),
 				Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()})
@@ -362,6 +390,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	if t == nil {
 		ss.setEnd("refused", "unknown_target")
 		ss.log.Warn("unknown target requested", keyTarget, hello.Target)
+		s.metrics.authFailures.WithLabelValues("unknown_target").Inc()
 		ss.refuse(ctrl, &tunnel.Welcome{Code: "unknown_target",
 			Error: fmt.Sprintf("target %q is not configured on this gateway", hello.Target),
 			Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()})
@@ -380,6 +409,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	ss.target = t.name
 	ss.ctrlMu.Unlock()
 	ss.log.Info("control stream up", keyTarget, t.name, "client", hello.Client)
+	ss.countSession(t.name)
 	t.waitDiscovered(ctx, s.cfg.Limits.DialTimeout)
 	if msg := permitsTarget(ss.ident, t); msg != "" {
 		ss.log.Warn("target denied by permitopen", keyKey, ss.ident.String(), keyTarget, t.name, "reason", msg)
@@ -520,15 +550,22 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 	default:
 	}
 	ss.opened.Add(1)
+	ss.countSession("") // a stock OpenSSH session names no target
+	m := s.metrics
+	transport := ss.sess.Transport()
 	t, node, status, msg := s.resolve(req, ss.ident.Allows)
 	log := ss.log.With(keyTarget, req.Target, keyNode, req.Node)
+	// Labels carry configured target names only: what a client asks for
+	// is not a label, or a client could make series without bound.
+	tname := ""
 	if t != nil {
 		log = ss.log.With(keyTarget, t.name, keyNode, node)
+		tname = t.name
 	}
 	refuse := func(st tunnel.Status, msg string) {
 		in.Reject(st, msg)
-		s.metrics.streams.WithLabelValues(st.String()).Inc()
-		log.Warn("stream refused", keyResult, st.String(), keyReason, msg)
+		m.streamsTotal.WithLabelValues(m.labels(ss, transport, tname, statusResult(st))...).Inc()
+		log.Warn("stream refused", keyResult, statusResult(st), keyReason, msg)
 	}
 	if status != tunnel.StatusOK {
 		refuse(status, msg)
@@ -543,33 +580,37 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 		return
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.DialTimeout)
+	dialStart := time.Now()
 	up, err := t.dial(dctx, node)
 	cancel()
 	if err != nil {
+		m.dialErrors.WithLabelValues(t.name, dialReason(err)).Inc()
 		refuse(tunnel.StatusUnreachable, fmt.Sprintf("gateway could not reach %s: %v", node, err))
 		return
 	}
+	m.dialSeconds.WithLabelValues(t.name).Observe(time.Since(dialStart).Seconds())
 	st, err := in.Accept()
 	if err != nil {
 		up.Close()
 		return
 	}
-	s.metrics.streamsActive.Inc()
+	active := m.streams.WithLabelValues(transport, t.name)
+	active.Inc()
 	res := tunnel.Relay(ctx, up, st, s.cfg.Limits.IdleTimeout)
-	s.metrics.streamsActive.Dec()
+	active.Dec()
 	bytesUp, bytesDown := res.StreamToConn, res.ConnToStream // the conn is the cache
 	ss.bytesUp.Add(bytesUp)
 	ss.bytesDown.Add(bytesDown)
-	s.metrics.bytes.WithLabelValues("up").Add(float64(bytesUp))
-	s.metrics.bytes.WithLabelValues("down").Add(float64(bytesDown))
-	result := "ok"
+	m.bytes.WithLabelValues(m.labels(ss, t.name, "up")...).Add(float64(bytesUp))
+	m.bytes.WithLabelValues(m.labels(ss, t.name, "down")...).Add(float64(bytesDown))
+	result := resultOK
 	switch {
 	case res.Idle:
-		result = "idle_timeout"
+		result = resultIdle
 	case res.Err != nil:
-		result = "reset"
+		result = resultReset
 	}
-	s.metrics.streams.WithLabelValues(result).Inc()
+	m.streamsTotal.WithLabelValues(m.labels(ss, transport, t.name, result)...).Inc()
 	attrs := []any{keyResult, result, "bytes_up", bytesUp, "bytes_down", bytesDown, keyDuration, time.Since(start).Round(time.Microsecond)}
 	if res.Err != nil && !res.Idle {
 		attrs = append(attrs, keyErr, res.Err)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -13,6 +14,9 @@ import (
 
 	"github.com/cachetun/cachetun/tunnel"
 )
+
+// errUpstreamTLS wraps a failed TLS handshake with a cache node.
+var errUpstreamTLS = errors.New("upstream tls handshake")
 
 // target is a configured target and its current nodes. Static targets
 // keep their configured nodes; cluster targets replace them on discovery.
@@ -194,7 +198,7 @@ func (t *target) dial(ctx context.Context, addr string) (net.Conn, error) {
 		tc := tls.Client(c, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
-			return nil, fmt.Errorf("upstream tls handshake: %w", err)
+			return nil, fmt.Errorf("%w: %w", errUpstreamTLS, err)
 		}
 		c = tc
 	}

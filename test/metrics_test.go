@@ -1,0 +1,241 @@
+package test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/server"
+	"github.com/cachetun/cachetun/test/testenv"
+)
+
+// serveMetrics serves the gateway's metrics listener on a loopback port
+// and returns its base URL.
+func serveMetrics(t testing.TB, g *gateway) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = g.Srv.ServeMetrics(ctx, ln)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return "http://" + ln.Addr().String()
+}
+
+// httpGet returns the status code and body of a GET.
+func httpGet(t testing.TB, url string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// scrape fetches /metrics and parses the text exposition format.
+func scrape(t testing.TB, base string) metricSet {
+	t.Helper()
+	code, body := httpGet(t, base+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics: status %d: %s", code, body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	return fams
+}
+
+type metricSet map[string]*dto.MetricFamily
+
+// value returns the value of the series of family name whose labels
+// include want (other labels may be there too), summed over every such
+// series; ok is false when there is none. Histograms give their count.
+func (ms metricSet) value(name string, want map[string]string) (v float64, ok bool) {
+	f := ms[name]
+	if f == nil {
+		return 0, false
+	}
+next:
+	for _, m := range f.GetMetric() {
+		have := map[string]string{}
+		for _, lp := range m.GetLabel() {
+			have[lp.GetName()] = lp.GetValue()
+		}
+		for k, w := range want {
+			if have[k] != w {
+				continue next
+			}
+		}
+		ok = true
+		switch {
+		case m.Counter != nil:
+			v += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			v += m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			v += float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return v, ok
+}
+
+// labelSets lists the label sets of family name, for failure messages.
+func (ms metricSet) labelSets(name string) string {
+	f := ms[name]
+	if f == nil {
+		return "(no such family)"
+	}
+	var out []string
+	for _, m := range f.GetMetric() {
+		var l []string
+		for _, lp := range m.GetLabel() {
+			l = append(l, lp.GetName()+"="+lp.GetValue())
+		}
+		out = append(out, "{"+strings.Join(l, ",")+"}")
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
+}
+
+// TestMetrics_AfterTraffic: real redis-cli traffic through a gateway over
+// QUIC and TLS, a refused key, an unknown target, a stream to a node that
+// refuses connections and a discovery round that fails; /metrics then has
+// every series with the labels an operator filters on, and no label value
+// with a space.
+func TestMetrics_AfterTraffic(t *testing.T) {
+	r := testenv.StartRedis(t)
+	// A port with nothing behind it: dials are refused.
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	alice := newKey(t, "alice@laptop")
+	targets := map[string]*server.Target{
+		"cache": {Type: server.TypeRedis, Nodes: []string{r.Addr}},
+		"gone":  {Type: server.TypeRedis, Nodes: []string{deadAddr}},
+		// A standalone redis answers CLUSTER SHARDS with an error: each
+		// discovery round of this target fails.
+		"notcluster": {Type: server.TypeRedisCluster, Nodes: []string{r.Addr}, Refresh: time.Hour},
+	}
+	g := startGateway(t, targets, []string{alice.Line}, func(c *server.Config) { c.MetricsKeyLabel = true })
+	base := serveMetrics(t, g)
+
+	for _, tr := range []string{"quic", "tls"} {
+		c := mustConnect(t, g, tr, "cache", alice)
+		local := c.Local(t, r.Addr)
+		if got := redisCLI(t, local, "SET", "k-"+tr, "v"); got != "OK" {
+			t.Fatalf("SET over %s: got %q", tr, got)
+		}
+		if got := redisCLI(t, local, "GET", "k-"+tr); got != "v" {
+			t.Fatalf("GET over %s: got %q", tr, got)
+		}
+	}
+	// A stream to a node that refuses the connection.
+	cg := mustConnect(t, g, "tls", "gone", alice)
+	if conn, err := net.DialTimeout("tcp", cg.Local(t, deadAddr), 5*time.Second); err == nil {
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		_, _ = conn.Read(make([]byte, 1)) // ends when the gateway refuses the stream
+		conn.Close()
+	}
+	// A key the gateway does not know, and a target it does not have.
+	mallory := newKey(t, "mallory@elsewhere")
+	if _, err := startConnect(t, g, "tls", "cache", mallory); err == nil {
+		t.Fatal("unknown key connected")
+	}
+	if _, err := startConnect(t, g, "tls", "no-such-target", alice); err == nil {
+		t.Fatal("unknown target connected")
+	}
+
+	aliceFP := auth.Fingerprint(alice.Pub)
+	var ms metricSet
+	type series struct {
+		name   string
+		labels map[string]string
+		min    float64 // the value is at least this
+	}
+	want := []series{
+		{"cachetun_build_info", map[string]string{"version": server.Version}, 1},
+		{"cachetun_sessions", map[string]string{"transport": "quic", "target": "cache", "key": aliceFP}, 1},
+		{"cachetun_sessions", map[string]string{"transport": "tls", "target": "cache", "key": aliceFP}, 1},
+		{"cachetun_sessions_total", map[string]string{"transport": "quic", "target": "cache"}, 1},
+		{"cachetun_streams_total", map[string]string{"transport": "quic", "target": "cache", "result": "ok", "key": aliceFP}, 2},
+		{"cachetun_streams_total", map[string]string{"transport": "tls", "target": "cache", "result": "ok"}, 2},
+		{"cachetun_streams_total", map[string]string{"transport": "tls", "target": "gone", "result": "unreachable"}, 1},
+		{"cachetun_streams", map[string]string{"transport": "tls", "target": "cache"}, 0},
+		{"cachetun_bytes_total", map[string]string{"target": "cache", "direction": "up", "key": aliceFP}, 1},
+		{"cachetun_bytes_total", map[string]string{"target": "cache", "direction": "down"}, 1},
+		{"cachetun_upstream_dial_seconds", map[string]string{"target": "cache"}, 4},
+		{"cachetun_upstream_dial_errors_total", map[string]string{"target": "gone", "reason": "refused"}, 1},
+		{"cachetun_auth_failures_total", map[string]string{"reason": "unknown_key"}, 1},
+		{"cachetun_auth_failures_total", map[string]string{"reason": "unknown_target"}, 1},
+		{"cachetun_discovery_rounds_total", map[string]string{"target": "notcluster", "result": "error"}, 1},
+		{"cachetun_streams_resumed_total", nil, 0},
+		{"cachetun_config_reloads_total", map[string]string{"result": "error"}, 0},
+	}
+	// Stream and session counts land when the stream ends; wait for them.
+	waitFor(t, 10*time.Second, "every series", func() bool {
+		ms = scrape(t, base)
+		for _, w := range want {
+			if v, ok := ms.value(w.name, w.labels); !ok || v < w.min {
+				return false
+			}
+		}
+		return true
+	})
+	for _, w := range want {
+		v, _ := ms.value(w.name, w.labels)
+		t.Logf("%s%v = %g", w.name, w.labels, v)
+	}
+	if v, _ := ms.value("cachetun_streams_resumed_total", nil); v != 0 {
+		t.Errorf("cachetun_streams_resumed_total = %g, want 0 (no resumption yet)", v)
+	}
+	if v, _ := ms.value("cachetun_upstream_dial_seconds", map[string]string{"target": "gone"}); v != 0 {
+		t.Errorf("failed dials are in the latency histogram: count %g", v)
+	}
+	// No label value has a space, and the client-chosen target name of the
+	// refused session is not a label value.
+	for name, f := range ms {
+		if !strings.HasPrefix(name, "cachetun_") {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if strings.ContainsAny(lp.GetValue(), " \t") || lp.GetValue() == "no-such-target" {
+					t.Errorf("%s{%s=%q}: bad label value", name, lp.GetName(), lp.GetValue())
+				}
+			}
+		}
+	}
+	if t.Failed() {
+		for _, name := range []string{"cachetun_streams_total", "cachetun_auth_failures_total"} {
+			t.Logf("%s: %s", name, ms.labelSets(name))
+		}
+	}
+}
