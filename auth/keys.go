@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -165,6 +166,13 @@ func shellQuote(s string) string {
 // the returned signer presents that certificate (ssh.NewCertSigner); a
 // certificate for another key is ignored, as OpenSSH does.
 func LoadSigner(path string) (ssh.Signer, error) {
+	return LoadSignerWithPassphrase(path, nil)
+}
+
+// LoadSignerWithPassphrase is LoadSigner for a key protected by passphrase
+// (nil: the key must be unencrypted). A wrong passphrase yields an error
+// wrapping ErrPassphrase and x509.IncorrectPasswordError.
+func LoadSignerWithPassphrase(path string, passphrase []byte) (ssh.Signer, error) {
 	data, err := readChecked(path, 0o077, "chmod 600")
 	if err != nil {
 		var pe *PermissionError
@@ -174,7 +182,15 @@ func LoadSigner(path string) (ssh.Signer, error) {
 		return nil, fmt.Errorf("load private key: %w", err)
 	}
 	defer clear(data)
-	signer, err := ssh.ParsePrivateKey(data)
+	var signer ssh.Signer
+	if passphrase != nil {
+		signer, err = ssh.ParsePrivateKeyWithPassphrase(data, passphrase)
+		if errors.Is(err, x509.IncorrectPasswordError) {
+			return nil, newErrorKinds([]error{ErrPassphrase, err}, "private key %q: wrong passphrase", path)
+		}
+	} else {
+		signer, err = ssh.ParsePrivateKey(data)
+	}
 	if err != nil {
 		var pm *ssh.PassphraseMissingError
 		if errors.As(err, &pm) {
@@ -207,6 +223,39 @@ func LoadSigner(path string) (ssh.Signer, error) {
 		return nil, fmt.Errorf("load certificate %q: %w", certPath, err)
 	}
 	return cs, nil
+}
+
+// PrivateKeyPublic returns the public half of the private key file at
+// path without decrypting it: OpenSSH keys carry it in clear, and for other
+// formats path+".pub" is read. The file's permissions are checked as in
+// LoadSigner.
+func PrivateKeyPublic(path string) (ssh.PublicKey, error) {
+	data, err := readChecked(path, 0o077, "chmod 600")
+	if err != nil {
+		return nil, err
+	}
+	defer clear(data)
+	k, err := ssh.ParseRawPrivateKey(data)
+	var pm *ssh.PassphraseMissingError
+	switch {
+	case err == nil:
+		s, err := ssh.NewSignerFromKey(k)
+		if err != nil {
+			return nil, fmt.Errorf("load private key %q: %w", path, err)
+		}
+		return s.PublicKey(), nil
+	case errors.As(err, &pm) && pm.PublicKey != nil:
+		return pm.PublicKey, nil
+	}
+	pubData, perr := os.ReadFile(path + ".pub")
+	if perr != nil {
+		return nil, fmt.Errorf("public key of %q: %w", path, perr)
+	}
+	pub, _, _, _, perr := ssh.ParseAuthorizedKey(pubData)
+	if perr != nil {
+		return nil, fmt.Errorf("public key %q: %w", path+".pub", perr)
+	}
+	return pub, nil
 }
 
 // agentConn is the process-wide ssh-agent connection. Signers obtained from

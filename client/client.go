@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,11 +43,14 @@ type Options struct {
 	Servers          []string
 	Target           string
 	Transport        string
-	Identity         string // key file; empty: ssh-agent, then ~/.ssh/id_ed25519
+	Identity         string // key file; empty: ssh-agent, then DefaultKeyFiles
 	LocalPort        *int   // nil: the port of the target's first node
 	Bind             string
 	KnownHosts       string
 	AcceptNewHostKey bool
+	// Passphrase asks for the passphrase of a protected key file that
+	// ssh-agent does not hold; nil never asks (no terminal).
+	Passphrase PassphraseFunc
 
 	// WaitForSession is how long a local connection waits for a session
 	// while the client reconnects.
@@ -87,7 +89,8 @@ var (
 type Client struct {
 	opts    Options
 	log     *slog.Logger
-	signers []ssh.Signer
+	signers []ssh.Signer // keys.signers
+	keys    *keySet
 	hosts   *auth.HostKeyChecker
 
 	mu        sync.Mutex    // guards the following
@@ -177,56 +180,13 @@ func New(opts Options) (*Client, error) {
 		up:        make(chan struct{}),
 		listeners: make(map[string]*localListener),
 	}
-	signers, err := loadSigners(opts.Identity)
+	keys, err := loadKeys(opts.Identity, opts.Passphrase)
 	if err != nil {
 		return nil, err
 	}
-	c.signers = signers
+	c.keys = keys
+	c.signers = keys.signers
 	return c, nil
-}
-
-// loadSigners returns the identity file's key, or the agent's keys and
-// then ~/.ssh/id_ed25519.
-func loadSigners(identity string) ([]ssh.Signer, error) {
-	if identity != "" {
-		s, err := auth.LoadSigner(auth.ExpandHome(identity))
-		if err != nil {
-			return nil, &Error{Err: fmt.Errorf("load identity: %w", err), Hint: identityHint(err)}
-		}
-		return []ssh.Signer{s}, nil
-	}
-	var out []ssh.Signer
-	agentSigners, agentErr := auth.AgentSigners()
-	out = append(out, agentSigners...)
-	def := auth.ExpandHome("~/.ssh/id_ed25519")
-	if _, err := os.Stat(def); err == nil {
-		s, err := auth.LoadSigner(def)
-		if err != nil && len(out) == 0 {
-			return nil, &Error{Err: fmt.Errorf("load identity: %w", err), Hint: identityHint(err)}
-		}
-		if err == nil {
-			out = append(out, s)
-		}
-	}
-	if len(out) == 0 {
-		err := ErrNoKey
-		if agentErr != nil {
-			err = fmt.Errorf("%w (ssh-agent: %v)", ErrNoKey, agentErr)
-		}
-		return nil, &Error{Err: err, Hint: "run 'cachetun keygen' and give the .pub line to the gateway's operator, or pass -i KEYFILE, or start ssh-agent with your key"}
-	}
-	return out, nil
-}
-
-func identityHint(err error) string {
-	var pe *auth.PermissionError
-	if errors.As(err, &pe) {
-		return pe.Fix
-	}
-	if errors.Is(err, auth.ErrPassphrase) {
-		return "add the key to ssh-agent (ssh-add KEYFILE) and run without -i"
-	}
-	return "pass -i with an OpenSSH private key file"
 }
 
 // Run connects, opens the local listeners and serves until ctx ends. The

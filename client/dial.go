@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -135,8 +136,35 @@ func hostKeyHint(err error) string {
 	return ""
 }
 
+// Welcome codes of a refused key: the next key may still be accepted. Any
+// other refusal (unknown_target, target_denied, too_many_tries, ...) is
+// about the session, not the key, and ends the attempt.
+var keyRefusals = map[string]bool{
+	"unknown_key":   true,
+	"key_expired":   true,
+	"source_denied": true,
+	"cert_invalid":  true,
+	"revoked":       true,
+	"denied":        true,
+}
+
+// maxHelloTries is the gateway's bound on the keys one session may try
+// (server.maxHelloTries, like OpenSSH's MaxAuthTries).
+const maxHelloTries = 6
+
+// refusal is one key the gateway said no to.
+type refusal struct {
+	key  string // where the key came from, with its fingerprint
+	code string
+	msg  string
+	hint string
+}
+
 // authenticate opens the control stream and proves a key by signing the
-// session binding, trying each key until the gateway accepts one.
+// session binding, trying each key until the gateway accepts one. A key
+// refused for itself (unknown, expired, wrong source address, invalid
+// certificate) moves on to the next, as OpenSSH does; a refusal that is
+// not about the key (unknown target, target denied) ends at once.
 func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, error) {
 	ctrl, err := cn.sess.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: c.opts.Target})
 	if err != nil {
@@ -148,22 +176,34 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, e
 		defer ctrl.SetDeadline(time.Time{})
 	}
 	hello := tunnel.Hello{Client: "cachetun " + Version, Target: c.opts.Target}
-	signers := c.signers
+	signers, names := c.signers, c.keys.names
 	if cn.sess.Transport() == TransportSSH {
-		signers = []ssh.Signer{nil} // the SSH handshake authenticated the key
+		// The SSH handshake authenticated the key.
+		signers, names = []ssh.Signer{nil}, []string{""}
 	}
-	var last *tunnel.Welcome
-	for _, s := range signers {
+	var (
+		refused  []refusal
+		unusable []string // keys that could not sign
+	)
+	for i, s := range signers {
+		if len(refused) == maxHelloTries {
+			unusable = append(unusable, fmt.Sprintf("%d more keys not tried: the gateway allows %d per connection", len(signers)-i, maxHelloTries))
+			break
+		}
 		if s != nil {
 			sig, err := auth.SignBinding(s, cn.sess.Binding())
 			if err != nil {
-				c.log.Warn("sign with key", "key", auth.Fingerprint(s.PublicKey()), "err", err)
+				c.log.Warn("sign with key", "key", names[i], "err", err)
+				unusable = append(unusable, names[i]+": "+err.Error())
 				continue
 			}
 			hello.PublicKey = s.PublicKey().Marshal()
 			hello.SigFormat, hello.SigBlob, hello.SigRest = sig.Format, sig.Blob, sig.Rest
 		}
 		if err := tunnel.WriteJSON(ctrl, tunnel.FrameHello, &hello); err != nil {
+			if len(refused) > 0 {
+				break // the gateway closed the session after a refusal
+			}
 			return nil, fmt.Errorf("send hello: %w", err)
 		}
 		typ, payload, err := tunnel.ReadServerFrame(ctrl)
@@ -171,6 +211,9 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, e
 			var se *tunnel.StatusError
 			if errors.As(err, &se) {
 				return nil, &Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, se.Message)}
+			}
+			if len(refused) > 0 {
+				break // the gateway closed the session after a refusal
 			}
 			return nil, fmt.Errorf("read welcome: %w", err)
 		}
@@ -184,15 +227,77 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, e
 		if w.OK && w.Target != nil {
 			return &w, nil
 		}
-		last = &w
-		if w.Code != "unknown_key" {
-			break // only an unknown key is worth trying the next key for
+		if !keyRefusals[w.Code] {
+			return nil, sessionRefusal(&w)
+		}
+		c.log.Debug("key refused: trying the next one", "key", names[i], "code", w.Code, "err", w.Error)
+		refused = append(refused, refusal{key: names[i], code: w.Code, msg: w.Error, hint: w.Hint})
+	}
+	if len(refused) == 0 {
+		return nil, &Error{Err: fmt.Errorf("%w: no key could sign: %s", ErrNoKey, strings.Join(unusable, "; ")),
+			Hint: "pass -i with an unencrypted ed25519 key, or add the key to ssh-agent"}
+	}
+	return nil, keysRefused(refused, unusable)
+}
+
+// Errors of a refusal that is about the session, not the key.
+var (
+	ErrUnknownTarget = errors.New("unknown target")
+	ErrTargetDenied  = errors.New("target not allowed for this key")
+)
+
+// sessionRefusal words a refusal that no other key would change.
+func sessionRefusal(w *tunnel.Welcome) error {
+	switch w.Code {
+	case "unknown_target":
+		return &Error{Err: fmt.Errorf("%w: %s", ErrUnknownTarget, w.Error), Hint: w.Hint}
+	case "target_denied":
+		return &Error{Err: fmt.Errorf("%w: %s", ErrTargetDenied, w.Error), Hint: w.Hint}
+	}
+	return &Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, w.Error), Hint: w.Hint}
+}
+
+// keysRefused says which keys were tried, why each was refused, and who
+// can fix it: the user (another key, another network) or the gateway's
+// operator (authorized_keys).
+func keysRefused(refused []refusal, unusable []string) error {
+	var tried []string
+	for _, r := range refused {
+		tried = append(tried, r.key+": "+r.msg)
+	}
+	tried = append(tried, unusable...)
+	err := fmt.Errorf("%w: the gateway refused %d key(s): %s", ErrAuthFailed, len(refused), strings.Join(tried, "; "))
+	var hints []string
+	seen := map[string]bool{}
+	for _, r := range refused {
+		if seen[r.code] {
+			continue
+		}
+		seen[r.code] = true
+		if h := refusalHint(r); h != "" {
+			hints = append(hints, h)
 		}
 	}
-	if last == nil {
-		return nil, &Error{Err: ErrNoKey, Hint: "no usable key: pass -i KEYFILE"}
+	return &Error{Err: err, Hint: strings.Join(hints, "; ")}
+}
+
+func refusalHint(r refusal) string {
+	switch r.code {
+	case "unknown_key":
+		if r.hint != "" {
+			return r.hint
+		}
+		return "ask the gateway's operator to add your public key (the .pub line) to its authorized_keys, or pass -i with a key it knows"
+	case "key_expired":
+		return "an expired key can only be renewed by the gateway's operator (expiry-time in authorized_keys, or a new certificate): ask them, or pass -i with another key"
+	case "source_denied":
+		return "connect from a network the key is allowed from (from= in authorized_keys), or ask the gateway's operator to allow your address"
+	case "cert_invalid":
+		return "get a new certificate from your certificate authority (it may have expired or not name this gateway's principals)"
+	case "revoked":
+		return "the key is revoked on the gateway: ask the operator for access with a new key"
 	}
-	return nil, &Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, last.Error), Hint: last.Hint}
+	return r.hint
 }
 
 // dialSSH is in ssh.go.

@@ -6,6 +6,8 @@ import (
 	"os"
 	"runtime"
 
+	"golang.org/x/term"
+
 	"github.com/cachetun/cachetun/client"
 )
 
@@ -31,6 +33,7 @@ func (c *ConnectCmd) Run(e *env) error {
 	}
 	opts.Logger = e.log
 	opts.Out = e.stdout
+	opts.Passphrase = terminalPassphrase(e)
 	cl, err := client.New(opts)
 	if err != nil {
 		return err
@@ -101,4 +104,20 @@ func (c *ConnectCmd) options() (client.Options, error) {
 		return opts, &client.ConfigError{Err: errors.New("no gateway address"), Hint: "pass --server HOST:PORT or set server: in profile " + c.Profile}
 	}
 	return opts, nil
+}
+
+// terminalPassphrase asks for a key's passphrase on the terminal, without
+// echo, as ssh does; nil when stdin is not a terminal (scripts, tests),
+// so a protected key that ssh-agent does not hold is an error there.
+func terminalPassphrase(e *env) client.PassphraseFunc {
+	f, ok := e.stdin.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return nil
+	}
+	return func(prompt string) ([]byte, error) {
+		fmt.Fprint(e.stderr, prompt)
+		p, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(e.stderr)
+		return p, err
+	}
 }

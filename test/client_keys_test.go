@@ -1,0 +1,104 @@
+package test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/test/testenv"
+)
+
+// TestClientKeys_ExpiredAgentKeyFirst: a real ssh-agent holds an expired
+// key first and a valid one second. On every transport the client moves on
+// after the expiry refusal and connects with the second key (before, QUIC
+// and TLS stopped at the first refusal that was not "unknown key").
+func TestClientKeys_ExpiredAgentKeyFirst(t *testing.T) {
+	testenv.RequireBinary(t, "ssh-keygen")
+	r := testenv.StartRedis(t)
+	expired := sshTestNewKey(t, "ed25519", "old@laptop")
+	valid := sshTestNewKey(t, "ed25519", "new@laptop")
+	sock := sshTestStartAgent(t)
+	sshTestAgentAdd(t, sock, expired.Path) // listed first
+	sshTestAgentAdd(t, sock, valid.Path)
+	t.Setenv("SSH_AUTH_SOCK", sock)
+	t.Setenv("HOME", t.TempDir()) // no ~/.ssh key files
+	g := startGateway(t, redisTarget(r), []string{`expiry-time="20200101" ` + expired.Line, valid.Line})
+	forEachTransport(t, func(t *testing.T, transport string) {
+		c := mustConnect(t, g, transport, "cache", key{})
+		if got := redisCLI(t, c.Local(t, r.Addr), "PING"); got != "PONG" {
+			t.Fatalf("PING through %s: %q", transport, got)
+		}
+		g.Log.waitLog(t, "(new@laptop)")
+	})
+}
+
+// TestClientKeys_EveryKeyRefused: when the gateway refuses every key, the
+// error names each key tried with the gateway's reason, and the hint says
+// that renewing an expired key is the operator's job.
+func TestClientKeys_EveryKeyRefused(t *testing.T) {
+	testenv.RequireBinary(t, "ssh-keygen")
+	r := testenv.StartRedis(t)
+	expired := sshTestNewKey(t, "ed25519", "old@laptop")
+	unknown := sshTestNewKey(t, "ecdsa", "other@laptop")
+	sock := sshTestStartAgent(t)
+	sshTestAgentAdd(t, sock, expired.Path, unknown.Path)
+	t.Setenv("SSH_AUTH_SOCK", sock)
+	t.Setenv("HOME", t.TempDir())
+	g := startGateway(t, redisTarget(r), []string{`expiry-time="20200101" ` + expired.Line})
+	for _, transport := range []string{"quic", "tls"} {
+		t.Run(transport, func(t *testing.T) {
+			_, err := startConnect(t, g, transport, "cache", key{})
+			if !errors.Is(err, client.ErrAuthFailed) {
+				t.Fatalf("err = %v, want ErrAuthFailed", err)
+			}
+			text := errText(err)
+			t.Logf("the user sees:\n%s", text)
+			for _, want := range []string{
+				"the gateway refused 2 key(s)",
+				"ssh-agent (ED25519 " + auth.Fingerprint(expired.Pub) + "): ",
+				"expired at 2020-01-01",
+				"ssh-agent (ECDSA " + auth.Fingerprint(unknown.Pub) + "): ",
+				"hint: ",
+				"only be renewed by the gateway's operator",
+				"ask the gateway's operator to add your public key",
+			} {
+				if !strings.Contains(text, want) {
+					t.Errorf("error does not contain %q:\n%s", want, text)
+				}
+			}
+			if strings.Contains(text, "renew it there") {
+				t.Errorf("error tells the laptop user to renew the key:\n%s", text)
+			}
+		})
+	}
+}
+
+// TestClientKeys_IdentityInAgent: -i names a passphrase-protected key file
+// that the agent holds; the client signs with the agent's copy, with no
+// prompt (there is no terminal here).
+func TestClientKeys_IdentityInAgent(t *testing.T) {
+	testenv.RequireBinary(t, "ssh-keygen")
+	r := testenv.StartRedis(t)
+	k := sshTestNewKey(t, "ed25519", "locked@laptop")
+	sock := sshTestStartAgent(t)
+	sshTestAgentAdd(t, sock, k.Path)
+	sshTestKeygen(t, "-q", "-p", "-P", "", "-N", "secret passphrase", "-f", k.Path)
+	t.Setenv("SSH_AUTH_SOCK", sock)
+	t.Setenv("HOME", t.TempDir())
+	g := startGateway(t, redisTarget(r), []string{k.Line})
+	forEachTransport(t, func(t *testing.T, transport string) {
+		c := mustConnect(t, g, transport, "cache", k) // -i the encrypted file
+		if got := redisCLI(t, c.Local(t, r.Addr), "PING"); got != "PONG" {
+			t.Fatalf("PING through %s: %q", transport, got)
+		}
+	})
+
+	// Without the agent the same -i is refused with the fix.
+	t.Setenv("SSH_AUTH_SOCK", "")
+	_, err := startConnect(t, g, "tls", "cache", k)
+	if !errors.Is(err, auth.ErrPassphrase) || !strings.Contains(errText(err), "ssh-add") {
+		t.Fatalf("err = %s, want the ssh-add hint", errText(err))
+	}
+}
