@@ -30,7 +30,7 @@ func TestClientKeys_ExpiredAgentKeyFirst(t *testing.T) {
 		if got := redisCLI(t, c.Local(t, r.Addr), "PING"); got != "PONG" {
 			t.Fatalf("PING through %s: %q", transport, got)
 		}
-		g.Log.waitLog(t, "(new@laptop)")
+		g.Log.waitLog(t, "key_comment=new@laptop")
 	})
 }
 

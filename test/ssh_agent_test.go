@@ -94,7 +94,7 @@ func TestSSH_AgentKeys(t *testing.T) {
 				g.Log.waitLog(t, "transport="+transport)
 				var started bool
 				for _, l := range strings.Split(g.Log.String(), "\n") {
-					if strings.Contains(l, `msg="session start"`) && strings.Contains(l, "transport="+transport) && strings.Contains(l, "("+comment+")") {
+					if strings.Contains(l, `msg="session start"`) && strings.Contains(l, "transport="+transport) && strings.Contains(l, "key_comment="+comment) {
 						started = true
 					}
 				}
