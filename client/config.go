@@ -12,10 +12,14 @@ import (
 	"github.com/cachetun/cachetun/internal/yamlx"
 )
 
-// Config is the client configuration, ~/.config/cachetun/config.yaml.
+// Config is the client configuration, config.yaml in ConfigDir.
 type Config struct {
 	KnownHosts string              `yaml:"known_hosts"`
 	Profiles   map[string]*Profile `yaml:"profiles"`
+
+	// Found is false when the file did not exist (LoadConfig with
+	// mustExist false): the configuration is empty.
+	Found bool `yaml:"-"`
 }
 
 // Profile names a gateway and a target on it.
@@ -49,21 +53,22 @@ func (s *Servers) UnmarshalYAML(n *yaml.Node) error {
 	return fmt.Errorf("line %d: server must be \"host:port\" or a list of them", n.Line)
 }
 
-// DefaultConfigPath is where connect looks for the client configuration.
-func DefaultConfigPath() string {
-	if d, err := os.UserConfigDir(); err == nil {
-		return filepath.Join(d, "cachetun", "config.yaml")
+// ConfigDir is the client's configuration directory on every OS:
+// $XDG_CONFIG_HOME/cachetun if XDG_CONFIG_HOME is an absolute path, else
+// ~/.config/cachetun (also on macOS, where os.UserConfigDir would say
+// ~/Library/Application Support).
+func ConfigDir() string {
+	if d := os.Getenv("XDG_CONFIG_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "cachetun")
 	}
-	return auth.ExpandHome("~/.config/cachetun/config.yaml")
+	return auth.ExpandHome("~/.config/cachetun")
 }
 
+// DefaultConfigPath is where connect looks for the client configuration.
+func DefaultConfigPath() string { return filepath.Join(ConfigDir(), "config.yaml") }
+
 // DefaultKnownHosts is the known_hosts file used when none is configured.
-func DefaultKnownHosts() string {
-	if d, err := os.UserConfigDir(); err == nil {
-		return filepath.Join(d, "cachetun", "known_hosts")
-	}
-	return auth.ExpandHome("~/.config/cachetun/known_hosts")
-}
+func DefaultKnownHosts() string { return filepath.Join(ConfigDir(), "known_hosts") }
 
 // ConfigError is a usage or configuration error (exit code 2).
 type ConfigError struct {
@@ -84,7 +89,7 @@ func LoadConfig(path string, mustExist bool) (*Config, error) {
 	if err != nil {
 		return nil, &ConfigError{Err: fmt.Errorf("read client config: %w", err)}
 	}
-	var cfg Config
+	cfg := Config{Found: true}
 	if err := yamlx.DecodeStrict(data, &cfg); err != nil {
 		return nil, &ConfigError{Err: fmt.Errorf("config %s: %w", path, err)}
 	}

@@ -14,14 +14,14 @@ import (
 // ConnectCmd opens one local port per node of a target.
 type ConnectCmd struct {
 	Profile          string   `arg:"" help:"Profile name from the config file; with --server, just a target name." placeholder:"PROFILE"`
-	Config           string   `help:"Client config file (default: ~/.config/cachetun/config.yaml)." env:"CACHETUN_CONFIG" placeholder:"PATH"`
+	Config           string   `help:"Client config file (default: $XDG_CONFIG_HOME/cachetun/config.yaml or ~/.config/cachetun/config.yaml)." env:"CACHETUN_CONFIG" placeholder:"PATH"`
 	Server           []string `help:"Gateway address HOST[:PORT]; repeat or comma-separate to fail over." env:"CACHETUN_SERVER" placeholder:"HOST:PORT"`
 	Target           string   `help:"Target name on the gateway (default: the profile name)." placeholder:"NAME"`
 	Transport        string   `help:"auto (QUIC, falling back to TLS), quic, tls or ssh." enum:"auto,quic,tls,ssh," default:"" env:"CACHETUN_TRANSPORT"`
 	Identity         string   `short:"i" help:"Private key file (default: ssh-agent keys, then ~/.ssh/id_ed25519)." env:"CACHETUN_IDENTITY" placeholder:"FILE"`
 	LocalPort        *int     `help:"First local port; node i listens on N+i (default: the first node's port; 0: free ports)." placeholder:"N"`
 	Bind             string   `help:"Local address to bind (default 127.0.0.1; anything else re-exposes the cache unencrypted)." placeholder:"ADDR"`
-	KnownHosts       string   `help:"known_hosts file (default: ~/.config/cachetun/known_hosts)." env:"CACHETUN_KNOWN_HOSTS" placeholder:"FILE"`
+	KnownHosts       string   `help:"known_hosts file (default: known_hosts beside the config file)." env:"CACHETUN_KNOWN_HOSTS" placeholder:"FILE"`
 	AcceptNewHostKey bool     `help:"Record the gateway's host key if it is not known yet (never accepts a changed key)."`
 }
 
@@ -62,6 +62,12 @@ func (c *ConnectCmd) options() (client.Options, error) {
 	}
 	p := cfg.Profiles[c.Profile]
 	if p == nil {
+		if len(c.Server) == 0 && !cfg.Found {
+			return client.Options{}, &client.ConfigError{
+				Err: fmt.Errorf("profile %q: no client config file found (looked for %s)", c.Profile, path),
+				Hint: fmt.Sprintf("create %s with a profiles: section (README, 'Client setup'), or pass --server HOST:PORT to use %q as a target name", path, c.Profile),
+			}
+		}
 		if len(c.Server) == 0 {
 			return client.Options{}, &client.ConfigError{
 				Err:  fmt.Errorf("profile %q is not in %s", c.Profile, path),
