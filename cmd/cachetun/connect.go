@@ -64,7 +64,7 @@ func (c *ConnectCmd) options() (client.Options, error) {
 	if p == nil {
 		if len(c.Server) == 0 && !cfg.Found {
 			return client.Options{}, &client.ConfigError{
-				Err: fmt.Errorf("profile %q: no client config file found (looked for %s)", c.Profile, path),
+				Err:  fmt.Errorf("profile %q: no client config file found (looked for %s)", c.Profile, path),
 				Hint: fmt.Sprintf("create %s with a profiles: section (README, 'Client setup'), or pass --server HOST:PORT to use %q as a target name", path, c.Profile),
 			}
 		}
