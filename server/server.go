@@ -86,7 +86,8 @@ type Server struct {
 
 	wg sync.WaitGroup // every session goroutine
 
-	disc discovery // topology discovery loops, run while Serve runs
+	disc  discovery // topology discovery loops, run while Serve runs
+	ready readiness // cached node checks of /readyz
 }
 
 type failWindow struct {
@@ -138,6 +139,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		}
 		s.hostCert = c
 	}
+	s.metrics.reg.MustRegister(newHealthCollector(s))
 	if err := s.ReloadKeys(); err != nil {
 		return nil, err
 	}
@@ -242,6 +244,11 @@ func (s *Server) Serve(ctx context.Context, ln tunnel.Listener) error {
 	s.mu.Lock()
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	defer ln.Close()

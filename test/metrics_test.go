@@ -239,3 +239,63 @@ func TestMetrics_AfterTraffic(t *testing.T) {
 		}
 	}
 }
+
+// TestHealth_ReadyzFollowsNodes: /healthz is 200 throughout; /readyz is
+// 200 while the target's redis-server runs, 503 naming the target once it
+// is stopped (within the 3 s cache plus a 1 s dial), and 200 again after a
+// restart; cachetun_target_nodes_up follows.
+func TestHealth_ReadyzFollowsNodes(t *testing.T) {
+	r := testenv.StartRedis(t)
+	other := testenv.StartRedis(t)
+	k := newKey(t, "alice@laptop")
+	g := startGateway(t, map[string]*server.Target{
+		"cache": {Type: server.TypeRedis, Nodes: []string{r.Addr}},
+		"other": {Type: server.TypeRedis, Nodes: []string{other.Addr}},
+	}, []string{k.Line})
+	base := serveMetrics(t, g)
+
+	readyz := func() (int, string) { return httpGet(t, base+"/readyz") }
+	if code, body := httpGet(t, base+"/healthz"); code != http.StatusOK || strings.TrimSpace(body) != "ok" {
+		t.Fatalf("/healthz: %d %q, want 200 ok", code, body)
+	}
+	if code, body := readyz(); code != http.StatusOK || strings.TrimSpace(body) != "ready" {
+		t.Fatalf("/readyz with redis up: %d %q, want 200 ready", code, body)
+	}
+
+	r.Stop()
+	start := time.Now()
+	var body string
+	waitFor(t, 10*time.Second, "/readyz 503 after the redis-server stopped", func() bool {
+		var code int
+		code, body = readyz()
+		return code == http.StatusServiceUnavailable
+	})
+	t.Logf("/readyz went 503 %s after the stop: %q", time.Since(start).Round(time.Millisecond), body)
+	if !strings.Contains(body, `target "cache": 0 of 1 nodes reachable`) || strings.Contains(body, `"other"`) {
+		t.Errorf("/readyz body %q: want the stopped target named, and only it", body)
+	}
+	if code, _ := httpGet(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz with a target down: %d, want 200 (the process is alive)", code)
+	}
+	ms := scrape(t, base)
+	if v, ok := ms.value("cachetun_target_nodes_up", map[string]string{"target": "cache"}); !ok || v != 0 {
+		t.Errorf("cachetun_target_nodes_up{target=cache} = %g (present %v), want 0", v, ok)
+	}
+	if v, _ := ms.value("cachetun_target_nodes_up", map[string]string{"target": "other"}); v != 1 {
+		t.Errorf("cachetun_target_nodes_up{target=other} = %g, want 1", v)
+	}
+	if v, ok := ms.value("cachetun_ready", nil); !ok || v != 0 {
+		t.Errorf("cachetun_ready = %g (present %v), want 0", v, ok)
+	}
+
+	r.Restart()
+	waitFor(t, 10*time.Second, "/readyz 200 after the redis-server restarted", func() bool {
+		code, _ := readyz()
+		return code == http.StatusOK
+	})
+	// Draining makes the gateway unready at once, whatever its targets.
+	g.Stop()
+	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "draining") {
+		t.Errorf("/readyz after drain: %d %q, want 503 draining", code, body)
+	}
+}
