@@ -121,6 +121,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		failures:   make(map[string]*failWindow),
 		metrics:    newMetrics(cfg.MetricsKeyLabel),
 	}
+	logConfigWarnings(s.log, cfg)
 	if cfg.HostCert != "" {
 		b, err := os.ReadFile(cfg.HostCert)
 		if err != nil {
@@ -172,6 +173,7 @@ func (s *Server) ReloadKeys() error {
 	if err != nil {
 		return fmt.Errorf("load authorized_keys: %w", err)
 	}
+	logUnknownTargets(s.log, s.cfg, ak)
 	s.keys.Store(ak)
 	return nil
 }

@@ -19,8 +19,9 @@ import (
 
 // ServerCmd runs the gateway (default) or sets one up (init).
 type ServerCmd struct {
-	Run  ServerRunCmd  `cmd:"" default:"withargs" help:"Run the gateway (default)."`
-	Init ServerInitCmd `cmd:"" help:"Create a host key and a sample config; print the known_hosts line."`
+	Run   ServerRunCmd   `cmd:"" default:"withargs" help:"Run the gateway (default)."`
+	Init  ServerInitCmd  `cmd:"" help:"Create a host key and a sample config; print the known_hosts line."`
+	Check ServerCheckCmd `cmd:"" help:"Check the config, keys and authorized_keys (like sshd -t); exit code 2 on errors."`
 }
 
 // ServerRunCmd runs the gateway in the foreground (systemd Type=notify).
