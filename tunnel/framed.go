@@ -243,6 +243,11 @@ func (in *framedIncoming) Accept() (Stream, error) {
 	return st, nil
 }
 
+// Reject answers with the refusal and closes the stream in both
+// directions: on QUIC, Close is FIN plus STOP_SENDING, after which quic-go
+// keeps none of the stream's data and the peer resets it. yamux cannot
+// reset a stream, so there the stream drains (see yamuxStream.drainRefused)
+// and Reject returns once it is gone.
 func (in *framedIncoming) Reject(code Status, msg string) {
 	in.once.Do(func() {
 		_ = in.s.SetWriteDeadline(time.Now().Add(5 * time.Second))
@@ -251,5 +256,21 @@ func (in *framedIncoming) Reject(code Status, msg string) {
 			return
 		}
 		_ = in.s.Close()
+		if d, ok := in.s.(refusedDrainer); ok {
+			d.drainRefused(RejectLinger)
+		}
 	})
+}
+
+// RejectLinger bounds how long a refused stream may stay open on a
+// transport without stream reset (TLS+yamux) after the refusal: a peer
+// that has not closed it by then loses its whole session, as the stream
+// could otherwise hold its receive buffer until yamux's StreamCloseTimeout.
+const RejectLinger = 5 * time.Second
+
+// refusedDrainer is implemented by streams whose transport has no stream
+// reset: drainRefused discards what the peer still sends on a refused,
+// closed stream until the peer closes its side, at most for linger.
+type refusedDrainer interface {
+	drainRefused(linger time.Duration)
 }

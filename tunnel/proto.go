@@ -95,6 +95,13 @@ const (
 	FrameGoAway byte = 6
 	// FrameRefresh: client -> server, the client saw a redirect; rediscover.
 	FrameRefresh byte = 7
+	// FrameRevoked: server -> client, the gateway judged the session again
+	// (authorized_keys reloaded, expiry-time or certificate validity passed,
+	// from= no longer matching the address) and ends it: a Revoked payload
+	// with the reason. The verdict is final: the client stops instead of
+	// reconnecting. The server closes the session right after; a client
+	// that does not know the frame just sees the session end.
+	FrameRevoked byte = 8
 )
 
 // Status is the server's answer to an open header.

@@ -188,6 +188,33 @@ func (y *yamuxStream) Close() error {
 	return y.CloseWrite()
 }
 
+// drainRefused frees a refused stream that Close already half-closed.
+// yamux v0.1.2 has no public stream reset: a stream we closed stays in the
+// session, and keeps whatever the peer sends in its receive buffer (up to
+// Window), until the peer closes its side too or StreamCloseTimeout (a
+// minute) passes. So the refused stream is read and discarded here, its
+// buffer dropped after every read (Shrink), until the peer's FIN or reset
+// frees it in yamux (Read returns io.EOF or an error). Reading grants the
+// peer window again, so during the drain it costs the CPU of a discard,
+// but no memory beyond one frame. A peer that does not close a refused
+// stream within linger is not a cachetun client (that closes a refused
+// stream at once): its session is closed, which frees every stream of it.
+func (y *yamuxStream) drainRefused(linger time.Duration) {
+	_ = y.s.SetReadDeadline(time.Now().Add(linger))
+	var scratch [4 << 10]byte
+	for {
+		_, err := y.s.Read(scratch[:])
+		y.s.Shrink()
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, yamux.ErrTimeout) {
+			_ = y.s.Session().Close()
+		}
+		return
+	}
+}
+
 func (y *yamuxStream) Abort() {
 	_ = y.CloseWrite()
 	// Unblock local readers and writers at once.

@@ -32,7 +32,13 @@ type Incoming interface {
 	Request(deadline time.Time) (OpenRequest, error)
 	// Accept answers StatusOK and returns the stream.
 	Accept() (Stream, error)
-	// Reject answers with a refusal and releases the stream.
+	// Reject answers with a refusal and releases the stream in both
+	// directions; early payload is discarded, never buffered. It returns
+	// once the transport has freed the stream, so a caller that counts
+	// streams counts a refused one until it is gone: at once on QUIC and
+	// SSH; on TLS+yamux, which has no stream reset, when the peer has closed
+	// its side, at most RejectLinger later (then the whole session is
+	// closed).
 	Reject(code Status, msg string)
 }
 
@@ -96,6 +102,16 @@ type Welcome struct {
 	Server  string `json:"server,omitempty"`
 	Session string `json:"session,omitempty"` // id for correlating logs
 	Target  *TargetInfo
+}
+
+// Revoked is the payload of FrameRevoked: why the gateway ended the
+// session. Code is one of "unknown_key", "key_expired", "source_denied",
+// "cert_invalid", "target_denied"; Error is a sentence for the user, Hint
+// the way out.
+type Revoked struct {
+	Code  string `json:"code"`
+	Error string `json:"error"`
+	Hint  string `json:"hint,omitempty"`
 }
 
 // TargetInfo describes a target and its nodes, pushed on Welcome and
