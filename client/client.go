@@ -82,6 +82,10 @@ var (
 	ErrNoSession  = errors.New("no session to the gateway")
 	ErrAuthFailed = errors.New("gateway refused authentication")
 	ErrNoKey      = errors.New("no SSH key to authenticate with")
+	// ErrRevoked: the gateway judged the live session again (its
+	// authorized_keys changed, the key or certificate expired) and ended
+	// it. The verdict is final: Run returns it instead of reconnecting.
+	ErrRevoked = errors.New("access revoked by the gateway")
 )
 
 // Client runs one connect: a supervised session and one local listener
@@ -211,11 +215,15 @@ func (c *Client) Run(ctx context.Context) error {
 
 	for {
 		c.setConn(cn)
-		lost := c.serveControl(ctx, cn)
+		lost, final := c.serveControl(ctx, cn)
 		c.setConn(nil)
 		if ctx.Err() != nil {
 			cn.sess.Close()
 			return nil
+		}
+		if final != nil {
+			cn.sess.Close()
+			return final
 		}
 		c.log.Warn("session to gateway lost: reconnecting; local ports stay open", "server", cn.server, "reason", lost)
 		cn = c.reconnect(ctx)
@@ -308,8 +316,9 @@ var errGoAway = errors.New("gateway is draining (goaway)")
 
 // serveControl reads control frames until the session ends; it pings the
 // gateway and drops a session that stays silent. It returns why the
-// session ended.
-func (c *Client) serveControl(ctx context.Context, cn *conn) string {
+// session ended, and a final error (ErrRevoked) when the gateway's verdict
+// forbids reconnecting.
+func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 	frames := make(chan error, 1)
 	go func() {
 		for {
@@ -332,6 +341,9 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) string {
 			case tunnel.FrameGoAway:
 				frames <- errGoAway
 				return
+			case tunnel.FrameRevoked:
+				frames <- revokedError(payload)
+				return
 			}
 			_ = cn.ctrl.SetReadDeadline(time.Now().Add(3 * c.opts.Ping))
 		}
@@ -344,18 +356,23 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) string {
 		case <-ctx.Done():
 			cn.sess.Close()
 			<-frames
-			return "stopped"
+			return "stopped", nil
 		case err := <-frames:
 			// On GoAway the old session stays up for the streams it
 			// carries; the gateway closes it when they are done.
 			if ctx.Err() == nil && !errors.Is(err, errGoAway) {
 				cn.sess.Close()
 			}
-			return err.Error()
+			if errors.Is(err, ErrRevoked) {
+				return err.Error(), err
+			}
+			return err.Error(), nil
 		case <-cn.sess.Done():
 			cn.ctrl.Abort()
-			<-frames
-			return "session closed"
+			if err := <-frames; errors.Is(err, ErrRevoked) {
+				return err.Error(), err
+			}
+			return "session closed", nil
 		case <-tick.C:
 			cn.ctrlMu.Lock()
 			_ = cn.ctrl.SetWriteDeadline(time.Now().Add(c.opts.Ping))
@@ -366,6 +383,21 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) string {
 			}
 		}
 	}
+}
+
+// revokedError turns a FrameRevoked payload into the final error. The
+// gateway's text is printed as it came (it is the gateway's own sentence
+// about the key, never upstream bytes), made one line of printable text.
+func revokedError(payload []byte) error {
+	var r tunnel.Revoked
+	if err := json.Unmarshal(payload, &r); err != nil || r.Error == "" {
+		r.Error = "no reason given"
+	}
+	hint := r.Hint
+	if hint == "" {
+		hint = "the gateway's operator decides this: ask them to restore your access"
+	}
+	return &Error{Err: fmt.Errorf("%w: %s", ErrRevoked, cleanBanner(r.Error)), Hint: cleanBanner(hint)}
 }
 
 // applyTopology opens listeners for nodes not seen before; ports stay

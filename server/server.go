@@ -166,8 +166,11 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 // HostPublicKey returns the gateway's SSH host key.
 func (s *Server) HostPublicKey() ssh.PublicKey { return s.hostSigner.PublicKey() }
 
-// ReloadKeys re-reads authorized_keys; sessions already up keep going and
-// new sessions and streams use the new file.
+// ReloadKeys re-reads authorized_keys. New sessions use the new file, and
+// every live session is judged again against it (revoke.go): a key that
+// is gone or no longer allowed ends its session, a narrowed targets= cuts
+// the streams of the targets taken away. On an error the old file stays
+// in force.
 func (s *Server) ReloadKeys() error {
 	ak, err := auth.LoadAuthorizedKeys(s.cfg.AuthorizedKeys)
 	if err != nil {
@@ -175,6 +178,7 @@ func (s *Server) ReloadKeys() error {
 	}
 	logUnknownTargets(s.log, s.cfg, ak)
 	s.keys.Store(ak)
+	s.rejudgeAll()
 	return nil
 }
 

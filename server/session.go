@@ -46,6 +46,19 @@ type session struct {
 
 	countOnce sync.Once
 	counted   []string // label values of cachetun_sessions, once counted
+
+	// ctrlClaimed is set by the first control stream: every later one is
+	// refused, on every transport.
+	ctrlClaimed atomic.Bool
+
+	// judged is the identity as the last judgement found it (nil: ident).
+	// See revoke.go.
+	judged   atomic.Pointer[auth.Identity]
+	rejudge  chan struct{} // signalled by ReloadKeys
+	revoked  atomic.Bool   // no new streams: the session is ending
+	liveMu   sync.Mutex    // guards live
+	live     map[*liveStream]struct{}
+	revokeMu sync.Mutex // held while the session is being ended
 }
 
 // setEnd records why the session ends, for the "session end" line; the
@@ -116,7 +129,8 @@ func (ss *session) uncountSession() {
 
 func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 	defer ts.Close()
-	ss := &session{srv: s, sess: ts, id: newSessionID(), started: time.Now()}
+	ss := &session{srv: s, sess: ts, id: newSessionID(), started: time.Now(),
+		rejudge: make(chan struct{}, 1), live: make(map[*liveStream]struct{})}
 	ss.log = s.log.With(keySession, ss.id, keyTransport, ts.Transport(), keyRemote, ts.RemoteAddr().String())
 	ip := remoteIP(ts.RemoteAddr())
 	if s.rateLimited(ip.String()) {
@@ -174,6 +188,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if ctrl != nil {
+		ss.ctrlClaimed.Store(true)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -181,19 +196,46 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 			ss.control(sctx, ctrl, hello)
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ss.watch(sctx, cancel)
+	}()
 
+	limit := int64(s.cfg.Limits.MaxStreamsPerSession)
 	for {
 		in, err := ts.AcceptStream(sctx)
 		if err != nil {
 			ss.noteEndErr(err)
 			return
 		}
-		if ss.streams.Load() >= int64(s.cfg.Limits.MaxStreamsPerSession) {
-			s.metrics.streamsTotal.WithLabelValues(s.metrics.labels(ss, ts.Transport(), "", resultLimit)...).Inc()
-			in.Reject(tunnel.StatusLimit, fmt.Sprintf("this session already has %d streams open (limits.max_streams_per_session)", s.cfg.Limits.MaxStreamsPerSession))
+		// Every stream counts until it is gone, refused ones too (Reject
+		// returns once the transport freed the stream). Over the limit a
+		// stream is refused, and counts while it is; a client that keeps
+		// as many refused streams open as the limit (a cachetun client
+		// closes a refused stream at once) loses the session, so no
+		// number of opens holds more than 2 × max_streams_per_session
+		// streams.
+		n := ss.streams.Add(1)
+		switch {
+		case n > 2*limit:
+			ss.streams.Add(-1)
+			ss.log.Warn("session closed: the client keeps refused streams open", "streams", n-1, "max_streams_per_session", limit)
+			return
+		case n > limit || ss.revoked.Load():
+			st, msg := tunnel.StatusLimit, fmt.Sprintf("this session already has %d streams open (limits.max_streams_per_session)", limit)
+			if ss.revoked.Load() {
+				st, msg = tunnel.StatusDenied, "access revoked by the gateway"
+			}
+			s.metrics.streamsTotal.WithLabelValues(s.metrics.labels(ss, ts.Transport(), "", statusResult(st))...).Inc()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer ss.streams.Add(-1)
+				in.Reject(st, msg)
+			}()
 			continue
 		}
-		ss.streams.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -396,7 +438,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 			Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()})
 		return
 	}
-	if !ss.ident.Allows(hello.Target) {
+	if !ss.identity().Allows(hello.Target) {
 		ss.setEnd("refused", "target_denied")
 		ss.log.Warn("target denied", keyTarget, hello.Target)
 		s.metrics.authFailures.WithLabelValues("target_denied").Inc()
@@ -408,10 +450,14 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	ss.ctrlMu.Lock()
 	ss.target = t.name
 	ss.ctrlMu.Unlock()
+	// A judgement since the check above did not know the target yet.
+	if !ss.identity().Allows(t.name) {
+		return
+	}
 	ss.log.Info("control stream up", keyTarget, t.name, "client", hello.Client)
 	ss.countSession(t.name)
 	t.waitDiscovered(ctx, s.cfg.Limits.DialTimeout)
-	if msg := permitsTarget(ss.ident, t); msg != "" {
+	if msg := permitsTarget(ss.identity(), t); msg != "" {
 		ss.log.Warn("target denied by permitopen", keyKey, ss.ident.String(), keyTarget, t.name, "reason", msg)
 		s.metrics.authFailures.WithLabelValues("target_denied").Inc()
 		ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied", Error: msg,
@@ -439,7 +485,13 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 		}
 	}()
 	defer func() {
-		ctrl.Abort()
+		if ss.revoked.Load() {
+			// Unblock the reader without resetting the stream, which
+			// would discard FrameRevoked in flight.
+			_ = ctrl.SetReadDeadline(time.Now())
+		} else {
+			ctrl.Abort()
+		}
 		for range frames { // let the reader end
 		}
 	}()
@@ -514,10 +566,10 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 		return
 	}
 	if req.Kind == tunnel.KindControl {
-		ss.ctrlMu.Lock()
-		had := ss.ctrl != nil
-		ss.ctrlMu.Unlock()
-		if had {
+		// One control stream per session: the first claims it, on SSH
+		// where several channels may open at once too.
+		if !ss.ctrlClaimed.CompareAndSwap(false, true) {
+			ss.log.Warn("second control stream refused")
 			in.Reject(tunnel.StatusBadRequest, "this session already has a control stream")
 			return
 		}
@@ -540,6 +592,7 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 		ss.streams.Add(-1) // the control stream is not a proxied stream
 		defer ss.streams.Add(1)
 		ss.control(ctx, ctrl, hello)
+		ss.waitRevoke() // a revocation in progress writes its frame first
 		ss.sess.Close()
 		return
 	}
@@ -553,7 +606,7 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 	ss.countSession("") // a stock OpenSSH session names no target
 	m := s.metrics
 	transport := ss.sess.Transport()
-	t, node, status, msg := s.resolve(req, ss.ident.Allows)
+	t, node, status, msg := s.resolve(req, ss.identity().Allows)
 	log := ss.log.With(keyTarget, req.Target, keyNode, req.Node)
 	// Labels carry configured target names only: what a client asks for
 	// is not a label, or a client could make series without bound.
@@ -571,11 +624,15 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 		refuse(status, msg)
 		return
 	}
-	if !ss.ident.Allows(t.name) {
+	// Registered before the last check, so that a judgement that narrows
+	// targets= either sees this stream or is seen by the check.
+	ctx, done := ss.track(ctx, t, node)
+	defer done()
+	if !ss.identity().Allows(t.name) {
 		refuse(tunnel.StatusDenied, fmt.Sprintf("key %s may not use target %q", ss.ident.Fingerprint, t.name))
 		return
 	}
-	if err := mayOpen(ss.ident, t, node); err != nil {
+	if err := mayOpen(ss.identity(), t, node); err != nil {
 		refuse(tunnel.StatusDenied, err.Error())
 		return
 	}

@@ -1,0 +1,379 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/test/testenv"
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// revokeBound is what issue 10 allows between a revocation (SIGHUP, an
+// expiry instant) and the end of the live session and its streams.
+const revokeBound = 2 * time.Second
+
+// connectProc is a real `cachetun connect` process.
+type connectProc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuf
+	local  string // the local address of the target's first node
+	exited chan struct{}
+	code   int
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startConnectProc runs the built binary as `cachetun connect TARGET
+// --server ... --transport ...` and waits for its listener table.
+func startConnectProc(t testing.TB, g gatewayEndpoint, transport, target string, k key) *connectProc {
+	t.Helper()
+	cmd := exec.Command(cachetunBinary(t), "connect", target, "--server", g.ServerAddr(transport),
+		"--transport", transport, "-i", k.Path, "--known-hosts", g.KnownHosts(t), "--local-port", "0")
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "SSH_AUTH_SOCK=", "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &connectProc{cmd: cmd, stderr: &syncBuf{}, exited: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	local := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) >= 3 && f[1] == "->" {
+				select {
+				case local <- f[0]:
+				default:
+				}
+			}
+		}
+	}()
+	go func() {
+		_ = cmd.Wait()
+		p.code = cmd.ProcessState.ExitCode()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	select {
+	case p.local = <-local:
+	case <-p.exited:
+		t.Fatalf("cachetun connect exited with %d before its ports were up: %s", p.code, p.stderr)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("cachetun connect not up within 20s: %s", p.stderr)
+	}
+	return p
+}
+
+// redisPing sends PING on c and reads +PONG.
+func redisPing(c net.Conn) error {
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 7)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "+PONG\r\n" {
+		return fmt.Errorf("got %q", buf)
+	}
+	return nil
+}
+
+// waitClosed waits up to bound for c to be closed by the far end and
+// returns how long that took.
+func waitClosed(t testing.TB, c net.Conn, start time.Time, bound time.Duration) time.Duration {
+	t.Helper()
+	_ = c.SetReadDeadline(start.Add(bound + 500*time.Millisecond))
+	_, err := io.Copy(io.Discard, c)
+	took := time.Since(start)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("proxied connection still open %s after the revocation (bound %s)", took.Round(time.Millisecond), bound)
+	}
+	return took
+}
+
+// TestRevocation_SIGHUP (issue 10, finding 3): a live session of the real
+// `cachetun connect` through a real gateway process, with a proxied
+// connection open, ends within 2 s of its key line being removed and
+// SIGHUP; the client prints "access revoked by the gateway" and exits 1
+// without retrying. On quic, tls and ssh (the cachetun client's SSH
+// transport, which has the control channel).
+func TestRevocation_SIGHUP(t *testing.T) {
+	r := testenv.StartRedis(t)
+	forEachTransport(t, func(t *testing.T, transport string) {
+		k, other := newKey(t, "alice"), newKey(t, "bob")
+		g := startGatewayProc(t, gatewayProcOpts{
+			Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
+			Authorized: []string{k.Line, other.Line},
+		})
+		p := startConnectProc(t, g, transport, "cache", k)
+		c, err := net.Dial("tcp", p.local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := redisPing(c); err != nil {
+			t.Fatalf("PING before the revocation: %v", err)
+		}
+		g.WriteAuthorizedKeys(t, []string{other.Line})
+		start := time.Now()
+		g.Reload(t)
+		took := waitClosed(t, c, start, revokeBound)
+		select {
+		case <-p.exited:
+		case <-time.After(start.Add(revokeBound).Sub(time.Now()) + 500*time.Millisecond):
+			t.Fatalf("cachetun connect still running %s after the revocation: %s", time.Since(start).Round(time.Millisecond), p.stderr)
+		}
+		exitAfter := time.Since(start)
+		if exitAfter > revokeBound || took > revokeBound {
+			t.Fatalf("session ended %s and connection %s after SIGHUP, bound %s", exitAfter, took, revokeBound)
+		}
+		if p.code != 1 {
+			t.Fatalf("exit code %d, want 1; stderr: %s", p.code, p.stderr)
+		}
+		if !strings.Contains(p.stderr.String(), "cachetun: error: access revoked by the gateway: key "+k.Fingerprint()) {
+			t.Fatalf("stderr does not give the revocation: %s", p.stderr)
+		}
+		if e := p.stderr.String(); strings.Contains(e, "session to gateway lost") || strings.Contains(e, "reconnect failed") {
+			t.Fatalf("the client tried to reconnect after a revocation: %s", p.stderr)
+		}
+		if strings.Contains(p.stderr.String(), g.AuthorizedKeysPath) {
+			t.Fatalf("the client was told the gateway's file path: %s", p.stderr)
+		}
+		t.Logf("%s: proxied connection closed %s, client exited 1 %s after SIGHUP (bound %s)",
+			transport, took.Round(time.Millisecond), exitAfter.Round(time.Millisecond), revokeBound)
+		// bob's session is unaffected: a new one still works.
+		mustConnect(t, g, transport, "cache", other)
+	})
+}
+
+// Fingerprint returns the key's SHA256 fingerprint.
+func (k key) Fingerprint() string { return ssh.FingerprintSHA256(k.Pub) }
+
+// TestRevocation_Expiry (issue 10, finding 3): a key whose expiry-time
+// passes, and a user certificate whose ValidBefore passes, end their live
+// session within 2 s of that instant, through a real gateway process; the
+// client's Run returns client.ErrRevoked.
+func TestRevocation_Expiry(t *testing.T) {
+	r := testenv.StartRedis(t)
+	const lifetime = 4 * time.Second // from now to the instant the access ends
+	forEachTransport(t, func(t *testing.T, transport string) {
+		for _, kind := range []string{"expiry-time", "certificate"} {
+			t.Run(kind, func(t *testing.T) {
+				end := time.Now().Add(lifetime).Truncate(time.Second).Add(time.Second)
+				var k key
+				var line string
+				switch kind {
+				case "expiry-time":
+					k = newKey(t, "temp")
+					line = fmt.Sprintf("expiry-time=%q %s", end.UTC().Format("20060102150405"), k.Line)
+				case "certificate":
+					ca := newKey(t, "ca")
+					k = newCertKey(t, ca, "cache", end)
+					line = "cert-authority " + ca.Line
+				}
+				g := startGatewayProc(t, gatewayProcOpts{
+					Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
+					Authorized: []string{line},
+				})
+				cl := mustConnect(t, g, transport, "cache", k)
+				c, err := net.Dial("tcp", cl.Local(t, r.Addr))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				if err := redisPing(c); err != nil {
+					t.Fatalf("PING before expiry: %v", err)
+				}
+				var runErr error
+				select {
+				case runErr = <-cl.Err:
+				case <-time.After(time.Until(end) + revokeBound + time.Second):
+					t.Fatalf("session still up %s after the access ended", time.Since(end).Round(time.Millisecond))
+				}
+				ended := time.Since(end)
+				if ended > revokeBound || ended < -500*time.Millisecond {
+					t.Fatalf("session ended %s after the expiry instant, want within [0, %s]", ended, revokeBound)
+				}
+				if !errors.Is(runErr, client.ErrRevoked) || !strings.Contains(runErr.Error(), "expired") {
+					t.Fatalf("Run returned %v, want ErrRevoked saying it expired", runErr)
+				}
+				took := waitClosed(t, c, end, revokeBound)
+				t.Logf("%s %s: session ended %s, proxied connection %s after the instant (bound %s): %s",
+					transport, kind, ended.Round(time.Millisecond), took.Round(time.Millisecond), revokeBound, errText(runErr))
+				cl.Err <- runErr // for the cleanup
+			})
+		}
+	})
+}
+
+// newCertKey makes a key with a user certificate signed by ca for the
+// principal, valid from a minute ago until validBefore, with
+// permit-port-forwarding, next to it as PATH-cert.pub.
+func newCertKey(t testing.TB, ca key, principal string, validBefore time.Time) key {
+	t.Helper()
+	k := newKey(t, "cert-user")
+	caSigner := loadTestSigner(t, ca.Path)
+	cert := &ssh.Certificate{
+		Key: k.Pub, Serial: 7, CertType: ssh.UserCert, KeyId: "short-lived",
+		ValidPrincipals: []string{principal},
+		ValidAfter:      uint64(time.Now().Add(-time.Minute).Unix()),
+		ValidBefore:     uint64(validBefore.Unix()),
+		Permissions:     ssh.Permissions{Extensions: map[string]string{"permit-port-forwarding": ""}},
+	}
+	if err := cert.SignCert(rand.Reader, caSigner); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(k.Path+"-cert.pub", ssh.MarshalAuthorizedKey(cert), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func loadTestSigner(t testing.TB, path string) ssh.Signer {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestRevocation_NarrowTargets (issue 10, finding 3): one session with a
+// stream to each of two targets; the key's line is narrowed to one target
+// on reload. The stream to the other ends within 2 s, the allowed one
+// keeps working, and new streams to the removed target are denied.
+func TestRevocation_NarrowTargets(t *testing.T) {
+	ra, rb := testenv.StartRedis(t), testenv.StartRedis(t)
+	forEachTransport(t, func(t *testing.T, transport string) {
+		k := newKey(t, "narrow")
+		g := startGatewayProc(t, gatewayProcOpts{
+			Targets: map[string]string{
+				"a": fmt.Sprintf("{type: redis, nodes: [%q]}", ra.Addr),
+				"b": fmt.Sprintf("{type: redis, nodes: [%q]}", rb.Addr),
+			},
+			Authorized: []string{`targets="a,b" ` + k.Line},
+		})
+		cl, err := client.New(client.Options{
+			Servers: []string{g.ServerAddr(transport)}, Target: "a", Transport: transport,
+			Identity: k.Path, KnownHosts: g.KnownHosts(t),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		sess, _, err := cl.Dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		open := func(target, node string) tunnel.Stream {
+			t.Helper()
+			st, err := sess.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: target, Node: node})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st
+		}
+		sa, sb := open("a", ra.Addr), open("b", rb.Addr)
+		defer sa.Close()
+		defer sb.Close()
+		for name, st := range map[string]tunnel.Stream{"a": sa, "b": sb} {
+			if err := streamPing(st); err != nil {
+				t.Fatalf("PING on target %s: %v", name, err)
+			}
+		}
+		g.WriteAuthorizedKeys(t, []string{`targets="a" ` + k.Line})
+		start := time.Now()
+		g.Reload(t)
+		_ = sb.SetReadDeadline(start.Add(revokeBound + 500*time.Millisecond))
+		_, err = io.Copy(io.Discard, sb)
+		took := time.Since(start)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() || took > revokeBound {
+			t.Fatalf("stream to the removed target still open %s after SIGHUP (bound %s): %v", took, revokeBound, err)
+		}
+		if err := streamPing(sa); err != nil {
+			t.Fatalf("stream to the allowed target broke: %v", err)
+		}
+		sb2 := open("b", rb.Addr)
+		defer sb2.Close()
+		_, _ = sb2.Write([]byte("PING\r\n"))
+		_ = sb2.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var se *tunnel.StatusError
+		if _, err := sb2.Read(make([]byte, 1)); !errors.As(err, &se) || se.Code != tunnel.StatusDenied {
+			t.Fatalf("new stream to the removed target: %v, want denied", err)
+		}
+		select {
+		case <-sess.Done():
+			t.Fatal("the session ended, but its own target is still allowed")
+		default:
+		}
+		t.Logf("%s: stream to the removed target ended %s after SIGHUP (bound %s); the allowed one works", transport, took.Round(time.Millisecond), revokeBound)
+	})
+}
+
+// streamPing sends PING on a proxied stream to redis and reads +PONG.
+func streamPing(st tunnel.Stream) error {
+	_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+	defer st.SetDeadline(time.Time{})
+	if _, err := st.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 7)
+	if _, err := io.ReadFull(st, buf); err != nil {
+		return err
+	}
+	if string(buf) != "+PONG\r\n" {
+		return fmt.Errorf("got %q", buf)
+	}
+	return nil
+}
