@@ -50,7 +50,7 @@ func TestSSH_UserCertificates(t *testing.T) {
 		if got := redisCLI(t, c.Local(t, r.Addr), "PING"); got != "PONG" {
 			t.Fatalf("PING with a certificate: %q", got)
 		}
-		g.Log.waitLog(t, "alice, cert serial")
+		g.Log.waitLog(t, "key_comment=alice") // 53d31d5 split the key into key_fp and key_comment
 		n := r.TotalConnections(t)
 
 		for _, tc := range []struct {
