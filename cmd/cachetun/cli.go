@@ -14,6 +14,7 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/client"
 	"github.com/cachetun/cachetun/server"
 )
@@ -128,7 +129,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) 
 	var ue *usageError
 	var cce *client.ConfigError
 	var sce *server.ConfigError
-	if errors.As(err, &ue) || errors.As(err, &cce) || errors.As(err, &sce) {
+	// A malformed authorized_keys (an unsupported option included) is a
+	// configuration error too.
+	if errors.As(err, &ue) || errors.As(err, &cce) || errors.As(err, &sce) || errors.Is(err, auth.ErrSyntax) {
 		return exitUsage
 	}
 	return exitRuntime

@@ -107,6 +107,9 @@ func serverHint(err error) string {
 	if errors.Is(err, os.ErrNotExist) {
 		return "run 'cachetun server init' to create the host key and config, or fix the path in the config"
 	}
+	if errors.Is(err, auth.ErrSyntax) {
+		return "fix or remove that line of authorized_keys: options that cachetun cannot honour fail the load (see the README's authorized_keys options)"
+	}
 	return ""
 }
 
