@@ -57,6 +57,9 @@ type Options struct {
 	WaitForSession time.Duration
 	// QUICFallback is how long auto waits for QUIC before trying TLS.
 	QUICFallback time.Duration
+	// LocalAddr is the local IP address to dial the gateway from (as
+	// ssh -b); empty lets the system choose. Tools and tests use it.
+	LocalAddr string
 	// Dial bounds one dial and authentication attempt.
 	DialTimeout time.Duration
 	// Ping is the control-stream ping period; a session that answers
@@ -86,6 +89,9 @@ var (
 	// authorized_keys changed, the key or certificate expired) and ended
 	// it. The verdict is final: Run returns it instead of reconnecting.
 	ErrRevoked = errors.New("access revoked by the gateway")
+	// ErrRateLimited: the gateway refuses this source for a while, after
+	// too many failed or abandoned authentications from it.
+	ErrRateLimited = errors.New("gateway refused this address for now")
 )
 
 // Client runs one connect: a supervised session and one local listener

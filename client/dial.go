@@ -99,9 +99,13 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 	)
 	switch transport {
 	case TransportQUIC:
-		sess, err = tunnel.DialQUIC(dctx, addr, certs.ClientTLSConfig(verify), tunnel.DefaultQUICConfig())
+		qc := tunnel.DefaultQUICConfig()
+		qc.LocalAddr = c.opts.LocalAddr
+		sess, err = tunnel.DialQUIC(dctx, addr, certs.ClientTLSConfig(verify), qc)
 	case TransportTLS:
-		sess, err = tunnel.DialTLS(dctx, addr, certs.ClientTLSConfig(verify), tunnel.DefaultTLSConfig())
+		tc := tunnel.DefaultTLSConfig()
+		tc.LocalAddr = c.opts.LocalAddr
+		sess, err = tunnel.DialTLS(dctx, addr, certs.ClientTLSConfig(verify), tc)
 	case TransportSSH:
 		sess, err = c.dialSSH(dctx, addr, verify)
 	default:
@@ -253,6 +257,9 @@ func sessionRefusal(w *tunnel.Welcome) error {
 		return &Error{Err: fmt.Errorf("%w: %s", ErrUnknownTarget, w.Error), Hint: w.Hint}
 	case "target_denied":
 		return &Error{Err: fmt.Errorf("%w: %s", ErrTargetDenied, w.Error), Hint: w.Hint}
+	case "rate_limited":
+		// "too many failed authentications from 198.51.100.27: retry in 41 s"
+		return &Error{Err: fmt.Errorf("%w: %s", ErrRateLimited, w.Error), Hint: w.Hint}
 	}
 	return &Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, w.Error), Hint: w.Hint}
 }

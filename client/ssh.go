@@ -58,6 +58,7 @@ func (c *Client) dialSSH(ctx context.Context, addr string, verify func(ssh.Publi
 		ClientVersion: "SSH-2.0-cachetun_" + sshSoftwareVersion(Version),
 	}
 	sc := tunnel.DefaultSSHConfig()
+	sc.LocalAddr = c.opts.LocalAddr
 	sc.KeepAlive = c.opts.Ping
 	sess, err := tunnel.DialSSH(ctx, addr, conf, sc)
 	if err == nil {

@@ -47,6 +47,12 @@ type Limits struct {
 	MaxSessionsPerKey     int           `yaml:"max_sessions_per_key"`
 	MaxSessions           int           `yaml:"max_sessions"`
 	AuthFailuresPerMinute int           `yaml:"auth_failures_per_minute"`
+	// UnauthenticatedPerSource bounds the connections of one source (an
+	// IPv4 address, an IPv6 /64) that are in their handshake or have not
+	// yet sent a verified Hello; MaxUnauthenticated bounds them for the
+	// whole gateway. Beyond either a connection is closed at once.
+	UnauthenticatedPerSource int `yaml:"unauthenticated_per_source"`
+	MaxUnauthenticated       int `yaml:"max_unauthenticated"`
 }
 
 // Target types.
@@ -108,6 +114,9 @@ func DefaultConfig() *Config {
 			MaxSessionsPerKey:     16,
 			MaxSessions:           1024,
 			AuthFailuresPerMinute: 30,
+			// 8 covers a NAT of a few laptops reconnecting at once.
+			UnauthenticatedPerSource: 8,
+			MaxUnauthenticated:       256,
 		},
 	}
 }
@@ -248,6 +257,7 @@ func (c *Config) Validate() error {
 	for field, n := range map[string]int{
 		"limits.max_streams_per_session": l.MaxStreamsPerSession, "limits.max_sessions_per_key": l.MaxSessionsPerKey,
 		"limits.max_sessions": l.MaxSessions, "limits.auth_failures_per_minute": l.AuthFailuresPerMinute,
+		"limits.unauthenticated_per_source": l.UnauthenticatedPerSource, "limits.max_unauthenticated": l.MaxUnauthenticated,
 	} {
 		if n <= 0 {
 			return bad(field, "must be a positive number")

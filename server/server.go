@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -82,17 +83,17 @@ type Server struct {
 	sessions  map[*session]struct{}
 	listeners map[tunnel.Listener]struct{}
 	perKey    map[string]int
-	failures  map[string]*failWindow
+
+	adm   *admission    // unauthenticated connections per source
+	fails *failureTable // failed authentications per source
+	// refusedLog throttles the log lines of refused admissions to one a
+	// second: a flood must not flood the log too.
+	refusedLog atomic.Int64
 
 	wg sync.WaitGroup // every session goroutine
 
 	disc  discovery // topology discovery loops, run while Serve runs
 	ready readiness // cached node checks of /readyz
-}
-
-type failWindow struct {
-	start time.Time
-	n     int
 }
 
 // New loads the host key, authorized_keys and targets of cfg. It does not
@@ -118,7 +119,8 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		sessions:   make(map[*session]struct{}),
 		listeners:  make(map[tunnel.Listener]struct{}),
 		perKey:     make(map[string]int),
-		failures:   make(map[string]*failWindow),
+		adm:        newAdmission(cfg.Limits.UnauthenticatedPerSource, cfg.Limits.MaxUnauthenticated),
+		fails:      newFailureTable(cfg.Limits.AuthFailuresPerMinute),
 		metrics:    newMetrics(cfg.MetricsKeyLabel),
 	}
 	logConfigWarnings(s.log, cfg)
@@ -200,6 +202,7 @@ func (s *Server) Listen() ([]tunnel.Listener, error) {
 		qc.HandshakeTimeout = s.cfg.Limits.HandshakeTimeout
 		qc.MaxStreams = int64(s.cfg.Limits.MaxStreamsPerSession)
 		qc.StatelessResetKey = s.statelessResetKey()
+		qc.Admission = s.transportAdmission("quic")
 		ln, err := tunnel.ListenQUIC(a, tlsConf, qc)
 		if err != nil {
 			return fail(err)
@@ -276,12 +279,25 @@ func (s *Server) Serve(ctx context.Context, ln tunnel.Listener) error {
 		if !s.admit(sess) {
 			continue
 		}
+		// A QUIC or TLS session holds a slot of its source until its
+		// Hello is verified; SSH authenticated in the handshake.
+		release := func() {}
+		if _, pre := sess.(tunnel.PreAuthenticated); !pre {
+			src := sourceOf(remoteIP(sess.RemoteAddr()))
+			r, err := s.adm.acquire(src)
+			if err != nil {
+				s.admissionRefused(sess.Transport(), sess.RemoteAddr(), src, err)
+				sess.Close()
+				continue
+			}
+			release = r
+		}
 		s.live.Add(1)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			defer s.live.Add(-1)
-			s.serveSession(ctx, sess)
+			s.serveSession(ctx, sess, release)
 		}()
 	}
 }
@@ -364,36 +380,75 @@ func (s *Server) closeAll() {
 	}
 }
 
-// authFailed counts a failed authentication from ip; it reports whether the
-// source is over its budget.
-func (s *Server) authFailed(ip string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := time.Now()
-	w := s.failures[ip]
-	if w == nil || now.Sub(w.start) > time.Minute {
-		if len(s.failures) > 10000 { // bound the table
-			for k, v := range s.failures {
-				if now.Sub(v.start) > time.Minute {
-					delete(s.failures, k)
-				}
-			}
-			if len(s.failures) > 10000 {
-				clear(s.failures)
-			}
-		}
-		w = &failWindow{start: now}
-		s.failures[ip] = w
+// authFailed counts a failed authentication from ip: a refused key, a
+// failed handshake, a timeout or an end of connection before
+// authentication.
+func (s *Server) authFailed(ip net.IP) {
+	if !s.fails.add(sourceOf(ip)) {
+		s.metrics.authFailures.WithLabelValues("untracked").Inc()
 	}
-	w.n++
 }
 
-// rateLimited reports whether ip failed to authenticate too often.
-func (s *Server) rateLimited(ip string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	w := s.failures[ip]
-	return w != nil && time.Since(w.start) <= time.Minute && w.n >= s.cfg.Limits.AuthFailuresPerMinute
+// rateLimited reports whether ip is over its failed-authentication budget
+// and, if so, what to tell the client.
+func (s *Server) rateLimited(ip net.IP) (bool, string) {
+	src := sourceOf(ip)
+	limited, retry := s.fails.limited(src)
+	if !limited {
+		return false, ""
+	}
+	return true, rateLimitMessage(src, retry)
+}
+
+// transportAdmission is the tunnel.Admission of one transport's listener.
+func (s *Server) transportAdmission(transport string) tunnel.Admission {
+	return &serverAdmission{s: s, transport: transport}
+}
+
+type serverAdmission struct {
+	s         *Server
+	transport string
+}
+
+func (a *serverAdmission) Admit(remote net.Addr, verified bool) (func(error), error) {
+	ip := remoteIP(remote)
+	src := sourceOf(ip)
+	release, err := a.s.adm.acquire(src)
+	if err != nil {
+		a.s.admissionRefused(a.transport, remote, src, err)
+		return nil, err
+	}
+	return func(err error) {
+		release()
+		// A QUIC source not proven by a Retry may be spoofed: its
+		// failures are not held against the address it claims.
+		if err != nil && verified && !errors.Is(err, net.ErrClosed) && !errors.Is(err, context.Canceled) {
+			a.s.authFailed(ip)
+			a.s.metrics.authFailures.WithLabelValues("handshake").Inc()
+		}
+	}, nil
+}
+
+func (a *serverAdmission) RequireRetry(remote net.Addr) bool {
+	return a.s.adm.busy(sourceOf(remoteIP(remote)))
+}
+
+// admissionRefused counts and logs (at most once a second) a connection
+// refused for holding too many unauthenticated slots.
+func (s *Server) admissionRefused(transport string, remote net.Addr, src netip.Prefix, err error) {
+	reason := "unauthenticated_per_source"
+	if errors.Is(err, errGatewayBusy) {
+		reason = "max_unauthenticated"
+	}
+	s.metrics.authFailures.WithLabelValues(reason).Inc()
+	now := time.Now().UnixNano()
+	last := s.refusedLog.Load()
+	if now-last < int64(time.Second) || !s.refusedLog.CompareAndSwap(last, now) {
+		return
+	}
+	mine, all := s.adm.inUse(src)
+	s.log.Warn("connection refused before its handshake", keyTransport, transport, keyRemote, remote.String(),
+		"source", sourceString(src), keyErr, err, "source_unauthenticated", mine, "unauthenticated", all)
 }
 
 func newSessionID() string {

@@ -127,17 +127,13 @@ func (ss *session) uncountSession() {
 	}
 }
 
-func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
+func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release func()) {
 	defer ts.Close()
+	defer release() // idempotent; authentication releases it sooner
 	ss := &session{srv: s, sess: ts, id: newSessionID(), started: time.Now(),
 		rejudge: make(chan struct{}, 1), live: make(map[*liveStream]struct{})}
 	ss.log = s.log.With(keySession, ss.id, keyTransport, ts.Transport(), keyRemote, ts.RemoteAddr().String())
 	ip := remoteIP(ts.RemoteAddr())
-	if s.rateLimited(ip.String()) {
-		ss.log.Warn("session refused: too many failed authentications from this address", "auth_failures_per_minute", s.cfg.Limits.AuthFailuresPerMinute)
-		s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
-		return
-	}
 
 	var (
 		hello *tunnel.Hello
@@ -151,9 +147,21 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session) {
 		}
 		ss.ident = id
 	} else {
+		if limited, msg := s.rateLimited(ip); limited {
+			ss.log.Warn("session refused: "+msg, "auth_failures_per_minute", s.cfg.Limits.AuthFailuresPerMinute)
+			s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
+			ss.refuseRateLimited(ctx, msg)
+			return
+		}
 		var ok bool
 		ctrl, hello, ok = ss.authenticate(ctx, ip)
+		release()
 		if !ok {
+			if ss.ident == nil {
+				// A refused key, a timeout or an end of the connection
+				// before a verified Hello: one failure per session.
+				s.authFailed(ip)
+			}
 			return
 		}
 	}
@@ -255,6 +263,7 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 	in, err := ss.sess.AcceptStream(actx)
 	if err != nil {
 		ss.log.Info("session closed before authentication", keyErr, err)
+		s.metrics.authFailures.WithLabelValues("no_hello").Inc()
 		return nil, nil, false
 	}
 	req, err := in.Request(deadline)
@@ -279,7 +288,6 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 	// fail answers a failed attempt; the client may try another key
 	// unless the failure is final.
 	fail := func(code string, err error, hint string, final bool) {
-		s.authFailed(ip.String())
 		s.metrics.authFailures.WithLabelValues(code).Inc()
 		ss.log.Warn("authentication failed", "code", code, keyErr, err)
 		w := &tunnel.Welcome{Code: code, Error: err.Error(), Hint: hint}
@@ -298,6 +306,7 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 			if !tunnel.ClosedByPeer(err) {
 				ss.log.Warn("authentication aborted", keyErr, err)
 			}
+			s.metrics.authFailures.WithLabelValues("no_hello").Inc()
 			ctrl.Abort()
 			return nil, nil, false
 		}
@@ -325,14 +334,13 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 			hint := ""
 			switch cert, isCert := key.(*ssh.Certificate); {
 			case isCert && errors.Is(err, auth.ErrUnknownKey):
-				hint = "the certificate's CA " + auth.Fingerprint(cert.SignatureKey) + " is not trusted here: ask the gateway's operator for a certificate from a trusted CA, or to add a cert-authority line for this CA to " + s.cfg.AuthorizedKeys
+				hint = "the certificate's CA " + auth.Fingerprint(cert.SignatureKey) + " is not trusted here: ask the gateway's operator for a certificate from a trusted CA, or to add a cert-authority line for this CA to the gateway's authorized_keys"
 			case errors.Is(err, auth.ErrUnknownKey):
-				hint = "ask the gateway's operator to add your public key to " + s.cfg.AuthorizedKeys + ": " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
+				// The hint never names the gateway's files: an unknown
+				// client learns nothing of the host (issue 10, finding 7).
+				hint = "ask the gateway's operator to add your public key to the gateway's authorized_keys: " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
 			}
 			fail(authCode(err), err, hint, false)
-			if s.rateLimited(ip.String()) {
-				return nil, nil, false
-			}
 			continue
 		}
 		ss.ident = id
@@ -353,6 +361,11 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 			return nil, nil, false
 		}
 		_ = ctrl.SetDeadline(time.Time{})
+		// Only now may the transport serve other streams: before,
+		// nothing but this control stream is read (tunnel.Gated).
+		if g, ok := ss.sess.(tunnel.Gated); ok {
+			g.Authenticated()
+		}
 		return ctrl, hello, true
 	}
 	fail("too_many_tries", fmt.Errorf("too many keys tried (%d)", maxHelloTries), "use -i to pick the key the gateway knows", true)
@@ -388,6 +401,29 @@ func (ss *session) allowedTargets() string {
 	return fmt.Sprint(out)
 }
 
+// refuseRateLimited tells a client over its failed-authentication budget
+// why, and when to retry, on its control stream: a refusing Welcome with
+// code "rate_limited", written without reading its Hello.
+func (ss *session) refuseRateLimited(ctx context.Context, msg string) {
+	actx, cancel := context.WithTimeout(ctx, ss.srv.cfg.Limits.AuthTimeout)
+	defer cancel()
+	in, err := ss.sess.AcceptStream(actx)
+	if err != nil {
+		return
+	}
+	if _, err := in.Request(time.Now().Add(ss.srv.cfg.Limits.AuthTimeout)); err != nil {
+		in.Reject(tunnel.StatusBadRequest, "malformed open header")
+		return
+	}
+	ctrl, err := in.Accept()
+	if err != nil {
+		return
+	}
+	defer ctrl.Abort()
+	ss.refuse(ctrl, &tunnel.Welcome{Code: "rate_limited", Error: msg,
+		Hint: "check the key and the gateway address; the gateway counts failed and abandoned authentications per source address (limits.auth_failures_per_minute)"})
+}
+
 // refuse writes a refusing Welcome and gives the client a moment to read
 // it before the session closes (closing a QUIC connection discards data in
 // flight).
@@ -407,9 +443,12 @@ func (ss *session) linger() {
 	}
 }
 
-// welcome writes a Welcome frame on ctrl.
+// welcome writes a Welcome frame on ctrl. Only an accepting Welcome names
+// the gateway's version: a client that has not authenticated learns none.
 func (ss *session) welcome(ctrl tunnel.Stream, w *tunnel.Welcome) {
-	w.Server = "cachetun " + Version
+	if w.OK {
+		w.Server = "cachetun " + Version
+	}
 	w.Session = ss.id
 	ss.ctrlMu.Lock()
 	defer ss.ctrlMu.Unlock()

@@ -3,7 +3,6 @@ package server
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -32,6 +31,10 @@ import (
 // The target is not decided here: stock clients name it per channel
 // (direct-tcpip "TARGET:PORT"), the cachetun client on its control channel.
 
+// sshServerVersion is the gateway's SSH identification string (RFC 4253
+// §4.2); it carries no version.
+const sshServerVersion = "SSH-2.0-cachetun"
+
 // errRateLimited refuses every key from an address over its budget.
 var errRateLimited = errors.New("too many failed authentications from this address")
 
@@ -44,6 +47,7 @@ func (s *Server) listenSSH(addr string) (tunnel.Listener, error) {
 	// The SSH handshake includes client authentication.
 	sc.HandshakeTimeout = s.cfg.Limits.HandshakeTimeout + s.cfg.Limits.AuthTimeout
 	sc.MaxStreams = s.cfg.Limits.MaxStreamsPerSession
+	sc.Admission = s.transportAdmission("ssh")
 	return tunnel.ListenSSH(addr, conf, sc)
 }
 
@@ -58,7 +62,9 @@ func (s *Server) sshServerConfig() (*ssh.ServerConfig, error) {
 			ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521, ssh.KeyAlgoSKECDSA256,
 			ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSASHA512,
 		},
-		ServerVersion: "SSH-2.0-cachetun_" + sshSoftwareVersion(Version),
+		// No version in the identification string: a peer that has not
+		// authenticated learns nothing to pick exploits by.
+		ServerVersion: sshServerVersion,
 	}
 	conf.AddHostKey(s.hostSigner) // algorithms: tunnel.SSHAlgorithms, set by ListenSSH
 	if s.hostCert != nil {
@@ -75,12 +81,11 @@ func (s *Server) sshServerConfig() (*ssh.ServerConfig, error) {
 // run for keys the client does not hold. It grants nothing.
 func (s *Server) sshOfferedKey(conn ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 	ip := remoteIP(conn.RemoteAddr())
-	if s.rateLimited(ip.String()) {
+	if limited, msg := s.rateLimited(ip); limited {
 		s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
-		s.log.Warn("authentication refused: too many failed authentications from this address",
+		s.log.Warn("authentication refused: "+msg,
 			keyTransport, "ssh", keyRemote, conn.RemoteAddr().String(), "auth_failures_per_minute", s.cfg.Limits.AuthFailuresPerMinute)
-		return nil, &ssh.BannerError{Err: errRateLimited,
-			Message: fmt.Sprintf("cachetun: %s %s: wait a minute before trying again\n", errRateLimited, ip)}
+		return nil, &ssh.BannerError{Err: errRateLimited, Message: "cachetun: " + msg + "\n"}
 	}
 	if _, err := s.keys.Load().Authorize(key, ip, time.Now()); errors.Is(err, auth.ErrUnknownKey) {
 		s.sshAuthFailed(conn, key, err)
@@ -101,23 +106,12 @@ func (s *Server) sshVerifiedKey(conn ssh.ConnMetadata, key ssh.PublicKey, _ *ssh
 	return &ssh.Permissions{ExtraData: map[any]any{tunnel.SSHAuthInfoKey: id}}, nil
 }
 
+// sshAuthFailed logs a refused key. It is not counted against the source
+// here: a connection that ends unauthenticated counts once, when its
+// handshake fails (serverAdmission), however many keys it offered.
 func (s *Server) sshAuthFailed(conn ssh.ConnMetadata, key ssh.PublicKey, err error) {
-	ip := remoteIP(conn.RemoteAddr())
-	s.authFailed(ip.String())
 	code := authCode(err)
 	s.metrics.authFailures.WithLabelValues(code).Inc()
 	s.log.Warn("authentication failed", keyTransport, "ssh", keyRemote, conn.RemoteAddr().String(),
 		"user", conn.User(), keyKey, auth.Fingerprint(key), "code", code, keyErr, err)
-}
-
-// sshSoftwareVersion makes v fit the softwareversion of an SSH
-// identification string: printable US-ASCII without spaces or minus signs
-// (RFC 4253 §4.2).
-func sshSoftwareVersion(v string) string {
-	return strings.Map(func(r rune) rune {
-		if r <= ' ' || r > '~' || r == '-' {
-			return '_'
-		}
-		return r
-	}, v)
 }

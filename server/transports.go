@@ -10,5 +10,6 @@ func (s *Server) listenTLS(addr string, conf *tls.Config) (tunnel.Listener, erro
 	tc := tunnel.DefaultTLSConfig()
 	tc.HandshakeTimeout = s.cfg.Limits.HandshakeTimeout
 	tc.MaxStreams = s.cfg.Limits.MaxStreamsPerSession
+	tc.Admission = s.transportAdmission("tls")
 	return tunnel.ListenTLS(addr, conf, tc)
 }

@@ -3,13 +3,31 @@ package tunnel
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
 )
 
-// maxPendingHandshakes bounds the handshakes in flight on one TCP listener.
+// maxPendingHandshakes bounds the handshakes in flight on one TCP listener
+// that has no Admission.
 const maxPendingHandshakes = 256
+
+// Admission decides which new connections may start a handshake; the
+// gateway's per-source limits implement it. The transport knows nothing of
+// keys: it only reports where a connection comes from and how its
+// handshake ended.
+type Admission interface {
+	// Admit is called before any byte of a new connection from remote is
+	// read. verified reports whether the source address is proven (always
+	// on TCP; on QUIC after a Retry). An error refuses the connection at
+	// once. Otherwise done must be called exactly once, when the handshake
+	// has ended: with nil on success, else with why it failed.
+	Admit(remote net.Addr, verified bool) (done func(error), err error)
+	// RequireRetry reports whether a QUIC client from remote must prove
+	// its address (a Retry round trip) before its handshake starts.
+	RequireRetry(remote net.Addr) bool
+}
 
 // handshakeFunc turns an accepted TCP connection into a session. ctx ends
 // when the listener closes; the function closes nothing on error (the
@@ -23,6 +41,7 @@ type handshakeFunc func(ctx context.Context, c net.Conn) (Session, error)
 type tcpListener struct {
 	tcp       net.Listener
 	handshake handshakeFunc
+	admission Admission // nil: at most maxPendingHandshakes at once
 	ready     chan Session
 	ctx       context.Context // ends when the listener closes
 	cancel    context.CancelFunc
@@ -30,9 +49,9 @@ type tcpListener struct {
 	wg        sync.WaitGroup
 }
 
-func newTCPListener(tcp net.Listener, hs handshakeFunc) *tcpListener {
+func newTCPListener(tcp net.Listener, hs handshakeFunc, adm Admission) *tcpListener {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &tcpListener{tcp: tcp, handshake: hs, ready: make(chan Session), ctx: ctx, cancel: cancel}
+	l := &tcpListener{tcp: tcp, handshake: hs, admission: adm, ready: make(chan Session), ctx: ctx, cancel: cancel}
 	l.wg.Add(1)
 	go l.acceptLoop()
 	return l
@@ -54,18 +73,29 @@ func (l *tcpListener) acceptLoop() {
 			}
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			c.Close() // too many handshakes at once
-			continue
+		var done func(error)
+		if l.admission != nil {
+			d, err := l.admission.Admit(c.RemoteAddr(), true)
+			if err != nil {
+				c.Close() // refused at once, never queued
+				continue
+			}
+			done = d
+		} else {
+			select {
+			case sem <- struct{}{}:
+			default:
+				c.Close() // too many handshakes at once
+				continue
+			}
+			done = func(error) { <-sem }
 		}
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			defer func() { <-sem }()
 			setTCPOptions(c)
 			s, err := l.handshake(l.ctx, c)
+			done(err)
 			if err != nil {
 				c.Close()
 				return
@@ -109,4 +139,18 @@ func setTCPOptions(c net.Conn) {
 		_ = tc.SetNoDelay(true)
 		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3})
 	}
+}
+
+// tcpDialer returns a dialer bound to the local IP address local (empty:
+// any).
+func tcpDialer(local string) (*net.Dialer, error) {
+	var d net.Dialer
+	if local != "" {
+		ip := net.ParseIP(local)
+		if ip == nil {
+			return nil, fmt.Errorf("local address %q is not an IP address", local)
+		}
+		d.LocalAddr = &net.TCPAddr{IP: ip}
+	}
+	return &d, nil
 }

@@ -28,6 +28,13 @@ type pair struct {
 // authentication beyond the transport's: these tests are about streams.
 func newPair(t testing.TB, transport string) pair {
 	t.Helper()
+	return newPairAuth(t, transport, true)
+}
+
+// newPairAuth is newPair; with authenticated false the server session is
+// left as it is before the gateway verified a Hello (tunnel.Gated).
+func newPairAuth(t testing.TB, transport string, authenticated bool) pair {
+	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -89,6 +96,11 @@ func newPair(t testing.TB, transport string) pair {
 	ss, ok := <-accepted
 	if !ok {
 		t.Fatalf("%s: server accepted no session", transport)
+	}
+	// The pair stands for a session past authentication (see
+	// TestGate_NothingBeforeAuthentication for before).
+	if g, ok := ss.(tunnel.Gated); ok && authenticated {
+		g.Authenticated()
 	}
 	t.Cleanup(func() {
 		cs.Close()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -31,6 +32,13 @@ type QUICConfig struct {
 	// StatelessResetKey, when set, lets a restarted server reset the
 	// connections of its previous incarnation at once.
 	StatelessResetKey *[32]byte
+	// Admission, on a server, decides which connections may start a
+	// handshake (quic.Transport.ConnContext sees the source first) and
+	// which must prove their address with a Retry.
+	Admission Admission
+	// LocalAddr, on a client, is the local IP address to dial from (as
+	// ssh -b); empty lets the system choose.
+	LocalAddr string
 }
 
 // DefaultQUICConfig returns the measured defaults.
@@ -69,6 +77,20 @@ func ListenQUIC(addr string, tlsConf *tls.Config, cfg QUICConfig) (Listener, err
 		return nil, fmt.Errorf("listen quic on %q: %w", addr, err)
 	}
 	tr := &quic.Transport{Conn: udp}
+	if adm := cfg.Admission; adm != nil {
+		tr.VerifySourceAddress = adm.RequireRetry
+		tr.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+			done, err := adm.Admit(info.RemoteAddr, info.AddrVerified)
+			if err != nil {
+				return nil, err // refused at once: quic-go answers CONNECTION_REFUSED
+			}
+			a := &admitted{done: done}
+			// ctx ends when the handshake fails or the connection closes;
+			// Accept reports success first.
+			a.stop = context.AfterFunc(ctx, func() { a.finish(errQUICHandshake) })
+			return context.WithValue(ctx, admittedKey{}, a), nil
+		}
+	}
 	if cfg.StatelessResetKey != nil {
 		k := quic.StatelessResetKey(*cfg.StatelessResetKey)
 		tr.StatelessResetKey = &k
@@ -96,7 +118,38 @@ func (l *quicListener) Accept(ctx context.Context) (Session, error) {
 		}
 		return nil, err
 	}
-	return newQUICSession(c)
+	if a, ok := c.Context().Value(admittedKey{}).(*admitted); ok {
+		a.finish(nil)
+	}
+	s, err := newQUICSession(c)
+	if err != nil {
+		return nil, err
+	}
+	s.gateUntilAuthenticated()
+	return s, nil
+}
+
+// errQUICHandshake is reported to Admission for a QUIC connection that
+// ended before its handshake completed.
+var errQUICHandshake = errors.New("quic connection closed before its handshake completed")
+
+// admitted is the Admission slot of one QUIC connection, released exactly
+// once: at Accept, or when the connection ends before it.
+type admitted struct {
+	once sync.Once
+	done func(error)
+	stop func() bool
+}
+
+type admittedKey struct{}
+
+func (a *admitted) finish(err error) {
+	a.once.Do(func() {
+		if err == nil {
+			a.stop()
+		}
+		a.done(err)
+	})
 }
 
 func (l *quicListener) Addr() net.Addr { return l.ln.Addr() }
@@ -115,16 +168,96 @@ func (l *quicListener) Close() error {
 
 // DialQUIC opens a QUIC session to addr.
 func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, cfg QUICConfig) (Session, error) {
-	c, err := quic.DialAddr(ctx, addr, tlsConf, cfg.quic())
+	if cfg.LocalAddr == "" {
+		c, err := quic.DialAddr(ctx, addr, tlsConf, cfg.quic())
+		if err != nil {
+			return nil, err
+		}
+		return newQUICSession(c)
+	}
+	ip := net.ParseIP(cfg.LocalAddr)
+	if ip == nil {
+		return nil, fmt.Errorf("local address %q is not an IP address", cfg.LocalAddr)
+	}
+	raddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return newQUICSession(c)
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
+	if err != nil {
+		return nil, fmt.Errorf("bind quic client to %s: %w", cfg.LocalAddr, err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	c, err := tr.Dial(ctx, raddr, tlsConf, cfg.quic())
+	if err != nil {
+		tr.Close()
+		udp.Close()
+		return nil, err
+	}
+	s, err := newQUICSession(c)
+	if err != nil {
+		tr.Close()
+		udp.Close()
+		return nil, err
+	}
+	context.AfterFunc(c.Context(), func() { tr.Close(); udp.Close() })
+	return s, nil
 }
 
 type quicSession struct {
 	c       *quic.Conn
 	binding []byte
+
+	// Server only, until Authenticated: the first stream the client opens
+	// is the control stream; every later one is reset as it arrives, so
+	// quic-go keeps none of its data (see Gated).
+	gated     bool
+	firstOnce sync.Once
+	authOnce  sync.Once
+	resetCtx  context.Context
+	stopReset context.CancelFunc
+	resetDone chan struct{} // closed when resetUntilAuthenticated returned or never ran
+	authed    chan struct{} // closed by Authenticated
+	firstDone atomic.Bool   // the control stream was accepted
+}
+
+// quicStreamRefused is the reset code of a stream opened before the
+// session authenticated.
+const quicStreamRefused quic.StreamErrorCode = 0x2
+
+func (s *quicSession) gateUntilAuthenticated() {
+	s.gated = true
+	s.resetCtx, s.stopReset = context.WithCancel(s.c.Context())
+	s.resetDone = make(chan struct{})
+	s.authed = make(chan struct{})
+}
+
+// resetUntilAuthenticated resets every stream the client opens after the
+// control stream, until Authenticated or the end of the connection.
+func (s *quicSession) resetUntilAuthenticated() {
+	defer close(s.resetDone)
+	for {
+		qs, err := s.c.AcceptStream(s.resetCtx)
+		if err != nil {
+			return
+		}
+		qs.CancelRead(quicStreamRefused)
+		qs.CancelWrite(quicStreamRefused)
+	}
+}
+
+// Authenticated stops resetting streams (Gated); a stream the client
+// opened before it is reset, one opened after is accepted.
+func (s *quicSession) Authenticated() {
+	if !s.gated {
+		return
+	}
+	s.authOnce.Do(func() {
+		s.stopReset()
+		s.firstOnce.Do(func() { close(s.resetDone) }) // no stream yet: nothing to stop
+		<-s.resetDone
+		close(s.authed)
+	})
 }
 
 func newQUICSession(c *quic.Conn) (*quicSession, error) {
@@ -146,9 +279,23 @@ func (s *quicSession) OpenStream(ctx context.Context, req OpenRequest) (Stream, 
 }
 
 func (s *quicSession) AcceptStream(ctx context.Context) (Incoming, error) {
+	if s.gated && s.firstDone.Load() {
+		// Before authentication the control stream is the only one.
+		select {
+		case <-s.authed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	qs, err := s.c.AcceptStream(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if s.gated {
+		s.firstOnce.Do(func() {
+			s.firstDone.Store(true)
+			go s.resetUntilAuthenticated()
+		})
 	}
 	return &framedIncoming{s: &quicStream{s: qs}}, nil
 }

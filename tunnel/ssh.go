@@ -69,6 +69,12 @@ type SSHConfig struct {
 	// MaxStreams bounds the channels waiting to be accepted; more are
 	// refused with ResourceShortage.
 	MaxStreams int
+	// Admission, on a server, decides which connections may start a
+	// handshake; nil allows 256 handshakes at once.
+	Admission Admission
+	// LocalAddr, on a client, is the local IP address to dial from (as
+	// ssh -b); empty lets the system choose.
+	LocalAddr string
 }
 
 // DefaultSSHConfig returns the defaults.
@@ -115,7 +121,7 @@ func ListenSSH(addr string, cfg *ssh.ServerConfig, sc SSHConfig) (Listener, erro
 	if err != nil {
 		return nil, fmt.Errorf("listen ssh on %q: %w", addr, err)
 	}
-	return newTCPListener(tcp, sshHandshake(&conf, sc)), nil
+	return newTCPListener(tcp, sshHandshake(&conf, sc), sc.Admission), nil
 }
 
 // sshHandshake returns the handshake of the SSH transport.
@@ -153,7 +159,10 @@ func sshHandshake(conf *ssh.ServerConfig, sc SSHConfig) handshakeFunc {
 func DialSSH(ctx context.Context, addr string, cfg *ssh.ClientConfig, sc SSHConfig) (Session, error) {
 	conf := *cfg
 	SSHAlgorithms(&conf.Config)
-	var d net.Dialer
+	d, err := tcpDialer(sc.LocalAddr)
+	if err != nil {
+		return nil, err
+	}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err

@@ -23,6 +23,12 @@ type TLSConfig struct {
 	Window uint32
 	// MaxStreams bounds the streams waiting to be accepted.
 	MaxStreams int
+	// Admission, on a server, decides which connections may start a
+	// handshake; nil allows 256 handshakes at once.
+	Admission Admission
+	// LocalAddr, on a client, is the local IP address to dial from (as
+	// ssh -b); empty lets the system choose.
+	LocalAddr string
 }
 
 // DefaultTLSConfig returns the measured defaults.
@@ -50,7 +56,7 @@ func ListenTLS(addr string, tlsConf *tls.Config, cfg TLSConfig) (Listener, error
 	if err != nil {
 		return nil, fmt.Errorf("listen tls on %q: %w", addr, err)
 	}
-	return newTCPListener(tcp, tlsHandshake(tlsConf, cfg)), nil
+	return newTCPListener(tcp, tlsHandshake(tlsConf, cfg), cfg.Admission), nil
 }
 
 // tlsHandshake returns the handshake of the TLS transport.
@@ -64,18 +70,27 @@ func tlsHandshake(conf *tls.Config, cfg TLSConfig) handshakeFunc {
 			return nil, err
 		}
 		bc.startFlusher()
-		ys, err := yamux.Server(&frameConn{Conn: tc, raw: bc}, cfg.yamux())
+		gate := newPreAuthGate(&frameConn{Conn: tc, raw: bc})
+		ys, err := yamux.Server(gate, cfg.yamux())
 		if err != nil {
 			tc.Close() // stops the flusher
 			return nil, err
 		}
-		return newYamuxSession(ys, tc)
+		s, err := newYamuxSession(ys, tc)
+		if err != nil {
+			return nil, err
+		}
+		s.gate = gate
+		return s, nil
 	}
 }
 
 // DialTLS opens a TLS+yamux session to addr.
 func DialTLS(ctx context.Context, addr string, tlsConf *tls.Config, cfg TLSConfig) (Session, error) {
-	var d net.Dialer
+	d, err := tcpDialer(cfg.LocalAddr)
+	if err != nil {
+		return nil, err
+	}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
@@ -99,6 +114,14 @@ func DialTLS(ctx context.Context, addr string, tlsConf *tls.Config, cfg TLSConfi
 type yamuxSession struct {
 	s       *yamux.Session
 	binding []byte
+	gate    *preAuthGate // server only: see gate.go
+}
+
+// Authenticated lets the frames of every stream through (Gated).
+func (y *yamuxSession) Authenticated() {
+	if y.gate != nil {
+		y.gate.Authenticated()
+	}
 }
 
 func newYamuxSession(s *yamux.Session, tc *tls.Conn) (*yamuxSession, error) {

@@ -71,6 +71,16 @@ type PreAuthenticated interface {
 	AuthInfo() any
 }
 
+// Gated is implemented by server sessions that, until Authenticated is
+// called, serve nothing but the first stream the client opened (the control
+// stream) and hold no data of any other: on TLS+yamux the frames of other
+// streams stay unread in the socket, on QUIC other streams are reset as
+// they arrive. The server calls Authenticated once the client has proved
+// its key, before it answers; the transport knows nothing of keys.
+type Gated interface {
+	Authenticated()
+}
+
 // Listener accepts sessions of one transport.
 type Listener interface {
 	Accept(ctx context.Context) (Session, error)
