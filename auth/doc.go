@@ -26,10 +26,18 @@
 //	cert-authority,targets="staging" ssh-ed25519 AAAA... users-ca
 //
 // A user certificate from a cert-authority line grants its principals as
-// target names ("*" grants all), narrowed by the CA line's targets=. Errors
-// wrap ErrUnknownKey, ErrKeyExpired, ErrSourceNotAllowed or ErrCertInvalid.
-// Any malformed line, unknown option included, makes the whole file an
-// error that names the line: a typo must never widen access silently.
+// target names ("*" grants all), narrowed by the CA line's targets=; it
+// needs the permit-port-forwarding extension, and force-command or any
+// critical option but source-address refuses it. Errors wrap ErrUnknownKey,
+// ErrKeyExpired, ErrSourceNotAllowed, ErrKeyRestricted or ErrCertInvalid.
+//
+// Options fail closed: restrict and no-port-forwarding refuse the key
+// (ErrKeyRestricted; a later port-forwarding undoes them, as in OpenSSH),
+// permitopen="host:port,..." becomes Identity.PermitOpen, checked per
+// stream with Identity.MayOpen (ErrNotPermitted), and any option cachetun
+// cannot honour (command=, environment=, tunnel=, ...) or does not know,
+// like any malformed line, makes the whole file an error that names the
+// line: neither a typo nor a bastion's file may widen access silently.
 //
 // # Client side: known_hosts
 //
