@@ -108,7 +108,9 @@ func newClientStream(s Stream, req OpenRequest) (*clientStream, error) {
 func (c *clientStream) Write(p []byte) (int, error) {
 	if c.hdr.pending.Load() {
 		if n, done, err := c.hdr.writeWith(c.Stream, p); done {
-			if err != nil {
+			// A write the server stopped (QUIC STOP_SENDING of a refused
+			// stream) leaves the refusal readable: no abort then.
+			if err != nil && !peerStopped(err) {
 				c.Stream.Abort()
 			}
 			return n, err

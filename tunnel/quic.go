@@ -312,6 +312,13 @@ func (s *quicSession) Close() error {
 // Stats returns the QUIC connection statistics (RTT, loss).
 func (s *quicSession) Stats() quic.ConnectionStats { return s.c.ConnectionStats() }
 
+// peerStopped reports whether err is the peer's STOP_SENDING of a QUIC
+// stream, as a server sends with a refusal.
+func peerStopped(err error) bool {
+	var se *quic.StreamError
+	return errors.As(err, &se) && se.Remote
+}
+
 // quicStream adapts *quic.Stream to Stream. quic-go frees a stream only
 // once both directions are finished, so Close finishes both: FIN on the
 // send side (unless already reset) and CancelRead on the receive side.
