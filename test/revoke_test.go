@@ -377,3 +377,205 @@ func streamPing(st tunnel.Stream) error {
 	}
 	return nil
 }
+
+// TestStreams_RefusedFloodBounded (issue 10, finding 5): an authenticated
+// client of a real gateway process with max_streams_per_session: 10 opens
+// 300 streams to a node that is not part of the target, writes 256 KiB
+// on each and never closes them. The gateway's RSS grows by at most
+// 32 MiB. On tls (yamux, no stream reset) refused streams count until they
+// are gone: after 10 refused as unknown node, the next 10 are refused with
+// the limit status, and a client that holds 2 × 10 refused streams open
+// loses its session. On quic the transport's stream limit (10) holds: a
+// refused stream is freed at once (STOP_SENDING), so its credit comes back
+// and every open gets its refusal. On ssh a refusal is a channel-open
+// failure, which holds nothing. A legitimate client connects within 2 s
+// afterwards.
+func TestStreams_RefusedFloodBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("floods a gateway process")
+	}
+	const (
+		limit     = 10
+		opens     = 300
+		perStream = 256 << 10
+		maxGrowth = 32 << 20
+		unknown   = "10.255.255.1:6379" // not a node of the target; never dialled
+	)
+	r := testenv.StartRedis(t)
+	forEachTransport(t, func(t *testing.T, transport string) {
+		k, legit := newKey(t, "flood"), newKey(t, "legit")
+		g := startGatewayProc(t, gatewayProcOpts{
+			Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
+			Limits:     map[string]string{"max_streams_per_session": fmt.Sprint(limit)},
+			Authorized: []string{k.Line, legit.Line},
+		})
+		cl, err := client.New(client.Options{
+			Servers: []string{g.ServerAddr(transport)}, Target: "cache", Transport: transport,
+			Identity: k.Path, KnownHosts: g.KnownHosts(t),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		sess, _, err := cl.Dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		base := g.RSS(t)
+		payload := bytes.Repeat([]byte("x"), perStream)
+		var (
+			peak    = base
+			counts  = map[string]int{}
+			streams []tunnel.Stream
+		)
+		for i := 0; i < opens; i++ {
+			octx, ocancel := context.WithTimeout(ctx, 5*time.Second)
+			st, err := sess.OpenStream(octx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "cache", Node: unknown})
+			ocancel()
+			if err != nil {
+				counts["open failed"]++
+				break
+			}
+			streams = append(streams, st) // never closed until the end
+			_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+			_, _ = st.Write(payload)
+			_, err = st.Read(make([]byte, 1))
+			var se *tunnel.StatusError
+			switch {
+			case errors.As(err, &se):
+				counts[se.Code.String()]++
+			default:
+				counts["session closed"]++
+				t.Logf("stream %d: %v", i, err)
+			}
+			if rss := g.RSS(t); rss > peak {
+				peak = rss
+			}
+			if counts["session closed"] > 0 {
+				break
+			}
+		}
+		time.Sleep(200 * time.Millisecond) // let the gateway take in what is in flight
+		if rss := g.RSS(t); rss > peak {
+			peak = rss
+		}
+		growth := peak - base
+		t.Logf("%s: %d opens, refusals %v; gateway RSS %d MiB -> peak %d MiB (growth %.1f MiB, bound %d MiB)",
+			transport, len(streams), counts, base>>20, peak>>20, float64(growth)/(1<<20), maxGrowth>>20)
+		if growth > maxGrowth {
+			t.Errorf("gateway RSS grew by %d bytes, bound %d", growth, maxGrowth)
+		}
+		switch transport {
+		case "tls":
+			if counts["unknown node"] != limit || counts["limit reached"] != limit || counts["session closed"]+counts["open failed"] != 1 {
+				t.Errorf("refusals %v: want %d unknown node, %d limit, then the session closed", counts, limit, limit)
+			}
+		default:
+			if counts["unknown node"] != opens {
+				t.Errorf("refusals %v: want all %d refused as unknown node", counts, opens)
+			}
+		}
+		for _, st := range streams {
+			st.Close()
+		}
+		start := time.Now()
+		mustConnect(t, g, transport, "cache", legit)
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("a legitimate client took %s to connect after the flood, bound 2s", took)
+		}
+	})
+}
+
+// TestSession_OneControlStream (issue 10, finding 7): a session has
+// exactly one control stream on every transport. On quic and tls a second
+// kind-control stream of an authenticated session is refused; on ssh, of
+// 9 control channels opened at once on one connection exactly one is
+// accepted and welcomed, against a real gateway process.
+func TestSession_OneControlStream(t *testing.T) {
+	r := testenv.StartRedis(t)
+	const channels = 9
+	forEachTransport(t, func(t *testing.T, transport string) {
+		k := newKey(t, "ctl")
+		g := startGatewayProc(t, gatewayProcOpts{
+			Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
+			Authorized: []string{k.Line},
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var sess tunnel.Session
+		if transport == "ssh" {
+			signer := loadTestSigner(t, k.Path)
+			var err error
+			sess, err = tunnel.DialSSH(ctx, g.SSHAddr, &ssh.ClientConfig{
+				User: "cache", Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+				HostKeyCallback: ssh.FixedHostKey(g.HostKey),
+			}, tunnel.DefaultSSHConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			cl, err := client.New(client.Options{
+				Servers: []string{g.ServerAddr(transport)}, Target: "cache", Transport: transport,
+				Identity: k.Path, KnownHosts: g.KnownHosts(t),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sess, _, err = cl.Dial(ctx) // the first control stream, authenticated
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		defer sess.Close()
+		n := channels
+		if transport != "ssh" {
+			n = channels - 1 // Dial opened one
+		}
+		var (
+			wg       sync.WaitGroup
+			mu       sync.Mutex
+			welcomed int
+			refused  int
+		)
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				st, err := sess.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "cache"})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer st.Close()
+				_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+				if err := tunnel.WriteJSON(st, tunnel.FrameHello, &tunnel.Hello{Client: "test", Target: "cache"}); err != nil {
+					t.Error(err)
+					return
+				}
+				typ, _, err := tunnel.ReadFrame(st)
+				mu.Lock()
+				defer mu.Unlock()
+				var se *tunnel.StatusError
+				switch {
+				case errors.As(err, &se) && se.Code == tunnel.StatusBadRequest:
+					refused++
+				case err == nil && typ == tunnel.FrameWelcome:
+					welcomed++
+				default:
+					t.Errorf("control stream: frame %d, %v", typ, err)
+				}
+			}()
+		}
+		wg.Wait()
+		want := 1
+		if transport != "ssh" {
+			want = 0 // the one allowed is Dial's
+		}
+		if welcomed != want || refused != n-want {
+			t.Fatalf("%d control streams: %d welcomed, %d refused; want %d welcomed", n, welcomed, refused, want)
+		}
+		t.Logf("%s: %d further control streams opened, %d welcomed, %d refused", transport, n, welcomed, refused)
+	})
+}
