@@ -69,6 +69,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Out receives the listener table, one line per node.
 	Out io.Writer
+	// Notice receives lines for the user that are not errors, e.g. a host
+	// key recorded by AcceptNewHostKey (the CLI passes stderr).
+	Notice io.Writer
 }
 
 // Error is a runtime error with a hint that names the fix.
@@ -147,6 +150,9 @@ func New(opts Options) (*Client, error) {
 	if opts.Out == nil {
 		opts.Out = io.Discard
 	}
+	if opts.Notice == nil {
+		opts.Notice = io.Discard
+	}
 	if opts.WaitForSession == 0 {
 		opts.WaitForSession = 10 * time.Second
 	}
@@ -185,7 +191,7 @@ func New(opts Options) (*Client, error) {
 	c := &Client{
 		opts:      opts,
 		log:       opts.Logger.With("component", "client"),
-		hosts:     &auth.HostKeyChecker{Path: auth.ExpandHome(opts.KnownHosts), AcceptNew: opts.AcceptNewHostKey},
+		hosts:     &auth.HostKeyChecker{Path: auth.ExpandHome(opts.KnownHosts)},
 		ready:     make(chan struct{}),
 		up:        make(chan struct{}),
 		listeners: make(map[string]*localListener),
@@ -435,10 +441,9 @@ func (c *Client) applyTopology(info tunnel.TargetInfo, first bool) error {
 			c.nextPort++
 		}
 		addr := net.JoinHostPort(c.opts.Bind, strconv.Itoa(port))
-		ln, err := net.Listen("tcp", addr)
+		ln, err := listenLocal(c.opts.Bind, port)
 		if err != nil {
-			err = &Error{Err: fmt.Errorf("listen on %s for node %s: %w", addr, n.Addr, err),
-				Hint: "another program uses that port: pass --local-port N to move the block of ports, or 0 for free ones"}
+			err = &Error{Err: fmt.Errorf("listen on %s for node %s: %w", addr, n.Addr, err), Hint: listenHint(c.opts.Bind, err)}
 			if first {
 				for _, l := range c.listeners {
 					l.ln.Close()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +60,12 @@ func (c *Client) connectOne(ctx context.Context, server string) (*conn, *tunnel.
 // fallbackWorthy reports whether a QUIC failure may be a blocked UDP path
 // rather than a verdict of the gateway.
 func fallbackWorthy(err error) bool {
+	switch {
+	case errors.Is(err, ErrDNS):
+		return false // TLS would resolve the same name
+	case errors.Is(err, ErrNoAnswer), errors.Is(err, ErrRefused):
+		return true
+	}
 	var e *Error
 	if errors.As(err, &e) {
 		return false // host key or authentication verdicts are final
@@ -75,13 +82,14 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 	}
 	addr := hostPortDefault(server, port)
 	var (
-		hostMu  sync.Mutex
-		hostErr error
+		hostMu   sync.Mutex
+		hostErr  error
+		hostSeen bool
 	)
 	verify := func(k ssh.PublicKey) error {
-		err := c.hosts.Check(addr, nil, k)
+		err := c.checkHostKey(addr, k)
 		hostMu.Lock()
-		hostErr = err
+		hostErr, hostSeen = err, true
 		hostMu.Unlock()
 		return err
 	}
@@ -105,14 +113,21 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 	case TransportTLS:
 		tc := tunnel.DefaultTLSConfig()
 		tc.LocalAddr = c.opts.LocalAddr
-		sess, err = tunnel.DialTLS(dctx, addr, certs.ClientTLSConfig(verify), tc)
+		sess, err = dialWatched(dctx, transport, addr, func(ctx context.Context) (tunnel.Session, error) {
+			return tunnel.DialTLS(ctx, addr, certs.ClientTLSConfig(verify), tc)
+		})
 	case TransportSSH:
-		sess, err = c.dialSSH(dctx, addr, verify)
+		sess, err = dialWatched(dctx, transport, addr, func(ctx context.Context) (tunnel.Session, error) {
+			return c.dialSSH(ctx, addr, verify)
+		})
 	default:
 		return nil, nil, fmt.Errorf("unknown transport %q", transport)
 	}
 	if err != nil {
-		return nil, nil, hostVerdict(fmt.Errorf("dial %s %s: %w", transport, addr, err))
+		hostMu.Lock()
+		seen := hostSeen
+		hostMu.Unlock()
+		return nil, nil, hostVerdict(explainDial(transport, addr, err, seen))
 	}
 	cn := &conn{sess: sess, server: addr}
 	w, err := c.authenticate(dctx, cn)
@@ -135,9 +150,35 @@ func hostKeyHint(err error) string {
 		return "if the gateway's key really changed, remove its old line from " + mm.Path + "; otherwise do not connect"
 	}
 	if errors.Is(err, auth.ErrUnknownHost) {
-		return "check the key with the gateway's operator ('cachetun server init' printed it), then run with --accept-new-host-key"
+		return "compare that fingerprint with the one 'cachetun server init' printed (ask the gateway's operator); if they match, run again with --accept-new-host-key"
 	}
 	return ""
+}
+
+// checkHostKey checks the gateway's host key against known_hosts. An
+// unknown host is reported with its fingerprint, to compare with what
+// 'cachetun server init' printed; with --accept-new-host-key its key is
+// recorded and, as ssh does, a line says so on Notice.
+func (c *Client) checkHostKey(addr string, k ssh.PublicKey) error {
+	err := c.hosts.Check(addr, nil, k)
+	var unknown *auth.UnknownHostError
+	if !errors.As(err, &unknown) {
+		return err
+	}
+	if !c.opts.AcceptNewHostKey {
+		return fmt.Errorf("%w for %s: it presented %s %s, and %s has no entry for it",
+			auth.ErrUnknownHost, addr, keyType(k), auth.Fingerprint(k), c.opts.KnownHosts)
+	}
+	accept := &auth.HostKeyChecker{Path: c.hosts.Path, AcceptNew: true}
+	if err := accept.Check(addr, nil, k); err != nil {
+		return err
+	}
+	hp := addr
+	if h, p, err := net.SplitHostPort(addr); err == nil && p != "22" {
+		hp = "[" + h + "]:" + p
+	}
+	fmt.Fprintf(c.opts.Notice, "Permanently added '%s' (%s %s) to %s\n", hp, keyType(k), auth.Fingerprint(k), c.opts.KnownHosts)
+	return nil
 }
 
 // Welcome codes of a refused key: the next key may still be accepted. Any

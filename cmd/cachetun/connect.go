@@ -33,6 +33,7 @@ func (c *ConnectCmd) Run(e *env) error {
 	}
 	opts.Logger = e.log
 	opts.Out = e.stdout
+	opts.Notice = e.stderr
 	opts.Passphrase = terminalPassphrase(e)
 	cl, err := client.New(opts)
 	if err != nil {
