@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 TESTTIMEOUT ?= 25m
 
-.PHONY: all build test test-short demo bench fuzz vet clean
+.PHONY: all build test test-short demo bench fuzz vet clean package
 
 all: build
 
@@ -38,6 +38,21 @@ fuzz:
 	  for f in $$($(GO) test -list 'Fuzz.*' $$pkg 2>/dev/null | grep '^Fuzz'); do \
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	  done; \
+	done
+
+# .deb and .rpm for linux/$(GOARCH) in $(PKGDIR) (nfpm, pinned in go.mod's tool
+# directive; recipe: dist/nfpm.yaml). Package versions come from a vX.Y.Z tag,
+# else 0.0.0~git<commit>.
+GOARCH   ?= $(shell $(GO) env GOARCH)
+PKGTAG   := $(shell git describe --tags --match 'v[0-9]*' --abbrev=0 2>/dev/null)
+PKGVERSION    ?= $(if $(PKGTAG),$(patsubst v%,%,$(PKGTAG)),0.0.0)
+PKGPRERELEASE ?= $(if $(PKGTAG),,git$(shell git rev-parse --short HEAD 2>/dev/null))
+PKGDIR   ?= bin
+package:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(PKGDIR)/pkg/cachetun ./cmd/cachetun
+	for p in deb rpm; do \
+	  GOARCH=$(GOARCH) PKGVERSION=$(PKGVERSION) PKGPRERELEASE=$(PKGPRERELEASE) PKGBIN=$(PKGDIR)/pkg/cachetun \
+	    $(GO) tool nfpm package --config dist/nfpm.yaml --packager $$p --target $(PKGDIR)/ || exit 1; \
 	done
 
 clean:
