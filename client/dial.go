@@ -185,12 +185,12 @@ func (c *Client) checkHostKey(addr string, k ssh.PublicKey) error {
 // other refusal (unknown_target, target_denied, too_many_tries, ...) is
 // about the session, not the key, and ends the attempt.
 var keyRefusals = map[string]bool{
-	"unknown_key":   true,
-	"key_expired":   true,
-	"source_denied": true,
-	"cert_invalid":  true,
-	"revoked":       true,
-	"denied":        true,
+	"unknown_key":    true,
+	"key_expired":    true,
+	"source_denied":  true,
+	"cert_invalid":   true,
+	"key_restricted": true,
+	"denied":         true,
 }
 
 // maxHelloTries is the gateway's bound on the keys one session may try
@@ -342,8 +342,8 @@ func refusalHint(r refusal) string {
 		return "connect from a network the key is allowed from (from= in authorized_keys), or ask the gateway's operator to allow your address"
 	case "cert_invalid":
 		return "get a new certificate from your certificate authority (it may have expired or not name this gateway's principals)"
-	case "revoked":
-		return "the key is revoked on the gateway: ask the operator for access with a new key"
+	case "key_restricted":
+		return "the key's line in the gateway's authorized_keys forbids port forwarding (restrict, no-port-forwarding): ask the gateway's operator, or pass -i with another key"
 	}
 	return r.hint
 }

@@ -7,11 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/crypto/ssh"
+	"gopkg.in/yaml.v3"
 
 	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/server"
@@ -205,10 +207,55 @@ func (c *ServerInitCmd) Run(e *env) error {
 	if name == "" {
 		name, _ = os.Hostname()
 	}
+	ports, err := listenPorts(cfgPath)
+	if err != nil {
+		return err
+	}
 	key := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
 	fmt.Fprintf(e.stdout, "\nhost key %s\nclients add these lines to ~/.config/cachetun/known_hosts:\n", ssh.FingerprintSHA256(pub))
-	fmt.Fprintf(e.stdout, "[%s]:4433 %s\n[%s]:2222 %s\n", name, key, name, key)
+	for _, p := range ports {
+		fmt.Fprintf(e.stdout, "%s %s\n", knownHostsName(name, p), key)
+	}
 	return nil
+}
+
+// listenPorts returns the ports of the transports the config at path
+// enables (listen:, over the defaults), QUIC/TLS first, without repeats.
+func listenPorts(path string) ([]string, error) {
+	listen := server.DefaultConfig().Listen
+	doc := struct {
+		Listen *server.Listen `yaml:"listen"`
+	}{Listen: &listen}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, &server.ConfigError{File: path, Err: err}
+	}
+	var ports []string
+	for _, a := range []string{listen.QUIC, listen.TLS, listen.SSH} {
+		if a == "" {
+			continue
+		}
+		_, p, err := net.SplitHostPort(a)
+		if err != nil {
+			return nil, &server.ConfigError{File: path, Err: fmt.Errorf("listen address %q: %w", a, err)}
+		}
+		if !slices.Contains(ports, p) {
+			ports = append(ports, p)
+		}
+	}
+	return ports, nil
+}
+
+// knownHostsName is how known_hosts names host on port: [host]:port, or
+// the bare host on port 22.
+func knownHostsName(host, port string) string {
+	if port == "22" {
+		return host
+	}
+	return "[" + host + "]:" + port
 }
 
 func writeIfMissing(path string, data []byte, perm os.FileMode) error {
