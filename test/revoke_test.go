@@ -16,8 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/certs"
 	"github.com/cachetun/cachetun/client"
 	"github.com/cachetun/cachetun/test/testenv"
 	"github.com/cachetun/cachetun/tunnel"
@@ -578,4 +581,163 @@ func TestSession_OneControlStream(t *testing.T) {
 		}
 		t.Logf("%s: %d further control streams opened, %d welcomed, %d refused", transport, n, welcomed, refused)
 	})
+}
+
+// TestRevocation_QUICMigration (issue 10, finding 3): from= is judged again
+// when a QUIC connection moves to a new address. A raw quic-go client
+// (the client package does not migrate) authenticates from 127.0.0.1 with
+// a key restricted to from="127.0.0.1", then migrates the connection to a
+// socket on 127.0.0.2. The gateway process polls the connection's address
+// every 0.5 s (quic-go has no migration callback) and ends the session with
+// FrameRevoked code source_denied within 2 s of the switch.
+func TestRevocation_QUICMigration(t *testing.T) {
+	r := testenv.StartRedis(t)
+	k := newKey(t, "pinned")
+	g := startGatewayProc(t, gatewayProcOpts{
+		Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
+		Authorized: []string{`from="127.0.0.1" ` + k.Line},
+		NoSSH:      true,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	listen := func(ip string) *quic.Transport {
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := &quic.Transport{Conn: udp}
+		t.Cleanup(func() { tr.Close() })
+		return tr
+	}
+	tr1, tr2 := listen("127.0.0.1"), listen("127.0.0.2")
+	gw, err := net.ResolveUDPAddr("udp", g.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsConf := certs.ClientTLSConfig(func(key ssh.PublicKey) error {
+		if !bytes.Equal(key.Marshal(), g.HostKey.Marshal()) {
+			return errors.New("not the gateway's host key")
+		}
+		return nil
+	})
+	conn, err := tr1.Dial(ctx, gw, tlsConf, &quic.Config{MaxIdleTimeout: 10 * time.Second, KeepAlivePeriod: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseWithError(0, "")
+	ctrl, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := conn.ConnectionState()
+	binding, err := cs.TLS.ExportKeyingMaterial(tunnel.BindingLabel, nil, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer := loadTestSigner(t, k.Path)
+	sig, err := auth.SignBinding(signer, binding)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, _ := tunnel.AppendHeader(nil, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "cache"})
+	if _, err := ctrl.Write(hdr); err != nil {
+		t.Fatal(err)
+	}
+	hello := &tunnel.Hello{Client: "test", Target: "cache", PublicKey: signer.PublicKey().Marshal(),
+		SigFormat: sig.Format, SigBlob: sig.Blob, SigRest: sig.Rest}
+	if err := tunnel.WriteJSON(ctrl, tunnel.FrameHello, hello); err != nil {
+		t.Fatal(err)
+	}
+	_ = ctrl.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if err := tunnel.ReadStatus(ctrl); err != nil {
+		t.Fatalf("control stream refused: %v", err)
+	}
+	if typ, payload, err := tunnel.ReadFrame(ctrl); err != nil || typ != tunnel.FrameWelcome || !bytes.Contains(payload, []byte(`"ok":true`)) {
+		t.Fatalf("welcome: type %d %s %v", typ, payload, err)
+	}
+	path, err := conn.AddPath(tr2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+	err = path.Probe(pctx)
+	pcancel()
+	if err != nil {
+		t.Fatalf("probe the new path: %v", err)
+	}
+	if err := path.Switch(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// Traffic on the new path, so that the gateway moves to it.
+	if err := tunnel.WriteFrame(ctrl, tunnel.FramePing, nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = ctrl.SetReadDeadline(start.Add(revokeBound + time.Second))
+	for {
+		typ, payload, err := tunnel.ReadFrame(ctrl)
+		if err != nil {
+			t.Fatalf("no Revoked frame %s after the migration: %v", time.Since(start).Round(time.Millisecond), err)
+		}
+		if typ != tunnel.FrameRevoked {
+			continue
+		}
+		took := time.Since(start)
+		if !bytes.Contains(payload, []byte(`"code":"source_denied"`)) || !bytes.Contains(payload, []byte("127.0.0.2")) {
+			t.Fatalf("revoked frame %s: want source_denied from 127.0.0.2", payload)
+		}
+		if took > revokeBound {
+			t.Fatalf("revoked %s after the migration, bound %s", took, revokeBound)
+		}
+		t.Logf("migrated to %s: revoked %s after the switch (bound %s): %s", conn.LocalAddr(), took.Round(time.Millisecond), revokeBound, payload)
+		break
+	}
+	select {
+	case <-conn.Context().Done():
+	case <-time.After(revokeBound):
+		t.Fatalf("the gateway did not close the migrated session")
+	}
+}
+
+// TestRevocation_OpenSSH (issue 10, finding 3): a stock OpenSSH client
+// (`ssh -N -L`) has no control channel to read a reason on: when its key
+// is removed and the gateway process gets SIGHUP, its connection is
+// closed, so ssh and the forwarded connection end within 2 s.
+func TestRevocation_OpenSSH(t *testing.T) {
+	r := testenv.StartRedis(t)
+	k := newKey(t, "ops")
+	g := startGatewayProc(t, gatewayProcOpts{
+		Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
+		Authorized: []string{k.Line},
+	})
+	p := sshTestStartOpenSSH(t, k.Path, g.KnownHosts(t), g.SSHAddr, "cache:6379")
+	select {
+	case <-p.exited:
+		t.Fatalf("ssh exited: %v; stderr:\n%s", p.err, p.Stderr())
+	default:
+	}
+	c, err := net.Dial("tcp", p.Locals[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := redisPing(c); err != nil {
+		t.Fatalf("PING through ssh -L: %v", err)
+	}
+	g.WriteAuthorizedKeys(t, []string{})
+	start := time.Now()
+	g.Reload(t)
+	took := waitClosed(t, c, start, revokeBound)
+	select {
+	case <-p.exited:
+	case <-time.After(time.Until(start.Add(revokeBound))):
+		t.Fatalf("ssh still connected %s after the revocation", time.Since(start).Round(time.Millisecond))
+	}
+	exited := time.Since(start)
+	if took > revokeBound || exited > revokeBound {
+		t.Fatalf("forward closed %s, ssh exited %s after SIGHUP; bound %s", took, exited, revokeBound)
+	}
+	g.WaitLog(t, "access revoked: ending the session", 5*time.Second)
+	t.Logf("ssh -L: forwarded connection closed %s, ssh exited (%v) %s after SIGHUP (bound %s)",
+		took.Round(time.Millisecond), p.err, exited.Round(time.Millisecond), revokeBound)
 }
