@@ -205,6 +205,8 @@ func revokedVerdict(id *auth.Identity, ip string, err error) *verdict {
 		v.msg = what + " is no longer authorized on the gateway"
 	case errors.Is(err, auth.ErrSourceNotAllowed):
 		v.msg = fmt.Sprintf("%s may not be used from %s any more", what, ip)
+	case errors.Is(err, auth.ErrKeyRestricted):
+		v.msg = what + " may no longer forward ports (restrict or no-port-forwarding on its authorized_keys line)"
 	case errors.Is(err, auth.ErrCertInvalid):
 		v.msg = what + " is no longer valid"
 	default:

@@ -3,6 +3,9 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -299,4 +302,112 @@ func TestGatewayProc_OptionsFailClosed(t *testing.T) {
 			t.Errorf("cachetun %s came up on the refused file:\n%s", strings.Join(args, " "), out)
 		}
 	}
+}
+
+// pingConn opens a connection to addr and checks that redis answers PING
+// on it; the connection stays open for the caller.
+func pingConn(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := pingOn(c); err != nil {
+		t.Fatalf("PING through %s: %v", addr, err)
+	}
+	return c
+}
+
+// pingOn sends PING on c and waits (at most 5 s) for +PONG.
+func pingOn(c net.Conn) error {
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 7)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "+PONG\r\n" {
+		return fmt.Errorf("reply %q", buf)
+	}
+	return nil
+}
+
+// assertCutWithin fails unless c is closed by the far end within d.
+func assertCutWithin(t testing.TB, c net.Conn, d time.Duration) {
+	t.Helper()
+	start := time.Now()
+	_ = c.SetReadDeadline(start.Add(d))
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection still open %v after the reload", d)
+	}
+	if err == nil {
+		t.Fatal("read data on a connection that should be cut")
+	}
+	t.Logf("connection cut %v after the reload (bound %v)", time.Since(start).Round(time.Millisecond), d)
+}
+
+// TestSSH_PermitOpenNarrowedOnReload: adding permitopen="0.cache:*" to a
+// key's line and reloading cuts that key's live connection to node 1
+// within 2 s, keeps its node 0 connection, and refuses a new node 1
+// connection; on every transport and for ssh -L. Adding restrict then
+// ends a cachetun session with a reason the client prints.
+func TestSSH_PermitOpenNarrowedOnReload(t *testing.T) {
+	rs, targets := sshTestThreeRedis(t)
+	narrow := func(t *testing.T, g *gateway, k key) {
+		t.Helper()
+		if err := os.WriteFile(g.Config.AuthorizedKeys, []byte(`permitopen="0.cache:*" `+k.Line+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Srv.ReloadKeys(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(t *testing.T, node0, node1 net.Conn, newNode1 string) {
+		t.Helper()
+		assertCutWithin(t, node1, 2*time.Second)
+		if err := pingOn(node0); err != nil {
+			t.Fatalf("node 0 connection after narrowing to node 0: %v", err)
+		}
+		assertStreamRefused(t, newNode1, rs[1])
+	}
+	forEachTransport(t, func(t *testing.T, transport string) {
+		k := newKey(t, "narrowed")
+		g := startGateway(t, targets, []string{k.Line})
+		c := mustConnect(t, g, transport, "cache", k)
+		node0, node1 := pingConn(t, c.Local(t, rs[0].Addr)), pingConn(t, c.Local(t, rs[1].Addr))
+		narrow(t, g, k)
+		check(t, node0, node1, c.Local(t, rs[1].Addr))
+
+		// restrict added to the line ends the session with the reason.
+		if err := os.WriteFile(g.Config.AuthorizedKeys, []byte(`restrict `+k.Line+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Srv.ReloadKeys(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-c.Err:
+			c.Err <- err // for the cleanup
+			if msg := errText(err); !strings.Contains(msg, "access revoked") || !strings.Contains(msg, "may no longer forward ports") {
+				t.Fatalf("client error %q: want access revoked, naming the restriction", msg)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("client still running 2 s after restrict was added to its line")
+		}
+		assertCutWithin(t, node0, 2*time.Second)
+	})
+	t.Run("openssh", func(t *testing.T) {
+		k := newKey(t, "narrowed")
+		g := startGateway(t, targets, []string{k.Line})
+		p := sshTestStartOpenSSH(t, k.Path, g.KnownHosts(t), g.SSHAddr, "cache:6379", "1.cache:6379")
+		node0, node1 := pingConn(t, p.Locals[0]), pingConn(t, p.Locals[1])
+		narrow(t, g, k)
+		check(t, node0, node1, p.Locals[1])
+	})
 }
