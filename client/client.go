@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -39,9 +40,16 @@ const (
 
 // Options are the resolved settings of one connect.
 type Options struct {
-	Profile          string
-	Servers          []string
-	Target           string
+	Profile string
+	Servers []string
+	// Target (with Profile and LocalPort) is the one target of a connect;
+	// Targets, when set, replaces it with several, all on one session.
+	Target  string
+	Targets []TargetOptions
+	// All asks the gateway for every target the key may use.
+	All bool
+	// List asks only for the targets the key may use (see List).
+	List             bool
 	Transport        string
 	Identity         string // key file; empty: ssh-agent, then DefaultKeyFiles
 	LocalPort        *int   // nil: the port of the target's first node
@@ -72,6 +80,18 @@ type Options struct {
 	// Notice receives lines for the user that are not errors, e.g. a host
 	// key recorded by AcceptNewHostKey (the CLI passes stderr).
 	Notice io.Writer
+	// OnEvent, when set, is called for every change worth showing (see
+	// Event); it must not block.
+	OnEvent func(Event)
+}
+
+// TargetOptions are one target's settings in a connect of several.
+type TargetOptions struct {
+	Name    string
+	Profile string // shown in the table; default Name
+	// LocalPort is the first local port of this target's nodes; nil: the
+	// connect's LocalPort, else the port of the target's first node.
+	LocalPort *int
 }
 
 // Error is a runtime error with a hint that names the fix.
@@ -109,12 +129,11 @@ type Client struct {
 	mu        sync.Mutex    // guards the following
 	cur       *conn         // current session, nil while reconnecting
 	ready     chan struct{} // closed when cur is set
-	listeners map[string]*localListener
-	order     []string // node addresses in port order
-	nextPort  int
-	info      tunnel.TargetInfo
+	views     []*targetView // in table order
+	byName    map[string]*targetView
+	usedPorts map[int]bool // local ports of every target
 
-	cluster clusterState // address rewriting (cluster.go)
+	open atomic.Int64 // local connections being relayed
 
 	wg sync.WaitGroup // accept loops, local connections, refresh requests
 
@@ -140,6 +159,23 @@ type conn struct {
 type localListener struct {
 	ln   net.Listener
 	node string
+}
+
+// targetView is one target of the session: its topology, its local
+// listeners and its rewriting state. It embeds its Client for the shared
+// lock, logger, session and goroutine group; the fields below are guarded
+// by Client.mu unless said otherwise.
+type targetView struct {
+	*Client
+	name      string
+	profile   string
+	localPort *int
+	listeners map[string]*localListener
+	order     []string // node addresses in port order
+	nextPort  int
+	info      tunnel.TargetInfo
+
+	cluster clusterState // address rewriting (cluster.go), its own locks
 }
 
 // New checks the options and loads the keys. It does not dial.
@@ -182,8 +218,17 @@ func New(opts Options) (*Client, error) {
 	if len(opts.Servers) == 0 {
 		return nil, &ConfigError{Err: errors.New("no gateway address"), Hint: "pass --server HOST:PORT or set server: in the profile"}
 	}
-	if opts.Target == "" {
+	if len(opts.Targets) == 0 && opts.Target != "" {
+		opts.Targets = []TargetOptions{{Name: opts.Target, Profile: opts.Profile, LocalPort: opts.LocalPort}}
+	}
+	if len(opts.Targets) == 0 && !opts.All && !opts.List {
 		return nil, &ConfigError{Err: errors.New("no target name"), Hint: "pass --target NAME or set target: in the profile"}
+	}
+	if len(opts.Targets) > tunnel.MaxHelloTargets {
+		return nil, &ConfigError{Err: fmt.Errorf("%d targets in one connect, at most %d", len(opts.Targets), tunnel.MaxHelloTargets), Hint: "split them over several processes"}
+	}
+	if opts.Target == "" && len(opts.Targets) > 0 {
+		opts.Target = opts.Targets[0].Name
 	}
 	if opts.LocalPort != nil && (*opts.LocalPort < 0 || *opts.LocalPort > 65535) {
 		return nil, &ConfigError{Err: fmt.Errorf("local port %d out of range", *opts.LocalPort), Hint: "use 1-65535, or 0 for ports the system picks"}
@@ -194,7 +239,11 @@ func New(opts Options) (*Client, error) {
 		hosts:     &auth.HostKeyChecker{Path: auth.ExpandHome(opts.KnownHosts)},
 		ready:     make(chan struct{}),
 		up:        make(chan struct{}),
-		listeners: make(map[string]*localListener),
+		byName:    make(map[string]*targetView),
+		usedPorts: make(map[int]bool),
+	}
+	for _, t := range opts.Targets {
+		c.addViewLocked(t)
 	}
 	keys, err := loadKeys(opts.Identity, opts.Passphrase)
 	if err != nil {
@@ -214,12 +263,13 @@ func (c *Client) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := c.applyTopology(*welcome.Target, true); err != nil {
+	if err := c.applyWelcome(welcome, true); err != nil {
 		cn.sess.Close()
 		return err
 	}
 	c.printTable(cn)
 	c.upOnce.Do(func() { close(c.up) })
+	c.emit(Event{Kind: EventUp, Server: cn.server, Transport: cn.sess.Transport(), Targets: c.Endpoints()})
 	defer func() {
 		c.closeListeners()
 		c.wg.Wait() // local connections end with their session
@@ -238,11 +288,29 @@ func (c *Client) Run(ctx context.Context) error {
 			return final
 		}
 		c.log.Warn("session to gateway lost: reconnecting; local ports stay open", "server", cn.server, "reason", lost)
+		c.emit(Event{Kind: EventReconnecting, Server: cn.server, Transport: cn.sess.Transport(), Error: lost})
 		cn = c.reconnect(ctx)
 		if cn == nil {
 			return nil
 		}
 	}
+}
+
+// List asks the gateway for the targets the key may use (Options.List
+// must be set).
+func (c *Client) List(ctx context.Context) ([]tunnel.TargetSummary, error) {
+	if !c.opts.List {
+		return nil, errors.New("list targets: Options.List is not set")
+	}
+	cn, w, err := c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer cn.sess.Close()
+	if w.Allowed == nil && w.Target != nil {
+		return nil, &Error{Err: errors.New("the gateway does not list targets"), Hint: "upgrade the gateway; until then its refusal of an unknown target names the allowed ones"}
+	}
+	return w.Allowed, nil
 }
 
 // Dial opens one authenticated session to the first gateway that accepts
@@ -263,10 +331,11 @@ func (c *Client) reconnect(ctx context.Context) *conn {
 	for attempt := 1; ; attempt++ {
 		cn, welcome, err := c.connect(ctx)
 		if err == nil {
-			if err := c.applyTopology(*welcome.Target, false); err != nil {
+			if err := c.applyWelcome(welcome, false); err != nil {
 				c.log.Error("apply topology", "err", err)
 			}
 			c.log.Info("session to gateway restored", "server", cn.server, "transport", cn.sess.Transport(), "attempt", attempt)
+			c.emit(Event{Kind: EventReconnected, Server: cn.server, Transport: cn.sess.Transport(), Targets: c.Endpoints()})
 			return cn
 		}
 		if ctx.Err() != nil {
@@ -274,6 +343,7 @@ func (c *Client) reconnect(ctx context.Context) *conn {
 		}
 		sleep := backoff/2 + rand.N(backoff/2+1)
 		c.log.Warn("reconnect failed", "attempt", attempt, "err", err, "retry_in", sleep.Round(time.Millisecond))
+		c.emit(Event{Kind: EventError, Error: err.Error()})
 		select {
 		case <-ctx.Done():
 			return nil
@@ -417,55 +487,119 @@ func revokedError(payload []byte) error {
 func (c *Client) applyTopology(info tunnel.TargetInfo, first bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.info = info
-	if c.nextPort == 0 && len(info.Nodes) > 0 {
+	v := c.byName[info.Name]
+	if v == nil && len(c.views) == 1 && info.Name == "" {
+		v = c.views[0]
+	}
+	if v == nil {
+		if !c.opts.All {
+			c.log.Warn("the gateway pushed the topology of a target this client did not ask for", "target", info.Name)
+			return nil
+		}
+		v = c.addViewLocked(TargetOptions{Name: info.Name})
+	}
+	return v.applyLocked(info, first)
+}
+
+// addViewLocked adds a target to the table. c.mu is held (or c is new).
+func (c *Client) addViewLocked(t TargetOptions) *targetView {
+	if t.Profile == "" {
+		t.Profile = t.Name
+	}
+	v := &targetView{Client: c, name: t.Name, profile: t.Profile, localPort: t.LocalPort, listeners: make(map[string]*localListener)}
+	c.views = append(c.views, v)
+	c.byName[t.Name] = v
+	return v
+}
+
+// applyLocked opens this target's listeners for nodes not seen before.
+func (v *targetView) applyLocked(info tunnel.TargetInfo, first bool) error {
+	c := v.Client
+	v.info = info
+	if v.nextPort == 0 && len(info.Nodes) > 0 {
 		switch {
+		case v.localPort != nil:
+			v.nextPort = *v.localPort
 		case c.opts.LocalPort != nil:
-			c.nextPort = *c.opts.LocalPort
+			v.nextPort = *c.opts.LocalPort
 		default:
 			_, p, _ := net.SplitHostPort(info.Nodes[0].Addr)
-			c.nextPort, _ = strconv.Atoi(p)
+			v.nextPort, _ = strconv.Atoi(p)
 		}
-		if c.nextPort == 0 {
-			c.nextPort = -1 // ephemeral ports
+		if v.nextPort == 0 {
+			v.nextPort = -1 // ephemeral ports
 		}
 	}
 	var added []string
 	for _, n := range info.Nodes {
-		if _, ok := c.listeners[n.Addr]; ok {
+		if _, ok := v.listeners[n.Addr]; ok {
 			continue
 		}
 		port := 0
-		if c.nextPort > 0 {
-			port = c.nextPort
-			c.nextPort++
+		if v.nextPort > 0 {
+			// Targets of one connect share the port space: a target
+			// whose block would overlap another's moves past it.
+			for c.usedPorts[v.nextPort] {
+				v.nextPort++
+			}
+			port = v.nextPort
+			v.nextPort++
 		}
 		addr := net.JoinHostPort(c.opts.Bind, strconv.Itoa(port))
 		ln, err := listenLocal(c.opts.Bind, port)
 		if err != nil {
-			err = &Error{Err: fmt.Errorf("listen on %s for node %s: %w", addr, n.Addr, err), Hint: listenHint(c.opts.Bind, err)}
+			err = &Error{Err: fmt.Errorf("listen on %s for node %s of %s: %w", addr, n.Addr, v.name, err), Hint: listenHint(c.opts.Bind, err)}
 			if first {
-				for _, l := range c.listeners {
-					l.ln.Close()
+				for _, w := range c.views {
+					for _, l := range w.listeners {
+						l.ln.Close()
+					}
 				}
 				return err
 			}
 			c.log.Error("open local port for new node", "err", err)
 			continue
 		}
+		if p := ln.Addr().(*net.TCPAddr).Port; p > 0 {
+			c.usedPorts[p] = true
+		}
 		l := &localListener{ln: ln, node: n.Addr}
-		c.listeners[n.Addr] = l
-		c.order = append(c.order, n.Addr)
+		v.listeners[n.Addr] = l
+		v.order = append(v.order, n.Addr)
 		added = append(added, n.Addr)
 		c.wg.Add(1)
-		go c.acceptLoop(l)
+		go c.acceptLoop(v, l)
 	}
 	if !first && len(added) > 0 {
 		for _, a := range added {
-			c.log.Info("new node: local port opened", "node", a, "local", c.listeners[a].ln.Addr().String())
+			c.log.Info("new node: local port opened", "target", v.name, "node", a, "local", v.listeners[a].ln.Addr().String())
 		}
 	}
-	c.publishTopologyLocked()
+	old := v.cluster.table.Load()
+	v.publishTopologyLocked()
+	if !first && (old == nil || old.version != info.Version || len(added) > 0) {
+		c.emitLocked(Event{Kind: EventTopology, Target: v.name, Targets: c.endpointsLocked()})
+	}
+	return nil
+}
+
+// applyWelcome applies the topology of every target in a Welcome.
+func (c *Client) applyWelcome(w *tunnel.Welcome, first bool) error {
+	infos := w.Targets
+	if len(infos) == 0 && w.Target != nil {
+		infos = []tunnel.TargetInfo{*w.Target}
+		if len(c.opts.Targets) > 1 || c.opts.All {
+			c.log.Warn("this gateway serves one target per session: only the first is connected; upgrade the gateway for several", "target", w.Target.Name)
+		}
+	}
+	if len(infos) == 0 {
+		return &Error{Err: errors.New("the gateway's welcome carries no target"), Hint: "upgrade the gateway or the client so that both speak the same protocol"}
+	}
+	for _, info := range infos {
+		if err := c.applyTopology(info, first); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -474,9 +608,11 @@ func (c *Client) applyTopology(info tunnel.TargetInfo, first bool) error {
 func (c *Client) LocalAddrs() map[string]string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m := make(map[string]string, len(c.listeners))
-	for a, l := range c.listeners {
-		m[a] = l.ln.Addr().String()
+	m := make(map[string]string)
+	for _, v := range c.views {
+		for a, l := range v.listeners {
+			m[a] = l.ln.Addr().String()
+		}
 	}
 	return m
 }
@@ -484,21 +620,7 @@ func (c *Client) LocalAddrs() map[string]string {
 func (c *Client) printTable(cn *conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	fmt.Fprintf(c.opts.Out, "%s  %s  via %s %s\n", c.opts.Profile, c.info.Type, cn.sess.Transport(), cn.server)
-	roles := make(map[string]tunnel.NodeInfo, len(c.info.Nodes))
-	for _, n := range c.info.Nodes {
-		roles[n.Addr] = n
-	}
-	for _, a := range c.order {
-		line := fmt.Sprintf("  %s  ->  %s", c.listeners[a].ln.Addr(), a)
-		if n := roles[a]; n.Role != "" {
-			line += "  " + n.Role
-			if n.Slots != "" {
-				line += "  slots " + n.Slots
-			}
-		}
-		fmt.Fprintln(c.opts.Out, line)
-	}
+	WriteTable(c.opts.Out, cn.sess.Transport(), cn.server, c.endpointsLocked())
 	if !isLoopback(c.opts.Bind) {
 		c.log.Warn("local ports are bound to a non-loopback address: anyone who reaches " + c.opts.Bind + " reaches the cache unencrypted")
 	}
@@ -515,12 +637,14 @@ func isLoopback(host string) bool {
 func (c *Client) closeListeners() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, l := range c.listeners {
-		l.ln.Close()
+	for _, v := range c.views {
+		for _, l := range v.listeners {
+			l.ln.Close()
+		}
 	}
 }
 
-func (c *Client) acceptLoop(l *localListener) {
+func (c *Client) acceptLoop(v *targetView, l *localListener) {
 	defer c.wg.Done()
 	for {
 		nc, err := l.ln.Accept()
@@ -535,18 +659,20 @@ func (c *Client) acceptLoop(l *localListener) {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			c.serveLocal(nc, l.node)
+			c.serveLocal(nc, v, l.node)
 		}()
 	}
 }
 
 // serveLocal carries one local connection to node through the session.
-func (c *Client) serveLocal(nc net.Conn, node string) {
+func (c *Client) serveLocal(nc net.Conn, v *targetView, node string) {
 	ctx := c.runCtx
+	c.open.Add(1)
+	defer c.open.Add(-1)
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	log := c.log.With("node", node, "local", nc.RemoteAddr().String())
+	log := c.log.With("target", v.name, "node", node, "local", nc.RemoteAddr().String())
 	cn, err := c.session(ctx)
 	if err != nil {
 		log.Warn("closing local connection: no session to the gateway", "err", err)
@@ -554,14 +680,14 @@ func (c *Client) serveLocal(nc net.Conn, node string) {
 		return
 	}
 	octx, cancel := context.WithTimeout(ctx, c.opts.WaitForSession)
-	st, err := cn.sess.OpenStream(octx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: c.opts.Target, Node: node})
+	st, err := cn.sess.OpenStream(octx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: v.name, Node: node})
 	cancel()
 	if err != nil {
 		log.Warn("closing local connection: open stream", "err", err)
 		nc.Close()
 		return
 	}
-	res := c.relayLocal(cn, nc, st, node)
+	res := v.relayLocal(cn, nc, st, node)
 	var se *tunnel.StatusError
 	if errors.As(res.Err, &se) {
 		log.Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)

@@ -82,7 +82,7 @@ func (t *addrTable) masters() string {
 // publishTopologyLocked makes the current listeners and roles the table
 // that rewriting uses, and wakes connections waiting for a node. c.mu is
 // held.
-func (c *Client) publishTopologyLocked() {
+func (c *targetView) publishTopologyLocked() {
 	t := &addrTable{
 		typ:   c.info.Type,
 		local: make(map[string]string, len(c.listeners)),
@@ -104,7 +104,7 @@ func (c *Client) publishTopologyLocked() {
 	}
 	cs := &c.cluster
 	if old := cs.table.Load(); old != nil && old.version != c.info.Version {
-		c.log.Info("topology update from the gateway", "version", c.info.Version, "nodes", len(c.info.Nodes), "masters", t.masters())
+		c.log.Info("topology update from the gateway", "target", c.name, "version", c.info.Version, "nodes", len(c.info.Nodes), "masters", t.masters())
 	}
 	t.version = c.info.Version
 	cs.table.Store(t)
@@ -136,11 +136,30 @@ func forEachSlot(ranges string, f func(int)) {
 	}
 }
 
-// Topology returns the target's topology as the gateway last pushed it.
+// Topology returns the first target's topology as the gateway last pushed
+// it.
 func (c *Client) Topology() tunnel.TargetInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	info := c.info
+	if len(c.views) == 0 {
+		return tunnel.TargetInfo{}
+	}
+	return c.views[0].infoLocked()
+}
+
+// Topologies returns every target's topology, in the order of the table.
+func (c *Client) Topologies() []tunnel.TargetInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]tunnel.TargetInfo, 0, len(c.views))
+	for _, v := range c.views {
+		out = append(out, v.infoLocked())
+	}
+	return out
+}
+
+func (v *targetView) infoLocked() tunnel.TargetInfo {
+	info := v.info
 	info.Nodes = append([]tunnel.NodeInfo(nil), info.Nodes...)
 	return info
 }
@@ -170,7 +189,7 @@ func (t *addrTable) lookup(host, port string) (string, bool) {
 
 // localFor maps an upstream node address to its local address, waiting
 // briefly for the gateway to announce a node the client does not know.
-func (c *Client) localFor(host, port string) (string, bool) {
+func (c *targetView) localFor(host, port string) (string, bool) {
 	cs := &c.cluster
 	if l, ok := cs.table.Load().lookup(host, port); ok {
 		return l, true
@@ -211,7 +230,7 @@ func (c *Client) localFor(host, port string) (string, bool) {
 // requestRefresh asks the gateway to rediscover the topology, at most once
 // per refreshGap; requests in between are merged into the next one. It
 // never blocks.
-func (c *Client) requestRefresh() {
+func (c *targetView) requestRefresh() {
 	cs := &c.cluster
 	cs.refreshPending.Store(true)
 	if !cs.refreshRunning.CompareAndSwap(false, true) {
@@ -245,7 +264,7 @@ func (c *Client) requestRefresh() {
 // sendRefresh writes a FrameRefresh on the current session's control
 // stream; without a session there is nothing to do (the next Welcome
 // brings the topology anyway).
-func (c *Client) sendRefresh() {
+func (c *targetView) sendRefresh() {
 	c.mu.Lock()
 	cn := c.cur
 	c.mu.Unlock()
@@ -254,7 +273,9 @@ func (c *Client) sendRefresh() {
 	}
 	cn.ctrlMu.Lock()
 	_ = cn.ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	err := tunnel.WriteFrame(cn.ctrl, tunnel.FrameRefresh, nil)
+	// A gateway before multi-target sessions ignores the payload and
+	// refreshes its only target.
+	err := tunnel.WriteJSON(cn.ctrl, tunnel.FrameRefresh, &tunnel.Refresh{Target: c.name})
 	_ = cn.ctrl.SetWriteDeadline(time.Time{})
 	cn.ctrlMu.Unlock()
 	if err != nil {
@@ -264,7 +285,7 @@ func (c *Client) sendRefresh() {
 
 // relayLocal relays one local connection to node, rewriting the cache
 // protocol where the target needs it.
-func (c *Client) relayLocal(cn *conn, nc net.Conn, st tunnel.Stream, node string) tunnel.RelayResult {
+func (c *targetView) relayLocal(cn *conn, nc net.Conn, st tunnel.Stream, node string) tunnel.RelayResult {
 	t := c.cluster.table.Load()
 	if t == nil {
 		// The first applyTopology publishes the table before it lets go
@@ -294,7 +315,7 @@ func (c *Client) relayLocal(cn *conn, nc net.Conn, st tunnel.Stream, node string
 // happens in onRedirect, which the rewriter calls before it maps a
 // redirect: a CLUSTER reply names each node under several hosts, and a
 // miss on one of them must not stall the reply.
-func (c *Client) redisMap(node string) resp.AddrMap {
+func (c *targetView) redisMap(node string) resp.AddrMap {
 	return func(up string) (string, bool) {
 		host, port, ok := c.upstreamOf(node, up)
 		if !ok {
@@ -306,7 +327,7 @@ func (c *Client) redisMap(node string) resp.AddrMap {
 
 // upstreamOf splits up, filling an empty host from node when the ports
 // agree.
-func (c *Client) upstreamOf(node, up string) (host, port string, ok bool) {
+func (c *targetView) upstreamOf(node, up string) (host, port string, ok bool) {
 	host, port, ok = splitUpstream(up)
 	if !ok {
 		return "", "", false
@@ -328,7 +349,7 @@ func (c *Client) upstreamOf(node, up string) (host, port string, ok bool) {
 // reply without a local port asks for a refresh. Redirects that only route
 // a client that asked the wrong node, and ASK (a migration in progress),
 // change nothing.
-func (c *Client) onRedirect(node string) func(kind string, slot int, up string) {
+func (c *targetView) onRedirect(node string) func(kind string, slot int, up string) {
 	return func(kind string, slot int, up string) {
 		host, port, ok := c.upstreamOf(node, up)
 		if !ok {
@@ -358,7 +379,7 @@ func (c *Client) onRedirect(node string) func(kind string, slot int, up string) 
 
 // memcachedMap maps one "host|ip|port" entry of a config get cluster
 // reply to the local listener of that node.
-func (c *Client) memcachedMap(host, ip, port string) (string, bool) {
+func (c *targetView) memcachedMap(host, ip, port string) (string, bool) {
 	if ip != "" {
 		if l, ok := c.cluster.table.Load().lookup(ip, port); ok {
 			return l, true

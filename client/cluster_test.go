@@ -201,10 +201,10 @@ func TestSplitUpstream(t *testing.T) {
 }
 
 // testClient is a Client with just enough state for the rewriting logic.
-func testClient(t *testing.T, info tunnel.TargetInfo) *Client {
+func testClient(t *testing.T, info tunnel.TargetInfo) *targetView {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	c := &Client{log: slog.New(slog.DiscardHandler), runCtx: ctx, listeners: map[string]*localListener{}}
+	c := &targetView{Client: &Client{log: slog.New(slog.DiscardHandler), runCtx: ctx}, listeners: map[string]*localListener{}}
 	c.info = info
 	c.mu.Lock()
 	c.publishTopologyLocked()

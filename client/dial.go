@@ -220,7 +220,7 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, e
 		_ = ctrl.SetDeadline(dl)
 		defer ctrl.SetDeadline(time.Time{})
 	}
-	hello := tunnel.Hello{Client: "cachetun " + Version, Target: c.opts.Target}
+	hello := c.hello()
 	signers, names := c.signers, c.keys.names
 	if cn.sess.Transport() == TransportSSH {
 		// The SSH handshake authenticated the key.
@@ -269,7 +269,7 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, e
 		if err := json.Unmarshal(payload, &w); err != nil {
 			return nil, fmt.Errorf("decode welcome: %w", err)
 		}
-		if w.OK && w.Target != nil {
+		if w.OK && (w.Target != nil || c.opts.List) {
 			return &w, nil
 		}
 		if !keyRefusals[w.Code] {

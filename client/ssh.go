@@ -33,7 +33,7 @@ func (c *Client) dialSSH(ctx context.Context, addr string, verify func(ssh.Publi
 		banners []string
 	)
 	conf := &ssh.ClientConfig{
-		User: c.opts.Target,
+		User: sshUser(c.opts.Target),
 		// Only the configured keys, as OpenSSH's IdentitiesOnly: the
 		// gateway allows 6 attempts per connection.
 		Auth: []ssh.AuthMethod{ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
@@ -152,4 +152,13 @@ func sshSoftwareVersion(v string) string {
 		}
 		return r
 	}, v)
+}
+
+// sshUser is the SSH user name: the first target, which grants nothing by
+// itself; a listing or --all has none.
+func sshUser(target string) string {
+	if target == "" {
+		return "cachetun"
+	}
+	return target
 }

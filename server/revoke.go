@@ -170,12 +170,10 @@ func (ss *session) judge(now time.Time) *verdict {
 	}
 	ss.judged.Store(id)
 	ss.ctrlMu.Lock()
-	tname := ss.target
+	names := ss.targets
 	ss.ctrlMu.Unlock()
-	if t := s.targets[tname]; t != nil && (!id.Allows(tname) || permitsTarget(id, t) != "") {
-		return &verdict{code: "target_denied",
-			msg: fmt.Sprintf("key %s may no longer use target %q", id.Fingerprint, tname),
-			err: fmt.Errorf("target %q is no longer allowed for the key (targets= or permitopen=)", tname)}
+	if v := ss.targetsVerdict(id, names); v != nil {
+		return v
 	}
 	if n := ss.cutStreams(id); n > 0 {
 		ss.log.Warn("streams cut: their targets are no longer allowed for this key", "streams", n, "targets", fmt.Sprint(id.Targets))

@@ -38,9 +38,10 @@ type session struct {
 
 	ctrlMu    sync.Mutex // guards the following
 	ctrl      tunnel.Stream
-	gone      bool   // GoAway sent
-	target    string // the control stream's target, once allowed
-	endResult string // why the session ended, for the session end line
+	gone      bool     // GoAway sent
+	target    string   // the control stream's targets, once allowed, comma-separated
+	targets   []string // the same as a list
+	endResult string   // why the session ended, for the session end line
 	endReason string
 	endErr    error // the first transport error that ended it
 
@@ -344,20 +345,7 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 			continue
 		}
 		ss.ident = id
-		if _, ok := s.targets[hello.Target]; !ok {
-			ss.log.Warn("unknown target requested", keyTarget, hello.Target)
-			s.metrics.authFailures.WithLabelValues("unknown_target").Inc()
-			ss.refuse(ctrl, &tunnel.Welcome{Code: "unknown_target",
-				Error: fmt.Sprintf("target %q is not configured on this gateway", hello.Target),
-				Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()})
-			return nil, nil, false
-		}
-		if !id.Allows(hello.Target) {
-			ss.log.Warn("target denied", append(identAttrs(id), keyTarget, hello.Target)...)
-			s.metrics.authFailures.WithLabelValues("target_denied").Inc()
-			ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied",
-				Error: fmt.Sprintf("key %s may not use target %q", id.Fingerprint, hello.Target),
-				Hint:  "targets your key may use: " + ss.allowedTargets() + "; or ask the operator to extend targets= in authorized_keys"})
+		if !ss.checkHelloTargets(ctrl, hello) {
 			return nil, nil, false
 		}
 		_ = ctrl.SetDeadline(time.Time{})
@@ -465,47 +453,55 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	ss.ctrlMu.Lock()
 	ss.ctrl = ctrl
 	ss.ctrlMu.Unlock()
-	t := s.targets[hello.Target]
-	// Only on SSH, where the control channel comes after transport auth;
-	// the messages are those of authenticate.
-	if t == nil {
-		ss.setEnd("refused", "unknown_target")
-		ss.log.Warn("unknown target requested", keyTarget, hello.Target)
-		s.metrics.authFailures.WithLabelValues("unknown_target").Inc()
-		ss.refuse(ctrl, &tunnel.Welcome{Code: "unknown_target",
-			Error: fmt.Sprintf("target %q is not configured on this gateway", hello.Target),
-			Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()})
+	// Only on SSH, where the control channel comes after transport auth,
+	// are the targets checked here first.
+	if !ss.checkHelloTargets(ctrl, hello) {
 		return
 	}
-	if !ss.identity().Allows(hello.Target) {
-		ss.setEnd("refused", "target_denied")
-		ss.log.Warn("target denied", keyTarget, hello.Target)
-		s.metrics.authFailures.WithLabelValues("target_denied").Inc()
-		ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied",
-			Error: fmt.Sprintf("key %s may not use target %q", ss.ident.Fingerprint, hello.Target),
-			Hint:  "targets your key may use: " + ss.allowedTargets() + "; or ask the operator to extend targets= in authorized_keys"})
+	if hello.List {
+		ss.log.Info("target list requested", "client", hello.Client)
+		ss.refuse(ctrl, &tunnel.Welcome{OK: true, Allowed: ss.targetList(ctx)})
 		return
+	}
+	names := ss.helloTargets(hello)
+	ts := make([]*target, len(names))
+	for i, n := range names {
+		ts[i] = s.targets[n]
 	}
 	ss.ctrlMu.Lock()
-	ss.target = t.name
+	ss.target = strings.Join(names, ",")
+	ss.targets = names
 	ss.ctrlMu.Unlock()
-	// A judgement since the check above did not know the target yet.
-	if !ss.identity().Allows(t.name) {
-		return
+	// A judgement since the check above did not know the targets yet.
+	for _, n := range names {
+		if !ss.identity().Allows(n) {
+			return
+		}
 	}
-	ss.log.Info("control stream up", keyTarget, t.name, "client", hello.Client)
-	ss.countSession(t.name)
-	t.waitDiscovered(ctx, s.cfg.Limits.DialTimeout)
-	if msg := permitsTarget(ss.identity(), t); msg != "" {
-		ss.log.Warn("target denied by permitopen", keyKey, ss.ident.String(), keyTarget, t.name, "reason", msg)
-		s.metrics.authFailures.WithLabelValues("target_denied").Inc()
-		ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied", Error: msg,
-			Hint: "ask the gateway's operator to extend permitopen= on your key's line, or use another target"})
-		return
+	ss.log.Info("control stream up", keyTarget, ss.target, "client", hello.Client)
+	ss.countSession(ts[0].name) // one label per session: its first target
+	waitAllDiscovered(ctx, ts, s.cfg.Limits.DialTimeout)
+	for _, t := range ts {
+		if msg := permitsTarget(ss.identity(), t); msg != "" {
+			ss.log.Warn("target denied by permitopen", keyKey, ss.ident.String(), keyTarget, t.name, "reason", msg)
+			s.metrics.authFailures.WithLabelValues("target_denied").Inc()
+			ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied", Error: msg,
+				Hint: "ask the gateway's operator to extend permitopen= on your key's line, or use another target"})
+			return
+		}
 	}
-	changed := t.Changed()
-	info := t.Info()
-	ss.welcome(ctrl, &tunnel.Welcome{OK: true, Target: &info})
+	from := make([]<-chan struct{}, len(ts))
+	infos := make([]tunnel.TargetInfo, len(ts))
+	for i, t := range ts {
+		from[i] = t.Changed()
+		infos[i] = t.Info()
+	}
+	ss.welcome(ctrl, &tunnel.Welcome{OK: true, Target: &infos[0], Targets: infos})
+	wctx, wcancel := context.WithCancel(ctx)
+	var wwg sync.WaitGroup
+	defer wwg.Wait()
+	defer wcancel()
+	changed := watchTargets(wctx, &wwg, ts, from)
 
 	frames := make(chan frame)
 	go func() {
@@ -538,8 +534,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 		select {
 		case <-ctx.Done():
 			return
-		case <-changed:
-			changed = t.Changed()
+		case t := <-changed:
 			info := t.Info()
 			if err := ss.writeFrame(tunnel.FrameTopology, &info); err != nil {
 				return
@@ -554,7 +549,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 					return
 				}
 			case tunnel.FrameRefresh:
-				t.requestRefresh()
+				refreshTarget(ts, f.payload).requestRefresh()
 			default:
 				ss.log.Warn("unexpected control frame", "type", f.typ)
 			}

@@ -93,7 +93,17 @@ type Listener interface {
 // Hello is the client's first control frame.
 type Hello struct {
 	Client string `json:"client"` // software version
-	Target string `json:"target"`
+	// Target is the first (or only) target; Targets, when set, lists every
+	// target of the session and starts with Target, so that a gateway that
+	// knows only Target still serves the first one.
+	Target  string   `json:"target"`
+	Targets []string `json:"targets,omitempty"`
+	// All asks for every target the key may use (Target and Targets are
+	// then ignored).
+	All bool `json:"all,omitempty"`
+	// List asks only for the targets the key may use: the Welcome carries
+	// Allowed and the gateway then closes the session.
+	List bool `json:"list,omitempty"`
 	// PublicKey is the wire form of the client's SSH public key or
 	// certificate; Signature signs the session binding (empty on SSH,
 	// where the transport authenticated the key).
@@ -112,6 +122,12 @@ type Welcome struct {
 	Server  string `json:"server,omitempty"`
 	Session string `json:"session,omitempty"` // id for correlating logs
 	Target  *TargetInfo
+	// Targets are the topologies of every target of the session, the
+	// first one also in Target (absent from gateways before multi-target
+	// sessions).
+	Targets []TargetInfo `json:"targets,omitempty"`
+	// Allowed answers a Hello with List.
+	Allowed []TargetSummary `json:"allowed,omitempty"`
 }
 
 // Revoked is the payload of FrameRevoked: why the gateway ended the
@@ -123,6 +139,22 @@ type Revoked struct {
 	Error string `json:"error"`
 	Hint  string `json:"hint,omitempty"`
 }
+
+// TargetSummary is one line of a target listing.
+type TargetSummary struct {
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Nodes int    `json:"nodes"`
+}
+
+// Refresh is the optional payload of FrameRefresh; an empty payload means
+// the session's first target.
+type Refresh struct {
+	Target string `json:"target,omitempty"`
+}
+
+// MaxHelloTargets bounds the targets one Hello may name.
+const MaxHelloTargets = 64
 
 // TargetInfo describes a target and its nodes, pushed on Welcome and
 // whenever the topology changes.

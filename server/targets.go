@@ -1,0 +1,187 @@
+package server
+
+// Several targets on one session, and target listings (Hello.Targets,
+// Hello.All, Hello.List; see tunnel/PROTOCOL.md).
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// helloTargets returns the target names a Hello asks for: every allowed
+// target for All, Targets when set, else Target; duplicates dropped. A List
+// Hello asks for none.
+func (ss *session) helloTargets(h *tunnel.Hello) []string {
+	if h.List {
+		return nil
+	}
+	if h.All {
+		var out []string
+		for _, n := range ss.srv.targetNames {
+			if id := ss.identity(); id != nil && id.Allows(n) {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	names := h.Targets
+	if len(names) == 0 {
+		names = []string{h.Target}
+	}
+	seen := make(map[string]bool, len(names))
+	var out []string
+	for _, n := range names {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// checkHelloTargets refuses a Hello that names a target that does not
+// exist or that the key may not use, or more than tunnel.MaxHelloTargets
+// targets. It reports whether the Hello may go on.
+func (ss *session) checkHelloTargets(ctrl tunnel.Stream, h *tunnel.Hello) bool {
+	s := ss.srv
+	if len(h.Targets) > tunnel.MaxHelloTargets {
+		ss.log.Warn("too many targets requested", "targets", len(h.Targets))
+		ss.refuse(ctrl, &tunnel.Welcome{Code: "protocol",
+			Error: fmt.Sprintf("hello names %d targets, at most %d are allowed", len(h.Targets), tunnel.MaxHelloTargets),
+			Hint:  "connect fewer targets per process"})
+		return false
+	}
+	names := ss.helloTargets(h)
+	if h.All && len(names) == 0 {
+		ss.log.Warn("all targets requested, but the key may use none")
+		ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied",
+			Error: fmt.Sprintf("key %s may use no target on this gateway", ss.ident.Fingerprint),
+			Hint:  "ask the operator to extend targets= in authorized_keys"})
+		return false
+	}
+	for _, name := range names {
+		if _, ok := s.targets[name]; !ok {
+			ss.setEnd("refused", "unknown_target")
+			ss.log.Warn("unknown target requested", keyTarget, name)
+			s.metrics.authFailures.WithLabelValues("unknown_target").Inc()
+			ss.refuse(ctrl, &tunnel.Welcome{Code: "unknown_target",
+				Error: fmt.Sprintf("target %q is not configured on this gateway", name),
+				Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()})
+			return false
+		}
+		if !ss.identity().Allows(name) {
+			ss.setEnd("refused", "target_denied")
+			ss.log.Warn("target denied", append(identAttrs(ss.ident), keyTarget, name)...)
+			s.metrics.authFailures.WithLabelValues("target_denied").Inc()
+			ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied",
+				Error: fmt.Sprintf("key %s may not use target %q", ss.ident.Fingerprint, name),
+				Hint:  "targets your key may use: " + ss.allowedTargets() + "; or ask the operator to extend targets= in authorized_keys"})
+			return false
+		}
+	}
+	return true
+}
+
+// targetList answers a List Hello: the targets the key may use, with
+// their type and node count once discovered (waits at most timeout).
+func (ss *session) targetList(ctx context.Context) []tunnel.TargetSummary {
+	s := ss.srv
+	var ts []*target
+	for _, n := range s.targetNames {
+		if ss.identity().Allows(n) {
+			ts = append(ts, s.targets[n])
+		}
+	}
+	waitAllDiscovered(ctx, ts, s.cfg.Limits.DialTimeout)
+	out := make([]tunnel.TargetSummary, 0, len(ts))
+	for _, t := range ts {
+		info := t.Info()
+		out = append(out, tunnel.TargetSummary{Name: t.name, Type: info.Type, Nodes: len(info.Nodes)})
+	}
+	return out
+}
+
+// waitAllDiscovered waits for the first discovery round of every target,
+// at most timeout in all.
+func waitAllDiscovered(ctx context.Context, ts []*target, timeout time.Duration) {
+	var wg sync.WaitGroup
+	for _, t := range ts {
+		wg.Go(func() { t.waitDiscovered(ctx, timeout) })
+	}
+	wg.Wait()
+}
+
+// watchTargets sends a target on the returned channel after each of its
+// topology changes, starting from the channels in from (taken before the
+// Welcome's topologies were read, so that no change is missed). The
+// goroutines end with ctx; wait on wg after cancelling it.
+func watchTargets(ctx context.Context, wg *sync.WaitGroup, ts []*target, from []<-chan struct{}) <-chan *target {
+	out := make(chan *target)
+	for i, t := range ts {
+		ch := from[i]
+		wg.Go(func() {
+			for {
+				select {
+				case <-ch:
+				case <-ctx.Done():
+					return
+				}
+				// Take the next channel before the receiver reads Info.
+				ch = t.Changed()
+				select {
+				case out <- t:
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
+	}
+	return out
+}
+
+// refreshTarget returns the session's target that a FrameRefresh payload
+// names; an empty or unknown name means the first one.
+func refreshTarget(ts []*target, payload []byte) *target {
+	if len(payload) > 0 {
+		var r tunnel.Refresh
+		if json.Unmarshal(payload, &r) == nil {
+			for _, t := range ts {
+				if t.name == r.Target {
+					return t
+				}
+			}
+		}
+	}
+	return ts[0]
+}
+
+// targetsVerdict judges the targets of a session again: it must end when
+// none of them stays allowed (targets= or permitopen=); the streams of a
+// target taken away from a session of several are cut by cutStreams.
+func (ss *session) targetsVerdict(id *auth.Identity, names []string) *verdict {
+	var denied string
+	for _, n := range names {
+		t := ss.srv.targets[n]
+		if t == nil {
+			continue
+		}
+		if id.Allows(n) && permitsTarget(id, t) == "" {
+			return nil
+		}
+		if denied == "" {
+			denied = n
+		}
+	}
+	if denied == "" {
+		return nil
+	}
+	return &verdict{code: "target_denied",
+		msg: fmt.Sprintf("key %s may no longer use target %q", id.Fingerprint, denied),
+		err: fmt.Errorf("target %q is no longer allowed for the key (targets= or permitopen=)", denied)}
+}
