@@ -548,7 +548,7 @@ func (v *targetView) applyLocked(info tunnel.TargetInfo, first bool) error {
 		addr := net.JoinHostPort(c.opts.Bind, strconv.Itoa(port))
 		ln, err := listenLocal(c.opts.Bind, port)
 		if err != nil {
-			err = &Error{Err: fmt.Errorf("listen on %s for node %s of %s: %w", addr, n.Addr, v.name, err), Hint: listenHint(c.opts.Bind, err)}
+			err = &Error{Err: fmt.Errorf("listen on %s for node %s: %w", addr, n.Addr, err), Hint: listenHint(c.opts.Bind, err)}
 			if first {
 				for _, w := range c.views {
 					for _, l := range w.listeners {
