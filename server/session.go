@@ -291,7 +291,7 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 	fail := func(code string, err error, hint string, final bool) {
 		s.metrics.authFailures.WithLabelValues(code).Inc()
 		ss.log.Warn("authentication failed", "code", code, keyErr, err)
-		w := &tunnel.Welcome{Code: code, Error: err.Error(), Hint: hint}
+		w := &tunnel.Welcome{Code: code, Error: s.clientAuthError(err), Hint: hint}
 		if final {
 			ss.refuse(ctrl, w)
 		} else {

@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -101,9 +102,23 @@ func (s *Server) sshVerifiedKey(conn ssh.ConnMetadata, key ssh.PublicKey, _ *ssh
 	id, err := s.keys.Load().Authorize(key, ip, time.Now())
 	if err != nil {
 		s.sshAuthFailed(conn, key, err)
-		return nil, &ssh.BannerError{Err: err, Message: "cachetun: " + err.Error() + "\n"}
+		return nil, &ssh.BannerError{Err: err, Message: "cachetun: " + s.clientAuthError(err) + "\n"}
 	}
 	return &ssh.Permissions{ExtraData: map[any]any{tunnel.SSHAuthInfoKey: id}}, nil
+}
+
+// clientAuthError words an authorization refusal for the client: what
+// auth says, with the gateway's file names taken out (the operator's log
+// keeps them). A client that has not authenticated learns nothing of the
+// host's layout (issue 10, finding 7).
+func (s *Server) clientAuthError(err error) string {
+	msg := err.Error()
+	for _, p := range []string{s.keys.Load().Name(), s.cfg.AuthorizedKeys} {
+		if p != "" {
+			msg = strings.ReplaceAll(msg, p, "the gateway's authorized_keys")
+		}
+	}
+	return msg
 }
 
 // sshAuthFailed logs a refused key. It is not counted against the source
