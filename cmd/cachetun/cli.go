@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/alecthomas/kong"
+	"github.com/willabides/kongplete"
 
 	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/client"
@@ -34,11 +35,16 @@ type CLI struct {
 	LogLevel  string `help:"Log level: debug, info, warn, error." enum:"debug,info,warn,error" default:"info" env:"CACHETUN_LOG_LEVEL"`
 	LogFormat string `help:"Log format: text or json." enum:"text,json" default:"text" env:"CACHETUN_LOG_FORMAT"`
 	Pprof     string `hidden:"" help:"Serve net/http/pprof on this loopback address (profiling, benchmarks)." placeholder:"ADDR"`
+	// VersionFlag is --version; the command of the same name is below.
+	VersionFlag kong.VersionFlag `name:"version" help:"Print the version and exit."`
 
-	Server  ServerCmd  `cmd:"" help:"Run the gateway, or set one up (server init)."`
-	Connect ConnectCmd `cmd:"" help:"Open local ports for a profile's target."`
-	Keygen  KeygenCmd  `cmd:"" help:"Create a new ed25519 key (OpenSSH format)."`
-	Version VersionCmd `cmd:"" help:"Print the version."`
+	Server     ServerCmd     `cmd:"" help:"Run the gateway (server run; default config /etc/cachetun/server.yaml), or set one up (server init)."`
+	Connect    ConnectCmd    `cmd:"" help:"Open local ports for a profile's target."`
+	Keygen     KeygenCmd     `cmd:"" help:"Create a new ed25519 key (OpenSSH format)."`
+	Version    VersionCmd    `cmd:"" help:"Print the version."`
+	Help       HelpCmd       `cmd:"" help:"Show the help of cachetun or of one command."`
+	Completion CompletionCmd `cmd:"" help:"Print a shell completion script: source <(cachetun completion bash)."`
+	Man        ManCmd        `cmd:"" help:"Print the manual page (roff): cachetun man | man -l -."`
 }
 
 // env is what every command's Run receives.
@@ -98,18 +104,25 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) 
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) { exitCode = code }),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
-		kong.Vars{"version": version},
+		kong.Vars{"version": fullVersion()},
 	)
 	if err != nil {
 		fmt.Fprintf(stderr, "cachetun: error: %v\n", err)
 		return exitRuntime
 	}
+	// With COMP_LINE set (the completion scripts of 'cachetun
+	// completion'), print the candidates and stop.
+	kongplete.Complete(parser, kongplete.WithPredictors(completionPredictors()),
+		kongplete.WithExitFunc(func(code int) { exitCode = code }))
+	if exitCode >= 0 {
+		return exitCode
+	}
 	kctx, err := parser.Parse(args)
-	if exitCode >= 0 { // --help
+	if exitCode >= 0 { // --help, --version
 		return exitCode
 	}
 	if err != nil {
-		printError(stderr, &usageError{err: err, hint: "run 'cachetun --help' or 'cachetun COMMAND --help'"})
+		printError(stderr, &usageError{err: err, hint: usageHint(err)})
 		return exitUsage
 	}
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, log: newLogger(stderr, cli.LogLevel, cli.LogFormat), signals: sig}

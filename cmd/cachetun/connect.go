@@ -13,15 +13,15 @@ import (
 
 // ConnectCmd opens one local port per node of a target.
 type ConnectCmd struct {
-	Profile          string   `arg:"" help:"Profile name from the config file; with --server, just a target name." placeholder:"PROFILE"`
-	Config           string   `help:"Client config file (default: $XDG_CONFIG_HOME/cachetun/config.yaml or ~/.config/cachetun/config.yaml)." env:"CACHETUN_CONFIG" placeholder:"PATH"`
+	Profile          string   `arg:"" help:"Profile name from the config file; with --server, just a target name." placeholder:"PROFILE" predictor:"profile"`
+	Config           string   `help:"Client config file (default: $XDG_CONFIG_HOME/cachetun/config.yaml or ~/.config/cachetun/config.yaml)." env:"CACHETUN_CONFIG" placeholder:"PATH" predictor:"file"`
 	Server           []string `help:"Gateway address HOST[:PORT]; repeat or comma-separate to fail over." env:"CACHETUN_SERVER" placeholder:"HOST:PORT"`
-	Target           string   `help:"Target name on the gateway (default: the profile name)." placeholder:"NAME"`
-	Transport        string   `help:"auto (QUIC, falling back to TLS), quic, tls or ssh." enum:"auto,quic,tls,ssh," default:"" env:"CACHETUN_TRANSPORT"`
-	Identity         string   `short:"i" help:"Private key file (default: ssh-agent keys, then ~/.ssh/id_ed25519)." env:"CACHETUN_IDENTITY" placeholder:"FILE"`
+	Target           string   `help:"Target name on the gateway (default: the profile name)." placeholder:"NAME" predictor:"target"`
+	Transport        string   `help:"auto (QUIC, falling back to TLS), quic, tls or ssh (default: transport: in the profile, else auto)." enum:"auto,quic,tls,ssh," default:"" env:"CACHETUN_TRANSPORT" placeholder:"auto|quic|tls|ssh" predictor:"transport"`
+	Identity         string   `short:"i" help:"Private key file (default: ssh-agent keys, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa)." env:"CACHETUN_IDENTITY" placeholder:"FILE" predictor:"file"`
 	LocalPort        *int     `help:"First local port; node i listens on N+i (default: the first node's port; 0: free ports)." placeholder:"N"`
 	Bind             string   `help:"Local address to bind (default 127.0.0.1; anything else re-exposes the cache unencrypted)." placeholder:"ADDR"`
-	KnownHosts       string   `help:"known_hosts file (default: known_hosts beside the config file)." env:"CACHETUN_KNOWN_HOSTS" placeholder:"FILE"`
+	KnownHosts       string   `help:"known_hosts file (default: known_hosts beside the config file)." env:"CACHETUN_KNOWN_HOSTS" placeholder:"FILE" predictor:"file"`
 	AcceptNewHostKey bool     `help:"Record the gateway's host key if it is not known yet (never accepts a changed key)."`
 }
 

@@ -28,7 +28,7 @@ type ServerCmd struct {
 
 // ServerRunCmd runs the gateway in the foreground (systemd Type=notify).
 type ServerRunCmd struct {
-	Config string `help:"Server config file." default:"/etc/cachetun/server.yaml" env:"CACHETUN_SERVER_CONFIG" placeholder:"PATH"`
+	Config string `help:"Server config file (default: ${default})." default:"/etc/cachetun/server.yaml" env:"CACHETUN_SERVER_CONFIG" placeholder:"PATH" predictor:"file"`
 }
 
 // Run serves until SIGINT/SIGTERM, then drains; a second signal aborts.
@@ -135,7 +135,7 @@ func gatewayProcs(def int, env string) int {
 
 // ServerInitCmd creates a host key and a sample configuration.
 type ServerInitCmd struct {
-	Dir  string `help:"Directory for host key, config and authorized_keys." default:"/etc/cachetun" placeholder:"DIR"`
+	Dir  string `help:"Directory for host key, config and authorized_keys (default: ${default})." default:"/etc/cachetun" placeholder:"DIR" predictor:"file"`
 	Name string `help:"Name clients use for this gateway (for the known_hosts line); default: the hostname." placeholder:"HOST"`
 }
 

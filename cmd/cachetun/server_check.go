@@ -9,7 +9,7 @@ import (
 
 // ServerCheckCmd validates the gateway's files as `sshd -t` does.
 type ServerCheckCmd struct {
-	Config string `help:"Server config file." default:"/etc/cachetun/server.yaml" env:"CACHETUN_SERVER_CONFIG" placeholder:"PATH"`
+	Config string `help:"Server config file (default: ${default})." default:"/etc/cachetun/server.yaml" env:"CACHETUN_SERVER_CONFIG" placeholder:"PATH" predictor:"file"`
 }
 
 // Run prints one line per problem, "file:line: error|warning: message",
