@@ -16,6 +16,10 @@ type Entry struct {
 	CertAuthority bool
 	Targets       []string  // nil = every target
 	Expires       time.Time // zero = never
+	// Restricted is the option that refuses the key ("restrict" or
+	// "no-port-forwarding"); empty when the key may forward ports.
+	Restricted string
+	PermitOpen []Permit // nil = no permitopen= filter
 }
 
 // Entries returns the key lines in file order.
@@ -26,7 +30,8 @@ func (a *AuthorizedKeys) Entries() []Entry {
 	out := make([]Entry, len(a.keys))
 	for i, k := range a.keys {
 		out[i] = Entry{Line: k.line, Fingerprint: ssh.FingerprintSHA256(k.key), Comment: k.comment,
-			CertAuthority: k.ca, Targets: k.targets, Expires: k.expires}
+			CertAuthority: k.ca, Targets: k.targets, Expires: k.expires,
+			Restricted: k.denied, PermitOpen: k.permitOpen}
 	}
 	return out
 }

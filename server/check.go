@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -250,6 +251,9 @@ func checkAuthorizedKeys(cfg *Config, cfgPath string, cfgLine int, now time.Time
 			add(SeverityWarning, e.Line, "key %s expires on %s (in %s)", e.Fingerprint, e.Expires.Format(time.RFC3339), left.Round(time.Minute))
 		}
 	}
+	for _, w := range keyOptionWarnings(cfg, ak) {
+		add(SeverityWarning, w.line, "%s", w.msg)
+	}
 	if ak.Len() == 0 && len(perrs) == 0 {
 		add(SeverityWarning, 0, "no keys: no client can log in; add one OpenSSH public key per line")
 	}
@@ -318,6 +322,65 @@ func isLoopback(addr string) bool {
 func logConfigWarnings(log *slog.Logger, cfg *Config) {
 	for _, w := range configWarnings(cfg) {
 		log.Warn("config warning", "field", w.field, "warning", w.msg)
+	}
+}
+
+// keyOptionWarnings finds lines whose options refuse their key (restrict,
+// no-port-forwarding: cachetun only forwards ports) and permitopen=
+// entries that name no configured target and no configured node, which
+// permit nothing unless a discovered node has that name.
+func keyOptionWarnings(cfg *Config, ak *auth.AuthorizedKeys) []lineMsg {
+	seeds := map[string]bool{}
+	for _, t := range cfg.Targets {
+		if t == nil {
+			continue
+		}
+		for _, n := range t.Nodes {
+			if h, _, err := net.SplitHostPort(n); err == nil {
+				seeds[strings.ToLower(h)] = true
+			}
+		}
+	}
+	var out []lineMsg
+	for _, e := range ak.Entries() {
+		if e.Restricted != "" {
+			what := "key " + e.Fingerprint
+			if e.CertAuthority {
+				what = "every certificate of CA " + e.Fingerprint
+			}
+			out = append(out, lineMsg{line: e.Line, msg: fmt.Sprintf("%s is refused: %s on this line takes port forwarding away, and cachetun only forwards ports; write port-forwarding after it to let the key in, or remove the line", what, e.Restricted)})
+		}
+		for _, p := range e.PermitOpen {
+			if permitNamesSomething(cfg, seeds, p.Host) {
+				continue
+			}
+			out = append(out, lineMsg{line: e.Line, target: p.Host, msg: fmt.Sprintf("permitopen= entry %q names no target, N.TARGET or configured node of this gateway (targets: %s): it permits only a discovered node of that name", p.String(), strings.Join(cfg.TargetNames(), ", "))})
+		}
+	}
+	return out
+}
+
+func permitNamesSomething(cfg *Config, seeds map[string]bool, host string) bool {
+	if host == "*" || seeds[strings.ToLower(host)] {
+		return true
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	if _, ok := cfg.Targets[host]; ok {
+		return true
+	}
+	n, t, ok := strings.Cut(host, ".")
+	if _, isTarget := cfg.Targets[t]; ok && isTarget && n != "" && strings.Trim(n, "0123456789") == "" {
+		return true
+	}
+	return false
+}
+
+// logKeyOptionWarnings writes keyOptionWarnings as WARN lines.
+func logKeyOptionWarnings(log *slog.Logger, cfg *Config, ak *auth.AuthorizedKeys) {
+	for _, w := range keyOptionWarnings(cfg, ak) {
+		log.Warn("authorized_keys option warning", "file", ak.Name(), "line", w.line, "warning", w.msg)
 	}
 }
 

@@ -179,6 +179,7 @@ func (s *Server) ReloadKeys() error {
 		return fmt.Errorf("load authorized_keys: %w", err)
 	}
 	logUnknownTargets(s.log, s.cfg, ak)
+	logKeyOptionWarnings(s.log, s.cfg, ak)
 	s.keys.Store(ak)
 	s.rejudgeAll()
 	return nil
