@@ -27,6 +27,9 @@ type Config struct {
 	// session, stream and byte series. Off by default: each key makes
 	// series of its own, which a fleet of many keys pays for in memory.
 	MetricsKeyLabel bool `yaml:"metrics_key_label"`
+	// LogFormat is the log format, "text" or "json", where neither
+	// --log-format nor CACHETUN_LOG_FORMAT names one; empty means text.
+	LogFormat string `yaml:"log_format"`
 }
 
 // Listen holds one address per transport; an empty string disables it.
@@ -186,6 +189,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Listen.TLS != "" && c.Listen.TLS == c.Listen.SSH {
 		return bad("listen.ssh", "%q is also listen.tls: TCP transports need different ports", c.Listen.SSH)
+	}
+	switch c.LogFormat {
+	case "", "text", "json":
+	default:
+		return bad("log_format", "%q is not one of text, json", c.LogFormat)
 	}
 	if c.HostKey == "" {
 		return bad("host_key", "empty: run 'cachetun server init' to create one")

@@ -155,3 +155,49 @@ func TestLogFormat_JSON(t *testing.T) {
 		t.Errorf("drain_timeout_ms = %v, want 3000 (drain_timeout: 3s)", v)
 	}
 }
+
+// TestLogFormat_Precedence: the log format comes from --log-format, else
+// CACHETUN_LOG_FORMAT, else log_format: in server.yaml, else text.
+func TestLogFormat_Precedence(t *testing.T) {
+	r := testenv.StartRedis(t)
+	k := newKey(t, "fmt")
+	for _, c := range []struct {
+		name  string
+		extra string
+		env   []string
+		args  []string
+		json  bool
+	}{
+		{name: "default", json: false},
+		{name: "file", extra: "log_format: json\n", json: true},
+		{name: "env over file", extra: "log_format: json\n", env: []string{"CACHETUN_LOG_FORMAT=text"}, json: false},
+		{name: "flag over env", env: []string{"CACHETUN_LOG_FORMAT=text"}, args: []string{"--log-format", "json"}, json: true},
+		{name: "flag over file", extra: "log_format: json\n", args: []string{"--log-format", "text"}, json: false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := startGatewayProc(t, gatewayProcOpts{
+				Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
+				Authorized: []string{k.Line},
+				NoSSH:      true,
+				Extra:      c.extra,
+				Env:        c.env,
+				Args:       c.args,
+			})
+			g.Stop(t)
+			lines := strings.Split(strings.TrimSpace(g.Log()), "\n")
+			if len(lines) < 3 {
+				t.Fatalf("%d log lines, want at least listening, ready, stopped:\n%s", len(lines), g.Log())
+			}
+			for _, line := range lines {
+				var m map[string]any
+				isJSON := json.Unmarshal([]byte(line), &m) == nil
+				if isJSON != c.json {
+					t.Errorf("line %q: JSON %v, want %v", line, isJSON, c.json)
+				}
+				if !c.json && !strings.HasPrefix(line, "time=") {
+					t.Errorf("line %q is not a text line", line)
+				}
+			}
+		})
+	}
+}

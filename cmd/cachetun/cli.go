@@ -33,7 +33,7 @@ const (
 // CLI is the command line; every command has a Run method in its own file.
 type CLI struct {
 	LogLevel  string `help:"Log level: debug, info, warn, error." enum:"debug,info,warn,error" default:"info" env:"CACHETUN_LOG_LEVEL"`
-	LogFormat string `help:"Log format: text or json." enum:"text,json" default:"text" env:"CACHETUN_LOG_FORMAT"`
+	LogFormat string `help:"Log format: text or json (default: log_format: in server.yaml, else text)." env:"CACHETUN_LOG_FORMAT" placeholder:"text|json"`
 	Pprof     string `hidden:"" help:"Serve net/http/pprof on this loopback address (profiling, benchmarks)." placeholder:"ADDR"`
 	// VersionFlag is --version; the command of the same name is below.
 	VersionFlag kong.VersionFlag `name:"version" help:"Print the version and exit."`
@@ -54,6 +54,10 @@ type env struct {
 	stderr  io.Writer
 	log     *slog.Logger
 	signals signals
+	// logLevel and logFormat are what --log-level and --log-format (or
+	// their environment variables) said; logFormat is empty when neither
+	// named a format, so that a config file may.
+	logLevel, logFormat string
 }
 
 // signals delivers SIGINT/SIGTERM and SIGHUP; tests inject their own.
@@ -125,7 +129,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) 
 		printError(stderr, &usageError{err: err, hint: usageHint(err)})
 		return exitUsage
 	}
-	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, log: newLogger(stderr, cli.LogLevel, cli.LogFormat), signals: sig}
+	switch cli.LogFormat {
+	case "", "text", "json":
+	default:
+		printError(stderr, &usageError{err: fmt.Errorf("--log-format (or CACHETUN_LOG_FORMAT) %q is not one of text, json", cli.LogFormat), hint: "use --log-format text or --log-format json"})
+		return exitUsage
+	}
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, log: newLogger(stderr, cli.LogLevel, cli.LogFormat), signals: sig,
+		logLevel: cli.LogLevel, logFormat: cli.LogFormat}
 	if cli.Pprof != "" {
 		stop, err := startPprof(cli.Pprof)
 		if err != nil {

@@ -38,6 +38,9 @@ func (c *ServerRunCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
+	if e.logFormat == "" && cfg.LogFormat != "" { // flag > env > file
+		e.log = newLogger(e.stderr, e.logLevel, cfg.LogFormat)
+	}
 	server.Version = version
 	if n := gatewayProcs(runtime.GOMAXPROCS(0), os.Getenv("GOMAXPROCS")); n > 0 {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(n))
@@ -165,6 +168,7 @@ targets:
 #   max_streams_per_session: 1024
 #   max_sessions_per_key: 16
 # metrics: "127.0.0.1:9464"
+# log_format: json     # text (default) or json; --log-format and CACHETUN_LOG_FORMAT win
 `
 
 // Run writes the files that do not exist yet and prints the known_hosts
