@@ -285,11 +285,16 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		if final != nil {
 			cn.sess.Close()
+			c.emit(Event{Kind: EventRevoked, Server: cn.server, Transport: cn.sess.Transport(), Error: final.Error()})
 			return final
 		}
 		c.log.Warn("session to gateway lost: reconnecting; local ports stay open", "server", cn.server, "reason", lost)
 		c.emit(Event{Kind: EventReconnecting, Server: cn.server, Transport: cn.sess.Transport(), Error: lost})
-		cn = c.reconnect(ctx)
+		cn, err = c.reconnect(ctx)
+		if err != nil {
+			c.emit(Event{Kind: EventRevoked, Error: err.Error()})
+			return err
+		}
 		if cn == nil {
 			return nil
 		}
@@ -325,8 +330,11 @@ func (c *Client) Dial(ctx context.Context) (tunnel.Session, *tunnel.Welcome, err
 }
 
 // reconnect retries with capped, jittered exponential backoff until a
-// session is up or ctx ends (nil).
-func (c *Client) reconnect(ctx context.Context) *conn {
+// session is up or ctx ends (nil, nil). A refusal of the key or target
+// (the access was revoked while the session was down, or the gateway's
+// FrameRevoked did not arrive) is final: it returns that error, wrapped
+// in ErrRevoked.
+func (c *Client) reconnect(ctx context.Context) (*conn, error) {
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		cn, welcome, err := c.connect(ctx)
@@ -336,17 +344,25 @@ func (c *Client) reconnect(ctx context.Context) *conn {
 			}
 			c.log.Info("session to gateway restored", "server", cn.server, "transport", cn.sess.Transport(), "attempt", attempt)
 			c.emit(Event{Kind: EventReconnected, Server: cn.server, Transport: cn.sess.Transport(), Targets: c.Endpoints()})
-			return cn
+			return cn, nil
 		}
 		if ctx.Err() != nil {
-			return nil
+			return nil, nil
+		}
+		if finalRefusal(err) {
+			hint := "the gateway's operator decides this: ask them to restore your access"
+			var ce *Error
+			if errors.As(err, &ce) && ce.Hint != "" {
+				hint = ce.Hint
+			}
+			return nil, &Error{Err: fmt.Errorf("%w: %w", ErrRevoked, err), Hint: hint}
 		}
 		sleep := backoff/2 + rand.N(backoff/2+1)
 		c.log.Warn("reconnect failed", "attempt", attempt, "err", err, "retry_in", sleep.Round(time.Millisecond))
 		c.emit(Event{Kind: EventError, Error: err.Error()})
 		select {
 		case <-ctx.Done():
-			return nil
+			return nil, nil
 		case <-time.After(sleep):
 		}
 		backoff = min(backoff*2, 10*time.Second)

@@ -326,7 +326,22 @@ func keysRefused(refused []refusal, unusable []string) error {
 			hints = append(hints, h)
 		}
 	}
-	return &Error{Err: err, Hint: strings.Join(hints, "; ")}
+	return &Error{Err: keyVerdict{err}, Hint: strings.Join(hints, "; ")}
+}
+
+// keyVerdict marks a refusal that is the gateway's verdict on every key
+// offered (unknown, expired, restricted ...), as opposed to a refusal of
+// the moment (rate limit, session limit): after a session was up, it ends
+// the client instead of a reconnect loop (see reconnect).
+type keyVerdict struct{ error }
+
+func (v keyVerdict) Unwrap() error { return v.error }
+
+// finalRefusal reports whether err, from a reconnect, is a verdict that
+// retrying cannot change: the key refused, or the target taken away.
+func finalRefusal(err error) bool {
+	var kv keyVerdict
+	return errors.As(err, &kv) || errors.Is(err, ErrTargetDenied) || errors.Is(err, ErrUnknownTarget)
 }
 
 func refusalHint(r refusal) string {

@@ -77,13 +77,13 @@ func (c *Client) dialSSH(ctx context.Context, addr string, verify func(ssh.Publi
 		pub := signers[0].PublicKey()
 		if cert, ok := pub.(*ssh.Certificate); ok {
 			return nil, &Error{
-				Err: fmt.Errorf("%w: certificate %q for key %s is not authorized in the gateway's authorized_keys",
-					ErrAuthFailed, cert.KeyId, auth.Fingerprint(cert.Key)),
+				Err: keyVerdict{fmt.Errorf("%w: certificate %q for key %s is not authorized in the gateway's authorized_keys",
+					ErrAuthFailed, cert.KeyId, auth.Fingerprint(cert.Key))},
 				Hint: "ask the gateway's operator to trust your CA (" + auth.Fingerprint(cert.SignatureKey) +
 					") with a cert-authority line in its authorized_keys"}
 		}
 		return nil, &Error{
-			Err: fmt.Errorf("%w: key %s is not authorized in the gateway's authorized_keys", ErrAuthFailed, auth.Fingerprint(pub)),
+			Err: keyVerdict{fmt.Errorf("%w: key %s is not authorized in the gateway's authorized_keys", ErrAuthFailed, auth.Fingerprint(pub))},
 			Hint: "ask the gateway's operator to add your public key to its authorized_keys: " +
 				strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))}
 	}
@@ -92,7 +92,7 @@ func (c *Client) dialSSH(ctx context.Context, addr string, verify func(ssh.Publi
 		fps[i] = auth.Fingerprint(s.PublicKey())
 	}
 	return nil, &Error{
-		Err:  fmt.Errorf("%w: none of the keys offered (%s) is authorized in the gateway's authorized_keys", ErrAuthFailed, strings.Join(fps, ", ")),
+		Err:  keyVerdict{fmt.Errorf("%w: none of the keys offered (%s) is authorized in the gateway's authorized_keys", ErrAuthFailed, strings.Join(fps, ", "))},
 		Hint: "ask the gateway's operator to add your public key (the .pub line) to its authorized_keys, or pass -i with a key it knows"}
 }
 

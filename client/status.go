@@ -17,6 +17,7 @@ const (
 	EventReconnecting = "reconnecting" // the session was lost
 	EventReconnected  = "reconnected"  // a new session is up
 	EventError        = "error"        // a reconnect attempt failed
+	EventRevoked      = "revoked"      // the gateway revoked the access: the connect ends
 )
 
 // Event is one change a connect reports: to a script as a JSON line, to a

@@ -741,3 +741,39 @@ func TestRevocation_OpenSSH(t *testing.T) {
 	t.Logf("ssh -L: forwarded connection closed %s, ssh exited (%v) %s after SIGHUP (bound %s)",
 		took.Round(time.Millisecond), p.err, exited.Round(time.Millisecond), revokeBound)
 }
+
+// TestRevocation_WhileDown (issue 10, finding 3): a key removed while the
+// client was disconnected (here: the gateway process restarted with a new
+// authorized_keys) makes the reconnecting client stop with ErrRevoked
+// instead of retrying forever: the refusal of the key is final. The bound
+// is the client's reconnect backoff (at most 10 s) plus one dial.
+func TestRevocation_WhileDown(t *testing.T) {
+	r := testenv.StartRedis(t)
+	const bound = 15 * time.Second
+	forEachTransport(t, func(t *testing.T, transport string) {
+		k, other := newKey(t, "gone"), newKey(t, "stays")
+		g := startGatewayProc(t, gatewayProcOpts{
+			Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
+			Authorized: []string{k.Line, other.Line},
+		})
+		cl := mustConnect(t, g, transport, "cache", k)
+		g.Stop(t)
+		g.WriteAuthorizedKeys(t, []string{other.Line})
+		if err := g.start(t, cachetunBinary(t)); err != nil {
+			t.Fatalf("restart the gateway: %v\n%s", err, g.Log())
+		}
+		start := time.Now()
+		var runErr error
+		select {
+		case runErr = <-cl.Err:
+		case <-time.After(bound):
+			t.Fatalf("client still reconnecting %s after the gateway came back without its key", bound)
+		}
+		cl.Err <- runErr // for the cleanup
+		if !errors.Is(runErr, client.ErrRevoked) || !errors.Is(runErr, client.ErrAuthFailed) {
+			t.Fatalf("Run returned %v, want ErrRevoked wrapping the refusal", runErr)
+		}
+		t.Logf("%s: client stopped %s after the gateway restarted without its key (bound %s): %s",
+			transport, time.Since(start).Round(time.Millisecond), bound, errText(runErr))
+	})
+}
