@@ -1,9 +1,15 @@
 package test
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"io"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/client"
@@ -101,4 +107,53 @@ func TestClientKeys_IdentityInAgent(t *testing.T) {
 	if !errors.Is(err, auth.ErrPassphrase) || !strings.Contains(errText(err), "ssh-add") {
 		t.Fatalf("err = %s, want the ssh-add hint", errText(err))
 	}
+}
+
+// TestClientKeys_PassphrasePrompt: -i names a passphrase-protected key
+// that no agent holds; on a terminal (a real pty from script(1), with
+// echo on) connect asks for the passphrase, does not echo it, and
+// connects.
+func TestClientKeys_PassphrasePrompt(t *testing.T) {
+	scriptBin := testenv.RequireBinary(t, "script")
+	testenv.RequireBinary(t, "ssh-keygen")
+	r := testenv.StartRedis(t)
+	k := sshTestNewKey(t, "ed25519", "locked@laptop")
+	const pass = "correct horse battery"
+	sshTestKeygen(t, "-q", "-p", "-P", "", "-N", pass, "-f", k.Path)
+	g := startGateway(t, redisTarget(r), []string{k.Line})
+	bin := cachetunBinary(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	line := strings.Join([]string{bin, "connect", "cache", "--server", g.Addr, "--transport", "tls", "-i", k.Path,
+		"--known-hosts", g.KnownHosts(t), "--local-port", "0"}, " ")
+	cmd := exec.CommandContext(ctx, scriptBin, "-q", "-e", "-E", "always", "-c", line, "/dev/null")
+	cmd.Env = append(os.Environ(), "SSH_AUTH_SOCK=", "HOME="+t.TempDir())
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncWriter
+	out.w = new(bytes.Buffer)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	text := func() string {
+		out.mu.Lock()
+		defer out.mu.Unlock()
+		return out.w.String()
+	}
+	waitFor(t, 15*time.Second, "passphrase prompt", func() bool {
+		return strings.Contains(text(), `Enter passphrase for key "`+k.Path+`": `)
+	})
+	if _, err := io.WriteString(stdin, pass+"\r"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "listener table", func() bool { return strings.Contains(text(), "via tls") })
+	if strings.Contains(text(), pass) {
+		t.Fatalf("the passphrase was echoed:\n%s", text())
+	}
+	t.Logf("terminal:\n%s", text())
 }
