@@ -15,7 +15,7 @@ import (
 )
 
 // TestLogFormat_JSON runs the real gateway with --log-format json, sends
-// real traffic (a PING through QUIC and TLS sessions, a login with an
+// real traffic (a PING through a QUIC, a TLS and an SSH session, a login with an
 // unknown key), stops it, and parses every line it wrote as JSON: the
 // audit lines a log pipeline reads have durations as duration_ms numbers,
 // the key's fingerprint and comment as separate fields, a session end with
@@ -28,10 +28,9 @@ func TestLogFormat_JSON(t *testing.T) {
 	g := startGatewayProc(t, gatewayProcOpts{
 		Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
 		Authorized: []string{k.Line},
-		NoSSH:      true,
 		Args:       []string{"--log-format", "json"},
 	})
-	transports := []string{"quic", "tls"}
+	transports := []string{"quic", "tls", "ssh"}
 	for i, tr := range transports {
 		c := mustConnect(t, g, tr, "cache", k)
 		conn, err := net.Dial("tcp", c.Local(t, r.Addr))
@@ -53,7 +52,7 @@ func TestLogFormat_JSON(t *testing.T) {
 		})
 		c.cancel() // the client leaves: the session ends
 	}
-	waitFor(t, 10*time.Second, "two session end lines", func() bool {
+	waitFor(t, 10*time.Second, "a session end line per transport", func() bool {
 		return strings.Count(g.Log(), `"msg":"session end"`) == len(transports)
 	})
 	if _, err := startConnect(t, g, "quic", "cache", stranger); err == nil {
