@@ -82,9 +82,17 @@ type Target struct {
 	// "elasticache" treats nodes as configuration endpoints that answer
 	// "config get cluster" (ElastiCache auto discovery). redis-cluster
 	// targets always discover their nodes.
-	Discovery string        `yaml:"discovery"`
-	TLS       *UpstreamTLS  `yaml:"tls"`
-	Auth      *UpstreamAuth `yaml:"auth"`
+	Discovery string `yaml:"discovery"`
+	// Networks are the only networks (CIDR) where discovered nodes may
+	// live; empty means the private ranges 10.0.0.0/8, 172.16.0.0/12,
+	// 192.168.0.0/16, 100.64.0.0/10 and fc00::/7. Link-local, multicast,
+	// broadcast, unspecified and cloud metadata addresses are never
+	// admitted; loopback and the gateway's own addresses only when a
+	// network here names them (127.0.0.1/32). Seeds in Nodes are trusted
+	// as written.
+	Networks []string      `yaml:"networks"`
+	TLS      *UpstreamTLS  `yaml:"tls"`
+	Auth     *UpstreamAuth `yaml:"auth"`
 }
 
 // UpstreamTLS makes the gateway speak TLS to the cache nodes.
@@ -242,6 +250,14 @@ func (c *Config) Validate() error {
 			}
 		default:
 			return bad(field+".discovery", "%q is not one of none, elasticache", t.Discovery)
+		}
+		if len(t.Networks) > 0 && t.Type != TypeRedisCluster && t.Discovery != DiscoveryElastiCache {
+			return bad(field+".networks", "only targets that discover their nodes (redis-cluster, memcached with discovery: elasticache) take networks")
+		}
+		for i, n := range t.Networks {
+			if _, err := parseNetwork(n); err != nil {
+				return bad(fmt.Sprintf("%s.networks[%d]", field, i), "%w", err)
+			}
 		}
 		if t.Auth != nil && t.Type != TypeRedis && t.Type != TypeRedisCluster {
 			return bad(field+".auth", "only redis and redis-cluster targets take auth")

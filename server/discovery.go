@@ -136,6 +136,17 @@ func (s *Server) discoveryLoop(ctx context.Context, t *target) {
 		}
 		last = time.Now()
 		nodes, from, err := t.discover(ctx, timeout)
+		var dials map[string]string
+		if err == nil {
+			t.forgetChecks(nodes)
+			nodes, dials = s.vetNodes(ctx, t, nodes, log)
+			if t.cfg.Type == TypeMemcached {
+				nodes = t.withEndpoints(nodes)
+			}
+			if len(nodes) == 0 {
+				err = fmt.Errorf("%w: every node that %s announced was refused (see the log lines before)", ErrNoDiscovery, from)
+			}
+		}
 		if ctx.Err() != nil {
 			t.markDiscovered()
 			return
@@ -157,7 +168,7 @@ func (s *Server) discoveryLoop(ctx context.Context, t *target) {
 				log.Info("discovery works again", "from", from)
 				lastErr = ""
 			}
-			if changed = t.updateNodes(nodes); changed {
+			if changed = t.updateNodes(nodes, dials); changed {
 				log.Info("topology changed", "from", from, "nodes", len(nodes), "version", t.Info().Version, "layout", layout(nodes))
 			}
 		}
@@ -200,8 +211,8 @@ func layout(nodes []tunnel.NodeInfo) string {
 }
 
 // discover asks the seeds, then the other known nodes, one at a time,
-// until one answers; it returns the nodes sorted by address and who
-// answered.
+// until one answers; it returns the nodes sorted by address, as announced
+// (vetNodes checks them), and who answered.
 func (t *target) discover(ctx context.Context, timeout time.Duration) ([]tunnel.NodeInfo, string, error) {
 	var errs []error
 	for _, addr := range t.knownAddrs() {
@@ -225,9 +236,6 @@ func (t *target) discover(ctx context.Context, timeout time.Duration) ([]tunnel.
 		}
 		cancel()
 		if err == nil && len(nodes) > 0 {
-			if t.cfg.Type == TypeMemcached {
-				nodes = t.withEndpoints(nodes)
-			}
 			return nodes, addr, nil
 		}
 		if err == nil {
@@ -284,7 +292,12 @@ func (t *target) queryRedisCluster(ctx context.Context, addr string, timeout tim
 	}
 	slots, err2 := rc.ClusterSlots(ctx).Result()
 	if err2 != nil {
-		return nil, fmt.Errorf("cluster shards: %w; cluster slots: %w", err, err2)
+		// Error replies are the node's text: the log gets a sanitised
+		// prefix of each.
+		if errors.As(err2, &re) {
+			err2 = fmt.Errorf("node answered %q", sanitizeReply(re.Error()))
+		}
+		return nil, fmt.Errorf("cluster shards: node answered %q; cluster slots: %w", sanitizeReply(err.Error()), err2)
 	}
 	return nodesFromSlots(slots), nil
 }

@@ -70,11 +70,11 @@ func readConfigReply(br *bufio.Reader) ([]byte, error) {
 	}
 	f := strings.Fields(line)
 	if len(f) != 4 || f[0] != "CONFIG" || f[1] != "cluster" {
-		return nil, fmt.Errorf("%w: answered %q", ErrNotConfigEndpoint, truncate(line, 80))
+		return nil, fmt.Errorf("%w: answered %q", ErrNotConfigEndpoint, sanitizeReply(line))
 	}
 	n, err := strconv.Atoi(f[3])
 	if err != nil || n < 0 || n > maxConfigBody {
-		return nil, fmt.Errorf("%w: bad length in %q", ErrNotConfigEndpoint, truncate(line, 80))
+		return nil, fmt.Errorf("%w: bad length in %q", ErrNotConfigEndpoint, sanitizeReply(line))
 	}
 	body := make([]byte, n)
 	if _, err := io.ReadFull(br, body); err != nil {
@@ -105,24 +105,24 @@ func parseClusterConfig(body []byte) (int64, []tunnel.NodeInfo, error) {
 	}
 	version, err := strconv.ParseInt(strings.TrimSpace(lines[0]), 10, 64)
 	if err != nil {
-		return 0, nil, fmt.Errorf("%w: bad version %q", ErrNotConfigEndpoint, truncate(lines[0], 40))
+		return 0, nil, fmt.Errorf("%w: bad version %q", ErrNotConfigEndpoint, sanitizeReply(lines[0]))
 	}
 	var nodes []tunnel.NodeInfo
 	for _, e := range strings.Fields(lines[1]) {
 		parts := strings.Split(e, "|")
 		if len(parts) != 3 {
-			return 0, nil, fmt.Errorf("%w: bad node %q", ErrNotConfigEndpoint, truncate(e, 80))
+			return 0, nil, fmt.Errorf("%w: bad node %q", ErrNotConfigEndpoint, sanitizeReply(e))
 		}
 		host, ip, port := parts[0], parts[1], parts[2]
 		if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
-			return 0, nil, fmt.Errorf("%w: bad port in %q", ErrNotConfigEndpoint, truncate(e, 80))
+			return 0, nil, fmt.Errorf("%w: bad port in %q", ErrNotConfigEndpoint, sanitizeReply(e))
 		}
 		addrHost := ip
 		if addrHost == "" {
 			addrHost = host
 		}
 		if addrHost == "" {
-			return 0, nil, fmt.Errorf("%w: node %q has neither host nor ip", ErrNotConfigEndpoint, truncate(e, 80))
+			return 0, nil, fmt.Errorf("%w: node %q has neither host nor ip", ErrNotConfigEndpoint, sanitizeReply(e))
 		}
 		nodes = append(nodes, tunnel.NodeInfo{Addr: net.JoinHostPort(addrHost, port), ID: host, Role: RoleNode})
 		if len(nodes) > maxConfigNodes {
@@ -172,11 +172,4 @@ func readTextLine(br *bufio.Reader) (string, error) {
 		return "", errors.New("reply line too long")
 	}
 	return strings.TrimRight(string(line), "\r\n"), nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
-	}
-	return s
 }

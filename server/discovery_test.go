@@ -99,7 +99,7 @@ func TestTarget_UpdateNodes(t *testing.T) {
 	tg := newTarget("c", &Target{Type: TypeRedisCluster, Nodes: []string{"10.0.0.1:6379"}})
 	ch := tg.Changed()
 	nodes := []tunnel.NodeInfo{{Addr: "10.0.0.1:6379", Role: "master"}, {Addr: "10.0.0.2:6379", Role: "replica"}}
-	if !tg.updateNodes(nodes) {
+	if !tg.updateNodes(nodes, nil) {
 		t.Fatal("first update: no change reported")
 	}
 	select {
@@ -108,13 +108,13 @@ func TestTarget_UpdateNodes(t *testing.T) {
 		t.Fatal("subscribers not woken")
 	}
 	v := tg.Info().Version
-	if tg.updateNodes(slices.Clone(nodes)) || tg.Info().Version != v {
+	if tg.updateNodes(slices.Clone(nodes), nil) || tg.Info().Version != v {
 		t.Fatal("the same nodes again counted as a change")
 	}
 	if !tg.HasNode("10.0.0.2:6379") || !tg.HasNode("10.0.0.1:6379") || tg.HasNode("10.0.0.3:6379") {
 		t.Fatal("HasNode does not follow the discovered nodes")
 	}
-	tg.updateNodes(nodes[1:])
+	tg.updateNodes(nodes[1:], nil)
 	if !tg.HasNode("10.0.0.1:6379") {
 		t.Fatal("a seed is no longer a node")
 	}

@@ -109,8 +109,12 @@ func (t *target) nodeAddrs() []string {
 func (t *target) probe(ctx context.Context, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, readyDialTimeout)
 	defer cancel()
+	to, err := t.dialAddr(addr) // a discovered node only at its checked IP
+	if err != nil {
+		return err
+	}
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := d.DialContext(ctx, "tcp", to)
 	if err != nil {
 		return err
 	}

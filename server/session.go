@@ -676,7 +676,8 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 	cancel()
 	if err != nil {
 		m.dialErrors.WithLabelValues(t.name, dialReason(err)).Inc()
-		refuse(tunnel.StatusUnreachable, fmt.Sprintf("gateway could not reach %s: %v", node, err))
+		log.Warn("upstream connection failed", keyErr, err) // our own words, or a sanitised prefix
+		refuse(tunnel.StatusUnreachable, upstreamFailure(node, err))
 		return
 	}
 	m.dialSeconds.WithLabelValues(t.name).Observe(time.Since(dialStart).Seconds())

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,15 +35,29 @@ type target struct {
 	// that discover; nil otherwise.
 	discovered     chan struct{}
 	discoveredOnce sync.Once
+	// policy says where discovered nodes may live.
+	policy *netPolicy
+	// lookup resolves a discovered node's host name; tests replace it.
+	lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+	// vet remembers which discovered nodes passed or failed their checks.
+	vet vetState
 
 	mu      sync.RWMutex // guards the following
 	info    tunnel.TargetInfo
 	nodes   map[string]bool // set of info.Nodes[i].Addr
 	changed chan struct{}   // closed and replaced on every change
+	// dialAddrs maps each discovered node (info.Nodes[i].Addr) to the IP
+	// and port that passed its checks: the only address the gateway
+	// dials for it, so a host name is never resolved again in between.
+	dialAddrs map[string]string
 }
 
 func newTarget(name string, cfg *Target) *target {
-	t := &target{name: name, cfg: cfg, changed: make(chan struct{})}
+	t := &target{name: name, cfg: cfg, changed: make(chan struct{}), lookup: lookupNetIP}
+	var err error
+	if t.policy, err = parseNetworks(cfg.Networks); err != nil {
+		t.policy = &netPolicy{explicit: true} // fail closed; Validate reports it
+	}
 	nodes := make([]tunnel.NodeInfo, len(cfg.Nodes))
 	for i, n := range cfg.Nodes {
 		nodes[i] = tunnel.NodeInfo{Addr: n}
@@ -84,10 +99,12 @@ func (t *target) waitDiscovered(ctx context.Context, timeout time.Duration) {
 }
 
 // updateNodes is SetNodes when nodes differ from the current topology; it
-// reports whether they did.
-func (t *target) updateNodes(nodes []tunnel.NodeInfo) bool {
+// reports whether they did. dials maps discovered nodes to the checked
+// address to dial (see dialAddrs); it replaces the last one either way.
+func (t *target) updateNodes(nodes []tunnel.NodeInfo, dials map[string]string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.dialAddrs = dials
 	if slices.Equal(nodes, t.info.Nodes) {
 		return false
 	}
@@ -179,10 +196,37 @@ func (t *target) nodeByIndex(i int) (string, bool) {
 }
 
 // dial connects to one node of the target, with TLS and AUTH as
-// configured.
+// configured. A seed is dialled as written; a discovered node only at the
+// address that passed its checks (dialAddrs), so the password goes to
+// nothing else.
 func (t *target) dial(ctx context.Context, addr string) (net.Conn, error) {
+	to, err := t.dialAddr(addr)
+	if err != nil {
+		return nil, err
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	return t.dialAt(ctx, to, host)
+}
+
+// dialAddr returns where to dial node addr.
+func (t *target) dialAddr(addr string) (string, error) {
+	if !t.discovers() || slices.Contains(t.cfg.Nodes, addr) {
+		return addr, nil
+	}
+	t.mu.RLock()
+	to, ok := t.dialAddrs[addr]
+	t.mu.RUnlock()
+	if !ok {
+		return "", refused(rejectNetwork, "%s is not a verified node of target %q", addr, t.name)
+	}
+	return to, nil
+}
+
+// dialAt connects to to (an IP and port, or a seed as written), with TLS
+// for serverName (unless the target names one) and AUTH as configured.
+func (t *target) dialAt(ctx context.Context, to, serverName string) (net.Conn, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := d.DialContext(ctx, "tcp", to)
 	if err != nil {
 		return nil, err
 	}
@@ -192,13 +236,12 @@ func (t *target) dial(ctx context.Context, addr string) (net.Conn, error) {
 	if t.upstreamTLS != nil {
 		cfg := t.upstreamTLS.Clone()
 		if cfg.ServerName == "" {
-			host, _, _ := net.SplitHostPort(addr)
-			cfg.ServerName = host
+			cfg.ServerName = serverName
 		}
 		tc := tls.Client(c, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
-			return nil, fmt.Errorf("%w: %w", errUpstreamTLS, err)
+			return nil, tlsError(err, cfg.ServerName)
 		}
 		c = tc
 	}

@@ -53,11 +53,15 @@ func startClusterEnv(t testing.TB) *clusterEnv {
 		// Refresh is longer than the test: every topology change the
 		// tests wait for must reach the client because a client saw a
 		// redirect and asked, not because a timer fired.
-		"prod":  {Type: server.TypeRedisCluster, Nodes: []string{cl.Nodes[0].Addr}, Auth: auth, Refresh: time.Hour},
+		"prod":  {Type: server.TypeRedisCluster, Nodes: []string{cl.Nodes[0].Addr}, Auth: auth, Refresh: time.Hour, Networks: loopbackNetworks},
 		"node0": {Type: server.TypeRedis, Nodes: []string{node0.Addr}, Auth: auth},
 	}, []string{k.Line})
 	return &clusterEnv{Cluster: cl, Password: pw, Gateway: g, Key: k, Node0: node0}
 }
+
+// loopbackNetworks admits the test caches, which all run on 127.0.0.1: a
+// target admits loopback nodes only when its networks name them.
+var loopbackNetworks = []string{"127.0.0.1/32"}
 
 func randomSecret(t testing.TB) string {
 	var b [12]byte
@@ -782,7 +786,7 @@ func TestCluster_NewNode(t *testing.T) {
 	}
 	k := newKey(t, "dev@laptop")
 	g := startGateway(t, map[string]*server.Target{
-		"prod": {Type: server.TypeRedisCluster, Nodes: []string{cl.Nodes[0].Addr}, Refresh: time.Hour,
+		"prod": {Type: server.TypeRedisCluster, Nodes: []string{cl.Nodes[0].Addr}, Refresh: time.Hour, Networks: loopbackNetworks,
 			Auth: &server.UpstreamAuth{Username: "gateway", PasswordFile: writeSecret(t, pw)}},
 	}, []string{k.Line})
 	c := mustConnect(t, g, transports[0], "prod", k)

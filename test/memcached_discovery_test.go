@@ -225,7 +225,7 @@ func TestMemcachedDiscovery(t *testing.T) {
 		ep := startConfigEndpoint(t, nodes...)
 		k := newKey(t, "app@laptop")
 		g := startGateway(t, map[string]*server.Target{"sessions": {
-			Type: server.TypeMemcached, Nodes: []string{ep.Addr}, Discovery: server.DiscoveryElastiCache,
+			Type: server.TypeMemcached, Nodes: []string{ep.Addr}, Discovery: server.DiscoveryElastiCache, Networks: loopbackNetworks,
 			// Longer than the test: the added node must come because the
 			// client asked.
 			Refresh: time.Hour,
@@ -310,7 +310,7 @@ func TestMemcachedDiscovery_NotAnEndpoint(t *testing.T) {
 	m := testenv.StartMemcached(t)
 	k := newKey(t, "app@laptop")
 	g := startGateway(t, map[string]*server.Target{"sessions": {
-		Type: server.TypeMemcached, Nodes: []string{m.Addr}, Discovery: server.DiscoveryElastiCache,
+		Type: server.TypeMemcached, Nodes: []string{m.Addr}, Discovery: server.DiscoveryElastiCache, Networks: loopbackNetworks,
 	}}, []string{k.Line})
 	c := mustConnect(t, g, transports[0], "sessions", k)
 	g.Log.waitLog(t, "discovery failed")
