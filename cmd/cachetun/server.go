@@ -157,6 +157,7 @@ targets:
 #    type: redis-cluster
 #    nodes: ["clustercfg.example.cache.amazonaws.com:6379"]   # seeds; the rest is discovered
 #    refresh: 30s
+#    networks: ["10.0.0.0/16"]   # where discovered nodes may live; default: the private ranges
 #    tls: {server_name: clustercfg.example.cache.amazonaws.com, ca_file: /etc/ssl/certs/ca-certificates.crt}
 #    auth: {username: app, password_file: %[1]s/example-cluster.password}
 #  example-memcached:
