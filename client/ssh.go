@@ -90,13 +90,19 @@ func (c *Client) dialSSH(ctx context.Context, addr string, verify func(ssh.Publi
 	fps := make([]string, len(signers))
 	for i, s := range signers {
 		fps[i] = auth.Fingerprint(s.PublicKey())
+		if c.keys != nil && len(c.keys.names) == len(signers) {
+			fps[i] = c.keys.names[i] // where the key came from, with its fingerprint
+		}
 	}
 	return nil, &Error{
 		Err:  keyVerdict{fmt.Errorf("%w: none of the keys offered (%s) is authorized in the gateway's authorized_keys", ErrAuthFailed, strings.Join(fps, ", "))},
 		Hint: "ask the gateway's operator to add your public key (the .pub line) to its authorized_keys, or pass -i with a key it knows"}
 }
 
-const sshAuthHint = "fix what the gateway names above, or pass -i with another key"
+// sshAuthHint: what the gateway's banners name (an expired key, an address
+// from= does not allow, a certificate's principals) is changed in its
+// authorized_keys, by its operator.
+const sshAuthHint = "ask the gateway's operator to fix what it names above (authorized_keys), or pass -i with another key"
 
 // maxBanners bounds the banners kept from one handshake.
 const maxBanners = 8
