@@ -44,8 +44,9 @@ func runCmd(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-// TestPackage builds the .deb and .rpm with `make package` (nfpm) and
-// checks what the .deb holds: the binary, the systemd unit that checks the
+// TestPackage builds the .deb and .rpm with `make package` (nfpm), reads
+// the .rpm's files, modes and scriptlets with rpm, and checks what the .deb
+// holds: the binary, the systemd unit that checks the
 // config before start and reload, the sysctl drop-in with 7 MiB UDP
 // buffers, /etc/cachetun at mode 0750 and the maintainer scripts. Then,
 // only as root with CI=true or CACHETUN_TEST_INSTALL_PACKAGE=1, it
@@ -68,6 +69,35 @@ func TestPackage(t *testing.T) {
 	if b, err := os.ReadFile(rpm); err != nil || !bytes.HasPrefix(b, []byte{0xed, 0xab, 0xee, 0xdb}) {
 		t.Errorf("%s is not an RPM package (lead magic): %v", rpm, err)
 	}
+	if _, err := exec.LookPath("rpm"); err != nil {
+		t.Fatalf("reading the .rpm needs rpm (apt package rpm, in .ci/run): %v", err)
+	}
+	// The .rpm's files, modes and scriptlets (rpm, the Debian package, reads it).
+	dump := runCmd(t, "rpm", "-qp", "--dump", rpm)
+	for _, want := range []string{
+		"/etc/cachetun .* 040750 root root",
+		"/usr/bin/cachetun .* 0100755 root root",
+		"/usr/lib/sysctl.d/90-cachetun.conf .* 0100644 root root",
+		"/usr/lib/systemd/system/cachetun.service .* 0100644 root root",
+	} {
+		f := strings.Fields(strings.ReplaceAll(want, ".*", ""))
+		found := false
+		for _, line := range strings.Split(dump, "\n") {
+			if g := strings.Fields(line); len(g) >= 7 && g[0] == f[0] && g[4] == f[1] && g[5] == f[2] && g[6] == f[3] {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("rpm lacks %q:\n%s", want, dump)
+		}
+	}
+	scripts := runCmd(t, "rpm", "-qp", "--scripts", rpm)
+	for _, want := range []string{"preinstall scriptlet", "postinstall scriptlet", "preuninstall scriptlet", "postuninstall scriptlet", "useradd --system", "cachetun server init"} {
+		if !strings.Contains(scripts, want) {
+			t.Errorf("rpm scripts lack %q", want)
+		}
+	}
+
 	info := runCmd(t, "dpkg-deb", "--info", deb)
 	for _, want := range []string{"Package: cachetun", "preinst", "postinst", "prerm", "postrm"} {
 		if !strings.Contains(info, want) {
