@@ -22,9 +22,11 @@ func (ss *session) helloTargets(h *tunnel.Hello) []string {
 		return nil
 	}
 	if h.All {
+		// Every target the key may use: targets=, and permitopen= by the
+		// nodes known now (a cluster's seeds before its first discovery).
 		var out []string
 		for _, n := range ss.srv.targetNames {
-			if id := ss.identity(); id != nil && id.Allows(n) {
+			if id := ss.identity(); id != nil && id.Allows(n) && permitsTarget(id, ss.srv.targets[n]) == "" {
 				out = append(out, n)
 			}
 		}
@@ -101,6 +103,9 @@ func (ss *session) targetList(ctx context.Context) []tunnel.TargetSummary {
 	waitAllDiscovered(ctx, ts, s.cfg.Limits.DialTimeout)
 	out := make([]tunnel.TargetSummary, 0, len(ts))
 	for _, t := range ts {
+		if permitsTarget(ss.identity(), t) != "" {
+			continue // permitopen= allows none of its nodes
+		}
 		info := t.Info()
 		out = append(out, tunnel.TargetSummary{Name: t.name, Type: info.Type, Nodes: len(info.Nodes)})
 	}

@@ -411,3 +411,42 @@ func TestSSH_PermitOpenNarrowedOnReload(t *testing.T) {
 		check(t, node0, node1, p.Locals[1])
 	})
 }
+
+// TestConnect_AllAndListHonourPermitOpen: with permitopen= and no
+// targets=, --all connects and a listing shows exactly the targets that
+// permitopen= leaves a node of (2 of the gateway's 3), on every transport.
+func TestConnect_AllAndListHonourPermitOpen(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, transport string) {
+		targets, r, _ := threeTargets(t)
+		k := newKey(t, "alice")
+		g := startGateway(t, targets, []string{`permitopen="cache:*",permitopen="sessions:*" ` + k.Line})
+		c := mustConnect(t, g, transport, "", k, func(o *client.Options) {
+			o.Target, o.Profile, o.All = "", "", true
+		})
+		var names []string
+		for _, e := range c.Client.Endpoints() {
+			names = append(names, e.Name)
+		}
+		if strings.Join(names, ",") != "cache,sessions" {
+			t.Fatalf("--all connected %v, want [cache sessions]", names)
+		}
+		if got := redisCLI(t, c.Local(t, r.Addr), "PING"); got != "PONG" {
+			t.Fatalf("PING: %q", got)
+		}
+
+		cl, err := client.New(client.Options{Servers: []string{g.ServerAddr(transport)}, List: true, Transport: transport,
+			Identity: k.Path, KnownHosts: g.KnownHosts(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		list, err := cl.List(ctx)
+		if err != nil {
+			t.Fatal(errText(err))
+		}
+		if len(list) != 2 || list[0].Name != "cache" || list[1].Name != "sessions" {
+			t.Fatalf("list: %+v, want cache and sessions only", list)
+		}
+	})
+}
