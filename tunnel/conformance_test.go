@@ -365,3 +365,78 @@ func TestConformance_ManyStreams(t *testing.T) {
 		})
 	}
 }
+
+// TestConformance_RejectReturnsWhenGone: Reject returns once the transport
+// has freed the refused stream, so the gateway can count it until then.
+// QUIC (FIN + STOP_SENDING, the client stack resets) and SSH (open
+// failure) free it at once, with the client holding the stream open and
+// 256 KiB of early payload behind the header. yamux cannot reset a stream:
+// Reject drains it until the client closes it, and a client that holds it
+// open for RejectLinger loses its session.
+func TestConformance_RejectReturnsWhenGone(t *testing.T) {
+	const soon = time.Second // "at once", with room for a loaded machine
+	for _, tr := range allTransports {
+		for _, clientCloses := range []bool{true, false} {
+			name := tr + "/client_holds"
+			if clientCloses {
+				name = tr + "/client_closes"
+			}
+			t.Run(name, func(t *testing.T) {
+				if tr == "tls" && !clientCloses && testing.Short() {
+					t.Skip("waits RejectLinger")
+				}
+				p := newPair(t, tr)
+				returned := make(chan time.Time, 1)
+				go func() {
+					in, err := p.server.AcceptStream(context.Background())
+					if err != nil {
+						return
+					}
+					if _, err := in.Request(time.Now().Add(5 * time.Second)); err != nil {
+						return
+					}
+					in.Reject(tunnel.StatusUnknownNode, "no")
+					returned <- time.Now()
+				}()
+				st, err := p.client.OpenStream(context.Background(), tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:1"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+				_, _ = st.Write(make([]byte, 256<<10))
+				var se *tunnel.StatusError
+				if _, err := st.Read(make([]byte, 1)); !errors.As(err, &se) {
+					t.Fatalf("read: %v, want the refusal", err)
+				}
+				refusedAt := time.Now()
+				if tr == "tls" {
+					select {
+					case <-returned:
+						t.Fatal("yamux: Reject returned while the client still holds the stream open")
+					case <-time.After(300 * time.Millisecond):
+					}
+				}
+				if clientCloses {
+					st.Close()
+				}
+				limit := soon
+				if tr == "tls" && !clientCloses {
+					limit = tunnel.RejectLinger + soon
+				}
+				select {
+				case at := <-returned:
+					t.Logf("Reject returned %s after the refusal was read", at.Sub(refusedAt).Round(time.Millisecond))
+				case <-time.After(limit):
+					t.Fatalf("Reject did not return within %s", limit)
+				}
+				if tr == "tls" && !clientCloses {
+					select {
+					case <-p.server.Done():
+					case <-time.After(soon):
+						t.Fatal("yamux: the session of a client that holds a refused stream open was not closed")
+					}
+				}
+			})
+		}
+	}
+}
