@@ -127,7 +127,7 @@ func DefaultConfig() *Config {
 			AuthFailuresPerMinute: 30,
 			// 8 covers a NAT of a few laptops reconnecting at once.
 			UnauthenticatedPerSource: 8,
-			MaxUnauthenticated:       256,
+			MaxUnauthenticated:       128,
 		},
 	}
 }

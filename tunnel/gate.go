@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -28,6 +29,21 @@ import (
 //
 // A client that opens a stream before its Hello is answered thus waits for
 // the answer; cachetun clients never do. The wire is unchanged.
+//
+// The control stream itself is bounded too: yamux raises its window to
+// MaxStreamWindowSize (4 MiB) when the server accepts it, so before
+// authentication the gate passes at most MaxPreAuthControlBytes of its
+// payload and ends the session beyond (ErrPreAuthLimit).
+//
+// MaxPreAuthControlBytes is what a client may send on the control stream
+// before the server authenticated it: the open header (at most 516 bytes)
+// and up to 6 Hello frames of at most MaxFrameSize fit with room to spare.
+const MaxPreAuthControlBytes = 512 << 10
+
+// ErrPreAuthLimit ends a TLS session whose client sent more than
+// MaxPreAuthControlBytes on its control stream before authenticating.
+var ErrPreAuthLimit = errors.New("client sent more than 512 KiB before authenticating")
+
 type preAuthGate struct {
 	io.ReadWriteCloser // the frameConn; Read goes through the gate
 
@@ -44,6 +60,7 @@ type preAuthGate struct {
 	hdrOut  int                   // bytes of hdr handed to yamux; yamuxHeaderSize when none pending
 	body    uint32                // payload bytes of the current frame still to pass
 	control uint32                // id of the control stream; 0 until its SYN arrived
+	ctrlIn  int                   // payload bytes of the control stream passed so far
 }
 
 // yamux frame types and flags (hashicorp/yamux const.go).
@@ -119,6 +136,11 @@ func (g *preAuthGate) Read(p []byte) (int, error) {
 	}
 	if g.hdr[1] == yamuxTypeData {
 		g.body = binary.BigEndian.Uint32(g.hdr[yamuxLength:])
+		if id := binary.BigEndian.Uint32(g.hdr[yamuxStreamID:]); id == g.control && !g.isOpen.Load() {
+			if g.ctrlIn += int(g.body); g.ctrlIn > MaxPreAuthControlBytes {
+				return 0, ErrPreAuthLimit
+			}
+		}
 	}
 	n := copy(p, g.hdr[:])
 	g.hdrOut = n

@@ -125,3 +125,36 @@ func TestGate_NothingBeforeAuthentication(t *testing.T) {
 		})
 	}
 }
+
+// TestGate_ControlStreamBounded: yamux widens the control stream's window
+// to 4 MiB when the server accepts it; before authentication a TLS
+// client may still send at most tunnel.MaxPreAuthControlBytes (512 KiB)
+// on it, and its session ends beyond.
+func TestGate_ControlStreamBounded(t *testing.T) {
+	p := newPairAuth(t, "tls", false)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ctrl, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, _ = ctrl.Write(make([]byte, 2<<20)) // nobody reads it
+	}()
+	in, err := p.server.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Request(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.server.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("2 MiB on the control stream before authentication: the server session is still up")
+	}
+}
