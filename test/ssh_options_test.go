@@ -172,9 +172,11 @@ func sshTestCertWith(t testing.TB, ca key, id, principals string, opts ...string
 }
 
 // TestSSH_CertificateRestrictions: a certificate from ssh-keygen -O clear
-// (no permit-port-forwarding) and one with force-command are refused with
-// a message naming why, on every transport and over ssh -L; a normal
-// certificate and one with -O clear -O permit-port-forwarding work.
+// or -O no-port-forwarding (no permit-port-forwarding), one with
+// force-command and one whose source-address excludes 127.0.0.1 are
+// refused with a message naming why, on every transport and over ssh -L; a
+// normal certificate, one with -O clear -O permit-port-forwarding and one
+// with source-address=127.0.0.0/8 work.
 func TestSSH_CertificateRestrictions(t *testing.T) {
 	r := testenv.StartRedis(t)
 	ca := sshTestNewKey(t, "ed25519", "users-ca")
@@ -183,6 +185,8 @@ func TestSSH_CertificateRestrictions(t *testing.T) {
 	cleared := sshTestCertWith(t, ca, "cleared", "cache", "clear")
 	noPF := sshTestCertWith(t, ca, "no-pf", "cache", "no-port-forwarding")
 	forced := sshTestCertWith(t, ca, "forced", "cache", "force-command=/bin/false")
+	fromHere := sshTestCertWith(t, ca, "from-here", "cache", "source-address=127.0.0.0/8")
+	fromElsewhere := sshTestCertWith(t, ca, "from-elsewhere", "cache", "source-address=10.0.0.0/8,192.0.2.7")
 	g := startGateway(t, redisTarget(r), []string{`cert-authority ` + ca.Line})
 
 	refusals := []struct {
@@ -192,9 +196,10 @@ func TestSSH_CertificateRestrictions(t *testing.T) {
 		{cleared, []string{`"cleared"`, "permit-port-forwarding"}},
 		{noPF, []string{`"no-pf"`, "permit-port-forwarding"}},
 		{forced, []string{`"forced"`, "force-command"}},
+		{fromElsewhere, []string{`"from-elsewhere"`, "10.0.0.0/8,192.0.2.7", "127.0.0.1"}},
 	}
 	forEachTransport(t, func(t *testing.T, transport string) {
-		for _, k := range []key{normal, onlyPF} {
+		for _, k := range []key{normal, onlyPF, fromHere} {
 			c := mustConnect(t, g, transport, "cache", k)
 			if got := redisCLI(t, c.Local(t, r.Addr), "PING"); got != "PONG" {
 				t.Fatalf("%s: PING: %q", k.Path, got)
@@ -212,9 +217,11 @@ func TestSSH_CertificateRestrictions(t *testing.T) {
 
 	t.Run("openssh", func(t *testing.T) {
 		kh := g.KnownHosts(t)
-		p := sshTestStartOpenSSH(t, normal.Path, kh, g.SSHAddr, "cache:6379")
-		if got := redisCLI(t, p.Locals[0], "PING"); got != "PONG" {
-			t.Fatalf("PING through ssh -L with a normal certificate: %q\n%s", got, p.Stderr())
+		for _, k := range []key{normal, fromHere} {
+			p := sshTestStartOpenSSH(t, k.Path, kh, g.SSHAddr, "cache:6379")
+			if got := redisCLI(t, p.Locals[0], "PING"); got != "PONG" {
+				t.Fatalf("PING through ssh -L with certificate %s: %q\n%s", k.Path, got, p.Stderr())
+			}
 		}
 		n := r.TotalConnections(t)
 		for _, tc := range refusals {
