@@ -124,7 +124,10 @@ type Client struct {
 	log     *slog.Logger
 	signers []ssh.Signer // keys.signers
 	keys    *keySet
-	hosts   *auth.HostKeyChecker
+	// reconnecting is set once the first session is up: later dials do
+	// not probe a silent server (diagnose.go, probeAfter).
+	reconnecting atomic.Bool
+	hosts        *auth.HostKeyChecker
 
 	mu        sync.Mutex    // guards the following
 	cur       *conn         // current session, nil while reconnecting
@@ -335,6 +338,7 @@ func (c *Client) Dial(ctx context.Context) (tunnel.Session, *tunnel.Welcome, err
 // FrameRevoked did not arrive) is final: it returns that error, wrapped
 // in ErrRevoked.
 func (c *Client) reconnect(ctx context.Context) (*conn, error) {
+	c.reconnecting.Store(true)
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		cn, welcome, err := c.connect(ctx)

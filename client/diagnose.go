@@ -25,8 +25,12 @@ var (
 )
 
 // probeAfter is how long a TLS or SSH handshake may stay silent before the
-// client asks the server what it is (probe).
-const probeAfter = time.Second
+// client asks the server what it is (probe). A real gateway answers a
+// handshake within a few round trips; one that is merely slow counts the
+// probe as a failed handshake of this address (limits.auth_failures_per_minute,
+// 30 by default), so only the first connect of a run probes, never the
+// reconnect loop.
+const probeAfter = 2 * time.Second
 
 // serverKind is what a probe or a failed handshake says the server is.
 type serverKind int
@@ -59,9 +63,9 @@ func classify(b []byte) serverKind {
 
 // probe connects to addr, sends a Redis PING (an SSH server greets first;
 // a gateway's TLS port drops it unanswered) and classifies the first bytes
-// that come back within probeAfter.
+// that come back within a second.
 func probe(ctx context.Context, addr string) serverKind {
-	ctx, cancel := context.WithTimeout(ctx, probeAfter)
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -81,7 +85,10 @@ func probe(ctx context.Context, addr string) serverKind {
 // asks the server what it is, and a server that is plainly not the
 // gateway (Redis, memcached, SSH on the TLS port) ends the wait at once
 // instead of at the dial timeout.
-func dialWatched(ctx context.Context, transport, addr string, dial func(context.Context) (tunnel.Session, error)) (tunnel.Session, error) {
+func dialWatched(ctx context.Context, transport, addr string, watch bool, dial func(context.Context) (tunnel.Session, error)) (tunnel.Session, error) {
+	if !watch {
+		return dial(ctx)
+	}
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {

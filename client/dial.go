@@ -113,11 +113,11 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 	case TransportTLS:
 		tc := tunnel.DefaultTLSConfig()
 		tc.LocalAddr = c.opts.LocalAddr
-		sess, err = dialWatched(dctx, transport, addr, func(ctx context.Context) (tunnel.Session, error) {
+		sess, err = dialWatched(dctx, transport, addr, !c.reconnecting.Load(), func(ctx context.Context) (tunnel.Session, error) {
 			return tunnel.DialTLS(ctx, addr, certs.ClientTLSConfig(verify), tc)
 		})
 	case TransportSSH:
-		sess, err = dialWatched(dctx, transport, addr, func(ctx context.Context) (tunnel.Session, error) {
+		sess, err = dialWatched(dctx, transport, addr, !c.reconnecting.Load(), func(ctx context.Context) (tunnel.Session, error) {
 			return c.dialSSH(ctx, addr, verify)
 		})
 	default:

@@ -83,7 +83,7 @@ func TestCLIErrors_WrongPort(t *testing.T) {
 	k := newKey(t, "alice@laptop")
 	g := startGateway(t, redisTarget(r), []string{k.Line})
 	kh := g.KnownHosts(t)
-	// QUIC's 1.5 s before falling back to TLS, the 1 s before a stalled
+	// QUIC's 1.5 s before falling back to TLS, the 2 s before a stalled
 	// handshake is probed, and slack for a loaded machine: well under the
 	// 10 s dial timeout the user waited for before.
 	const bound = 6 * time.Second
