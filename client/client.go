@@ -135,6 +135,8 @@ type Client struct {
 	views     []*targetView // in table order
 	byName    map[string]*targetView
 	usedPorts map[int]bool // local ports of every target
+	server    string       // the last session's gateway address
+	transport string       // and transport
 
 	open atomic.Int64 // local connections being relayed
 
@@ -266,6 +268,7 @@ func (c *Client) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.noteSession(cn)
 	if err := c.applyWelcome(welcome, true); err != nil {
 		cn.sess.Close()
 		return err
@@ -343,6 +346,7 @@ func (c *Client) reconnect(ctx context.Context) (*conn, error) {
 	for attempt := 1; ; attempt++ {
 		cn, welcome, err := c.connect(ctx)
 		if err == nil {
+			c.noteSession(cn)
 			if err := c.applyWelcome(welcome, false); err != nil {
 				c.log.Error("apply topology", "err", err)
 			}
@@ -371,6 +375,12 @@ func (c *Client) reconnect(ctx context.Context) (*conn, error) {
 		}
 		backoff = min(backoff*2, 10*time.Second)
 	}
+}
+
+func (c *Client) noteSession(cn *conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.server, c.transport = cn.server, cn.sess.Transport()
 }
 
 func (c *Client) setConn(cn *conn) {

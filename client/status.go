@@ -34,10 +34,12 @@ type Event struct {
 
 // TargetEndpoints is one target's part of the endpoint table.
 type TargetEndpoints struct {
-	Name    string     `json:"name"`
-	Profile string     `json:"profile,omitempty"`
-	Type    string     `json:"type"`
-	Nodes   []Endpoint `json:"nodes"`
+	Name      string     `json:"name"`
+	Profile   string     `json:"profile,omitempty"`
+	Type      string     `json:"type"`
+	Server    string     `json:"server,omitempty"`
+	Transport string     `json:"transport,omitempty"`
+	Nodes     []Endpoint `json:"nodes"`
 }
 
 // Endpoint is one local port and the node behind it.
@@ -58,7 +60,7 @@ func (c *Client) Endpoints() []TargetEndpoints {
 func (c *Client) endpointsLocked() []TargetEndpoints {
 	out := make([]TargetEndpoints, 0, len(c.views))
 	for _, v := range c.views {
-		te := TargetEndpoints{Name: v.name, Profile: v.profile, Type: v.info.Type}
+		te := TargetEndpoints{Name: v.name, Profile: v.profile, Type: v.info.Type, Server: c.server, Transport: c.transport}
 		nodes := make(map[string]tunnel.NodeInfo, len(v.info.Nodes))
 		for _, n := range v.info.Nodes {
 			nodes[n.Addr] = n
@@ -70,6 +72,21 @@ func (c *Client) endpointsLocked() []TargetEndpoints {
 		out = append(out, te)
 	}
 	return out
+}
+
+// Status is what a live view shows of the session.
+type Status struct {
+	Server    string `json:"server"`
+	Transport string `json:"transport"`
+	Connected bool   `json:"connected"`
+	OpenConns int64  `json:"open_connections"`
+}
+
+// Status returns the session's state now.
+func (c *Client) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Status{Server: c.server, Transport: c.transport, Connected: c.cur != nil, OpenConns: c.open.Load()}
 }
 
 // OpenConns is the number of local connections being relayed now.

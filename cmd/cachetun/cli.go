@@ -39,7 +39,9 @@ type CLI struct {
 	VersionFlag kong.VersionFlag `name:"version" help:"Print the version and exit."`
 
 	Server     ServerCmd     `cmd:"" help:"Run the gateway (server run; default config /etc/cachetun/server.yaml), or set one up (server init)."`
-	Connect    ConnectCmd    `cmd:"" help:"Open local ports for a profile's target."`
+	Connect    ConnectCmd    `cmd:"" help:"Open local ports for one or more profiles' targets (or --all)."`
+	Exec       ExecCmd       `cmd:"" help:"Bring the ports up, run CMD with them in its environment, exit with its status: exec PROFILE... -- CMD ARGS."`
+	Ls         LsCmd         `cmd:"" help:"List the targets this key may use, with type and node count."`
 	Keygen     KeygenCmd     `cmd:"" help:"Create a new ed25519 key (OpenSSH format)."`
 	Version    VersionCmd    `cmd:"" help:"Print the version."`
 	Help       HelpCmd       `cmd:"" help:"Show the help of cachetun or of one command."`
@@ -121,6 +123,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) 
 	if exitCode >= 0 {
 		return exitCode
 	}
+	args, command := splitExec(args)
 	kctx, err := parser.Parse(args)
 	if exitCode >= 0 { // --help, --version
 		return exitCode
@@ -145,9 +148,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) 
 		}
 		defer stop()
 	}
+	cli.Exec.Command = command
 	err = kctx.Run(e)
 	if err == nil {
 		return exitOK
+	}
+	var xs *exitStatus
+	if errors.As(err, &xs) {
+		return xs.code // the command's own status, and nothing to add
 	}
 	printError(stderr, err)
 	var ue *usageError
@@ -245,4 +253,20 @@ func stopContext(sig signals) (drain, abort context.Context, cancel func()) {
 			cancelAbort()
 		})
 	}
+}
+
+// splitExec cuts "exec ... -- CMD ARGS" at the first "--": kong would
+// take CMD and its arguments for more profiles.
+func splitExec(args []string) (rest, command []string) {
+	isExec := false
+	for i, a := range args {
+		if a == "exec" && !isExec {
+			isExec = true
+			continue
+		}
+		if a == "--" && isExec {
+			return args[:i], args[i+1:]
+		}
+	}
+	return args, nil
 }

@@ -11,9 +11,11 @@ import (
 	"github.com/cachetun/cachetun/client"
 )
 
-// ConnectCmd opens one local port per node of a target.
+// ConnectCmd opens one local port per node of one or more targets.
 type ConnectCmd struct {
-	Profile          string   `arg:"" help:"Profile name from the config file; with --server, just a target name." placeholder:"PROFILE" predictor:"profile"`
+	Profiles         []string `arg:"" name:"profile" optional:"" help:"Profile names from the config file; with --server, just target names." placeholder:"PROFILE" predictor:"profile"`
+	All              bool     `help:"Every target the key may use, on the gateway of --server or of the one PROFILE."`
+	JSON             bool     `name:"json" help:"Print one JSON line with the endpoints once up, then one per event (topology, reconnect, error)."`
 	Config           string   `help:"Client config file (default: $XDG_CONFIG_HOME/cachetun/config.yaml or ~/.config/cachetun/config.yaml)." env:"CACHETUN_CONFIG" placeholder:"PATH" predictor:"file"`
 	Server           []string `help:"Gateway address HOST[:PORT]; repeat or comma-separate to fail over." env:"CACHETUN_SERVER" placeholder:"HOST:PORT"`
 	Target           string   `help:"Target name on the gateway (default: the profile name)." placeholder:"NAME" predictor:"target"`
@@ -22,20 +24,13 @@ type ConnectCmd struct {
 	LocalPort        *int     `help:"First local port; node i listens on N+i (default: the first node's port; 0: free ports)." placeholder:"N"`
 	Bind             string   `help:"Local address to bind (default 127.0.0.1; anything else re-exposes the cache unencrypted)." placeholder:"ADDR"`
 	KnownHosts       string   `help:"known_hosts file (default: known_hosts beside the config file)." env:"CACHETUN_KNOWN_HOSTS" placeholder:"FILE" predictor:"file"`
+	cmdName          string   `kong:"-"` // exec, ls, doctor embed ConnectCmd
 	AcceptNewHostKey bool     `help:"Record the gateway's host key if it is not known yet (never accepts a changed key)."`
 }
 
 // Run connects and serves until SIGINT/SIGTERM.
 func (c *ConnectCmd) Run(e *env) error {
-	opts, err := c.options()
-	if err != nil {
-		return err
-	}
-	opts.Logger = e.log
-	opts.Out = e.stdout
-	opts.Notice = e.stderr
-	opts.Passphrase = terminalPassphrase(e)
-	cl, err := client.New(opts)
+	sessions, err := c.sessions()
 	if err != nil {
 		return err
 	}
@@ -48,11 +43,21 @@ func (c *ConnectCmd) Run(e *env) error {
 	}
 	drain, _, cancel := stopContext(e.signals)
 	defer cancel()
-	return cl.Run(drain)
+	return runSessions(drain, e, sessions, c.JSON, nil)
 }
 
-// options merges flags (and their env vars) over the profile.
+// options merges flags (and their env vars) over the profile of a
+// connect with one PROFILE.
 func (c *ConnectCmd) options() (client.Options, error) {
+	name := ""
+	if len(c.Profiles) > 0 {
+		name = c.Profiles[0]
+	}
+	return c.profileOptions(name)
+}
+
+// profileOptions merges flags (and their env vars) over one profile.
+func (c *ConnectCmd) profileOptions(profile string) (client.Options, error) {
 	path, explicit := c.Config, c.Config != ""
 	if !explicit {
 		path = client.DefaultConfigPath()
@@ -61,24 +66,24 @@ func (c *ConnectCmd) options() (client.Options, error) {
 	if err != nil {
 		return client.Options{}, err
 	}
-	p := cfg.Profiles[c.Profile]
+	p := cfg.Profiles[profile]
 	if p == nil {
 		if len(c.Server) == 0 && !cfg.Found {
 			return client.Options{}, &client.ConfigError{
-				Err:  fmt.Errorf("profile %q: no client config file found (looked for %s)", c.Profile, path),
-				Hint: fmt.Sprintf("create %s with a profiles: section (README, 'Client setup'), or pass --server HOST:PORT to use %q as a target name", path, c.Profile),
+				Err:  fmt.Errorf("profile %q: no client config file found (looked for %s)", profile, path),
+				Hint: fmt.Sprintf("create %s with a profiles: section (README, 'Client setup'), or pass --server HOST:PORT to use %q as a target name", path, profile),
 			}
 		}
 		if len(c.Server) == 0 {
 			return client.Options{}, &client.ConfigError{
-				Err:  fmt.Errorf("profile %q is not in %s", c.Profile, path),
-				Hint: "add it under profiles: in that file, or pass --server HOST:PORT to use " + fmt.Sprintf("%q", c.Profile) + " as a target name",
+				Err:  fmt.Errorf("profile %q is not in %s", profile, path),
+				Hint: "add it under profiles: in that file, or pass --server HOST:PORT to use " + fmt.Sprintf("%q", profile) + " as a target name",
 			}
 		}
 		p = &client.Profile{}
 	}
 	opts := client.Options{
-		Profile:          c.Profile,
+		Profile:          profile,
 		Servers:          p.Server,
 		Target:           p.Target,
 		Transport:        p.Transport,
@@ -89,7 +94,7 @@ func (c *ConnectCmd) options() (client.Options, error) {
 		AcceptNewHostKey: c.AcceptNewHostKey,
 	}
 	if opts.Target == "" {
-		opts.Target = c.Profile
+		opts.Target = profile
 	}
 	if len(c.Server) > 0 {
 		opts.Servers = c.Server
@@ -108,7 +113,7 @@ func (c *ConnectCmd) options() (client.Options, error) {
 		opts.LocalPort = c.LocalPort
 	}
 	if len(opts.Servers) == 0 {
-		return opts, &client.ConfigError{Err: errors.New("no gateway address"), Hint: "pass --server HOST:PORT or set server: in profile " + c.Profile}
+		return opts, &client.ConfigError{Err: errors.New("no gateway address"), Hint: "pass --server HOST:PORT or set server: in profile " + profile}
 	}
 	return opts, nil
 }

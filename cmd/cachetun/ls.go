@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// LsCmd lists the targets the key may use, as the gateway says.
+type LsCmd struct {
+	ConnectCmd `embed:""`
+}
+
+// Run asks the gateway of the profile (or --server) for the list.
+func (c *LsCmd) Run(e *env) error {
+	if len(c.Profiles) > 1 || c.All {
+		return &usageError{err: errors.New("ls takes at most one PROFILE"), hint: "run 'cachetun ls PROFILE' or 'cachetun ls --server HOST:PORT'"}
+	}
+	if len(c.Profiles) == 0 && len(c.Server) == 0 {
+		return &usageError{err: errors.New("ls needs a PROFILE or --server HOST:PORT"), hint: "name a profile whose gateway to ask, or pass --server"}
+	}
+	opts, err := c.options()
+	if err != nil {
+		return err
+	}
+	opts.List, opts.Target, opts.Targets = true, "", nil
+	opts.Logger, opts.Notice, opts.Passphrase = e.log, e.stderr, terminalPassphrase(e)
+	cl, err := client.New(opts)
+	if err != nil {
+		return err
+	}
+	drain, _, cancel := stopContext(e.signals)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(drain, 30*time.Second)
+	defer cancelT()
+	list, err := cl.List(ctx)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		if list == nil {
+			list = []tunnel.TargetSummary{}
+		}
+		b, _ := json.Marshal(list)
+		fmt.Fprintf(e.stdout, "%s\n", b)
+		return nil
+	}
+	if len(list) == 0 {
+		fmt.Fprintln(e.stderr, "cachetun: this key may use no target on the gateway: ask its operator to extend targets= in authorized_keys")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TARGET\tTYPE\tNODES")
+	for _, t := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%d\n", t.Name, t.Type, t.Nodes)
+	}
+	return tw.Flush()
+}

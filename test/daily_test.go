@@ -1,0 +1,202 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/server"
+	"github.com/cachetun/cachetun/test/testenv"
+)
+
+// cliEnv is the environment of a cachetun process in these tests: a HOME
+// of its own, no ssh-agent, no transport from the caller's environment.
+func cliEnv(t *testing.T) []string {
+	home := t.TempDir()
+	return append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"), "SSH_AUTH_SOCK=", "CACHETUN_TRANSPORT=")
+}
+
+// gwArgs are the flags that point the binary at g over transport.
+func gwArgs(t *testing.T, g *gateway, transport string, k key) []string {
+	return []string{"--server", g.ServerAddr(transport), "--transport", transport, "-i", k.Path, "--known-hosts", g.KnownHosts(t), "--local-port", "0"}
+}
+
+// TestExec_RedisCluster: 'cachetun exec prod -- sh -c "redis-cli -c -h
+// $CACHETUN_PROD_HOST -p $CACHETUN_PROD_PORT ..."' works against a real
+// 6-node cluster (the SET and GET of keys in different slots follow MOVED
+// through the rewritten redirects), exits with the command's status (0,
+// 7, and redis-cli's own 1), and a SIGTERM to cachetun reaches the command.
+func TestExec_RedisCluster(t *testing.T) {
+	env := startClusterEnv(t)
+	bin := cachetunBinary(t)
+	forEachTransport(t, func(t *testing.T, transport string) {
+		run := func(script string, stdin io.Reader) (string, string, int) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			args := append([]string{"exec", "prod"}, gwArgs(t, env.Gateway, transport, env.Key)...)
+			cmd := exec.CommandContext(ctx, bin, append(args, "--", "sh", "-c", script)...)
+			cmd.Env = cliEnv(t)
+			var out, errb strings.Builder
+			cmd.Stdout, cmd.Stderr, cmd.Stdin = &out, &errb, stdin
+			err := cmd.Run()
+			code := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("exec %q: exit %d\nstdout:\n%s\nstderr:\n%s", script, code, out.String(), errb.String())
+			return out.String(), errb.String(), code
+		}
+		cli := `redis-cli -c -h "$CACHETUN_PROD_HOST" -p "$CACHETUN_PROD_PORT"`
+		// Keys a and b live in slots 15495 and 3300: two masters.
+		out, stderr, code := run(cli+` SET a 1 >/dev/null && `+cli+` SET b 2 >/dev/null && `+cli+` GET a && `+cli+` GET b && `+
+			`echo "url=$REDIS_URL" && echo "nodes=$CACHETUN_PROD_NODES"`, nil)
+		if code != 0 {
+			t.Fatalf("exit %d, want 0", code)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 4 || lines[0] != "1" || lines[1] != "2" || !strings.HasPrefix(lines[2], "url=redis://127.0.0.1:") {
+			t.Fatalf("output %q, want 1, 2, url=redis://127.0.0.1:PORT, nodes=...", lines)
+		}
+		if n := strings.Count(strings.TrimPrefix(lines[3], "nodes="), ",") + 1; n != 6 {
+			t.Fatalf("CACHETUN_PROD_NODES has %d nodes, want 6: %s", n, lines[3])
+		}
+		if !strings.Contains(stderr, "prod  redis-cluster  via "+transport) {
+			t.Errorf("the endpoint table is not on stderr:\n%s", stderr)
+		}
+		if got := env.Cluster.ClusterClient(t).Get(context.Background(), "b").Val(); got != "2" {
+			t.Fatalf("b on the real cluster: %q, want 2", got)
+		}
+		if _, _, code := run(cli+` PING >/dev/null && exit 7`, nil); code != 7 {
+			t.Fatalf("exit %d, want the command's 7", code)
+		}
+		if _, _, code := run(`redis-cli -h 127.0.0.1 -p 1 PING`, nil); code != 1 {
+			t.Fatalf("exit %d, want redis-cli's 1 (connection refused)", code)
+		}
+	})
+
+	t.Run("SIGTERM", func(t *testing.T) {
+		args := append([]string{"exec", "prod"}, gwArgs(t, env.Gateway, "tls", env.Key)...)
+		cmd := exec.Command(bin, append(args, "--", "sh", "-c", `trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done`)...)
+		cmd.Env = cliEnv(t)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = writerFunc(func(p []byte) (int, error) { t.Logf("stderr: %s", p); return len(p), nil })
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Process.Kill()
+		sc := bufio.NewScanner(stdout)
+		if !sc.Scan() || sc.Text() != "ready" {
+			t.Fatalf("first line %q, want ready", sc.Text())
+		}
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if !sc.Scan() || sc.Text() != "got-term" {
+			t.Fatalf("line %q, want got-term: the command did not get the SIGTERM", sc.Text())
+		}
+		err = cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 42 {
+			t.Fatalf("cachetun exec: %v, want exit 42 (the command's)", err)
+		}
+	})
+}
+
+// TestConnect_JSON: 'connect cache sessions --json --local-port 0' prints
+// one JSON line with both targets' endpoints once they work, on every
+// transport; the ports it names answer.
+func TestConnect_JSON(t *testing.T) {
+	bin := cachetunBinary(t)
+	forEachTransport(t, func(t *testing.T, transport string) {
+		targets, r, m := threeTargets(t)
+		k := newKey(t, "alice")
+		g := startGateway(t, targets, []string{`targets="cache,sessions" ` + k.Line})
+		args := append([]string{"connect", "cache", "sessions", "--json"}, gwArgs(t, g, transport, k)...)
+		cmd := exec.Command(bin, args...)
+		cmd.Env = cliEnv(t)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = writerFunc(func(p []byte) (int, error) { t.Logf("stderr: %s", p); return len(p), nil })
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err != nil {
+			t.Fatalf("read the first JSON line: %v", err)
+		}
+		var ev client.Event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("first line %q: %v", line, err)
+		}
+		if ev.Kind != "up" || len(ev.Targets) != 2 || ev.Targets[0].Name != "cache" || ev.Targets[1].Name != "sessions" ||
+			ev.Targets[0].Transport != transport || len(ev.Targets[0].Nodes) != 1 || ev.Targets[0].Nodes[0].Node != r.Addr {
+			t.Fatalf("first line %s: want event up with targets cache (node %s) and sessions over %s", line, r.Addr, transport)
+		}
+		if got := redisCLI(t, ev.Targets[0].Nodes[0].Local, "PING"); got != "PONG" {
+			t.Fatalf("PING through %s: %q", ev.Targets[0].Nodes[0].Local, got)
+		}
+		mcSet(t, ev.Targets[1].Nodes[0].Local, "k", "v")
+		if got, ok := m.Get(t, "k"); !ok || got != "v" {
+			t.Fatalf("memcached read directly: %q %v", got, ok)
+		}
+		if n := sessionStarts(g); n != 1 {
+			t.Fatalf("%d sessions for one connect of two targets, want 1", n)
+		}
+	})
+}
+
+// TestLs_CLI: 'cachetun ls --server' prints the targets the key may use
+// (2 of 3) with type and node count; --json the same as JSON.
+func TestLs_CLI(t *testing.T) {
+	bin := cachetunBinary(t)
+	r := testenv.StartRedis(t)
+	k := newKey(t, "alice")
+	g := startGateway(t, map[string]*server.Target{
+		"cache":    {Type: server.TypeRedis, Nodes: []string{r.Addr}},
+		"sessions": {Type: server.TypeMemcached, Nodes: []string{"127.0.0.1:11211", "127.0.0.1:11212"}},
+		"secret":   {Type: server.TypeRedis, Nodes: []string{r.Addr}},
+	}, []string{`targets="cache,sessions" ` + k.Line})
+	forEachTransport(t, func(t *testing.T, transport string) {
+		flags := gwArgs(t, g, transport, k)
+		flags = flags[:len(flags)-2] // no --local-port
+		ls := func(args ...string) *exec.Cmd {
+			c := exec.Command(bin, append(args, flags...)...)
+			c.Env = cliEnv(t)
+			return c
+		}
+		out, err := ls("ls").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ls: %v: %s", err, out)
+		}
+		want := "TARGET    TYPE       NODES\ncache     redis      1\nsessions  memcached  2\n"
+		if string(out) != want {
+			t.Fatalf("ls printed\n%s\nwant\n%s", out, want)
+		}
+		out, err = ls("ls", "--json").Output()
+		if err != nil {
+			t.Fatalf("ls --json: %v", err)
+		}
+		if got := strings.TrimSpace(string(out)); got != `[{"name":"cache","type":"redis","nodes":1},{"name":"sessions","type":"memcached","nodes":2}]` {
+			t.Fatalf("ls --json: %s", got)
+		}
+	})
+}
