@@ -135,15 +135,20 @@ func DefaultConfig() *Config {
 // ConfigError names the field of a configuration that is wrong.
 type ConfigError struct {
 	File  string
+	Line  int // of Field in File; 0 when unknown
 	Field string
 	Err   error
 }
 
 func (e *ConfigError) Error() string {
-	if e.Field == "" {
-		return fmt.Sprintf("config %s: %v", e.File, e.Err)
+	where := e.File
+	if e.Line > 0 {
+		where = fmt.Sprintf("%s:%d", e.File, e.Line)
 	}
-	return fmt.Sprintf("config %s: %s: %v", e.File, e.Field, e.Err)
+	if e.Field == "" {
+		return fmt.Sprintf("config %s: %v", where, e.Err)
+	}
+	return fmt.Sprintf("config %s: %s: %v", where, e.Field, e.Err)
 }
 
 func (e *ConfigError) Unwrap() error { return e.Err }
@@ -174,6 +179,12 @@ func ParseConfig(data []byte) (*Config, error) {
 		return nil, &ConfigError{Err: err}
 	}
 	if err := cfg.Validate(); err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) && ce.Field != "" && ce.Line == 0 {
+			if _, lines, err := yamlx.Walk(data, Config{}); err == nil {
+				ce.Line = lines[ce.Field]
+			}
+		}
 		return nil, err
 	}
 	return cfg, nil

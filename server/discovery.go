@@ -52,12 +52,21 @@ var ErrNoDiscovery = errors.New("no node answered the discovery query")
 // errDiscoveryConnUsed: a discovery query makes one connection only.
 var errDiscoveryConnUsed = errors.New("discovery connection already used")
 
-// discovery runs the discovery loops while at least one Serve runs.
+// discovery runs the discovery loops while at least one Serve runs: one
+// loop per current target that discovers. A reload starts the loops of new
+// targets and stops those of retired ones (syncDiscovery).
 type discovery struct {
 	mu      sync.Mutex // guards the following
 	serving int
-	cancel  context.CancelFunc
-	done    chan struct{} // closed when every loop has returned
+	run     *discoveryRun // nil while no Serve runs
+}
+
+// discoveryRun is the loops of one stretch of serving.
+type discoveryRun struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	loops  map[*target]context.CancelFunc
+	wg     sync.WaitGroup // every loop; Add only under discovery.mu while run is current
 }
 
 // startDiscovery is called by every Serve; the first one starts a loop per
@@ -70,23 +79,44 @@ func (s *Server) startDiscovery(ctx context.Context) {
 	if d.serving > 1 {
 		return
 	}
-	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d.cancel = cancel
-	d.done = make(chan struct{})
-	var wg sync.WaitGroup
-	for _, name := range s.targetNames {
-		if t := s.targets[name]; t.discovers() {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				s.discoveryLoop(dctx, t)
-			}()
+	run := &discoveryRun{loops: make(map[*target]context.CancelFunc)}
+	run.ctx, run.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	d.run = run
+	s.syncDiscoveryLocked()
+}
+
+// syncDiscovery makes the loops match the current targets.
+func (s *Server) syncDiscovery() {
+	s.disc.mu.Lock()
+	defer s.disc.mu.Unlock()
+	s.syncDiscoveryLocked()
+}
+
+func (s *Server) syncDiscoveryLocked() {
+	run := s.disc.run
+	if run == nil {
+		return // the next Serve starts them
+	}
+	set := s.targets()
+	for t, cancel := range run.loops {
+		if set.get(t.name) != t {
+			cancel()
+			delete(run.loops, t)
 		}
 	}
-	go func(done chan struct{}) {
-		wg.Wait()
-		close(done)
-	}(d.done)
+	for _, name := range set.names {
+		t := set.get(name)
+		if _, ok := run.loops[t]; ok || !t.discovers() {
+			continue
+		}
+		lctx, cancel := context.WithCancel(run.ctx)
+		run.loops[t] = cancel
+		run.wg.Add(1)
+		go func() {
+			defer run.wg.Done()
+			s.discoveryLoop(lctx, t)
+		}()
+	}
 }
 
 // stopDiscovery is called by every Serve on return; the last one stops the
@@ -99,16 +129,17 @@ func (s *Server) stopDiscovery() {
 		d.mu.Unlock()
 		return
 	}
-	d.cancel()
-	done := d.done
+	run := d.run
+	d.run = nil
+	run.cancel()
 	d.mu.Unlock()
-	<-done
+	run.wg.Wait()
 }
 
 // discoveryLoop rediscovers t until ctx ends.
 func (s *Server) discoveryLoop(ctx context.Context, t *target) {
 	log := s.log.With(keyTarget, t.name)
-	timeout := s.cfg.Limits.DialTimeout
+	timeout := s.config().Limits.DialTimeout
 	tm := time.NewTimer(0) // the first round at once
 	defer tm.Stop()
 	var (

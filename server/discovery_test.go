@@ -230,7 +230,8 @@ func FuzzParseClusterConfig(f *testing.F) {
 
 // TestServer_DiscoveryLifecycle: the loops run while any Serve runs, end
 // with the last one, and leave no goroutine behind; a failing first round
-// still releases the first Welcome.
+// still releases the first Welcome; a reload's swap stops the loops of
+// retired targets and starts those of new ones.
 func TestServer_DiscoveryLifecycle(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -241,20 +242,22 @@ func TestServer_DiscoveryLifecycle(t *testing.T) {
 	ln.Close() // nothing answers there
 	cfg := DefaultConfig()
 	cfg.Limits.DialTimeout = time.Second
-	s := &Server{cfg: cfg, log: slog.New(slog.DiscardHandler), targets: map[string]*target{}, metrics: newMetrics(false)}
+	s := &Server{log: slog.New(slog.DiscardHandler), metrics: newMetrics(false)}
+	s.conf.Store(cfg)
+	targets := map[string]*target{}
 	for name, tc := range map[string]*Target{
 		"cluster":   {Type: TypeRedisCluster, Nodes: []string{addr}, Refresh: time.Hour},
 		"memcached": {Type: TypeMemcached, Nodes: []string{addr}, Refresh: time.Hour, Discovery: DiscoveryElastiCache},
 		"static":    {Type: TypeRedis, Nodes: []string{addr}},
 	} {
-		s.targets[name] = newTarget(name, tc)
-		s.targetNames = append(s.targetNames, name)
+		targets[name] = newTarget(name, tc)
 	}
+	s.tset.Store(newTargetSet(targets))
 	ctx := context.Background()
 	s.startDiscovery(ctx)
 	s.startDiscovery(ctx) // a second Serve
 	for _, name := range []string{"cluster", "memcached"} {
-		tg := s.targets[name]
+		tg := s.target(name)
 		select {
 		case <-tg.discovered:
 		case <-time.After(10 * time.Second):
@@ -264,17 +267,34 @@ func TestServer_DiscoveryLifecycle(t *testing.T) {
 			tg.requestRefresh() // never blocks
 		}
 	}
-	if s.targets["static"].discovers() {
+	if s.target("static").discovers() {
 		t.Fatal("a redis target discovers")
 	}
-	s.stopDiscovery()
-	select {
-	case <-s.disc.done:
-		t.Fatal("discovery stopped while a Serve still runs")
-	default:
+	// A reload that replaces "cluster" and drops "memcached": the old
+	// loops stop, one starts for the new target.
+	oldCluster := s.target("cluster")
+	newCluster := newTarget("cluster", &Target{Type: TypeRedisCluster, Nodes: []string{addr, "127.0.0.1:1"}, Refresh: time.Hour})
+	s.tset.Store(newTargetSet(map[string]*target{"cluster": newCluster, "static": targets["static"]}))
+	s.syncDiscovery()
+	s.disc.mu.Lock()
+	_, oldRuns := s.disc.run.loops[oldCluster]
+	_, newRuns := s.disc.run.loops[newCluster]
+	nloops := len(s.disc.run.loops)
+	s.disc.mu.Unlock()
+	if oldRuns || !newRuns || nloops != 1 {
+		t.Fatalf("after the swap: old loop running %v, new loop running %v, %d loops; want false, true, 1", oldRuns, newRuns, nloops)
 	}
 	s.stopDiscovery()
-	<-s.disc.done
+	s.disc.mu.Lock()
+	running := s.disc.run != nil
+	s.disc.mu.Unlock()
+	if !running {
+		t.Fatal("discovery stopped while a Serve still runs")
+	}
+	s.stopDiscovery() // waits for every loop; goleak checks that none is left
+	if s.disc.run != nil {
+		t.Fatal("discovery still running after the last Serve")
+	}
 }
 
 // fakeNode answers CLUSTER SHARDS with reply and any other command with

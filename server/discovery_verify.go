@@ -81,7 +81,7 @@ func lookupNetIP(ctx context.Context, host string) ([]netip.Addr, error) {
 // per change and counted.
 func (s *Server) vetNodes(ctx context.Context, t *target, nodes []tunnel.NodeInfo, log *slog.Logger) ([]tunnel.NodeInfo, map[string]string) {
 	self := interfaceAddrs()
-	timeout := s.cfg.Limits.DialTimeout
+	timeout := s.config().Limits.DialTimeout
 	results := make([]vetResult, len(nodes))
 	sem := make(chan struct{}, vetParallel)
 	var wg sync.WaitGroup

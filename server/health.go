@@ -61,9 +61,10 @@ func (s *Server) checkTargets(ctx context.Context) []targetHealth {
 		return r.targets
 	}
 	ctx = context.WithoutCancel(ctx) // the result is shared: one prober leaving must not spoil it
+	set := s.targets()
 	var targets []*target
-	for _, name := range s.targetNames {
-		targets = append(targets, s.targets[name])
+	for _, name := range set.names {
+		targets = append(targets, set.get(name))
 	}
 	out := make([]targetHealth, len(targets))
 	var wg sync.WaitGroup
@@ -89,6 +90,13 @@ func (s *Server) checkTargets(ctx context.Context) []targetHealth {
 	wg.Wait()
 	r.at, r.targets = time.Now(), out
 	return out
+}
+
+// invalidate drops the cached node checks: the targets changed.
+func (r *readiness) invalidate() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.at = time.Time{}
 }
 
 // nodeAddrs returns the addresses of the target's current nodes.
@@ -157,7 +165,7 @@ func (s *Server) notReady(ctx context.Context) []string {
 // wantListeners is the number of listeners the configuration asks for.
 func (s *Server) wantListeners() int {
 	n := 0
-	for _, a := range []string{s.cfg.Listen.QUIC, s.cfg.Listen.TLS, s.cfg.Listen.SSH} {
+	for _, a := range []string{s.config().Listen.QUIC, s.config().Listen.TLS, s.config().Listen.SSH} {
 		if a != "" {
 			n++
 		}

@@ -440,8 +440,10 @@ func TestServer_VetNodes_LogOnce(t *testing.T) {
 	var logBuf bytes.Buffer
 	var mu sync.Mutex
 	log := slog.New(slog.NewTextHandler(writerTo(&mu, &logBuf), nil))
-	s := &Server{cfg: DefaultConfig(), log: log, metrics: newMetrics(false)}
-	s.cfg.Limits.DialTimeout = 2 * time.Second
+	s := &Server{log: log, metrics: newMetrics(false)}
+	cfg := DefaultConfig()
+	cfg.Limits.DialTimeout = 2 * time.Second
+	s.conf.Store(cfg)
 	tg := testTarget(TypeMemcached, "127.0.0.1/32")
 	good := tunnel.NodeInfo{Addr: "127.0.0.1:11211", ID: "a", Role: RoleNode}
 	bad := tunnel.NodeInfo{Addr: "169.254.169.254:80", ID: "x", Role: RoleNode}

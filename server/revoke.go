@@ -226,7 +226,9 @@ func (ss *session) revoke(v *verdict, cancel context.CancelFunc) {
 	}
 	s := ss.srv
 	n := ss.cutStreams(nil)
-	s.metrics.authFailures.WithLabelValues("revoked_" + v.code).Inc()
+	if v.code != "target_removed" { // an operator's change, not a failure of the key
+		s.metrics.authFailures.WithLabelValues("revoked_" + v.code).Inc()
+	}
 	ss.setEnd("revoked", v.code)
 	ss.log.Warn("access revoked: ending the session", "code", v.code, "streams_cut", n, keyErr, v.err)
 	ss.ctrlMu.Lock()

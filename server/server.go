@@ -63,14 +63,17 @@ func identAttrs(id *auth.Identity) []any {
 // Server is the gateway. New loads keys and targets; Run listens and
 // serves until its context ends, then drains.
 type Server struct {
-	cfg         *Config
-	log         *slog.Logger
-	hostKey     crypto.Signer
-	hostSigner  ssh.Signer
-	hostCert    *ssh.Certificate
-	targets     map[string]*target
-	targetNames []string
-	metrics     *metrics
+	log        *slog.Logger
+	hostKey    crypto.Signer
+	hostSigner ssh.Signer
+	hostCert   *ssh.Certificate
+	metrics    *metrics
+
+	// The running configuration, keys and targets: each pointer is to a
+	// value never changed once stored; Reload swaps them (reload.go).
+	conf   atomic.Pointer[Config]
+	tset   atomic.Pointer[targetSet]
+	reload reloadState
 
 	keys atomic.Pointer[auth.AuthorizedKeys]
 	live atomic.Int64 // sessions being served, authenticated or not
@@ -110,11 +113,9 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:        cfg,
 		log:        log.With("component", "server"),
 		hostKey:    key,
 		hostSigner: signer,
-		targets:    make(map[string]*target),
 		draining:   make(chan struct{}),
 		sessions:   make(map[*session]struct{}),
 		listeners:  make(map[tunnel.Listener]struct{}),
@@ -142,25 +143,19 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		}
 		s.hostCert = c
 	}
+	s.conf.Store(cfg)
+	s.reload.hostKeyHash = fileHash(cfg.HostKey)
+	if cfg.HostCert != "" {
+		s.reload.hostCert = readOrNil(cfg.HostCert)
+	}
 	s.metrics.reg.MustRegister(newHealthCollector(s))
-	if err := s.ReloadKeys(); err != nil {
+	set, err := buildTargets(cfg, nil)
+	if err != nil {
 		return nil, err
 	}
-	for _, name := range cfg.TargetNames() {
-		tc := cfg.Targets[name]
-		t := newTarget(name, tc)
-		if tc.TLS != nil {
-			if t.upstreamTLS, err = upstreamTLSConfig(tc.TLS); err != nil {
-				return nil, fmt.Errorf("target %q: %w", name, err)
-			}
-		}
-		if tc.Auth != nil {
-			if t.password, err = readSecret(tc.Auth.PasswordFile); err != nil {
-				return nil, fmt.Errorf("target %q: %w", name, err)
-			}
-		}
-		s.targets[name] = t
-		s.targetNames = append(s.targetNames, name)
+	s.tset.Store(set)
+	if err := s.ReloadKeys(); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -174,12 +169,12 @@ func (s *Server) HostPublicKey() ssh.PublicKey { return s.hostSigner.PublicKey()
 // the streams of the targets taken away. On an error the old file stays
 // in force.
 func (s *Server) ReloadKeys() error {
-	ak, err := auth.LoadAuthorizedKeys(s.cfg.AuthorizedKeys)
+	ak, err := auth.LoadAuthorizedKeys(s.config().AuthorizedKeys)
 	if err != nil {
 		return fmt.Errorf("load authorized_keys: %w", err)
 	}
-	logUnknownTargets(s.log, s.cfg, ak)
-	logKeyOptionWarnings(s.log, s.cfg, ak)
+	logUnknownTargets(s.log, s.config(), ak)
+	logKeyOptionWarnings(s.log, s.config(), ak)
 	s.keys.Store(ak)
 	s.rejudgeAll()
 	return nil
@@ -198,10 +193,10 @@ func (s *Server) Listen() ([]tunnel.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	if a := s.cfg.Listen.QUIC; a != "" {
+	if a := s.config().Listen.QUIC; a != "" {
 		qc := tunnel.DefaultQUICConfig()
-		qc.HandshakeTimeout = s.cfg.Limits.HandshakeTimeout
-		qc.MaxStreams = int64(s.cfg.Limits.MaxStreamsPerSession)
+		qc.HandshakeTimeout = s.config().Limits.HandshakeTimeout
+		qc.MaxStreams = int64(s.config().Limits.MaxStreamsPerSession)
 		qc.StatelessResetKey = s.statelessResetKey()
 		qc.Admission = s.transportAdmission("quic")
 		ln, err := tunnel.ListenQUIC(a, tlsConf, qc)
@@ -210,14 +205,14 @@ func (s *Server) Listen() ([]tunnel.Listener, error) {
 		}
 		lns = append(lns, ln)
 	}
-	if a := s.cfg.Listen.TLS; a != "" {
+	if a := s.config().Listen.TLS; a != "" {
 		ln, err := s.listenTLS(a, tlsConf)
 		if err != nil {
 			return fail(err)
 		}
 		lns = append(lns, ln)
 	}
-	if a := s.cfg.Listen.SSH; a != "" {
+	if a := s.config().Listen.SSH; a != "" {
 		ln, err := s.listenSSH(a)
 		if err != nil {
 			return fail(err)
@@ -307,8 +302,8 @@ func (s *Server) Serve(ctx context.Context, ln tunnel.Listener) error {
 // Sessions still authenticating count too, so unauthenticated clients
 // cannot pile up.
 func (s *Server) admit(sess tunnel.Session) bool {
-	if s.live.Load() >= int64(s.cfg.Limits.MaxSessions) {
-		s.log.Warn("session refused: max_sessions reached", keyRemote, sess.RemoteAddr().String(), "max_sessions", s.cfg.Limits.MaxSessions)
+	if s.live.Load() >= int64(s.config().Limits.MaxSessions) {
+		s.log.Warn("session refused: max_sessions reached", keyRemote, sess.RemoteAddr().String(), "max_sessions", s.config().Limits.MaxSessions)
 		sess.Close()
 		return false
 	}
@@ -325,7 +320,7 @@ func (s *Server) Drain(ctx context.Context) {
 		ss.goAway()
 	}
 	s.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.DrainTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.config().Limits.DrainTimeout)
 	defer cancel()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()

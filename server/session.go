@@ -149,7 +149,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 		ss.ident = id
 	} else {
 		if limited, msg := s.rateLimited(ip); limited {
-			ss.log.Warn("session refused: "+msg, "auth_failures_per_minute", s.cfg.Limits.AuthFailuresPerMinute)
+			ss.log.Warn("session refused: "+msg, "auth_failures_per_minute", s.config().Limits.AuthFailuresPerMinute)
 			s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
 			ss.refuseRateLimited(ctx, msg)
 			return
@@ -170,7 +170,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 		s.metrics.authFailures.WithLabelValues("session_limit").Inc()
 		if ctrl != nil {
 			ss.refuse(ctrl, &tunnel.Welcome{Code: "session_limit",
-				Error: fmt.Sprintf("key %s already has %d sessions open on this gateway", ss.ident.Fingerprint, s.cfg.Limits.MaxSessionsPerKey),
+				Error: fmt.Sprintf("key %s already has %d sessions open on this gateway", ss.ident.Fingerprint, s.config().Limits.MaxSessionsPerKey),
 				Hint:  "close other 'cachetun connect' processes using this key, or raise limits.max_sessions_per_key"})
 		}
 		return
@@ -211,7 +211,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 		ss.watch(sctx, cancel)
 	}()
 
-	limit := int64(s.cfg.Limits.MaxStreamsPerSession)
+	limit := int64(s.config().Limits.MaxStreamsPerSession)
 	for {
 		in, err := ts.AcceptStream(sctx)
 		if err != nil {
@@ -258,7 +258,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 // key that authorized_keys accepts and names a target that key may use.
 func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, *tunnel.Hello, bool) {
 	s := ss.srv
-	deadline := time.Now().Add(s.cfg.Limits.AuthTimeout)
+	deadline := time.Now().Add(s.config().Limits.AuthTimeout)
 	actx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	in, err := ss.sess.AcceptStream(actx)
@@ -378,7 +378,7 @@ func authCode(err error) string {
 
 func (ss *session) allowedTargets() string {
 	var out []string
-	for _, n := range ss.srv.targetNames {
+	for _, n := range ss.srv.targets().names {
 		if ss.ident != nil && ss.ident.Allows(n) {
 			out = append(out, n)
 		}
@@ -393,13 +393,13 @@ func (ss *session) allowedTargets() string {
 // why, and when to retry, on its control stream: a refusing Welcome with
 // code "rate_limited", written without reading its Hello.
 func (ss *session) refuseRateLimited(ctx context.Context, msg string) {
-	actx, cancel := context.WithTimeout(ctx, ss.srv.cfg.Limits.AuthTimeout)
+	actx, cancel := context.WithTimeout(ctx, ss.srv.config().Limits.AuthTimeout)
 	defer cancel()
 	in, err := ss.sess.AcceptStream(actx)
 	if err != nil {
 		return
 	}
-	if _, err := in.Request(time.Now().Add(ss.srv.cfg.Limits.AuthTimeout)); err != nil {
+	if _, err := in.Request(time.Now().Add(ss.srv.config().Limits.AuthTimeout)); err != nil {
 		in.Reject(tunnel.StatusBadRequest, "malformed open header")
 		return
 	}
@@ -466,7 +466,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	names := ss.helloTargets(hello)
 	ts := make([]*target, len(names))
 	for i, n := range names {
-		ts[i] = s.targets[n]
+		ts[i] = s.target(n)
 	}
 	ss.ctrlMu.Lock()
 	ss.target = strings.Join(names, ",")
@@ -480,7 +480,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	}
 	ss.log.Info("control stream up", keyTarget, ss.target, "client", hello.Client)
 	ss.countSession(ts[0].name) // one label per session: its first target
-	waitAllDiscovered(ctx, ts, s.cfg.Limits.DialTimeout)
+	waitAllDiscovered(ctx, ts, s.config().Limits.DialTimeout)
 	for _, t := range ts {
 		if msg := permitsTarget(ss.identity(), t); msg != "" {
 			ss.log.Warn("target denied by permitopen", keyKey, ss.ident.String(), keyTarget, t.name, "reason", msg)
@@ -497,11 +497,23 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 		infos[i] = t.Info()
 	}
 	ss.welcome(ctrl, &tunnel.Welcome{OK: true, Target: &infos[0], Targets: infos})
-	wctx, wcancel := context.WithCancel(ctx)
-	var wwg sync.WaitGroup
-	defer wwg.Wait()
-	defer wcancel()
-	changed := watchTargets(wctx, &wwg, ts, from)
+	var (
+		wctx    context.Context
+		wcancel context.CancelFunc
+		wwg     sync.WaitGroup
+		changed <-chan *target
+		retired <-chan int
+	)
+	watch := func() {
+		wctx, wcancel = context.WithCancel(ctx)
+		changed = watchTargets(wctx, &wwg, ts, from)
+		retired = watchRetired(wctx, &wwg, ts)
+	}
+	watch()
+	defer func() {
+		wcancel()
+		wwg.Wait()
+	}()
 
 	frames := make(chan frame)
 	go func() {
@@ -539,6 +551,33 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 			if err := ss.writeFrame(tunnel.FrameTopology, &info); err != nil {
 				return
 			}
+		case i := <-retired:
+			// A reload replaced a target (new settings under the same
+			// name): follow the new one. One it removed stays in ts,
+			// unserved: the judgement after every reload (revoke.go)
+			// ends the session if none of its targets is left.
+			nt := s.target(ts[i].name)
+			if nt == nil {
+				ss.log.Warn("target removed by a reload: its streams are closed", keyTarget, ts[i].name)
+				continue
+			}
+			wcancel()
+			wwg.Wait()
+			ts[i] = nt
+			waitAllDiscovered(ctx, []*target{nt}, s.config().Limits.DialTimeout)
+			for j, t := range ts {
+				from[j] = t.Changed()
+			}
+			watch()
+			// Every topology again: a change while the watchers were
+			// down is not lost.
+			for _, t := range ts {
+				info := t.Info()
+				if err := ss.writeFrame(tunnel.FrameTopology, &info); err != nil {
+					return
+				}
+			}
+			ss.log.Info("target changed by a reload: new topology sent", keyTarget, nt.name, "nodes", len(nt.Info().Nodes))
 		case f, ok := <-frames:
 			if !ok {
 				return
@@ -593,7 +632,7 @@ func (ss *session) goAway() {
 func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 	s := ss.srv
 	start := time.Now()
-	req, err := in.Request(time.Now().Add(s.cfg.Limits.HandshakeTimeout))
+	req, err := in.Request(time.Now().Add(s.config().Limits.HandshakeTimeout))
 	if err != nil {
 		ss.log.Warn("stream refused: malformed open header", keyErr, err)
 		in.Reject(tunnel.StatusBadRequest, "malformed open header")
@@ -611,7 +650,7 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 		if err != nil {
 			return
 		}
-		_ = ctrl.SetReadDeadline(time.Now().Add(s.cfg.Limits.AuthTimeout))
+		_ = ctrl.SetReadDeadline(time.Now().Add(s.config().Limits.AuthTimeout))
 		typ, payload, err := tunnel.ReadFrame(ctrl)
 		_ = ctrl.SetReadDeadline(time.Time{})
 		if err != nil || typ != tunnel.FrameHello {
@@ -670,7 +709,7 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 		refuse(tunnel.StatusDenied, err.Error())
 		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, s.cfg.Limits.DialTimeout)
+	dctx, cancel := context.WithTimeout(ctx, s.config().Limits.DialTimeout)
 	dialStart := time.Now()
 	up, err := t.dial(dctx, node)
 	cancel()
@@ -688,7 +727,11 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 	}
 	active := m.streams.WithLabelValues(transport, t.name)
 	active.Inc()
-	res := tunnel.Relay(ctx, up, st, s.cfg.Limits.IdleTimeout)
+	rctx, rcancel := context.WithCancel(ctx)
+	stopCut := context.AfterFunc(t.life, rcancel) // a reload retired the target
+	res := tunnel.Relay(rctx, up, st, s.config().Limits.IdleTimeout)
+	stopCut()
+	rcancel()
 	active.Dec()
 	bytesUp, bytesDown := res.StreamToConn, res.ConnToStream // the conn is the cache
 	ss.bytesUp.Add(bytesUp)
@@ -699,6 +742,8 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 	switch {
 	case res.Idle:
 		result = resultIdle
+	case t.isRetired() && ctx.Err() == nil:
+		result = resultTargetRemoved
 	case res.Err != nil:
 		result = resultReset
 	}
@@ -715,7 +760,7 @@ func (s *Server) register(ss *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	fp := ss.ident.Fingerprint
-	if s.perKey[fp] >= s.cfg.Limits.MaxSessionsPerKey {
+	if s.perKey[fp] >= s.config().Limits.MaxSessionsPerKey {
 		ss.log.Warn("session refused: max_sessions_per_key reached", identAttrs(ss.ident)...)
 		return false
 	}

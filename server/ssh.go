@@ -46,8 +46,8 @@ func (s *Server) listenSSH(addr string) (tunnel.Listener, error) {
 	}
 	sc := tunnel.DefaultSSHConfig()
 	// The SSH handshake includes client authentication.
-	sc.HandshakeTimeout = s.cfg.Limits.HandshakeTimeout + s.cfg.Limits.AuthTimeout
-	sc.MaxStreams = s.cfg.Limits.MaxStreamsPerSession
+	sc.HandshakeTimeout = s.config().Limits.HandshakeTimeout + s.config().Limits.AuthTimeout
+	sc.MaxStreams = s.config().Limits.MaxStreamsPerSession
 	sc.Admission = s.transportAdmission("ssh")
 	return tunnel.ListenSSH(addr, conf, sc)
 }
@@ -71,7 +71,7 @@ func (s *Server) sshServerConfig() (*ssh.ServerConfig, error) {
 	if s.hostCert != nil {
 		cs, err := ssh.NewCertSigner(s.hostCert, s.hostSigner)
 		if err != nil {
-			return nil, fmt.Errorf("ssh host certificate %q: %w", s.cfg.HostCert, err)
+			return nil, fmt.Errorf("ssh host certificate %q: %w", s.config().HostCert, err)
 		}
 		conf.AddHostKey(cs) // offered to clients that trust a host CA
 	}
@@ -85,7 +85,7 @@ func (s *Server) sshOfferedKey(conn ssh.ConnMetadata, key ssh.PublicKey) (*ssh.P
 	if limited, msg := s.rateLimited(ip); limited {
 		s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
 		s.log.Warn("authentication refused: "+msg,
-			keyTransport, "ssh", keyRemote, conn.RemoteAddr().String(), "auth_failures_per_minute", s.cfg.Limits.AuthFailuresPerMinute)
+			keyTransport, "ssh", keyRemote, conn.RemoteAddr().String(), "auth_failures_per_minute", s.config().Limits.AuthFailuresPerMinute)
 		return nil, &ssh.BannerError{Err: errRateLimited, Message: "cachetun: " + msg + "\n"}
 	}
 	if _, err := s.keys.Load().Authorize(key, ip, time.Now()); errors.Is(err, auth.ErrUnknownKey) {
@@ -113,7 +113,7 @@ func (s *Server) sshVerifiedKey(conn ssh.ConnMetadata, key ssh.PublicKey, _ *ssh
 // host's layout (issue 10, finding 7).
 func (s *Server) clientAuthError(err error) string {
 	msg := err.Error()
-	for _, p := range []string{s.keys.Load().Name(), s.cfg.AuthorizedKeys} {
+	for _, p := range []string{s.keys.Load().Name(), s.config().AuthorizedKeys} {
 		if p != "" {
 			msg = strings.ReplaceAll(msg, p, "the gateway's authorized_keys")
 		}

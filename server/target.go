@@ -29,6 +29,13 @@ type target struct {
 	// password is the upstream AUTH secret; never logged, never sent to a
 	// client.
 	password []byte
+	// caPEM is the content of tls.ca_file, to tell a changed file on
+	// reload.
+	caPEM []byte
+	// life ends when a reload removes or replaces the target: its
+	// streams are cut, its control streams move on (reload.go).
+	life   context.Context
+	retire context.CancelFunc
 	// refresh wakes the discovery loop of cluster targets; nil otherwise.
 	refresh chan struct{}
 	// discovered is closed after the first discovery round of targets
@@ -58,6 +65,7 @@ func newTarget(name string, cfg *Target) *target {
 	if t.policy, err = parseNetworks(cfg.Networks); err != nil {
 		t.policy = &netPolicy{explicit: true} // fail closed; Validate reports it
 	}
+	t.life, t.retire = context.WithCancel(context.Background())
 	nodes := make([]tunnel.NodeInfo, len(cfg.Nodes))
 	for i, n := range cfg.Nodes {
 		nodes[i] = tunnel.NodeInfo{Addr: n}
@@ -72,6 +80,9 @@ func newTarget(name string, cfg *Target) *target {
 	}
 	return t
 }
+
+// isRetired reports whether a reload removed or replaced the target.
+func (t *target) isRetired() bool { return t.life.Err() != nil }
 
 // discovers reports whether the target learns its nodes from the cache.
 func (t *target) discovers() bool { return t.discovered != nil }
@@ -260,8 +271,9 @@ func (t *target) dialAt(ctx context.Context, to, serverName string) (net.Conn, e
 // and port: "TARGET" means node 0 of the target, "N.TARGET" node N, and any
 // other host:port must be a node of a target.
 func (s *Server) resolve(req tunnel.OpenRequest, allows func(string) bool) (*target, string, tunnel.Status, string) {
+	set := s.targets() // one snapshot for the whole lookup
 	if req.Target != "" {
-		t := s.targets[req.Target]
+		t := set.get(req.Target)
 		if t == nil {
 			return nil, "", tunnel.StatusUnknownTarget, fmt.Sprintf("target %q is not configured on this gateway", req.Target)
 		}
@@ -274,12 +286,12 @@ func (s *Server) resolve(req tunnel.OpenRequest, allows func(string) bool) (*tar
 	if err != nil {
 		return nil, "", tunnel.StatusBadRequest, fmt.Sprintf("%q is not host:port", req.Node)
 	}
-	if t := s.targets[host]; t != nil {
+	if t := set.get(host); t != nil {
 		addr, _ := t.nodeByIndex(0)
 		return t, addr, tunnel.StatusOK, ""
 	}
 	if i := strings.IndexByte(host, '.'); i > 0 {
-		if t := s.targets[host[i+1:]]; t != nil {
+		if t := set.get(host[i+1:]); t != nil {
 			n, err := strconv.Atoi(host[:i])
 			if addr, ok := t.nodeByIndex(n); err == nil && ok {
 				return t, addr, tunnel.StatusOK, ""
@@ -288,8 +300,8 @@ func (s *Server) resolve(req tunnel.OpenRequest, allows func(string) bool) (*tar
 		}
 	}
 	var found *target
-	for _, name := range s.targetNames {
-		if t := s.targets[name]; t.HasNode(req.Node) {
+	for _, name := range set.names {
+		if t := set.get(name); t.HasNode(req.Node) {
 			if allows(name) {
 				return t, req.Node, tunnel.StatusOK, ""
 			}

@@ -25,8 +25,8 @@ func (ss *session) helloTargets(h *tunnel.Hello) []string {
 		// Every target the key may use: targets=, and permitopen= by the
 		// nodes known now (a cluster's seeds before its first discovery).
 		var out []string
-		for _, n := range ss.srv.targetNames {
-			if id := ss.identity(); id != nil && id.Allows(n) && permitsTarget(id, ss.srv.targets[n]) == "" {
+		for _, n := range ss.srv.targets().names {
+			if id := ss.identity(); id != nil && id.Allows(n) && permitsTarget(id, ss.srv.target(n)) == "" {
 				out = append(out, n)
 			}
 		}
@@ -68,7 +68,7 @@ func (ss *session) checkHelloTargets(ctrl tunnel.Stream, h *tunnel.Hello) bool {
 		return false
 	}
 	for _, name := range names {
-		if _, ok := s.targets[name]; !ok {
+		if s.target(name) == nil {
 			ss.setEnd("refused", "unknown_target")
 			ss.log.Warn("unknown target requested", keyTarget, name)
 			s.metrics.authFailures.WithLabelValues("unknown_target").Inc()
@@ -95,12 +95,12 @@ func (ss *session) checkHelloTargets(ctrl tunnel.Stream, h *tunnel.Hello) bool {
 func (ss *session) targetList(ctx context.Context) []tunnel.TargetSummary {
 	s := ss.srv
 	var ts []*target
-	for _, n := range s.targetNames {
+	for _, n := range s.targets().names {
 		if ss.identity().Allows(n) {
-			ts = append(ts, s.targets[n])
+			ts = append(ts, s.target(n))
 		}
 	}
-	waitAllDiscovered(ctx, ts, s.cfg.Limits.DialTimeout)
+	waitAllDiscovered(ctx, ts, s.config().Limits.DialTimeout)
 	out := make([]tunnel.TargetSummary, 0, len(ts))
 	for _, t := range ts {
 		if permitsTarget(ss.identity(), t) != "" {
@@ -150,6 +150,26 @@ func watchTargets(ctx context.Context, wg *sync.WaitGroup, ts []*target, from []
 	return out
 }
 
+// watchRetired sends the index of a target in ts when a reload retires it
+// (reload.go). The goroutines end with ctx; wait on wg after cancelling it.
+func watchRetired(ctx context.Context, wg *sync.WaitGroup, ts []*target) <-chan int {
+	out := make(chan int)
+	for i, t := range ts {
+		wg.Go(func() {
+			select {
+			case <-t.life.Done():
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case out <- i:
+			case <-ctx.Done():
+			}
+		})
+	}
+	return out
+}
+
 // refreshTarget returns the session's target that a FrameRefresh payload
 // names; an empty or unknown name means the first one.
 func refreshTarget(ts []*target, payload []byte) *target {
@@ -167,13 +187,17 @@ func refreshTarget(ts []*target, payload []byte) *target {
 }
 
 // targetsVerdict judges the targets of a session again: it must end when
-// none of them stays allowed (targets= or permitopen=); the streams of a
-// target taken away from a session of several are cut by cutStreams.
+// none of them stays allowed (targets= or permitopen=) or configured (a
+// reload removed them); the streams of a target taken away from a session
+// of several are cut by cutStreams, those of a removed one by its retiring.
 func (ss *session) targetsVerdict(id *auth.Identity, names []string) *verdict {
-	var denied string
+	var denied, removed string
 	for _, n := range names {
-		t := ss.srv.targets[n]
-		if t == nil {
+		t := ss.srv.target(n)
+		if t == nil { // a reload removed it
+			if removed == "" {
+				removed = n
+			}
 			continue
 		}
 		if id.Allows(n) && permitsTarget(id, t) == "" {
@@ -182,6 +206,11 @@ func (ss *session) targetsVerdict(id *auth.Identity, names []string) *verdict {
 		if denied == "" {
 			denied = n
 		}
+	}
+	if denied == "" && removed != "" {
+		return &verdict{code: "target_removed",
+			msg: fmt.Sprintf("target %q was removed from the gateway's configuration", removed),
+			err: fmt.Errorf("a reload removed target %q", removed)}
 	}
 	if denied == "" {
 		return nil

@@ -18,7 +18,8 @@ func FuzzHelloTargets(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	srv := &Server{targetNames: []string{"a", "b"}}
+	srv := &Server{}
+	srv.tset.Store(newTargetSet(map[string]*target{"a": {name: "a"}, "b": {name: "b"}}))
 	ts := []*target{{name: "a"}, {name: "b"}}
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		if got := refreshTarget(ts, payload); got != ts[0] && got != ts[1] {

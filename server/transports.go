@@ -8,8 +8,8 @@ import (
 
 func (s *Server) listenTLS(addr string, conf *tls.Config) (tunnel.Listener, error) {
 	tc := tunnel.DefaultTLSConfig()
-	tc.HandshakeTimeout = s.cfg.Limits.HandshakeTimeout
-	tc.MaxStreams = s.cfg.Limits.MaxStreamsPerSession
+	tc.HandshakeTimeout = s.config().Limits.HandshakeTimeout
+	tc.MaxStreams = s.config().Limits.MaxStreamsPerSession
 	tc.Admission = s.transportAdmission("tls")
 	return tunnel.ListenTLS(addr, conf, tc)
 }

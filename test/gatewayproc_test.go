@@ -277,6 +277,8 @@ func (g *gatewayProc) Signal(t testing.TB, sig os.Signal) {
 
 // Reload sends SIGHUP and waits until the gateway logs that it reloaded
 // (or that the reload failed): it returns the log lines written since.
+// The reload's other lines (targets added, restart warnings) come before
+// the final one, so they are in the result.
 func (g *gatewayProc) Reload(t testing.TB) string {
 	t.Helper()
 	before := g.logLines()
@@ -284,7 +286,7 @@ func (g *gatewayProc) Reload(t testing.TB) string {
 	var out string
 	waitFor(t, 10*time.Second, "gateway to log its reload", func() bool {
 		out = g.linesSince(before)
-		return strings.Contains(out, "reload")
+		return strings.Contains(out, "reloaded") || strings.Contains(out, "reload failed")
 	})
 	return out
 }

@@ -264,7 +264,7 @@ func TestGatewayProc_OptionsFailClosed(t *testing.T) {
 	finding := `restrict,no-port-forwarding,permitopen="127.0.0.1:1",command="/bin/false" ` + bad.Line
 	g.WriteAuthorizedKeys(t, []string{good.Line, finding})
 	out := g.Reload(t)
-	for _, w := range []string{"keeping the old keys", "authorized_keys:2:", "command="} {
+	for _, w := range []string{"keeping the running configuration", "authorized_keys:2:", "command="} {
 		if !strings.Contains(out, w) {
 			t.Errorf("reload log lacks %q:\n%s", w, out)
 		}

@@ -32,7 +32,7 @@ type ServerRunCmd struct {
 }
 
 // Run serves until SIGINT/SIGTERM, then drains; a second signal aborts.
-// SIGHUP reloads authorized_keys.
+// SIGHUP reloads server.yaml and authorized_keys.
 func (c *ServerRunCmd) Run(e *env) error {
 	cfg, err := server.LoadConfig(c.Config)
 	if err != nil {
@@ -84,11 +84,9 @@ func (c *ServerRunCmd) Run(e *env) error {
 		select {
 		case <-e.signals.reload:
 			_, _ = daemon.SdNotify(false, daemon.SdNotifyReloading)
-			if err := srv.ReloadKeys(); err != nil {
-				e.log.Error("reload authorized_keys failed; keeping the old keys", "err", err)
-			} else {
-				e.log.Info("reloaded authorized_keys", "path", cfg.AuthorizedKeys)
-			}
+			// server.yaml and authorized_keys together, or neither;
+			// Reload logs what changed, or the ERROR that kept the old.
+			_ = srv.Reload(c.Config)
 			_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
 			continue
 		case <-drain.Done():
