@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -22,7 +23,7 @@ import (
 //   - a QUIC client's address changed (connection migration), for from=
 //     and source-address: quic-go v0.65 has no migration callback, but
 //     Conn.RemoteAddr follows the validated path, so it is polled every
-//     addrCheckPeriod;
+//     addrCheckPeriod while the key's verdict depends on the address;
 //   - once, right after the session registered, for a reload that
 //     happened while it authenticated.
 //
@@ -109,24 +110,28 @@ func (ss *session) cutStreams(id *auth.Identity) int {
 // top of this file) until ctx ends or the session is revoked; cancel ends
 // the session's work.
 func (ss *session) watch(ctx context.Context, cancel context.CancelFunc) {
-	var addrTick <-chan time.Time
-	if ss.sess.Transport() == "quic" {
-		t := time.NewTicker(addrCheckPeriod)
-		defer t.Stop()
-		addrTick = t.C
-	}
+	// The address is polled only on QUIC, and only while the key's
+	// verdict depends on it, so that idle sessions cost no wake-ups.
+	addrPoll := time.NewTicker(addrCheckPeriod)
+	addrPoll.Stop()
+	defer addrPoll.Stop()
 	addr := ss.sess.RemoteAddr().String()
 	expiry := time.NewTimer(time.Hour)
 	defer expiry.Stop()
 	for judge := true; ; {
 		if judge {
-			if v := ss.judge(time.Now()); v != nil {
+			v, addrBound := ss.judge(time.Now())
+			if v != nil {
 				ss.revoke(v, cancel)
 				return
 			}
 			expiry.Stop()
 			if exp := ss.identity().Expires; !exp.IsZero() {
 				expiry.Reset(time.Until(exp))
+			}
+			addrPoll.Stop()
+			if addrBound && ss.sess.Transport() == "quic" {
+				addrPoll.Reset(addrCheckPeriod)
 			}
 			judge = false
 		}
@@ -139,7 +144,7 @@ func (ss *session) watch(ctx context.Context, cancel context.CancelFunc) {
 			judge = true
 		case <-expiry.C:
 			judge = true
-		case <-addrTick:
+		case <-addrPoll.C:
 			if a := ss.sess.RemoteAddr().String(); a != addr {
 				ss.log.Info("client address changed (connection migration): judging the session again", "from", addr, keyRemote, a)
 				addr, judge = a, true
@@ -159,26 +164,32 @@ func presented(id *auth.Identity) ssh.PublicKey {
 // judge authorizes the session's key again against the current
 // authorized_keys, its current address and now. It records the new
 // identity and cuts the streams of targets taken away; it returns a
-// verdict when the session must end.
-func (ss *session) judge(now time.Time) *verdict {
+// verdict when the session must end, and whether the verdict depends on
+// the client's address (from=, source-address).
+func (ss *session) judge(now time.Time) (*verdict, bool) {
 	s := ss.srv
 	old := ss.identity()
 	ip := remoteIP(ss.sess.RemoteAddr())
-	id, err := s.keys.Load().Authorize(presented(ss.ident), ip, now)
+	ak := s.keys.Load()
+	id, err := ak.Authorize(presented(ss.ident), ip, now)
 	if err != nil {
-		return revokedVerdict(old, ip.String(), err)
+		return revokedVerdict(old, ip.String(), err), false
 	}
+	// Authorize fails every address restriction for a nil address: if the
+	// verdict is the same without one, no address could change it.
+	nid, err := ak.Authorize(presented(ss.ident), nil, now)
+	addrBound := err != nil || !reflect.DeepEqual(id, nid)
 	ss.judged.Store(id)
 	ss.ctrlMu.Lock()
 	names := ss.targets
 	ss.ctrlMu.Unlock()
 	if v := ss.targetsVerdict(id, names); v != nil {
-		return v
+		return v, false
 	}
 	if n := ss.cutStreams(id); n > 0 {
 		ss.log.Warn("streams cut: their targets are no longer allowed for this key", "streams", n, "targets", fmt.Sprint(id.Targets))
 	}
-	return nil
+	return nil, addrBound
 }
 
 // revokedVerdict words a failed re-authorization for the client: the
