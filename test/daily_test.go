@@ -200,3 +200,116 @@ func TestLs_CLI(t *testing.T) {
 		}
 	})
 }
+
+// doctor runs 'cachetun doctor' and returns its stdout and exit code.
+func doctor(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, cachetunBinary(t), append([]string{"doctor"}, args...)...)
+	cmd.Env = cliEnv(t)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("doctor %v: exit %d\n%s%s", args, code, out.String(), errb.String())
+	return out.String(), code
+}
+
+// statusOf returns the status word of the first report line of check.
+func statusOf(out, check string) string {
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && f[1] == check {
+			return f[0]
+		}
+	}
+	return ""
+}
+
+// TestDoctor: all ok (exit 0, PONG from the redis node and VERSION from
+// both memcached nodes through the gateway); a missing known_hosts entry
+// (FAIL, exit 1, authentication skipped); a gateway without QUIC (warn
+// 'UDP seems blocked on this network: tls will be used', exit 0).
+func TestDoctor(t *testing.T) {
+	r := testenv.StartRedis(t)
+	m1, m2 := testenv.StartMemcached(t), testenv.StartMemcached(t)
+	k := newKey(t, "alice")
+	targets := map[string]*server.Target{
+		"cache":    {Type: server.TypeRedis, Nodes: []string{r.Addr}},
+		"sessions": {Type: server.TypeMemcached, Nodes: []string{m1.Addr, m2.Addr}},
+	}
+	g := startGateway(t, targets, []string{k.Line})
+	base := func(g *gateway, kh string) []string {
+		return []string{"--server", g.Addr, "-i", k.Path, "--known-hosts", kh}
+	}
+
+	t.Run("AllOK", func(t *testing.T) {
+		out, code := doctor(t, append([]string{"cache"}, base(g, g.KnownHosts(t))...)...)
+		if code != 0 || strings.Contains(out, "FAIL") {
+			t.Fatalf("exit %d, want 0 and no FAIL line", code)
+		}
+		for _, c := range []string{"config", "key", "agent", "known_hosts", "dns", "quic", "tls", "authentication", "target", "node"} {
+			if s := statusOf(out, c); s != "ok" {
+				t.Errorf("check %s: status %q, want ok", c, s)
+			}
+		}
+		if !strings.Contains(out, r.Addr+": +PONG in ") {
+			t.Errorf("no PONG from %s", r.Addr)
+		}
+		out, code = doctor(t, append([]string{"sessions", "--json"}, base(g, g.KnownHosts(t))...)...)
+		if code != 0 {
+			t.Fatalf("sessions: exit %d, want 0", code)
+		}
+		var nodes int
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			var cr struct{ Check, Status, Detail string }
+			if err := json.Unmarshal([]byte(l), &cr); err != nil {
+				t.Fatalf("--json line %q: %v", l, err)
+			}
+			if cr.Check == "node" && cr.Status == "ok" && strings.Contains(cr.Detail, "VERSION ") {
+				nodes++
+			}
+		}
+		if nodes != 2 {
+			t.Fatalf("%d memcached nodes answered version, want 2", nodes)
+		}
+	})
+
+	t.Run("NoKnownHostsEntry", func(t *testing.T) {
+		empty := filepath.Join(t.TempDir(), "known_hosts")
+		if err := os.WriteFile(empty, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, code := doctor(t, append([]string{"cache"}, base(g, empty)...)...)
+		if code != 1 {
+			t.Fatalf("exit %d, want 1", code)
+		}
+		if statusOf(out, "known_hosts") != "FAIL" || !strings.Contains(out, "has no entry for "+g.Addr) || !strings.Contains(out, "--accept-new-host-key") {
+			t.Fatalf("want a FAIL known_hosts line naming %s and the fix", g.Addr)
+		}
+		if statusOf(out, "tls") != "ok" || statusOf(out, "authentication") != "skip" {
+			t.Fatalf("tls %q, authentication %q: want ok (reachable) and skip", statusOf(out, "tls"), statusOf(out, "authentication"))
+		}
+	})
+
+	t.Run("QUICBlocked", func(t *testing.T) {
+		g2 := startGateway(t, targets, []string{k.Line}, withoutQUIC)
+		out, code := doctor(t, append([]string{"cache"}, base(g2, g2.KnownHosts(t))...)...)
+		if code != 0 {
+			t.Fatalf("exit %d, want 0: tls works", code)
+		}
+		if statusOf(out, "quic") != "warn" || !strings.Contains(out, "UDP seems blocked on this network: tls will be used") {
+			t.Fatal("want a warn line for quic saying tls will be used")
+		}
+		if statusOf(out, "authentication") != "ok" || !strings.Contains(out, "over tls") || statusOf(out, "node") != "ok" {
+			t.Fatal("want authentication ok over tls and the node ok")
+		}
+	})
+}

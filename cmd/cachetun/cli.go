@@ -42,6 +42,7 @@ type CLI struct {
 	Connect    ConnectCmd    `cmd:"" help:"Open local ports for one or more profiles' targets (or --all)."`
 	Exec       ExecCmd       `cmd:"" help:"Bring the ports up, run CMD with them in its environment, exit with its status: exec PROFILE... -- CMD ARGS."`
 	Ls         LsCmd         `cmd:"" help:"List the targets this key may use, with type and node count."`
+	Doctor     DoctorCmd     `cmd:"" help:"Check config, keys, agent, known_hosts, DNS, each transport, authentication, the target and each node."`
 	Keygen     KeygenCmd     `cmd:"" help:"Create a new ed25519 key (OpenSSH format)."`
 	Version    VersionCmd    `cmd:"" help:"Print the version."`
 	Help       HelpCmd       `cmd:"" help:"Show the help of cachetun or of one command."`
