@@ -10,8 +10,10 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -133,4 +135,74 @@ func TestTarget_VetNode_TLS(t *testing.T) {
 	if n := good.shook.Load() - before; n != 0 {
 		t.Fatalf("%d handshakes completed for the wrong name, want 0", n)
 	}
+}
+
+// FuzzVetNodeAddr: whatever address a cache announces for a node, the
+// checks neither panic nor admit one whose dial address lies outside the
+// networks; nothing is resolved for a name that is not a host name.
+func FuzzVetNodeAddr(f *testing.F) {
+	for _, s := range []string{
+		"10.0.0.1:6379", "169.254.169.254:80", "[fd00:ec2::254]:80", "[::ffff:169.254.169.254]:80",
+		"[fe80::1%eth0]:6379", "node-1.cache.internal:6379", "bad host!:1", ":6379", "10.0.0.1:0",
+		"10.0.0.1:65536", "[::1]:6379", "127.0.0.1:6379", "x:y", "", "\x00:1",
+	} {
+		f.Add(s)
+	}
+	tg := testTarget(TypeMemcached) // default networks, no id to verify
+	tg.lookup = func(_ context.Context, host string) ([]netip.Addr, error) {
+		if !validHostname(host) {
+			return nil, fmt.Errorf("resolved %q, which is not a host name", host)
+		}
+		return []netip.Addr{netip.MustParseAddr("169.254.169.254")}, nil
+	}
+	f.Fuzz(func(t *testing.T, addr string) {
+		r := tg.vetNode(context.Background(), tunnel.NodeInfo{Addr: addr}, nil)
+		if r.err == nil {
+			ap, err := netip.ParseAddrPort(r.dial)
+			if err != nil {
+				t.Fatalf("%q admitted with dial address %q", addr, r.dial)
+			}
+			if err := tg.policy.check(ap.Addr(), nil); err != nil {
+				t.Fatalf("%q admitted at %s, which the policy refuses: %v", addr, ap, err)
+			}
+			return
+		}
+		if strings.Contains(r.err.Error(), "which is not a host name") {
+			t.Fatalf("%q: %v", addr, r.err)
+		}
+	})
+}
+
+// FuzzNetPolicy: an address the default policy admits is in a private
+// range, and is neither loopback, link-local, multicast nor a metadata
+// address, in whatever IPv6 form it comes.
+func FuzzNetPolicy(f *testing.F) {
+	for _, s := range []string{"10.0.0.1", "169.254.169.254", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "fd00:ec2::254", "::1", "fc00::1", "100.100.100.200"} {
+		b := netip.MustParseAddr(s).As16()
+		f.Add(b[:])
+	}
+	p, _ := parseNetworks(nil)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ip, ok := netip.AddrFromSlice(b)
+		if !ok {
+			return
+		}
+		if p.check(ip, nil) != nil {
+			return
+		}
+		u := ip.Unmap()
+		if forbidden(ip) != "" || isLoopbackIP(ip) || u.IsLinkLocalUnicast() || u.IsMulticast() {
+			t.Fatalf("%s admitted", ip)
+		}
+		if v4, ok := embeddedIPv4(ip); ok && (forbidden(v4) != "" || v4.IsLoopback()) {
+			t.Fatalf("%s admitted: it embeds %s", ip, v4)
+		}
+		in := false
+		for _, n := range defaultNetworks {
+			in = in || n.Contains(u)
+		}
+		if !in {
+			t.Fatalf("%s admitted outside the private ranges", ip)
+		}
+	})
 }
