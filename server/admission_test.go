@@ -2,8 +2,11 @@ package server
 
 import (
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -108,4 +111,55 @@ func TestAdmission_PerSourceAndGlobal(t *testing.T) {
 	if len(a.n) != 0 || a.total != 0 {
 		t.Fatalf("slots leaked: %v %d", a.n, a.total)
 	}
+}
+
+// TestServerAdmission_CountsHandshakeFailures: a failed handshake from a
+// proven address counts against auth_failures_per_minute; one from a QUIC
+// address no Retry proved (maybe spoofed) does not, nor does a listener
+// closing; the slot comes back in every case.
+func TestServerAdmission_CountsHandshakeFailures(t *testing.T) {
+	cfg := DefaultConfig()
+	s := &Server{log: slog.New(slog.DiscardHandler), metrics: newMetrics(false),
+		adm: newAdmission(2, 10), fails: newFailureTable(2)}
+	s.conf.Store(cfg)
+	a := s.transportAdmission("tls")
+	src := &net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 1}
+	ip := src.IP
+	for _, c := range []struct {
+		verified bool
+		err      error
+	}{
+		{false, io.EOF},       // unproven QUIC source: not counted
+		{true, net.ErrClosed}, // the listener closed: not counted
+		{true, nil},           // success
+		{true, io.EOF},        // counted
+	} {
+		done, err := a.Admit(src, c.verified)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done(c.err)
+	}
+	if lim, _ := s.rateLimited(ip); lim {
+		t.Fatal("limited after one counted failure (limit 2)")
+	}
+	done, _ := a.Admit(src, true)
+	done(errors.New("tls: handshake timeout"))
+	if lim, msg := s.rateLimited(ip); !lim || !strings.HasPrefix(msg, "too many failed authentications from 192.0.2.7: retry in ") {
+		t.Fatalf("two counted failures, limit 2: limited %v %q", lim, msg)
+	}
+	if mine, all := s.adm.inUse(sourceOf(ip)); mine != 0 || all != 0 {
+		t.Fatalf("slots not returned: %d %d", mine, all)
+	}
+	// Over the per-source cap, Admit refuses at once.
+	d1, _ := a.Admit(src, true)
+	d2, _ := a.Admit(src, true)
+	if _, err := a.Admit(src, true); !errors.Is(err, errSourceBusy) {
+		t.Fatalf("third concurrent handshake of a source: %v", err)
+	}
+	if !a.RequireRetry(src) {
+		t.Fatal("a busy source is not asked for a Retry")
+	}
+	d1(nil)
+	d2(nil)
 }
