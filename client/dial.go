@@ -262,6 +262,9 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, e
 			}
 			return nil, fmt.Errorf("read welcome: %w", err)
 		}
+		if typ == tunnel.FrameRevoked { // a judgement raced the welcome
+			return nil, revokedError(payload)
+		}
 		if typ != tunnel.FrameWelcome {
 			return nil, fmt.Errorf("read welcome: unexpected frame type %d", typ)
 		}

@@ -468,18 +468,9 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	for i, n := range names {
 		ts[i] = s.target(n)
 	}
-	ss.ctrlMu.Lock()
-	ss.target = strings.Join(names, ",")
-	ss.targets = names
-	ss.ctrlMu.Unlock()
-	// A judgement since the check above did not know the targets yet.
-	for _, n := range names {
-		if !ss.identity().Allows(n) {
-			return
-		}
-	}
-	ss.log.Info("control stream up", keyTarget, ss.target, "client", hello.Client)
-	ss.countSession(ts[0].name) // one label per session: its first target
+	// permitopen= is judged on the discovered nodes, and before the
+	// session's targets are recorded: a judgement (revoke.go) that saw
+	// them would revoke the session before this refusal is sent.
 	waitAllDiscovered(ctx, ts, s.config().Limits.DialTimeout)
 	for _, t := range ts {
 		if msg := permitsTarget(ss.identity(), t); msg != "" {
@@ -490,6 +481,18 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 			return
 		}
 	}
+	ss.ctrlMu.Lock()
+	ss.target = strings.Join(names, ",")
+	ss.targets = names
+	ss.ctrlMu.Unlock()
+	// A judgement since the checks above did not know the targets yet.
+	for _, t := range ts {
+		if id := ss.identity(); !id.Allows(t.name) || permitsTarget(id, t) != "" {
+			return
+		}
+	}
+	ss.log.Info("control stream up", keyTarget, ss.target, "client", hello.Client)
+	ss.countSession(ts[0].name) // one label per session: its first target
 	from := make([]<-chan struct{}, len(ts))
 	infos := make([]tunnel.TargetInfo, len(ts))
 	for i, t := range ts {
