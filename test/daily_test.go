@@ -139,7 +139,8 @@ func TestConnect_JSON(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
-		line, err := bufio.NewReader(stdout).ReadString('\n')
+		lines := bufio.NewReader(stdout)
+		line, err := lines.ReadString('\n')
 		if err != nil {
 			t.Fatalf("read the first JSON line: %v", err)
 		}
@@ -160,6 +161,38 @@ func TestConnect_JSON(t *testing.T) {
 		}
 		if n := sessionStarts(g); n != 1 {
 			t.Fatalf("%d sessions for one connect of two targets, want 1", n)
+		}
+
+		// The gateway goes away and comes back: one line each.
+		g.Kill()
+		next := func(want string) client.Event {
+			t.Helper()
+			for {
+				line, err := lines.ReadString('\n')
+				if err != nil {
+					t.Fatalf("read a JSON line: %v (waiting for %s)", err, want)
+				}
+				var ev client.Event
+				if err := json.Unmarshal([]byte(line), &ev); err != nil {
+					t.Fatalf("line %q: %v", line, err)
+				}
+				if ev.Kind == want {
+					return ev
+				}
+				if ev.Kind != "error" && ev.Kind != "topology" {
+					t.Fatalf("line %s while waiting for %s", line, want)
+				}
+			}
+		}
+		if ev := next("reconnecting"); ev.Server != g.ServerAddr(transport) || ev.Error == "" {
+			t.Fatalf("reconnecting event %+v: want the server and why", ev)
+		}
+		g.Restart(t)
+		if re := next("reconnected"); len(re.Targets) != 2 || re.Targets[0].Nodes[0].Local != ev.Targets[0].Nodes[0].Local {
+			t.Fatalf("reconnected event %+v: want both targets on the same ports", re)
+		}
+		if got := redisCLI(t, ev.Targets[0].Nodes[0].Local, "PING"); got != "PONG" {
+			t.Fatalf("PING after the reconnect: %q", got)
 		}
 	})
 }

@@ -2,6 +2,10 @@ package test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +13,7 @@ import (
 	"github.com/cachetun/cachetun/client"
 	"github.com/cachetun/cachetun/server"
 	"github.com/cachetun/cachetun/test/testenv"
+	"github.com/cachetun/cachetun/tunnel"
 )
 
 // threeTargets: a redis, a memcached and a redis the key may not use.
@@ -117,5 +122,85 @@ func TestList_Targets(t *testing.T) {
 			list[1].Name != "sessions" || list[1].Type != "memcached" || list[1].Nodes != 1 {
 			t.Fatalf("list: %+v, want cache redis 1, sessions memcached 1", list)
 		}
+	})
+}
+
+// TestRevocation_SeveralTargets: a session of two targets (a real gateway
+// process) survives a reload that takes one of them away, whose stream is
+// cut within revokeBound; a reload that takes the other away too ends the
+// session within revokeBound.
+func TestRevocation_SeveralTargets(t *testing.T) {
+	ra, rb, rc := testenv.StartRedis(t), testenv.StartRedis(t), testenv.StartRedis(t)
+	forEachTransport(t, func(t *testing.T, transport string) {
+		k := newKey(t, "two")
+		g := startGatewayProc(t, gatewayProcOpts{
+			Targets: map[string]string{
+				"a": fmt.Sprintf("{type: redis, nodes: [%q]}", ra.Addr),
+				"b": fmt.Sprintf("{type: redis, nodes: [%q]}", rb.Addr),
+				"c": fmt.Sprintf("{type: redis, nodes: [%q]}", rc.Addr),
+			},
+			Authorized: []string{`targets="a,b" ` + k.Line},
+		})
+		cl, err := client.New(client.Options{
+			Servers: []string{g.ServerAddr(transport)}, Targets: []client.TargetOptions{{Name: "a"}, {Name: "b"}},
+			Transport: transport, Identity: k.Path, KnownHosts: g.KnownHosts(t),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		sess, w, err := cl.Dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		if len(w.Targets) != 2 || w.Targets[0].Name != "a" || w.Targets[1].Name != "b" {
+			t.Fatalf("welcome targets %+v, want a and b", w.Targets)
+		}
+		open := func(target, node string) tunnel.Stream {
+			t.Helper()
+			st, err := sess.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: target, Node: node})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := streamPing(st); err != nil {
+				t.Fatalf("PING on %s: %v", target, err)
+			}
+			return st
+		}
+		sa, sb := open("a", ra.Addr), open("b", rb.Addr)
+		defer sa.Close()
+		defer sb.Close()
+
+		g.WriteAuthorizedKeys(t, []string{`targets="a" ` + k.Line})
+		start := time.Now()
+		g.Reload(t)
+		_ = sb.SetReadDeadline(start.Add(revokeBound + 500*time.Millisecond))
+		_, err = io.Copy(io.Discard, sb)
+		took := time.Since(start)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() || took > revokeBound {
+			t.Fatalf("stream to b still open %s after the reload (bound %s): %v", took, revokeBound, err)
+		}
+		if err := streamPing(sa); err != nil {
+			t.Fatalf("stream to a broke: %v", err)
+		}
+		select {
+		case <-sess.Done():
+			t.Fatal("the session ended, but target a is still allowed")
+		default:
+		}
+
+		g.WriteAuthorizedKeys(t, []string{`targets="c" ` + k.Line})
+		start = time.Now()
+		g.Reload(t)
+		select {
+		case <-sess.Done():
+		case <-time.After(revokeBound + 500*time.Millisecond):
+			t.Fatalf("session of a and b still up %s after both were taken away (bound %s)", time.Since(start), revokeBound)
+		}
+		t.Logf("%s: b's stream cut %s after the first reload; the session ended %s after the second (bound %s)",
+			transport, took.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), revokeBound)
 	})
 }
