@@ -756,6 +756,10 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 		attrs = append(attrs, keyErr, res.Err)
 	}
 	log.Info("stream", attrs...)
+	// The stream counts against max_streams_per_session until the
+	// transport has freed it: a client that keeps its side of a finished
+	// stream open holds a slot, not memory.
+	tunnel.Release(st)
 }
 
 // register applies the per-key session limit and records the session.

@@ -777,3 +777,130 @@ func TestRevocation_WhileDown(t *testing.T) {
 			transport, time.Since(start).Round(time.Millisecond), bound, errText(runErr))
 	})
 }
+
+// TestStreams_FinishedFloodBounded (issue 10, finding 5, the same class):
+// a stream the gateway served also counts until it is really gone. The
+// client of a real gateway process with max_streams_per_session: 10
+// opens 300 streams to the real redis node, sends QUIT and 256 KiB behind
+// it (redis answers +OK and closes, so the gateway's relay ends), and
+// never closes its side. On tls (yamux keeps such a stream, and what the
+// client sends on it, for a minute) the 10 served streams keep their
+// slots, the next 10 are refused with the limit status, and the session
+// is closed; on quic and ssh the transport frees a finished stream at
+// once, so all 300 are served. Gateway RSS growth stays under 32 MiB.
+func TestStreams_FinishedFloodBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("floods a gateway process")
+	}
+	const (
+		limit     = 10
+		opens     = 300
+		perStream = 256 << 10
+		maxGrowth = 32 << 20
+	)
+	r := testenv.StartRedis(t)
+	forEachTransport(t, func(t *testing.T, transport string) {
+		k := newKey(t, "flood")
+		g := startGatewayProc(t, gatewayProcOpts{
+			Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
+			Limits:     map[string]string{"max_streams_per_session": fmt.Sprint(limit)},
+			Authorized: []string{k.Line},
+		})
+		cl, err := client.New(client.Options{
+			Servers: []string{g.ServerAddr(transport)}, Target: "cache", Transport: transport,
+			Identity: k.Path, KnownHosts: g.KnownHosts(t),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		sess, _, err := cl.Dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess.Close()
+		base := g.RSS(t)
+		payload := append([]byte("QUIT\r\n"), bytes.Repeat([]byte("x"), perStream)...)
+		peak := base
+		counts := map[string]int{}
+		var streams []tunnel.Stream
+		for i := 0; i < opens && counts["session closed"] == 0; i++ {
+			octx, ocancel := context.WithTimeout(ctx, 5*time.Second)
+			st, err := sess.OpenStream(octx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "cache", Node: r.Addr})
+			ocancel()
+			if err != nil {
+				counts["session closed"]++
+				break
+			}
+			streams = append(streams, st) // never closed until the end
+			_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+			_, _ = st.Write(payload)
+			buf := make([]byte, 5)
+			_, err = io.ReadFull(st, buf)
+			var se *tunnel.StatusError
+			switch {
+			case err == nil && string(buf) == "+OK\r\n":
+				counts["served"]++
+			case errors.As(err, &se):
+				counts[se.Code.String()]++
+			case isDone(sess, transport == "tls"):
+				counts["session closed"]++
+			default:
+				// Accepted, but redis closed before the reply reached
+				// us: the relay ended with a reset (QUIC), served too.
+				counts["served"]++
+			}
+			if rss := g.RSS(t); rss > peak {
+				peak = rss
+			}
+		}
+		time.Sleep(200 * time.Millisecond) // let the gateway take in what is in flight
+		if rss := g.RSS(t); rss > peak {
+			peak = rss
+		}
+		growth := peak - base
+		t.Logf("%s: %d opens, %v; gateway RSS %d MiB -> peak %d MiB (growth %.1f MiB, bound %d MiB)",
+			transport, len(streams), counts, base>>20, peak>>20, float64(growth)/(1<<20), maxGrowth>>20)
+		if growth > maxGrowth {
+			t.Errorf("gateway RSS grew by %d bytes, bound %d", growth, maxGrowth)
+		}
+		switch transport {
+		case "tls":
+			if counts["served"] != limit || counts["limit reached"] != limit || counts["session closed"] != 1 {
+				t.Errorf("%v: want %d served, %d refused with the limit, then the session closed", counts, limit, limit)
+			}
+		default:
+			if counts["served"] != opens {
+				t.Errorf("%v: want all %d served", counts, opens)
+			}
+		}
+		for _, st := range streams {
+			st.Close()
+		}
+	})
+}
+
+// isDone reports whether the session has ended; with wait, it waits a
+// moment for the end to be noticed.
+func isDone(s tunnel.Session, wait bool) bool {
+	var after <-chan time.Time
+	if wait {
+		after = time.After(200 * time.Millisecond)
+	}
+	select {
+	case <-s.Done():
+		return true
+	case <-after:
+		return false
+	default:
+		if wait {
+			select {
+			case <-s.Done():
+				return true
+			case <-after:
+			}
+		}
+		return false
+	}
+}

@@ -264,6 +264,23 @@ func (in *framedIncoming) Reject(code Status, msg string) {
 	})
 }
 
+// Release waits until the transport has freed st, which the caller has
+// closed or aborted, so that a caller that counts streams counts st until
+// it is really gone. QUIC and SSH free a closed stream themselves (the
+// peer's stack answers STOP_SENDING with RESET_STREAM; a channel close is
+// confirmed), so Release returns at once there. yamux has no stream
+// reset: a closed stream stays in the session, buffering what the peer
+// still sends, until the peer closes its side or yamux's close timeout (a
+// minute) frees it; Release reads and discards meanwhile, so the stream
+// holds no more than one frame.
+func Release(st Stream) {
+	if r, ok := st.(interface{ release() }); ok {
+		r.release()
+	}
+}
+
+func (s *statusStream) release() { Release(s.Stream) }
+
 // RejectLinger bounds how long a refused stream may stay open on a
 // transport without stream reset (TLS+yamux) after the refusal: a peer
 // that has not closed it by then loses its whole session, as the stream

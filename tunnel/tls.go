@@ -36,6 +36,10 @@ func DefaultTLSConfig() TLSConfig {
 	return TLSConfig{HandshakeTimeout: 10 * time.Second, KeepAlive: 15 * time.Second, Window: 4 << 20, MaxStreams: 1024}
 }
 
+// yamuxStreamCloseTimeout is how long yamux keeps a stream we closed
+// while the peer keeps its side open.
+const yamuxStreamCloseTimeout = time.Minute
+
 func (c TLSConfig) yamux() *yamux.Config {
 	y := yamux.DefaultConfig()
 	y.AcceptBacklog = c.MaxStreams
@@ -43,7 +47,7 @@ func (c TLSConfig) yamux() *yamux.Config {
 	y.ConnectionWriteTimeout = 10 * time.Second
 	y.MaxStreamWindowSize = c.Window
 	y.StreamOpenTimeout = 30 * time.Second
-	y.StreamCloseTimeout = time.Minute
+	y.StreamCloseTimeout = yamuxStreamCloseTimeout
 	y.LogOutput = io.Discard
 	return y
 }
@@ -223,18 +227,29 @@ func (y *yamuxStream) Close() error {
 // stream within linger is not a cachetun client (that closes a refused
 // stream at once): its session is closed, which frees every stream of it.
 func (y *yamuxStream) drainRefused(linger time.Duration) {
+	if !y.drain(linger) {
+		_ = y.s.Session().Close()
+	}
+}
+
+// release is drainRefused for a stream that was served (see Release): the
+// peer may keep its side open as long as yamux lets it, StreamCloseTimeout,
+// after which yamux frees the stream itself (Read returns io.EOF).
+func (y *yamuxStream) release() {
+	_ = y.drain(yamuxStreamCloseTimeout + 5*time.Second)
+}
+
+// drain reads and discards until the stream is gone, at most for linger;
+// it reports whether the stream is gone.
+func (y *yamuxStream) drain(linger time.Duration) bool {
 	_ = y.s.SetReadDeadline(time.Now().Add(linger))
 	var scratch [4 << 10]byte
 	for {
 		_, err := y.s.Read(scratch[:])
 		y.s.Shrink()
-		if err == nil {
-			continue
+		if err != nil {
+			return !errors.Is(err, yamux.ErrTimeout)
 		}
-		if errors.Is(err, yamux.ErrTimeout) {
-			_ = y.s.Session().Close()
-		}
-		return
 	}
 }
 
