@@ -361,6 +361,18 @@ func TestRevocation_NarrowTargets(t *testing.T) {
 		default:
 		}
 		t.Logf("%s: stream to the removed target ended %s after SIGHUP (bound %s); the allowed one works", transport, took.Round(time.Millisecond), revokeBound)
+
+		// Now the session's own target goes: the session ends.
+		g.WriteAuthorizedKeys(t, []string{`targets="b" ` + k.Line})
+		start = time.Now()
+		g.Reload(t)
+		select {
+		case <-sess.Done():
+		case <-time.After(time.Until(start.Add(revokeBound))):
+			t.Fatalf("session still up %s after its own target was taken away", time.Since(start).Round(time.Millisecond))
+		}
+		g.WaitLog(t, "code=target_denied", 5*time.Second)
+		t.Logf("%s: session ended %s after its own target was taken away (bound %s)", transport, time.Since(start).Round(time.Millisecond), revokeBound)
 	})
 }
 
