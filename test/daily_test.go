@@ -346,3 +346,66 @@ func TestDoctor(t *testing.T) {
 		}
 	})
 }
+
+// TestConnect_TwoGateways: profiles on two gateways make one session to
+// each (one "session start" on each gateway) and one --json up line with
+// every target, each naming its own gateway.
+func TestConnect_TwoGateways(t *testing.T) {
+	bin := cachetunBinary(t)
+	r1, r2 := testenv.StartRedis(t), testenv.StartRedis(t)
+	k := newKey(t, "alice")
+	g1 := startGateway(t, map[string]*server.Target{"east": {Type: server.TypeRedis, Nodes: []string{r1.Addr}}}, []string{k.Line})
+	g2 := startGateway(t, map[string]*server.Target{"west": {Type: server.TypeRedis, Nodes: []string{r2.Addr}}}, []string{k.Line})
+	dir := t.TempDir()
+	kh := filepath.Join(dir, "known_hosts")
+	a, _ := os.ReadFile(g1.KnownHosts(t))
+	b, _ := os.ReadFile(g2.KnownHosts(t))
+	if err := os.WriteFile(kh, append(a, b...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	yaml := "known_hosts: " + kh + "\nprofiles:\n" +
+		"  east:\n    server: " + g1.Addr + "\n    transport: tls\n    identity: " + k.Path + "\n    local_port: 0\n" +
+		"  west:\n    server: " + g2.Addr + "\n    transport: quic\n    identity: " + k.Path + "\n    local_port: 0\n"
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "connect", "east", "west", "--config", cfg, "--json")
+	cmd.Env = cliEnv(t)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = writerFunc(func(p []byte) (int, error) { t.Logf("stderr: %s", p); return len(p), nil })
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("read the first JSON line: %v", err)
+	}
+	var ev client.Event
+	if err := json.Unmarshal([]byte(line), &ev); err != nil {
+		t.Fatalf("first line %q: %v", line, err)
+	}
+	if len(ev.Targets) != 2 || ev.Targets[0].Name != "east" || ev.Targets[0].Server != g1.Addr || ev.Targets[0].Transport != "tls" ||
+		ev.Targets[1].Name != "west" || ev.Targets[1].Server != g2.Addr || ev.Targets[1].Transport != "quic" {
+		t.Fatalf("up line %s: want east on %s over tls and west on %s over quic", line, g1.Addr, g2.Addr)
+	}
+	for i, want := range []string{"east", "west"} {
+		local := ev.Targets[i].Nodes[0].Local
+		if got := redisCLI(t, local, "SET", "k", want); got != "OK" {
+			t.Fatalf("SET through %s: %q", want, got)
+		}
+	}
+	if got := r1.Client(t).Get(context.Background(), "k").Val(); got != "east" {
+		t.Fatalf("east's redis holds %q", got)
+	}
+	if got := r2.Client(t).Get(context.Background(), "k").Val(); got != "west" {
+		t.Fatalf("west's redis holds %q", got)
+	}
+	if n1, n2 := sessionStarts(g1), sessionStarts(g2); n1 != 1 || n2 != 1 {
+		t.Fatalf("sessions: %d on east's gateway, %d on west's, want 1 each", n1, n2)
+	}
+}

@@ -104,13 +104,10 @@ func (c *DoctorCmd) doctor(ctx context.Context, e *env, report func(checkResult)
 	}
 
 	// 2-3. Key files and the agent.
-	keyFiles := c.checkKeyFiles(opts, report)
-	agentKeys := checkAgent(report)
-	if keyFiles == 0 && agentKeys == 0 {
-		report(checkResult{Check: "keys", Status: statusFail, Detail: "no SSH key to authenticate with: no usable key file and no key in ssh-agent",
-			Fix: "run 'cachetun keygen' and give the .pub line to the gateway's operator, or start ssh-agent with your key (ssh-add)"})
-		return
-	}
+	agentKeys, agentLine := checkAgent()
+	keyFiles := c.checkKeyFiles(opts, agentKeys, report)
+	report(agentLine)
+	haveKeys := keyFiles > 0 || agentKeys > 0
 
 	transport := opts.Transport
 	if transport == "" {
@@ -147,8 +144,12 @@ func (c *DoctorCmd) doctor(ctx context.Context, e *env, report func(checkResult)
 		}
 		report(r)
 	}
-	if !dnsOK {
+	switch {
+	case !dnsOK:
 		report(checkResult{Check: "transports", Status: statusSkip, Detail: "the gateway's name does not resolve"})
+		return
+	case !haveKeys:
+		report(checkResult{Check: "transports", Status: statusSkip, Detail: "no key to authenticate with (see above)"})
 		return
 	}
 
@@ -179,7 +180,10 @@ func (c *DoctorCmd) doctor(ctx context.Context, e *env, report func(checkResult)
 			r := checkResult{Check: pa.transport, Status: statusFail, Detail: fmt.Sprintf("%s %s: %v", pa.what, pa.addr, err), Fix: hintOf(err)}
 			if !pa.needed {
 				r.Status = statusWarn
-				r.Fix = "needed only for --transport ssh and stock 'ssh -L'"
+				r.Fix = "not used by this profile (transport " + transport + "): needed only for --transport " + pa.transport
+				if pa.transport == client.TransportSSH {
+					r.Fix += " and stock 'ssh -L'"
+				}
 			}
 			if pa.transport == client.TransportQUIC && transport == client.TransportAuto {
 				r.Status = statusWarn
@@ -285,18 +289,20 @@ func unreachable(err error) bool {
 }
 
 // checkKeyFiles checks -i (or identity:) or the default key files, and
-// returns how many are usable.
-func (c *DoctorCmd) checkKeyFiles(opts client.Options, report func(checkResult)) int {
+// returns how many are usable; agentKeys decides whether having none is
+// a failure.
+func (c *DoctorCmd) checkKeyFiles(opts client.Options, agentKeys int, report func(checkResult)) int {
 	files := client.DefaultKeyFiles
 	if opts.Identity != "" {
 		files = []string{opts.Identity}
 	}
-	usable := 0
+	usable, bad := 0, 0
 	var absent []string
 	for _, f := range files {
 		path := auth.ExpandHome(f)
 		if _, err := os.Stat(path); err != nil {
 			if opts.Identity != "" {
+				bad++
 				report(checkResult{Check: "key", Status: statusFail, Detail: fmt.Sprintf("%s: %v", path, err), Fix: "pass -i with an existing private key file, or drop identity: from the profile"})
 			}
 			absent = append(absent, f)
@@ -312,30 +318,35 @@ func (c *DoctorCmd) checkKeyFiles(opts client.Options, report func(checkResult))
 			usable++
 			report(checkResult{Check: "key", Status: statusOK, Detail: path + " (passphrase-protected: ssh-agent's copy, or a prompt on a terminal)"})
 		case errors.As(err, &pe):
+			bad++
 			report(checkResult{Check: "key", Status: statusFail, Detail: err.Error(), Fix: pe.Fix})
 		default:
+			bad++
 			report(checkResult{Check: "key", Status: statusFail, Detail: err.Error(), Fix: "pass -i with an OpenSSH private key file"})
 		}
 	}
-	if opts.Identity == "" && usable == 0 {
-		report(checkResult{Check: "key", Status: statusOK, Detail: "no key file (" + strings.Join(absent, ", ") + "): keys come from ssh-agent"})
+	switch {
+	case opts.Identity != "" || usable > 0 || bad > 0:
+	case agentKeys > 0:
+		report(checkResult{Check: "key", Status: statusOK, Detail: "no key file (" + strings.Join(absent, ", ") + "): ssh-agent's keys are used"})
+	default:
+		report(checkResult{Check: "key", Status: statusFail, Detail: "no SSH key: none of " + strings.Join(absent, ", ") + " exists and no ssh-agent holds a key",
+			Fix: "run 'cachetun keygen' and give the .pub line to the gateway's operator, or ssh-add your key to ssh-agent"})
 	}
 	return usable
 }
 
-// checkAgent reports ssh-agent's keys and returns how many it holds.
-func checkAgent(report func(checkResult)) int {
+// checkAgent counts ssh-agent's keys; the line is reported after the key
+// files.
+func checkAgent() (int, checkResult) {
 	if os.Getenv("SSH_AUTH_SOCK") == "" {
-		report(checkResult{Check: "agent", Status: statusOK, Detail: "no ssh-agent (SSH_AUTH_SOCK is not set): key files are used"})
-		return 0
+		return 0, checkResult{Check: "agent", Status: statusOK, Detail: "no ssh-agent (SSH_AUTH_SOCK is not set): key files are used"}
 	}
 	signers, err := auth.AgentSigners()
 	if err != nil {
-		report(checkResult{Check: "agent", Status: statusWarn, Detail: "ssh-agent: " + err.Error(), Fix: "start ssh-agent (eval $(ssh-agent)) and ssh-add your key, or unset SSH_AUTH_SOCK"})
-		return 0
+		return 0, checkResult{Check: "agent", Status: statusWarn, Detail: "ssh-agent: " + err.Error(), Fix: "start ssh-agent (eval $(ssh-agent)) and ssh-add your key, or unset SSH_AUTH_SOCK"}
 	}
-	report(checkResult{Check: "agent", Status: statusOK, Detail: fmt.Sprintf("ssh-agent holds %d keys", len(signers))})
-	return len(signers)
+	return len(signers), checkResult{Check: "agent", Status: statusOK, Detail: fmt.Sprintf("ssh-agent holds %d keys", len(signers))}
 }
 
 // checkKnownHost looks for a known_hosts entry for addr, whatever its
