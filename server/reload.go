@@ -120,6 +120,30 @@ type reloadState struct {
 	mu          sync.Mutex
 	hostKeyHash [32]byte // of the host key file at start
 	hostCert    []byte   // the host certificate file at start
+
+	sigMu sync.Mutex    // guards sig
+	sig   chan struct{} // closed and replaced at every swap
+}
+
+// reloaded returns a channel closed at the next successful reload.
+func (s *Server) reloaded() <-chan struct{} {
+	r := &s.reload
+	r.sigMu.Lock()
+	defer r.sigMu.Unlock()
+	if r.sig == nil {
+		r.sig = make(chan struct{})
+	}
+	return r.sig
+}
+
+func (s *Server) signalReloaded() {
+	r := &s.reload
+	r.sigMu.Lock()
+	defer r.sigMu.Unlock()
+	if r.sig != nil {
+		close(r.sig)
+	}
+	r.sig = make(chan struct{})
 }
 
 func fileHash(path string) [32]byte {
@@ -186,6 +210,7 @@ func (s *Server) Reload(path string) error {
 	}
 	s.syncDiscovery()
 	s.ready.invalidate()
+	s.signalReloaded() // --all sessions take new targets
 	s.rejudgeAll()
 	s.metrics.reloads.WithLabelValues("ok").Inc()
 	for _, name := range added {

@@ -41,6 +41,7 @@ type session struct {
 	gone      bool     // GoAway sent
 	target    string   // the control stream's targets, once allowed, comma-separated
 	targets   []string // the same as a list
+	all       bool     // the Hello asked for every allowed target
 	endResult string   // why the session ended, for the session end line
 	endReason string
 	endErr    error // the first transport error that ended it
@@ -463,6 +464,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 		ss.refuse(ctrl, &tunnel.Welcome{OK: true, Allowed: ss.targetList(ctx)})
 		return
 	}
+	reloaded := s.reloaded() // before the targets are read: no reload is missed
 	names := ss.helloTargets(hello)
 	ts := make([]*target, len(names))
 	for i, n := range names {
@@ -484,6 +486,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	ss.ctrlMu.Lock()
 	ss.target = strings.Join(names, ",")
 	ss.targets = names
+	ss.all = hello.All
 	ss.ctrlMu.Unlock()
 	// A judgement since the checks above did not know the targets yet.
 	for _, t := range ts {
@@ -553,6 +556,53 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 			info := t.Info()
 			if err := ss.writeFrame(tunnel.FrameTopology, &info); err != nil {
 				return
+			}
+		case <-reloaded:
+			// A session that asked for every target gets those a reload
+			// added (the client opens their ports), and drops those it
+			// removed.
+			reloaded = s.reloaded()
+			if !hello.All {
+				continue
+			}
+			var added []*target
+			have := make(map[string]bool, len(ts))
+			for _, t := range ts {
+				have[t.name] = true
+			}
+			for _, n := range ss.helloTargets(hello) {
+				if !have[n] {
+					if t := s.target(n); t != nil {
+						added = append(added, t)
+					}
+				}
+			}
+			if len(added) == 0 {
+				continue
+			}
+			wcancel()
+			wwg.Wait()
+			waitAllDiscovered(ctx, added, s.config().Limits.DialTimeout)
+			ts = append(ts, added...)
+			from = make([]<-chan struct{}, len(ts))
+			names = make([]string, len(ts)) // new slices: ss.targets holds the old one
+			for i, t := range ts {
+				from[i] = t.Changed()
+				names[i] = t.name
+			}
+			ss.ctrlMu.Lock()
+			ss.target = strings.Join(names, ",")
+			ss.targets = names
+			ss.ctrlMu.Unlock()
+			watch()
+			for _, t := range ts {
+				info := t.Info()
+				if err := ss.writeFrame(tunnel.FrameTopology, &info); err != nil {
+					return
+				}
+			}
+			for _, t := range added {
+				ss.log.Info("target added by a reload: topology sent", keyTarget, t.name, "nodes", len(t.Info().Nodes))
 			}
 		case i := <-retired:
 			// A reload replaced a target (new settings under the same

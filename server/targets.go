@@ -191,6 +191,17 @@ func refreshTarget(ts []*target, payload []byte) *target {
 // reload removed them); the streams of a target taken away from a session
 // of several are cut by cutStreams, those of a removed one by its retiring.
 func (ss *session) targetsVerdict(id *auth.Identity, names []string) *verdict {
+	ss.ctrlMu.Lock()
+	all := ss.all
+	ss.ctrlMu.Unlock()
+	if all { // --all: the session goes on while the key may use any target
+		set := ss.srv.targets()
+		for _, n := range set.names {
+			if id.Allows(n) && permitsTarget(id, set.get(n)) == "" {
+				return nil
+			}
+		}
+	}
 	var denied, removed string
 	for _, n := range names {
 		t := ss.srv.target(n)

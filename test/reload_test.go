@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachetun/cachetun/client"
 	"github.com/cachetun/cachetun/test/testenv"
 )
 
@@ -73,7 +74,9 @@ next:
 // server.yaml that drops target "a" and adds "b": the live streams to "a"
 // (a cachetun client's over TLS, a stock OpenSSH client's) end within 5 s;
 // the OpenSSH session that stays up reaches "b" at once on a new channel,
-// without reconnecting; a new cachetun session to "b" works; the process is
+// and a `connect --all` session gets b's topology pushed and reaches it,
+// neither reconnecting; the cachetun session of "a" alone ends saying the
+// target was removed; a new cachetun session to "b" works; the process is
 // the same (no restart).
 func TestReload_AddRemoveTarget(t *testing.T) {
 	ra, rb := testenv.StartRedis(t), testenv.StartRedis(t)
@@ -88,6 +91,9 @@ func TestReload_AddRemoveTarget(t *testing.T) {
 	// Live streams to "a": cachetun over TLS, and OpenSSH with forwards to
 	// both a and b (b not configured yet).
 	ca := mustConnect(t, g, "tls", "a", k)
+	// A `connect --all` session: it has only a for now.
+	call := mustConnect(t, g, "quic", "", k, func(o *client.Options) { o.Target, o.Profile, o.All = "", "", true })
+	openPing(t, call.Local(t, ra.Addr))
 	connA, _ := openPing(t, ca.Local(t, ra.Addr))
 	osh := sshTestStartOpenSSH(t, k.Path, g.KnownHosts(t), g.SSHAddr, "a:6379", "b:6379")
 	select {
@@ -126,6 +132,20 @@ func TestReload_AddRemoveTarget(t *testing.T) {
 	openPing(t, osh.Locals[1])
 	if !pingFails(osh.Locals[0]) {
 		t.Error("removed target a still reachable on the OpenSSH session")
+	}
+	// The --all session got b on its control stream, without reconnecting.
+	waitFor(t, 5*time.Second, "the --all client to open a port for b", func() bool {
+		_, ok := call.Client.LocalAddrs()[rb.Addr]
+		return ok
+	})
+	openPing(t, call.Local(t, rb.Addr))
+	select {
+	case err := <-call.Err:
+		t.Fatalf("the --all client stopped: %v", errText(err))
+	default:
+	}
+	if !hasLine(g.Log(), "target added by a reload: topology sent", "target=b") {
+		t.Error("no topology push of b to the --all session in the log")
 	}
 	// A new cachetun session to b.
 	cb := mustConnect(t, g, "quic", "b", k)
