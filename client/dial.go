@@ -109,7 +109,12 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 	case TransportQUIC:
 		qc := tunnel.DefaultQUICConfig()
 		qc.LocalAddr = c.opts.LocalAddr
-		sess, err = tunnel.DialQUIC(dctx, addr, certs.ClientTLSConfig(verify), qc)
+		// Probed over TCP on the same port: what answers there tells a
+		// wrong port (ssh, a cache) from UDP that is blocked. Within auto's
+		// fallback window (QUICFallback) the probe never fires.
+		sess, err = dialWatched(dctx, transport, addr, !c.reconnecting.Load(), func(ctx context.Context) (tunnel.Session, error) {
+			return tunnel.DialQUIC(ctx, addr, certs.ClientTLSConfig(verify), qc)
+		})
 	case TransportTLS:
 		tc := tunnel.DefaultTLSConfig()
 		tc.LocalAddr = c.opts.LocalAddr
