@@ -418,7 +418,12 @@ func (ss *session) refuseRateLimited(ctx context.Context, msg string) {
 // flight).
 func (ss *session) refuse(ctrl tunnel.Stream, w *tunnel.Welcome) {
 	ss.welcome(ctrl, w)
+	// Under ctrlMu, as every write is: x/crypto/ssh's channel CloseWrite
+	// and Write share unguarded state, and a GoAway may be on its way.
+	ss.ctrlMu.Lock()
+	ss.gone = true
 	_ = ctrl.CloseWrite()
+	ss.ctrlMu.Unlock()
 	_ = ctrl.SetReadDeadline(time.Now().Add(2 * time.Second))
 	_, _ = io.Copy(io.Discard, io.LimitReader(ctrl, 64<<10))
 }
