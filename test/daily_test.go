@@ -87,8 +87,11 @@ func TestExec_RedisCluster(t *testing.T) {
 		}
 	})
 
+	// Without --local-port, exec takes free ports: the cluster's own
+	// ports, connect's default, are taken by the cluster itself here.
 	t.Run("SIGTERM", func(t *testing.T) {
-		args := append([]string{"exec", "prod"}, gwArgs(t, env.Gateway, "tls", env.Key)...)
+		flags := gwArgs(t, env.Gateway, "tls", env.Key)
+		args := append([]string{"exec", "prod"}, flags[:len(flags)-2]...)
 		cmd := exec.Command(bin, append(args, "--", "sh", "-c", `trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done`)...)
 		cmd.Env = cliEnv(t)
 		stdout, err := cmd.StdoutPipe()

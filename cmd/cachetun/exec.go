@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"unicode"
 
 	"github.com/cachetun/cachetun/client"
@@ -40,6 +41,20 @@ func (c *ExecCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
+	// The command learns its ports from the environment, so they need
+	// not be the cache's own: free ones, unless local_port: or
+	// --local-port says otherwise, never collide with a local redis.
+	zero := 0
+	for i := range sessions {
+		if sessions[i].LocalPort == nil {
+			sessions[i].LocalPort = &zero
+		}
+		for j := range sessions[i].Targets {
+			if sessions[i].Targets[j].LocalPort == nil {
+				sessions[i].Targets[j].LocalPort = &zero
+			}
+		}
+	}
 	path, err := exec.LookPath(c.Command[0])
 	if err != nil {
 		return &usageError{err: fmt.Errorf("run %q: %w", c.Command[0], err), hint: "check the command's name and PATH"}
@@ -48,6 +63,9 @@ func (c *ExecCmd) Run(e *env) error {
 	defer cancel()
 	// A signal before the ports are up stops the connect.
 	early := make(chan struct{})
+	var once sync.Once
+	up := func() { once.Do(func() { close(early) }) }
+	defer up()
 	go func() {
 		select {
 		case <-e.signals.stop:
@@ -56,7 +74,7 @@ func (c *ExecCmd) Run(e *env) error {
 		}
 	}()
 	return runSessions(ctx, e, sessions, false, func(ctx context.Context, eps []client.TargetEndpoints) error {
-		close(early)
+		up()
 		cmd := exec.Command(path, c.Command[1:]...)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = e.stdin, e.stdout, e.stderr
 		cmd.Env = append(os.Environ(), execEnv(eps)...)
