@@ -185,6 +185,9 @@ func manArgs(n *kong.Node) string {
 	var s string
 	for _, p := range n.Positional {
 		name := strings.ToUpper(p.Name)
+		if p.IsCumulative() {
+			name += "..."
+		}
 		if !p.Required {
 			name = "[" + name + "]"
 		}
