@@ -574,7 +574,7 @@ func (a *AuthorizedKeys) checkForwarding(e *authorizedKey, what string) error {
 func (a *AuthorizedKeys) checkEntry(e *authorizedKey, what string, remote net.IP, now time.Time) error {
 	if !e.expires.IsZero() && !now.Before(e.expires) {
 		return newError(ErrKeyExpired,
-			"%s expired at %s (expiry-time on line %d of %s on the gateway)",
+			"%s expired at %s (expiry-time on line %d of %s)",
 			what, e.expires.UTC().Format(time.RFC3339), e.line, a.Name())
 	}
 	if e.from != nil {
