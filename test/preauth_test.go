@@ -127,7 +127,8 @@ func TestPreAuth_StreamFlood(t *testing.T) {
 	if testing.Short() {
 		t.Skip("floods a gateway process")
 	}
-	g := preAuthGateway(t, nil, map[string]string{"auth_timeout": "20s"})
+	k := newKey(t, "legit")
+	g := preAuthGateway(t, []string{k.Line}, map[string]string{"auth_timeout": "20s"})
 	for _, tr := range []string{"tls", "quic"} {
 		t.Run(tr, func(t *testing.T) {
 			before := g.RSS(t)
@@ -172,6 +173,9 @@ func TestPreAuth_StreamFlood(t *testing.T) {
 					mu.Unlock()
 				}()
 			}
+			// The flood is under way (on tls its writers are blocked):
+			// others still get in.
+			checkLegit(t, g, k, tr+" stream flood")
 			wg.Wait()
 			// Whatever the gateway was going to buffer, it has by now.
 			time.Sleep(time.Second)
