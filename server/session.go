@@ -800,7 +800,7 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 	switch {
 	case res.Idle:
 		result = resultIdle
-	case t.isRetired() && ctx.Err() == nil:
+	case t.isRetired(): // cut by the retiring or by the revocation that follows
 		result = resultTargetRemoved
 	case res.Err != nil:
 		result = resultReset

@@ -81,9 +81,16 @@ next:
 func TestReload_AddRemoveTarget(t *testing.T) {
 	ra, rb := testenv.StartRedis(t), testenv.StartRedis(t)
 	k := newKey(t, "ops@laptop")
+	mln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := mln.Addr().String()
+	mln.Close()
 	opts := gatewayProcOpts{
 		Targets:    map[string]string{"a": redisTargetYAML(ra)},
 		Authorized: []string{k.Line},
+		Extra:      fmt.Sprintf("metrics: %q\n", metricsAddr),
 	}
 	g := startGatewayProc(t, opts)
 	pid := g.PID()
@@ -153,6 +160,11 @@ func TestReload_AddRemoveTarget(t *testing.T) {
 	if g.PID() != pid {
 		t.Fatalf("gateway pid %d, was %d: it restarted", g.PID(), pid)
 	}
+	// The cut streams count as target_removed.
+	waitFor(t, 5*time.Second, "cachetun_streams_total{target=a,result=target_removed} >= 3", func() bool {
+		v, _ := scrape(t, "http://"+metricsAddr).value("cachetun_streams_total", map[string]string{"target": "a", "result": "target_removed"})
+		return v >= 3 // the tls client's, the --all client's and OpenSSH's
+	})
 	// The cachetun session of a ended, saying why.
 	if !hasLine(g.Log(), `msg="session end"`, "target=a", "result=revoked", "reason=target_removed") {
 		t.Errorf("no session end line for a with result=revoked reason=target_removed")
