@@ -299,3 +299,66 @@ func TestHealth_ReadyzFollowsNodes(t *testing.T) {
 		t.Errorf("/readyz after drain: %d %q, want 503 draining", code, body)
 	}
 }
+
+// TestHealth_TLSUpstream: against a real TLS redis-server, a target with
+// the right CA is ready and one whose server_name the certificate does not
+// name is not, /readyz saying it was the TLS handshake; a stream to the
+// latter counts as dial error reason tls, one with a wrong AUTH password
+// as reason auth, and a good one lands in the latency histogram.
+func TestHealth_TLSUpstream(t *testing.T) {
+	secret := randomSecret(t)
+	r := testenv.StartRedisTLS(t, "--requirepass", randomSecret(t))
+	r.AddUser(t, testenv.ACLUser{Name: "app", PasswordFile: writeSecret(t, secret)})
+	k := newKey(t, "ops@laptop")
+	good := &server.UpstreamTLS{CAFile: r.CAFile}
+	g := startGateway(t, map[string]*server.Target{
+		"secure":    {Type: server.TypeRedis, Nodes: []string{r.Addr}, TLS: good, Auth: &server.UpstreamAuth{Username: "app", PasswordFile: writeSecret(t, secret)}},
+		"wrongname": {Type: server.TypeRedis, Nodes: []string{r.Addr}, TLS: &server.UpstreamTLS{CAFile: r.CAFile, ServerName: "not-this-cache.example"}},
+		"wrongpass": {Type: server.TypeRedis, Nodes: []string{r.Addr}, TLS: good, Auth: &server.UpstreamAuth{Username: "app", PasswordFile: writeSecret(t, "not-the-password")}},
+	}, []string{k.Line})
+	base := serveMetrics(t, g)
+
+	code, body := httpGet(t, base+"/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `target "wrongname": 0 of 1 nodes reachable`) ||
+		!strings.Contains(body, "upstream tls handshake") || strings.Contains(body, `"secure"`) || strings.Contains(body, `"wrongpass"`) {
+		t.Fatalf("/readyz: %d %q; want 503 naming only wrongname, for its TLS handshake (AUTH is not probed)", code, body)
+	}
+
+	for _, name := range []string{"secure", "wrongname", "wrongpass"} {
+		c := mustConnect(t, g, "tls", name, k)
+		conn, err := net.DialTimeout("tcp", c.Local(t, r.Addr), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		_, _ = conn.Write([]byte("PING\r\n"))
+		buf := make([]byte, 7)
+		n, _ := io.ReadFull(conn, buf)
+		conn.Close()
+		if (name == "secure") != (string(buf[:n]) == "+PONG\r\n") {
+			t.Fatalf("PING via %s: %q", name, buf[:n])
+		}
+	}
+	want := []struct {
+		name   string
+		labels map[string]string
+	}{
+		{"cachetun_upstream_dial_errors_total", map[string]string{"target": "wrongname", "reason": "tls"}},
+		{"cachetun_upstream_dial_errors_total", map[string]string{"target": "wrongpass", "reason": "auth"}},
+		{"cachetun_upstream_dial_seconds", map[string]string{"target": "secure"}},
+		{"cachetun_target_nodes_up", map[string]string{"target": "secure"}},
+	}
+	var ms metricSet
+	waitFor(t, 10*time.Second, "dial series", func() bool {
+		ms = scrape(t, base)
+		for _, w := range want {
+			if v, _ := ms.value(w.name, w.labels); v != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	if v, _ := ms.value("cachetun_target_nodes_up", map[string]string{"target": "wrongname"}); v != 0 {
+		t.Errorf("cachetun_target_nodes_up{target=wrongname} = %g, want 0", v)
+	}
+}
