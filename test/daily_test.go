@@ -412,3 +412,85 @@ func TestConnect_TwoGateways(t *testing.T) {
 		t.Fatalf("sessions: %d on east's gateway, %d on west's, want 1 each", n1, n2)
 	}
 }
+
+// TestConnect_JSONTopology: after a CLUSTER FAILOVER in a real cluster,
+// connect --json prints a topology line naming the target, in which the
+// promoted replica is a master on the port it already had.
+func TestConnect_JSONTopology(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 6-node cluster")
+	}
+	bin := cachetunBinary(t)
+	cl := testenv.StartCluster(t, 3, 1)
+	k := newKey(t, "dev@laptop")
+	g := startGateway(t, map[string]*server.Target{
+		"prod": {Type: server.TypeRedisCluster, Nodes: []string{cl.Nodes[0].Addr}, Refresh: time.Second, Networks: loopbackNetworks},
+	}, []string{k.Line})
+	cmd := exec.Command(bin, append([]string{"connect", "prod", "--json"}, gwArgs(t, g, "quic", k)...)...)
+	cmd.Env = cliEnv(t)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = writerFunc(func(p []byte) (int, error) { t.Logf("stderr: %s", p); return len(p), nil })
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+	events := make(chan client.Event, 16)
+	go func() {
+		defer close(events)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var ev client.Event
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				events <- ev
+			}
+		}
+	}()
+	next := func(kind string) client.Event {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					t.Fatalf("connect ended before a %s line", kind)
+				}
+				if ev.Kind == kind {
+					return ev
+				}
+			case <-timeout:
+				t.Fatalf("no %s line within 30s", kind)
+			}
+		}
+	}
+	roleOf := func(ev client.Event, node string) (role, local string) {
+		for _, n := range ev.Targets[0].Nodes {
+			if n.Node == node {
+				return n.Role, n.Local
+			}
+		}
+		return "", ""
+	}
+	up := next("up")
+	master := cl.MasterForSlot(t, 0)
+	replica := cl.Replicas(t, master)[0]
+	role, local := roleOf(up, replica.Addr)
+	if len(up.Targets[0].Nodes) != 6 || role != "replica" {
+		t.Fatalf("up line: %d nodes, %s is %q; want 6 and replica", len(up.Targets[0].Nodes), replica.Addr, role)
+	}
+	cl.Failover(t, replica)
+	for {
+		ev := next("topology")
+		if ev.Target != "prod" {
+			t.Fatalf("topology line names target %q, want prod", ev.Target)
+		}
+		if r, l := roleOf(ev, replica.Addr); r == "master" {
+			if l != local {
+				t.Fatalf("the promoted replica moved from %s to %s", local, l)
+			}
+			break
+		}
+	}
+}
