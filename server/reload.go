@@ -2,10 +2,11 @@ package server
 
 // Reload. SIGHUP re-reads server.yaml and authorized_keys together: both
 // are parsed and checked, every target is built (TLS CA and password files
-// read), and only then is everything swapped in, in one step; on any error
-// nothing changes. The running state is a set of atomic pointers (config,
-// keys, targets), each to a value that is never modified after it is
-// stored, so a session reads a consistent target set without locks.
+// read), and only then is everything swapped in, back to back under the
+// reload lock; on any error nothing changes. The running state is a set of
+// atomic pointers (targets, keys, config), each to a value that is never
+// modified after it is stored, so a session reads a consistent target set
+// without locks.
 //
 // What a reload does to what runs:
 //   - a target that is new is served at once;
@@ -184,10 +185,12 @@ func (s *Server) Reload(path string) error {
 	logUnknownTargets(s.log, cfg, ak)
 	logKeyOptionWarnings(s.log, cfg, ak)
 
-	// The swap.
-	s.conf.Store(cfg)
-	s.keys.Store(ak)
+	// The swap: three stores, targets first, so that a key the new file
+	// allows for a new target never meets the old target set, and a
+	// removed target is refused before its key lines go.
 	s.tset.Store(set)
+	s.keys.Store(ak)
+	s.conf.Store(cfg)
 
 	var added, changed, removed []string
 	for _, name := range set.names {
