@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -148,6 +149,12 @@ func TestClientKeys_PassphrasePrompt(t *testing.T) {
 	waitFor(t, 15*time.Second, "passphrase prompt", func() bool {
 		return strings.Contains(text(), `Enter passphrase for key "`+k.Path+`": `)
 	})
+	// Type only once the prompt has turned echo off, as a person would:
+	// bytes written between the prompt and that moment are echoed by the
+	// terminal itself, whatever connect does.
+	waitFor(t, 15*time.Second, "echo off on connect's terminal", func() bool {
+		return ttyEchoOff(t, cmd.Process.Pid)
+	})
 	if _, err := io.WriteString(stdin, pass+"\r"); err != nil {
 		t.Fatal(err)
 	}
@@ -156,4 +163,22 @@ func TestClientKeys_PassphrasePrompt(t *testing.T) {
 		t.Fatalf("the passphrase was echoed:\n%s", text())
 	}
 	t.Logf("terminal:\n%s", text())
+}
+
+// ttyEchoOff reports whether a child of script(1) process pid has a
+// terminal on its standard input whose echo is off (stty -a says -echo).
+func ttyEchoOff(t *testing.T, pid int) bool {
+	t.Helper()
+	kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, f := range strings.Fields(string(kids)) {
+		dev, err := os.Readlink("/proc/" + f + "/fd/0")
+		if err != nil || !strings.HasPrefix(dev, "/dev/pts/") {
+			continue
+		}
+		out, err := exec.Command("stty", "-F", dev, "-a").Output()
+		if err == nil && strings.Contains(" "+strings.Join(strings.Fields(string(out)), " ")+" ", " -echo ") {
+			return true
+		}
+	}
+	return false
 }
