@@ -2,13 +2,18 @@ package test
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/client"
 	"github.com/cachetun/cachetun/test/testenv"
 )
@@ -186,7 +191,8 @@ func TestReload_AddRemoveTarget(t *testing.T) {
 // names the file and line, the running targets and keys stay, the target
 // the bad files would add is not served, and cachetun_config_reloads_total
 // counts the errors. A good reload then applies a changed limit to the next
-// session, and a changed listen address is logged as needing a restart.
+// session, and a changed listen address and host key are logged as needing
+// a restart (the SSH listener still shows the running host key).
 func TestReload_BadFileKeepsConfig(t *testing.T) {
 	ra, rb := testenv.StartRedis(t), testenv.StartRedis(t)
 	k := newKey(t, "ops@laptop")
@@ -262,12 +268,30 @@ func TestReload_BadFileKeepsConfig(t *testing.T) {
 	g.WriteConfig(t, good)
 	data, _ = os.ReadFile(g.ConfigPath)
 	newSSH := freeTCPUDPPort(t)
-	if err := os.WriteFile(g.ConfigPath, []byte(strings.Replace(string(data), fmt.Sprintf("ssh: %q", g.SSHAddr), fmt.Sprintf("ssh: %q", newSSH), 1)), 0o600); err != nil {
+	newHostKey := filepath.Join(t.TempDir(), "host_ed25519")
+	if _, err := auth.GenerateKey(newHostKey, "new-host"); err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(string(data), fmt.Sprintf("ssh: %q", g.SSHAddr), fmt.Sprintf("ssh: %q", newSSH), 1)
+	edited = strings.Replace(edited, "host_key: "+g.HostKeyPath, "host_key: "+newHostKey, 1)
+	if err := os.WriteFile(g.ConfigPath, []byte(edited), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out = g.Reload(t)
-	if !strings.Contains(out, "reloaded server.yaml and authorized_keys") || !strings.Contains(out, "listen.ssh changed: restart the gateway") {
-		t.Fatalf("good reload: want the reload and a restart warning for listen.ssh, got:\n%s", out)
+	for _, want := range []string{"reloaded server.yaml and authorized_keys", "listen.ssh changed: restart the gateway", "host_key changed: restart the gateway"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("good reload: want %q, got:\n%s", want, out)
+		}
+	}
+	// The running host key stays: the SSH listener still shows the old one.
+	var shown ssh.PublicKey
+	_, _ = ssh.Dial("tcp", g.SSHAddr, &ssh.ClientConfig{User: "probe", Timeout: 5 * time.Second,
+		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+			shown = key
+			return errors.New("probe only")
+		}})
+	if shown == nil || string(shown.Marshal()) != string(g.HostKey.Marshal()) {
+		t.Fatalf("after a reload naming another host key the gateway shows %v, want the running one", shown)
 	}
 	if _, err := startConnect(t, g, "tls", "b", k); err == nil || !strings.Contains(errText(err), "already has 2 sessions") {
 		t.Fatalf("third session of the key after max_sessions_per_key: 2: %v", errText(err))
