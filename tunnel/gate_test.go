@@ -3,8 +3,8 @@ package tunnel_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,112 +18,126 @@ import (
 // the second stream is reset, so the client's write fails. Streams
 // opened after Authenticated work on both.
 func TestGate_NothingBeforeAuthentication(t *testing.T) {
-	for _, tr := range []string{"quic", "tls"} {
-		t.Run(tr, func(t *testing.T) {
-			p := newPairAuth(t, tr, false)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			ctrl, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "t"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := ctrl.Write([]byte("hello")); err != nil {
-				t.Fatal(err)
-			}
-			in, err := p.server.AcceptStream(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if req, err := in.Request(time.Now().Add(5 * time.Second)); err != nil || req.Kind != tunnel.KindControl {
-				t.Fatalf("control stream: %+v %v", req, err)
-			}
-			sctrl, _ := in.Accept()
-			buf := make([]byte, 5)
-			if _, err := io.ReadFull(sctrl, buf); err != nil || string(buf) != "hello" {
-				t.Fatalf("control stream payload before auth: %q %v", buf, err)
-			}
+	forEachTransport(t, func(t *testing.T, p pair) {
+		if _, ok := p.server.(tunnel.Gated); !ok {
+			t.Skip("ssh: the SSH handshake authenticates the client; no session exists before")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		ctrl, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "t"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ctrl.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		in, err := p.server.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if req, err := in.Request(time.Now().Add(5 * time.Second)); err != nil || req.Kind != tunnel.KindControl {
+			t.Fatalf("control stream: %+v %v", req, err)
+		}
+		sctrl, _ := in.Accept()
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(sctrl, buf); err != nil || string(buf) != "hello" {
+			t.Fatalf("control stream payload before auth: %q %v", buf, err)
+		}
 
-			// A second stream before authentication, 256 KiB on it.
-			early, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:1"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			payload := bytes.Repeat([]byte("x"), 256<<10)
-			werr := make(chan error, 1)
-			go func() {
-				_ = early.SetWriteDeadline(time.Now().Add(3 * time.Second))
-				_, err := early.Write(payload)
-				werr <- err
-			}()
-			actx, acancel := context.WithTimeout(ctx, 500*time.Millisecond)
-			_, err = p.server.AcceptStream(actx)
-			acancel()
-			if !errors.Is(err, context.DeadlineExceeded) {
-				t.Fatalf("a second stream reached the server before authentication (err %v)", err)
-			}
-			// The control stream still works both ways meanwhile.
-			if _, err := sctrl.Write([]byte("welcome")); err != nil {
-				t.Fatal(err)
-			}
-			buf = make([]byte, 7)
-			_ = ctrl.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := io.ReadFull(ctrl, buf); err != nil || string(buf) != "welcome" {
-				t.Fatalf("control stream to the client before auth: %q %v", buf, err)
-			}
-			if tr == "quic" {
-				if err := <-werr; err == nil {
-					t.Fatal("quic: writing 256 KiB on a stream opened before authentication succeeded; want a reset")
-				}
-			}
-
-			p.server.(tunnel.Gated).Authenticated()
-			late, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:2"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			_ = late.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := late.Write([]byte("ping")); err != nil {
-				t.Fatal(err)
-			}
-			// On TLS the held stream n:1 now arrives, its bytes intact: they
-			// waited in the socket, not in the gateway.
-			for seen := 0; seen < 2; seen++ {
+		// From now on every stream the server accepts is recorded with
+		// whether Authenticated had been called by then.
+		var authed atomic.Bool
+		type accepted struct {
+			in         tunnel.Incoming
+			beforeAuth bool
+		}
+		acc := make(chan accepted, 4)
+		go func() {
+			for {
 				in, err := p.server.AcceptStream(ctx)
 				if err != nil {
-					t.Fatal(err)
+					return
 				}
-				req, err := in.Request(time.Now().Add(5 * time.Second))
-				if err != nil {
-					t.Fatal(err)
-				}
-				st, _ := in.Accept()
-				_ = st.SetDeadline(time.Now().Add(5 * time.Second))
-				if req.Node == "n:1" {
-					if tr == "quic" {
-						t.Fatal("quic: the stream reset before authentication was accepted after it")
-					}
-					got := make([]byte, len(payload))
-					if _, err := io.ReadFull(st, got); err != nil || !bytes.Equal(got, payload) {
-						t.Fatalf("held stream after authentication: %v", err)
-					}
-					st.Close()
-					continue
-				}
-				b := make([]byte, 4)
-				if _, err := io.ReadFull(st, b); err != nil || string(b) != "ping" {
-					t.Fatalf("stream after authentication: %q %v", b, err)
-				}
-				_, _ = st.Write(b)
-				break
+				acc <- accepted{in, !authed.Load()}
 			}
-			buf = make([]byte, 4)
-			if _, err := io.ReadFull(late, buf); err != nil || string(buf) != "ping" {
-				t.Fatalf("stream after authentication, back at the client: %q %v", buf, err)
+		}()
+
+		// A second stream before authentication, 256 KiB on it.
+		early, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer early.Abort()
+		payload := bytes.Repeat([]byte("x"), 256<<10)
+		werr := make(chan error, 1)
+		go func() {
+			_ = early.SetWriteDeadline(time.Now().Add(3 * time.Second))
+			_, err := early.Write(payload)
+			werr <- err
+		}()
+		// The control stream still works both ways meanwhile.
+		if _, err := sctrl.Write([]byte("welcome")); err != nil {
+			t.Fatal(err)
+		}
+		buf = make([]byte, 7)
+		_ = ctrl.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(ctrl, buf); err != nil || string(buf) != "welcome" {
+			t.Fatalf("control stream to the client before auth: %q %v", buf, err)
+		}
+		if p.transport == "quic" {
+			if err := <-werr; err == nil {
+				t.Fatal("quic: writing 256 KiB on a stream opened before authentication succeeded; want a reset")
 			}
-			late.Close()
-			early.Abort()
-		})
-	}
+		}
+
+		authed.Store(true)
+		p.server.(tunnel.Gated).Authenticated()
+		late, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer late.Close()
+		_ = late.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := late.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		// On TLS the held stream n:1 now arrives, its bytes intact: they
+		// waited in the socket, not in the gateway.
+		for seen := 0; seen < 2; seen++ {
+			a := within(t, acc, 10*time.Second, "a stream accepted after authentication")
+			if a.beforeAuth {
+				t.Fatal("a second stream reached the server before authentication")
+			}
+			req, err := a.in.Request(time.Now().Add(5 * time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, _ := a.in.Accept()
+			_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+			if req.Node == "n:1" {
+				if p.transport == "quic" {
+					t.Fatal("quic: the stream reset before authentication was accepted after it")
+				}
+				got := make([]byte, len(payload))
+				if _, err := io.ReadFull(st, got); err != nil || !bytes.Equal(got, payload) {
+					t.Fatalf("held stream after authentication: %v", err)
+				}
+				st.Close()
+				continue
+			}
+			b := make([]byte, 4)
+			if _, err := io.ReadFull(st, b); err != nil || string(b) != "ping" {
+				t.Fatalf("stream after authentication: %q %v", b, err)
+			}
+			_, _ = st.Write(b)
+			defer st.Close()
+			break
+		}
+		buf = make([]byte, 4)
+		if _, err := io.ReadFull(late, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("stream after authentication, back at the client: %q %v", buf, err)
+		}
+	}, unauthenticated())
 }
 
 // TestGate_ControlStreamBounded: yamux widens the control stream's window
@@ -131,7 +145,8 @@ func TestGate_NothingBeforeAuthentication(t *testing.T) {
 // client may still send at most tunnel.MaxPreAuthControlBytes (512 KiB)
 // on it, and its session ends beyond.
 func TestGate_ControlStreamBounded(t *testing.T) {
-	p := newPairAuth(t, "tls", false)
+	tunnel.VerifyNoLeaks(t)
+	p := newPairWith(t, "tls", pairOptions{unauthenticated: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ctrl, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "t"})
@@ -152,9 +167,5 @@ func TestGate_ControlStreamBounded(t *testing.T) {
 	if _, err := in.Accept(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-p.server.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("2 MiB on the control stream before authentication: the server session is still up")
-	}
+	within(t, p.server.Done(), 10*time.Second, "2 MiB on the control stream before authentication ended the server session")
 }

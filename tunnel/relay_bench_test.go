@@ -37,9 +37,8 @@ type chain struct {
 	wg    sync.WaitGroup
 }
 
-func startChain(tb testing.TB, transport string, upstream func(net.Conn)) *chain {
+func startChain(tb testing.TB, p pair, upstream func(net.Conn)) *chain {
 	tb.Helper()
-	p := newPair(tb, transport)
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &chain{}
 	up, err := net.Listen("tcp", "127.0.0.1:0")
@@ -221,7 +220,7 @@ func (s syscalls) report(b *testing.B, ops int) {
 func BenchmarkRelay_RoundTrip(b *testing.B) {
 	for _, tr := range benchTransports {
 		b.Run(tr, func(b *testing.B) {
-			c := startChain(b, tr, echo)
+			c := startChain(b, newPair(b, tr), echo)
 			nc := c.dial(b)
 			defer nc.Close()
 			msg := bytes.Repeat([]byte("x"), 64)
@@ -252,7 +251,7 @@ func BenchmarkRelay_RoundTrip(b *testing.B) {
 func BenchmarkRelay_Parallel(b *testing.B) {
 	for _, tr := range benchTransports {
 		b.Run(tr, func(b *testing.B) {
-			c := startChain(b, tr, echo)
+			c := startChain(b, newPair(b, tr), echo)
 			conns := make(chan net.Conn, 32)
 			for range 32 {
 				conns <- c.dial(b)
@@ -290,7 +289,7 @@ func BenchmarkRelay_Bulk(b *testing.B) {
 	for _, tr := range benchTransports {
 		b.Run(tr+"/up", func(b *testing.B) {
 			got := make(chan int64, 1)
-			c := startChain(b, tr, func(nc net.Conn) {
+			c := startChain(b, newPair(b, tr), func(nc net.Conn) {
 				n, _ := io.Copy(io.Discard, nc)
 				got <- n
 			})
@@ -316,7 +315,7 @@ func BenchmarkRelay_Bulk(b *testing.B) {
 		})
 		b.Run(tr+"/down", func(b *testing.B) {
 			src := bytes.Repeat([]byte("d"), chunk)
-			c := startChain(b, tr, func(nc net.Conn) {
+			c := startChain(b, newPair(b, tr), func(nc net.Conn) {
 				for {
 					if _, err := nc.Write(src); err != nil {
 						return
@@ -348,7 +347,7 @@ func BenchmarkRelay_Bulk(b *testing.B) {
 func BenchmarkRelay_Churn(b *testing.B) {
 	for _, tr := range benchTransports {
 		b.Run(tr, func(b *testing.B) {
-			c := startChain(b, tr, echo)
+			c := startChain(b, newPair(b, tr), echo)
 			msg := []byte("*1\r\n$4\r\nPING\r\n")
 			reply := make([]byte, len(msg))
 			b.ReportAllocs()

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -187,23 +189,68 @@ func (y *yamuxSession) Close() error          { return y.s.Close() }
 type yamuxStream struct {
 	s    *yamux.Stream
 	once sync.Once
+	// closed is set by Close and Abort. yamux's Close is only a FIN and
+	// leaves reading open; Stream promises that Read fails after Close
+	// (and that a blocked Read returns), so Read checks it here.
+	closed atomic.Bool
+	wd     atomic.Int64 // the write deadline in Unix ns, 0 for none
 }
 
-func (y *yamuxStream) Read(p []byte) (int, error) { return y.s.Read(p) }
+func (y *yamuxStream) Read(p []byte) (int, error) {
+	if y.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	n, err := y.s.Read(p)
+	if err != nil && y.closed.Load() {
+		return n, net.ErrClosed
+	}
+	return n, yamuxDeadline(err)
+}
+
+// yamuxDeadline turns yamux's deadline error into os.ErrDeadlineExceeded,
+// as Stream promises: yamux v0.1.2's ErrTimeout is a timeout net.Error but
+// does not match os.ErrDeadlineExceeded with errors.Is.
+func yamuxDeadline(err error) error {
+	if errors.Is(err, yamux.ErrTimeout) {
+		return os.ErrDeadlineExceeded
+	}
+	return err
+}
 
 // Write closes the whole session on a connection write timeout: yamux
 // v0.1.2 can otherwise leave the peer's reader hanging (GHSA-29qp-crvh-w22m).
 func (y *yamuxStream) Write(p []byte) (int, error) {
+	// yamux checks the write deadline only when Write must wait for
+	// window; Stream promises that a passed deadline fails every Write.
+	if wd := y.wd.Load(); wd != 0 && time.Now().UnixNano() >= wd {
+		return 0, os.ErrDeadlineExceeded
+	}
 	n, err := y.s.Write(p)
 	if errors.Is(err, yamux.ErrConnectionWriteTimeout) {
 		y.s.Session().Close()
 	}
-	return n, err
+	return n, yamuxDeadline(err)
 }
 
-func (y *yamuxStream) SetDeadline(t time.Time) error      { return y.s.SetDeadline(t) }
-func (y *yamuxStream) SetReadDeadline(t time.Time) error  { return y.s.SetReadDeadline(t) }
-func (y *yamuxStream) SetWriteDeadline(t time.Time) error { return y.s.SetWriteDeadline(t) }
+func (y *yamuxStream) SetDeadline(t time.Time) error {
+	y.storeWriteDeadline(t)
+	return y.s.SetDeadline(t)
+}
+
+func (y *yamuxStream) SetReadDeadline(t time.Time) error { return y.s.SetReadDeadline(t) }
+
+func (y *yamuxStream) SetWriteDeadline(t time.Time) error {
+	y.storeWriteDeadline(t)
+	return y.s.SetWriteDeadline(t)
+}
+
+func (y *yamuxStream) storeWriteDeadline(t time.Time) {
+	if t.IsZero() {
+		y.wd.Store(0)
+	} else {
+		y.wd.Store(t.UnixNano())
+	}
+}
 
 func (y *yamuxStream) CloseWrite() error {
 	var err error
@@ -212,7 +259,13 @@ func (y *yamuxStream) CloseWrite() error {
 }
 
 func (y *yamuxStream) Close() error {
-	return y.CloseWrite()
+	err := y.CloseWrite()
+	if !y.closed.Swap(true) {
+		// Release a Read blocked in yamux (drain, for Reject and Release,
+		// reads the yamux stream itself and sets its own deadline).
+		_ = y.s.SetReadDeadline(time.Now())
+	}
+	return err
 }
 
 // drainRefused frees a refused stream that Close already half-closed.
@@ -255,6 +308,7 @@ func (y *yamuxStream) drain(linger time.Duration) bool {
 
 func (y *yamuxStream) Abort() {
 	_ = y.CloseWrite()
+	y.closed.Store(true)
 	// Unblock local readers and writers at once.
 	_ = y.s.SetDeadline(time.Now())
 }

@@ -13,8 +13,21 @@ import (
 //
 // Close releases the stream in both directions; CloseWrite only ends the
 // write side (the peer reads io.EOF) and reading goes on. Abort resets the
-// stream: the peer sees an error rather than a clean end. After Close or
-// Abort, Read and Write return an error. Close and Abort are idempotent.
+// stream where the transport can (QUIC): the peer sees an error rather
+// than a clean end; SSH and TLS+yamux have no stream reset, there the peer
+// sees io.EOF as after Close. After Close or Abort, Read and Write return
+// an error, and a Read blocked at that moment returns. Close, CloseWrite
+// and Abort are idempotent.
+//
+// Deadlines work as on a net.Conn: a deadline that has passed makes Read
+// (or Write) fail with an error that matches os.ErrDeadlineExceeded and is
+// a net.Error whose Timeout is true, and it releases a call blocked at that
+// moment; a deadline moved before it passes does nothing. One that passes
+// with no call blocked is not fatal: once moved, the stream works again.
+// Exceptions: on SSH, which has no deadlines of its own, a deadline that
+// releases a blocked call closes the stream (see sshStream); on a QUIC or
+// TLS client stream, a deadline that cuts the first Read, which reads the
+// server's status, ends the stream.
 type Stream interface {
 	io.ReadWriteCloser
 	CloseWrite() error
@@ -48,6 +61,12 @@ type Session interface {
 	// OpenStream opens a stream carrying req. On transports with in-band
 	// headers the header is sent at once and the status is read by the
 	// first Read, which returns a *StatusError for a refusal.
+	//
+	// OpenStream waits for room at most until ctx ends, then returns
+	// ctx's error. A stream beyond the peer's MaxStreams never reaches its
+	// AcceptStream: OpenStream waits (QUIC: streams open at once; TLS: with
+	// the client's MaxStreams opens unanswered; SSH: until accepted), or the
+	// stream fails at its first Read (SSH: StatusLimit; TLS: a reset).
 	OpenStream(ctx context.Context, req OpenRequest) (Stream, error)
 	// AcceptStream waits for the next stream the peer opens.
 	AcceptStream(ctx context.Context) (Incoming, error)
