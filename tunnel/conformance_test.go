@@ -355,6 +355,29 @@ func TestConformance_OpenAccept(t *testing.T) {
 	})
 }
 
+// TestConformance_SessionClose: Close ends the session and every stream
+// of it on both ends: Reads blocked on either end return, Done closes on
+// both, and a second Close is harmless. Each session has its own binding.
+func TestConformance_SessionClose(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, p pair) {
+		if other := newPair(t, p.transport); bytes.Equal(other.client.Binding(), p.client.Binding()) {
+			t.Fatalf("two sessions share the binding %x", p.client.Binding())
+		}
+		cst, sst := streamPair(t, p)
+		clientRead, serverRead := readResult(cst), readResult(sst)
+		if err := p.client.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if err := within(t, clientRead, 10*time.Second, "a Read blocked on a stream of the closed session returned"); err == nil {
+			t.Error("Read on a stream of the closed session returned no error")
+		}
+		within(t, p.client.Done(), 10*time.Second, "Done closed after Close")
+		within(t, p.server.Done(), 10*time.Second, "the peer's Done closed after Close")
+		within(t, serverRead, 10*time.Second, "a Read blocked on the peer's stream returned")
+		_ = p.client.Close() // idempotent: must not panic or hang
+	})
+}
+
 // TestConformance_HalfCloseAndBytes: bytes cross both ways unchanged,
 // and an EOF on either side arrives as EOF on the other while the other
 // direction keeps flowing.

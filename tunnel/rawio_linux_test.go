@@ -14,6 +14,7 @@ import (
 // (including writes far larger than the socket buffer), io.EOF after a
 // half-close, deadlines as timeouts, and net.ErrClosed after Close.
 func TestFastConn(t *testing.T) {
+	VerifyNoLeaks(t)
 	raw, peer := TCPPair(t)
 	defer peer.Close()
 	c := newFastConn(raw)

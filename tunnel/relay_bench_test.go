@@ -155,8 +155,6 @@ func echo(nc net.Conn) {
 	}
 }
 
-var benchTransports = []string{"quic", "tls", "ssh"}
-
 // sysIO returns this process's read- and write-class syscall counts
 // (/proc/self/io), which unlike timings are not disturbed by a busy
 // machine.
@@ -218,7 +216,7 @@ func (s syscalls) report(b *testing.B, ops int) {
 // BenchmarkRelay_RoundTrip: one connection, one 64-byte request and its
 // 64-byte reply at a time through both relays (-c 1 latency).
 func BenchmarkRelay_RoundTrip(b *testing.B) {
-	for _, tr := range benchTransports {
+	for _, tr := range allTransports {
 		b.Run(tr, func(b *testing.B) {
 			c := startChain(b, newPair(b, tr), echo)
 			nc := c.dial(b)
@@ -249,7 +247,7 @@ func BenchmarkRelay_RoundTrip(b *testing.B) {
 // BenchmarkRelay_Parallel: 32 connections doing round trips at once
 // (-c 50 -P 1 through one session).
 func BenchmarkRelay_Parallel(b *testing.B) {
-	for _, tr := range benchTransports {
+	for _, tr := range allTransports {
 		b.Run(tr, func(b *testing.B) {
 			c := startChain(b, newPair(b, tr), echo)
 			conns := make(chan net.Conn, 32)
@@ -286,7 +284,7 @@ func BenchmarkRelay_Parallel(b *testing.B) {
 // cache) or down (from it).
 func BenchmarkRelay_Bulk(b *testing.B) {
 	const chunk = 1 << 20
-	for _, tr := range benchTransports {
+	for _, tr := range allTransports {
 		b.Run(tr+"/up", func(b *testing.B) {
 			got := make(chan int64, 1)
 			c := startChain(b, newPair(b, tr), func(nc net.Conn) {
@@ -345,7 +343,7 @@ func BenchmarkRelay_Bulk(b *testing.B) {
 // BenchmarkRelay_Churn: a new TCP connection per request, so every op
 // opens a stream and an upstream connection (-k 0).
 func BenchmarkRelay_Churn(b *testing.B) {
-	for _, tr := range benchTransports {
+	for _, tr := range allTransports {
 		b.Run(tr, func(b *testing.B) {
 			c := startChain(b, newPair(b, tr), echo)
 			msg := []byte("*1\r\n$4\r\nPING\r\n")
@@ -372,7 +370,7 @@ func BenchmarkRelay_Churn(b *testing.B) {
 // side: open, send a request behind the header, read the status and the
 // reply, close.
 func BenchmarkOpenStream(b *testing.B) {
-	for _, tr := range benchTransports {
+	for _, tr := range allTransports {
 		b.Run(tr, func(b *testing.B) {
 			p := newPair(b, tr)
 			ctx, cancel := context.WithCancel(context.Background())

@@ -27,6 +27,20 @@ func (r *recordConn) Write(p []byte) (int, error) {
 
 func (r *recordConn) Close() error { return nil }
 
+// count returns the number of writes recorded and not yet taken.
+func (r *recordConn) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.writes)
+}
+
+// queued returns the bytes queued in b and not yet taken by a writer.
+func (b *batchConn) queued() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.buf)
+}
+
 // take waits until want bytes were written and returns the writes.
 func (r *recordConn) take(t *testing.T, want int) [][]byte {
 	t.Helper()
@@ -64,6 +78,7 @@ func yamuxHeader(typ byte, length uint32) []byte {
 // (The TLS layer between the two is left out: frameConn writes straight
 // into the batch.)
 func TestFrameConn_OneWritePerFrame(t *testing.T) {
+	VerifyNoLeaks(t)
 	rec := &recordConn{}
 	bc := &batchConn{Conn: rec}
 	bc.startFlusher()
@@ -75,7 +90,11 @@ func TestFrameConn_OneWritePerFrame(t *testing.T) {
 		if w, err := fc.Write(hdr); w != len(hdr) || err != nil {
 			t.Fatalf("header write: %d, %v", w, err)
 		}
-		time.Sleep(2 * time.Millisecond) // the flusher would have written a lone header by now
+		// The header is held in frameConn: nothing reached the batch, so
+		// no flusher can write it alone.
+		if !fc.held || rec.count() != 0 || bc.queued() != 0 {
+			t.Fatalf("%d-byte frame: the header went on alone (held %v, %d writes, %d bytes queued)", n, fc.held, rec.count(), bc.queued())
+		}
 		if w, err := fc.Write(body); w != n || err != nil {
 			t.Fatalf("body write: %d, %v", w, err)
 		}
@@ -96,6 +115,7 @@ func TestFrameConn_OneWritePerFrame(t *testing.T) {
 // TestBatchConn_KeepsOrder: bytes leave in the order they were written,
 // and the records of one batch in one write.
 func TestBatchConn_KeepsOrder(t *testing.T) {
+	VerifyNoLeaks(t)
 	rec := &recordConn{}
 	bc := &batchConn{Conn: rec}
 	if _, err := bc.Write([]byte("hello")); err != nil { // before the handshake: straight through
@@ -107,7 +127,11 @@ func TestBatchConn_KeepsOrder(t *testing.T) {
 	bc.startFlusher()
 	bc.begin()
 	_, _ = bc.Write([]byte("one"))
-	time.Sleep(2 * time.Millisecond)
+	// Inside a batch the bytes stay queued until end (the check below that
+	// onetwo left in one write is what fails if they did not).
+	if q := bc.queued(); q != len("one") || rec.count() != 0 {
+		t.Fatalf("inside a batch: %d bytes queued, %d writes; want 3 queued, none written", q, rec.count())
+	}
 	_, _ = bc.Write([]byte("two"))
 	if err := bc.end(); err != nil {
 		t.Fatal(err)
@@ -129,6 +153,7 @@ func TestBatchConn_KeepsOrder(t *testing.T) {
 // takes them switch to group commit and share writes, in order; a
 // session that goes back to one batch at a time returns to inline writes.
 func TestBatchConn_GroupCommit(t *testing.T) {
+	VerifyNoLeaks(t)
 	rec := &recordConn{delay: 2 * time.Millisecond}
 	bc := &batchConn{Conn: rec}
 	bc.startFlusher()
@@ -165,7 +190,7 @@ func TestBatchConn_GroupCommit(t *testing.T) {
 		_, _ = bc.Write([]byte("x"))
 		_ = bc.end()
 		rec.take(t, 1)
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // slow traffic: the next batch starts long after backlogGap
 	}
 	bc.mu.Lock()
 	group = bc.group
