@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"bytes"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -239,22 +238,9 @@ func LoadAuthorizedKeys(path string) (*AuthorizedKeys, error) {
 // user-rc) and unknown ones alike, makes the file an error that names the
 // line and the option.
 func ParseAuthorizedKeys(data []byte, name string) (*AuthorizedKeys, error) {
-	a := &AuthorizedKeys{name: name}
-	lineNo := 0
-	for len(data) > 0 {
-		lineNo++
-		var line []byte
-		line, data, _ = bytes.Cut(data, []byte{'\n'})
-		line = bytes.Trim(line, " \t\r")
-		if len(line) == 0 || line[0] == '#' {
-			continue
-		}
-		e, err := parseAuthorizedLine(line)
-		if err != nil {
-			return nil, &ParseError{Name: name, Line: lineNo, Err: err}
-		}
-		e.line = lineNo
-		a.keys = append(a.keys, e)
+	a, errs := CheckAuthorizedKeys(data, name)
+	if len(errs) > 0 {
+		return nil, errs[0]
 	}
 	return a, nil
 }

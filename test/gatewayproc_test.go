@@ -231,17 +231,7 @@ func (g *gatewayProc) ServerAddr(transport string) string {
 // its ports.
 func (g *gatewayProc) KnownHosts(t testing.TB) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "known_hosts")
-	var b strings.Builder
-	for _, a := range []string{g.Addr, g.SSHAddr} {
-		if a != "" {
-			b.WriteString(knownHostsLine(a, g.HostKey))
-		}
-	}
-	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return writeKnownHosts(t, g.HostKey, g.Addr, g.SSHAddr)
 }
 
 // RSS returns the gateway's resident set size in bytes (VmRSS of

@@ -265,11 +265,18 @@ func (g *gateway) Restart(t testing.TB) {
 // its ports.
 func (g *gateway) KnownHosts(t testing.TB) string {
 	t.Helper()
+	return writeKnownHosts(t, g.HostKey, g.Addr, g.SSHAddr)
+}
+
+// writeKnownHosts writes a known_hosts file that pins k at each of addrs
+// (empty ones skipped) and returns its path.
+func writeKnownHosts(t testing.TB, k ssh.PublicKey, addrs ...string) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "known_hosts")
 	var b strings.Builder
-	for _, a := range []string{g.Addr, g.SSHAddr} {
+	for _, a := range addrs {
 		if a != "" {
-			b.WriteString(knownHostsLine(a, g.HostKey))
+			b.WriteString(knownHostsLine(a, k))
 		}
 	}
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
