@@ -537,6 +537,44 @@ func TestConformance_Deadlines(t *testing.T) {
 		}
 	}
 	forEachTransport(t, func(t *testing.T, p pair) {
+		t.Run("client/first_read_before_the_status", func(t *testing.T) {
+			// QUIC and TLS read the server's status in the client's first
+			// Read: a deadline that passes before it came is not fatal
+			// either.
+			opened := make(chan tunnel.Stream, 1)
+			go func() {
+				st, err := p.client.OpenStream(context.Background(), proxyReq)
+				if err != nil {
+					t.Error(err)
+					close(opened)
+					return
+				}
+				_, _ = st.Write([]byte("hi"))
+				opened <- st
+			}()
+			in, _ := acceptOne(t, p.server)
+			sst, err := in.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sst.Close()
+			cst := within(t, opened, 10*time.Second, "OpenStream returned")
+			if cst == nil {
+				t.FailNow()
+			}
+			defer cst.Close()
+			_ = cst.SetReadDeadline(time.Now().Add(-time.Second))
+			_, err = cst.Read(make([]byte, 1))
+			isTimeout(t, "first Read past its deadline", err)
+			_ = cst.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := sst.Write([]byte("ok")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 2)
+			if _, err := io.ReadFull(cst, buf); err != nil || string(buf) != "ok" {
+				t.Fatalf("Read after moving the deadline: %q, %v; want ok", buf, err)
+			}
+		})
 		for _, end := range []string{"client", "server"} {
 			ends := func(t *testing.T) (local, peer tunnel.Stream) {
 				cst, sst := streamPair(t, p)

@@ -1,6 +1,8 @@
 package tunnel
 
 import (
+	"errors"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,6 +94,7 @@ type clientStream struct {
 	hdr        pendingWrite
 	statusDone bool
 	statusErr  error
+	statusRead int // bytes of the status read so far
 }
 
 func newClientStream(s Stream, req OpenRequest) (*clientStream, error) {
@@ -133,14 +136,34 @@ func (c *clientStream) readStatus() error {
 	if !c.statusDone {
 		c.statusDone = true
 		if c.statusErr = c.flushOpen(); c.statusErr == nil {
-			c.statusErr = ReadStatus(c.Stream)
+			c.statusErr = ReadStatus((*statusReader)(c))
+			// A deadline that passed before any byte of the status came is
+			// not fatal (tunnel.Stream): the next Read waits for it again.
+			// One that cut the status in the middle is: the rest of it
+			// cannot be told from payload.
+			if c.statusRead == 0 && errors.Is(c.statusErr, os.ErrDeadlineExceeded) {
+				c.statusDone = false
+				return c.statusErr
+			}
 		}
 	}
 	return c.statusErr
 }
 
+// statusReader reads the server's status for a clientStream and counts
+// its bytes.
+type statusReader clientStream
+
+func (r *statusReader) Read(p []byte) (int, error) {
+	n, err := r.Stream.Read(p)
+	r.statusRead += n
+	return n, err
+}
+
 func (c *clientStream) Read(p []byte) (int, error) {
-	if !c.statusDone {
+	// A failed status stays the answer of every Read: what follows a
+	// status cut in the middle is not payload.
+	if !c.statusDone || c.statusErr != nil {
 		if err := c.readStatus(); err != nil {
 			return 0, err
 		}

@@ -26,8 +26,8 @@ import (
 // with no call blocked is not fatal: once moved, the stream works again.
 // Exceptions: on SSH, which has no deadlines of its own, a deadline that
 // releases a blocked call closes the stream (see sshStream); on a QUIC or
-// TLS client stream, a deadline that cuts the first Read, which reads the
-// server's status, ends the stream.
+// TLS client stream, whose first Read reads the server's status, a
+// deadline that cuts the status in the middle ends the stream.
 type Stream interface {
 	io.ReadWriteCloser
 	CloseWrite() error
