@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
@@ -178,7 +179,7 @@ type targetView struct {
 	listeners map[string]*localListener
 	order     []string // node addresses in port order
 	nextPort  int
-	info      tunnel.TargetInfo
+	info      control.TargetInfo
 
 	cluster clusterState // address rewriting (cluster.go), its own locks
 }
@@ -229,8 +230,8 @@ func New(opts Options) (*Client, error) {
 	if len(opts.Targets) == 0 && !opts.All && !opts.List {
 		return nil, &ConfigError{Err: errors.New("no target name"), Hint: "pass --target NAME or set target: in the profile"}
 	}
-	if len(opts.Targets) > tunnel.MaxHelloTargets {
-		return nil, &ConfigError{Err: fmt.Errorf("%d targets in one connect, at most %d", len(opts.Targets), tunnel.MaxHelloTargets), Hint: "split them over several processes"}
+	if len(opts.Targets) > control.MaxHelloTargets {
+		return nil, &ConfigError{Err: fmt.Errorf("%d targets in one connect, at most %d", len(opts.Targets), control.MaxHelloTargets), Hint: "split them over several processes"}
 	}
 	if opts.Target == "" && len(opts.Targets) > 0 {
 		opts.Target = opts.Targets[0].Name
@@ -309,7 +310,7 @@ func (c *Client) Run(ctx context.Context) error {
 
 // List asks the gateway for the targets the key may use (Options.List
 // must be set).
-func (c *Client) List(ctx context.Context) ([]tunnel.TargetSummary, error) {
+func (c *Client) List(ctx context.Context) ([]control.TargetSummary, error) {
 	if !c.opts.List {
 		return nil, errors.New("list targets: Options.List is not set")
 	}
@@ -327,7 +328,7 @@ func (c *Client) List(ctx context.Context) ([]tunnel.TargetSummary, error) {
 // Dial opens one authenticated session to the first gateway that accepts
 // the client and returns it with the gateway's Welcome. Run uses the same
 // path; Dial is for tools and tests that open streams themselves.
-func (c *Client) Dial(ctx context.Context) (tunnel.Session, *tunnel.Welcome, error) {
+func (c *Client) Dial(ctx context.Context) (tunnel.Session, *control.Welcome, error) {
 	cn, w, err := c.connect(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -434,15 +435,15 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 	frames := make(chan error, 1)
 	go func() {
 		for {
-			typ, payload, err := tunnel.ReadServerFrame(cn.ctrl)
+			typ, payload, err := control.ReadServerFrame(cn.ctrl)
 			if err != nil {
 				frames <- err
 				return
 			}
 			switch typ {
-			case tunnel.FramePong:
-			case tunnel.FrameTopology:
-				var info tunnel.TargetInfo
+			case control.FramePong:
+			case control.FrameTopology:
+				var info control.TargetInfo
 				if err := json.Unmarshal(payload, &info); err != nil {
 					frames <- fmt.Errorf("bad topology frame: %w", err)
 					return
@@ -450,10 +451,10 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 				if err := c.applyTopology(info, false); err != nil {
 					c.log.Error("apply topology", "err", err)
 				}
-			case tunnel.FrameGoAway:
+			case control.FrameGoAway:
 				frames <- errGoAway
 				return
-			case tunnel.FrameRevoked:
+			case control.FrameRevoked:
 				frames <- revokedError(payload)
 				return
 			}
@@ -488,7 +489,7 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 		case <-tick.C:
 			cn.ctrlMu.Lock()
 			_ = cn.ctrl.SetWriteDeadline(time.Now().Add(c.opts.Ping))
-			err := tunnel.WriteFrame(cn.ctrl, tunnel.FramePing, nil)
+			err := control.WriteFrame(cn.ctrl, control.FramePing, nil)
 			cn.ctrlMu.Unlock()
 			if err != nil {
 				cn.sess.Close()
@@ -501,7 +502,7 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 // gateway's text is printed as it came (it is the gateway's own sentence
 // about the key, never upstream bytes), made one line of printable text.
 func revokedError(payload []byte) error {
-	var r tunnel.Revoked
+	var r control.Revoked
 	if err := json.Unmarshal(payload, &r); err != nil || r.Error == "" {
 		r.Error = "no reason given"
 	}
@@ -514,7 +515,7 @@ func revokedError(payload []byte) error {
 
 // applyTopology opens listeners for nodes not seen before; ports stay
 // stable for nodes already known. first makes listen errors fatal.
-func (c *Client) applyTopology(info tunnel.TargetInfo, first bool) error {
+func (c *Client) applyTopology(info control.TargetInfo, first bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	v := c.byName[info.Name]
@@ -543,7 +544,7 @@ func (c *Client) addViewLocked(t TargetOptions) *targetView {
 }
 
 // applyLocked opens this target's listeners for nodes not seen before.
-func (v *targetView) applyLocked(info tunnel.TargetInfo, first bool) error {
+func (v *targetView) applyLocked(info control.TargetInfo, first bool) error {
 	c := v.Client
 	v.info = info
 	if v.nextPort == 0 && len(info.Nodes) > 0 {
@@ -614,10 +615,10 @@ func (v *targetView) applyLocked(info tunnel.TargetInfo, first bool) error {
 }
 
 // applyWelcome applies the topology of every target in a Welcome.
-func (c *Client) applyWelcome(w *tunnel.Welcome, first bool) error {
+func (c *Client) applyWelcome(w *control.Welcome, first bool) error {
 	infos := w.Targets
 	if len(infos) == 0 && w.Target != nil {
-		infos = []tunnel.TargetInfo{*w.Target}
+		infos = []control.TargetInfo{*w.Target}
 		if len(c.opts.Targets) > 1 || c.opts.All {
 			c.log.Warn("this gateway serves one target per session: only the first is connected; upgrade the gateway for several", "target", w.Target.Name)
 		}

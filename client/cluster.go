@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cachetun/cachetun/client/resp"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
@@ -138,29 +139,29 @@ func forEachSlot(ranges string, f func(int)) {
 
 // Topology returns the first target's topology as the gateway last pushed
 // it.
-func (c *Client) Topology() tunnel.TargetInfo {
+func (c *Client) Topology() control.TargetInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.views) == 0 {
-		return tunnel.TargetInfo{}
+		return control.TargetInfo{}
 	}
 	return c.views[0].infoLocked()
 }
 
 // Topologies returns every target's topology, in the order of the table.
-func (c *Client) Topologies() []tunnel.TargetInfo {
+func (c *Client) Topologies() []control.TargetInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]tunnel.TargetInfo, 0, len(c.views))
+	out := make([]control.TargetInfo, 0, len(c.views))
 	for _, v := range c.views {
 		out = append(out, v.infoLocked())
 	}
 	return out
 }
 
-func (v *targetView) infoLocked() tunnel.TargetInfo {
+func (v *targetView) infoLocked() control.TargetInfo {
 	info := v.info
-	info.Nodes = append([]tunnel.NodeInfo(nil), info.Nodes...)
+	info.Nodes = append([]control.NodeInfo(nil), info.Nodes...)
 	return info
 }
 
@@ -275,7 +276,7 @@ func (c *targetView) sendRefresh() {
 	_ = cn.ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	// A gateway before multi-target sessions ignores the payload and
 	// refreshes its only target.
-	err := tunnel.WriteJSON(cn.ctrl, tunnel.FrameRefresh, &tunnel.Refresh{Target: c.name})
+	err := control.WriteJSON(cn.ctrl, control.FrameRefresh, &control.Refresh{Target: c.name})
 	_ = cn.ctrl.SetWriteDeadline(time.Time{})
 	cn.ctrlMu.Unlock()
 	if err != nil {

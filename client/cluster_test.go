@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/cachetun/cachetun/client/resp"
-	"github.com/cachetun/cachetun/tunnel"
+	"github.com/cachetun/cachetun/control"
 )
 
 // testMCMap knows the nodes 10.0.0.1:11211 (port 7001) and
@@ -201,7 +201,7 @@ func TestSplitUpstream(t *testing.T) {
 }
 
 // testClient is a Client with just enough state for the rewriting logic.
-func testClient(t *testing.T, info tunnel.TargetInfo) *targetView {
+func testClient(t *testing.T, info control.TargetInfo) *targetView {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	c := &targetView{Client: &Client{log: slog.New(slog.DiscardHandler), runCtx: ctx}, listeners: map[string]*localListener{}}
@@ -214,7 +214,7 @@ func testClient(t *testing.T, info tunnel.TargetInfo) *targetView {
 }
 
 func TestClient_RedisMapAndRedirects(t *testing.T) {
-	c := testClient(t, tunnel.TargetInfo{Type: typeRedisCluster, Nodes: []tunnel.NodeInfo{
+	c := testClient(t, control.TargetInfo{Type: typeRedisCluster, Nodes: []control.NodeInfo{
 		{Addr: "10.0.0.1:6379", Role: "master", Slots: "0-8191"},
 		{Addr: "10.0.0.2:6379", Role: "master", Slots: "8192-16383"},
 	}})

@@ -14,12 +14,13 @@ import (
 
 	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/certs"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
 // connect tries every server in order and returns the first session that
 // authenticates, with the gateway's Welcome.
-func (c *Client) connect(ctx context.Context) (*conn, *tunnel.Welcome, error) {
+func (c *Client) connect(ctx context.Context) (*conn, *control.Welcome, error) {
 	var errs []error
 	for _, server := range c.opts.Servers {
 		cn, w, err := c.connectOne(ctx, server)
@@ -41,7 +42,7 @@ func (c *Client) connect(ctx context.Context) (*conn, *tunnel.Welcome, error) {
 
 // connectOne dials one gateway with the configured transport (auto: QUIC,
 // then TLS when QUIC gets no answer) and authenticates.
-func (c *Client) connectOne(ctx context.Context, server string) (*conn, *tunnel.Welcome, error) {
+func (c *Client) connectOne(ctx context.Context, server string) (*conn, *control.Welcome, error) {
 	switch c.opts.Transport {
 	case TransportAuto:
 		qctx, cancel := context.WithTimeout(ctx, c.opts.QUICFallback)
@@ -73,7 +74,7 @@ func fallbackWorthy(err error) bool {
 	return true
 }
 
-func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn, *tunnel.Welcome, error) {
+func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn, *control.Welcome, error) {
 	dctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
 	defer cancel()
 	port := DefaultPort
@@ -186,18 +187,6 @@ func (c *Client) checkHostKey(addr string, k ssh.PublicKey) error {
 	return nil
 }
 
-// Welcome codes of a refused key: the next key may still be accepted. Any
-// other refusal (unknown_target, target_denied, too_many_tries, ...) is
-// about the session, not the key, and ends the attempt.
-var keyRefusals = map[string]bool{
-	"unknown_key":    true,
-	"key_expired":    true,
-	"source_denied":  true,
-	"cert_invalid":   true,
-	"key_restricted": true,
-	"denied":         true,
-}
-
 // maxHelloTries is the gateway's bound on the keys one session may try
 // (server.maxHelloTries, like OpenSSH's MaxAuthTries).
 const maxHelloTries = 6
@@ -205,7 +194,7 @@ const maxHelloTries = 6
 // refusal is one key the gateway said no to.
 type refusal struct {
 	key  string // where the key came from, with its fingerprint
-	code string
+	code control.Code
 	msg  string
 	hint string
 }
@@ -215,7 +204,7 @@ type refusal struct {
 // refused for itself (unknown, expired, wrong source address, invalid
 // certificate) moves on to the next, as OpenSSH does; a refusal that is
 // not about the key (unknown target, target denied) ends at once.
-func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, error) {
+func (c *Client) authenticate(ctx context.Context, cn *conn) (*control.Welcome, error) {
 	ctrl, err := cn.sess.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: c.opts.Target})
 	if err != nil {
 		return nil, fmt.Errorf("open control stream: %w", err)
@@ -250,13 +239,13 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, e
 			hello.PublicKey = s.PublicKey().Marshal()
 			hello.SigFormat, hello.SigBlob, hello.SigRest = sig.Format, sig.Blob, sig.Rest
 		}
-		if err := tunnel.WriteJSON(ctrl, tunnel.FrameHello, &hello); err != nil {
+		if err := control.WriteJSON(ctrl, control.FrameHello, &hello); err != nil {
 			if len(refused) > 0 {
 				break // the gateway closed the session after a refusal
 			}
 			return nil, fmt.Errorf("send hello: %w", err)
 		}
-		typ, payload, err := tunnel.ReadServerFrame(ctrl)
+		typ, payload, err := control.ReadServerFrame(ctrl)
 		if err != nil {
 			var se *tunnel.StatusError
 			if errors.As(err, &se) {
@@ -267,20 +256,20 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*tunnel.Welcome, e
 			}
 			return nil, fmt.Errorf("read welcome: %w", err)
 		}
-		if typ == tunnel.FrameRevoked { // a judgement raced the welcome
+		if typ == control.FrameRevoked { // a judgement raced the welcome
 			return nil, revokedError(payload)
 		}
-		if typ != tunnel.FrameWelcome {
+		if typ != control.FrameWelcome {
 			return nil, fmt.Errorf("read welcome: unexpected frame type %d", typ)
 		}
-		var w tunnel.Welcome
+		var w control.Welcome
 		if err := json.Unmarshal(payload, &w); err != nil {
 			return nil, fmt.Errorf("decode welcome: %w", err)
 		}
 		if w.OK && (w.Target != nil || c.opts.List) {
 			return &w, nil
 		}
-		if !keyRefusals[w.Code] {
+		if !w.Code.KeyRefusal() {
 			return nil, sessionRefusal(&w)
 		}
 		c.log.Debug("key refused: trying the next one", "key", names[i], "code", w.Code, "err", w.Error)
@@ -300,13 +289,13 @@ var (
 )
 
 // sessionRefusal words a refusal that no other key would change.
-func sessionRefusal(w *tunnel.Welcome) error {
+func sessionRefusal(w *control.Welcome) error {
 	switch w.Code {
-	case "unknown_target":
+	case control.CodeUnknownTarget:
 		return &Error{Err: fmt.Errorf("%w: %s", ErrUnknownTarget, w.Error), Hint: w.Hint}
-	case "target_denied":
+	case control.CodeTargetDenied:
 		return &Error{Err: fmt.Errorf("%w: %s", ErrTargetDenied, w.Error), Hint: w.Hint}
-	case "rate_limited":
+	case control.CodeRateLimited:
 		// "too many failed authentications from 198.51.100.27: retry in 41 s"
 		return &Error{Err: fmt.Errorf("%w: %s", ErrRateLimited, w.Error), Hint: w.Hint}
 	}
@@ -324,7 +313,7 @@ func keysRefused(refused []refusal, unusable []string) error {
 	tried = append(tried, unusable...)
 	err := fmt.Errorf("%w: the gateway refused %d key(s): %s", ErrAuthFailed, len(refused), strings.Join(tried, "; "))
 	var hints []string
-	seen := map[string]bool{}
+	seen := map[control.Code]bool{}
 	for _, r := range refused {
 		if seen[r.code] {
 			continue
@@ -354,18 +343,18 @@ func finalRefusal(err error) bool {
 
 func refusalHint(r refusal) string {
 	switch r.code {
-	case "unknown_key":
+	case control.CodeUnknownKey:
 		if r.hint != "" {
 			return r.hint
 		}
 		return "ask the gateway's operator to add your public key (the .pub line) to its authorized_keys, or pass -i with a key it knows"
-	case "key_expired":
+	case control.CodeKeyExpired:
 		return "an expired key can only be renewed by the gateway's operator (expiry-time in authorized_keys, or a new certificate): ask them, or pass -i with another key"
-	case "source_denied":
+	case control.CodeSourceDenied:
 		return "connect from a network the key is allowed from (from= in authorized_keys), or ask the gateway's operator to allow your address"
-	case "cert_invalid":
+	case control.CodeCertInvalid:
 		return "get a new certificate from your certificate authority (it may have expired or not name this gateway's principals)"
-	case "key_restricted":
+	case control.CodeKeyRestricted:
 		return "the key's line in the gateway's authorized_keys forbids port forwarding (restrict, no-port-forwarding): ask the gateway's operator, or pass -i with another key"
 	}
 	return r.hint

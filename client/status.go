@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/cachetun/cachetun/tunnel"
+	"github.com/cachetun/cachetun/control"
 )
 
 // Event kinds.
@@ -61,7 +61,7 @@ func (c *Client) endpointsLocked() []TargetEndpoints {
 	out := make([]TargetEndpoints, 0, len(c.views))
 	for _, v := range c.views {
 		te := TargetEndpoints{Name: v.name, Profile: v.profile, Type: v.info.Type, Server: c.server, Transport: c.transport}
-		nodes := make(map[string]tunnel.NodeInfo, len(v.info.Nodes))
+		nodes := make(map[string]control.NodeInfo, len(v.info.Nodes))
 		for _, n := range v.info.Nodes {
 			nodes[n.Addr] = n
 		}
@@ -134,8 +134,8 @@ func WriteTable(w io.Writer, transport, server string, targets []TargetEndpoints
 
 // hello is the Hello of this client without a key proof: its targets, or
 // all of them, or a listing.
-func (c *Client) hello() tunnel.Hello {
-	h := tunnel.Hello{Client: "cachetun " + Version, Target: c.opts.Target, All: c.opts.All, List: c.opts.List}
+func (c *Client) hello() control.Hello {
+	h := control.Hello{Client: "cachetun " + Version, Target: c.opts.Target, All: c.opts.All, List: c.opts.List}
 	if len(c.opts.Targets) > 1 {
 		for _, t := range c.opts.Targets {
 			h.Targets = append(h.Targets, t.Name)

@@ -23,7 +23,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 
-	"github.com/cachetun/cachetun/tunnel"
+	"github.com/cachetun/cachetun/control"
 )
 
 // refreshGap is the shortest time between two rounds that clients asked
@@ -221,7 +221,7 @@ func (s *Server) discoveryLoop(ctx context.Context, t *target) {
 
 // layout summarises nodes for the log: "id addr role slots; ...", as
 // CLUSTER NODES orders them (the id only where the cache has node ids).
-func layout(nodes []tunnel.NodeInfo) string {
+func layout(nodes []control.NodeInfo) string {
 	var b strings.Builder
 	for i, n := range nodes {
 		if i > 0 {
@@ -244,12 +244,12 @@ func layout(nodes []tunnel.NodeInfo) string {
 // discover asks the seeds, then the other known nodes, one at a time,
 // until one answers; it returns the nodes sorted by address, as announced
 // (vetNodes checks them), and who answered.
-func (t *target) discover(ctx context.Context, timeout time.Duration) ([]tunnel.NodeInfo, string, error) {
+func (t *target) discover(ctx context.Context, timeout time.Duration) ([]control.NodeInfo, string, error) {
 	var errs []error
 	for _, addr := range t.knownAddrs() {
 		qctx, cancel := context.WithTimeout(ctx, timeout)
 		var (
-			nodes []tunnel.NodeInfo
+			nodes []control.NodeInfo
 			err   error
 		)
 		switch t.cfg.Type {
@@ -283,7 +283,7 @@ func (t *target) discover(ctx context.Context, timeout time.Duration) ([]tunnel.
 // queryRedisCluster asks one node for the cluster's topology with CLUSTER
 // SHARDS, or CLUSTER SLOTS when the node does not know SHARDS. The
 // connection is made by t.dial, so it has the target's TLS and AUTH.
-func (t *target) queryRedisCluster(ctx context.Context, addr string, timeout time.Duration) ([]tunnel.NodeInfo, error) {
+func (t *target) queryRedisCluster(ctx context.Context, addr string, timeout time.Duration) ([]control.NodeInfo, error) {
 	// The connection is dialled here and handed to go-redis, whose pool
 	// would otherwise retry a failed dial and probe on in a goroutine of
 	// its own after Close.
@@ -336,8 +336,8 @@ func (t *target) queryRedisCluster(ctx context.Context, addr string, timeout tim
 // nodesFromShards turns a CLUSTER SHARDS reply into nodes. A node's
 // address is the endpoint it announces (what MOVED names), or its IP when
 // the endpoint is unknown; with upstream TLS its TLS port wins.
-func (t *target) nodesFromShards(shards []redis.ClusterShard) []tunnel.NodeInfo {
-	var nodes []tunnel.NodeInfo
+func (t *target) nodesFromShards(shards []redis.ClusterShard) []control.NodeInfo {
+	var nodes []control.NodeInfo
 	for _, sh := range shards {
 		ranges := make([][2]int, 0, len(sh.Slots))
 		for _, r := range sh.Slots {
@@ -356,7 +356,7 @@ func (t *target) nodesFromShards(shards []redis.ClusterShard) []tunnel.NodeInfo 
 			if host == "" || host == "?" || port <= 0 || port > 65535 {
 				continue // the node has no address yet
 			}
-			ni := tunnel.NodeInfo{Addr: net.JoinHostPort(host, strconv.FormatInt(port, 10)), ID: n.ID, Role: n.Role}
+			ni := control.NodeInfo{Addr: net.JoinHostPort(host, strconv.FormatInt(port, 10)), ID: n.ID, Role: n.Role}
 			if n.Role == "master" {
 				ni.Slots = slots
 			}
@@ -368,8 +368,8 @@ func (t *target) nodesFromShards(shards []redis.ClusterShard) []tunnel.NodeInfo 
 
 // nodesFromSlots turns a CLUSTER SLOTS reply into nodes: the first node of
 // each range is its master. Masters without slots do not appear in it.
-func nodesFromSlots(slots []redis.ClusterSlot) []tunnel.NodeInfo {
-	byAddr := make(map[string]*tunnel.NodeInfo)
+func nodesFromSlots(slots []redis.ClusterSlot) []control.NodeInfo {
+	byAddr := make(map[string]*control.NodeInfo)
 	ranges := make(map[string][][2]int)
 	var order []string
 	for _, s := range slots {
@@ -384,7 +384,7 @@ func nodesFromSlots(slots []redis.ClusterSlot) []tunnel.NodeInfo {
 			}
 			ni := byAddr[addr]
 			if ni == nil {
-				ni = &tunnel.NodeInfo{Addr: addr, ID: n.ID, Role: "replica"}
+				ni = &control.NodeInfo{Addr: addr, ID: n.ID, Role: "replica"}
 				byAddr[addr] = ni
 				order = append(order, addr)
 			}
@@ -394,7 +394,7 @@ func nodesFromSlots(slots []redis.ClusterSlot) []tunnel.NodeInfo {
 			}
 		}
 	}
-	nodes := make([]tunnel.NodeInfo, 0, len(order))
+	nodes := make([]control.NodeInfo, 0, len(order))
 	for _, a := range order {
 		ni := *byAddr[a]
 		ni.Slots = formatSlots(ranges[a])
@@ -435,9 +435,9 @@ func formatSlots(ranges [][2]int) string {
 // sortNodes orders nodes by host, then numeric port, and drops duplicate
 // addresses, so that a node keeps its place (and its client port) however
 // the cache lists them.
-func sortNodes(nodes []tunnel.NodeInfo) []tunnel.NodeInfo {
-	slices.SortStableFunc(nodes, func(a, b tunnel.NodeInfo) int { return compareAddr(a.Addr, b.Addr) })
-	return slices.CompactFunc(nodes, func(a, b tunnel.NodeInfo) bool { return a.Addr == b.Addr })
+func sortNodes(nodes []control.NodeInfo) []control.NodeInfo {
+	slices.SortStableFunc(nodes, func(a, b control.NodeInfo) int { return compareAddr(a.Addr, b.Addr) })
+	return slices.CompactFunc(nodes, func(a, b control.NodeInfo) bool { return a.Addr == b.Addr })
 }
 
 func compareAddr(a, b string) int {

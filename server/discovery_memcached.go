@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cachetun/cachetun/tunnel"
+	"github.com/cachetun/cachetun/control"
 )
 
 // ElastiCache auto discovery. A configuration endpoint answers
@@ -39,7 +39,7 @@ const (
 var ErrNotConfigEndpoint = errors.New("not an ElastiCache configuration endpoint")
 
 // queryElastiCache asks one configuration endpoint for the nodes.
-func (t *target) queryElastiCache(ctx context.Context, addr string) ([]tunnel.NodeInfo, error) {
+func (t *target) queryElastiCache(ctx context.Context, addr string) ([]control.NodeInfo, error) {
 	c, err := t.dial(ctx, addr)
 	if err != nil {
 		return nil, err
@@ -98,7 +98,7 @@ func readConfigReply(br *bufio.Reader) ([]byte, error) {
 // parseClusterConfig parses the body of a config reply: the version, then
 // the node list. Nodes come back sorted by address, role RoleNode, ID the
 // host name.
-func parseClusterConfig(body []byte) (int64, []tunnel.NodeInfo, error) {
+func parseClusterConfig(body []byte) (int64, []control.NodeInfo, error) {
 	lines := strings.SplitN(string(body), "\n", 3)
 	if len(lines) < 2 {
 		return 0, nil, fmt.Errorf("%w: no node list", ErrNotConfigEndpoint)
@@ -107,7 +107,7 @@ func parseClusterConfig(body []byte) (int64, []tunnel.NodeInfo, error) {
 	if err != nil {
 		return 0, nil, fmt.Errorf("%w: bad version %q", ErrNotConfigEndpoint, sanitizeReply(lines[0]))
 	}
-	var nodes []tunnel.NodeInfo
+	var nodes []control.NodeInfo
 	for _, e := range strings.Fields(lines[1]) {
 		parts := strings.Split(e, "|")
 		if len(parts) != 3 {
@@ -124,7 +124,7 @@ func parseClusterConfig(body []byte) (int64, []tunnel.NodeInfo, error) {
 		if addrHost == "" {
 			return 0, nil, fmt.Errorf("%w: node %q has neither host nor ip", ErrNotConfigEndpoint, sanitizeReply(e))
 		}
-		nodes = append(nodes, tunnel.NodeInfo{Addr: net.JoinHostPort(addrHost, port), ID: host, Role: RoleNode})
+		nodes = append(nodes, control.NodeInfo{Addr: net.JoinHostPort(addrHost, port), ID: host, Role: RoleNode})
 		if len(nodes) > maxConfigNodes {
 			return 0, nil, fmt.Errorf("%w: more than %d nodes", ErrNotConfigEndpoint, maxConfigNodes)
 		}
@@ -134,13 +134,13 @@ func parseClusterConfig(body []byte) (int64, []tunnel.NodeInfo, error) {
 
 // withEndpoints puts the configured endpoints first (role RoleConfig), so
 // that they keep the first client ports, then the discovered nodes.
-func (t *target) withEndpoints(nodes []tunnel.NodeInfo) []tunnel.NodeInfo {
-	out := make([]tunnel.NodeInfo, 0, len(t.cfg.Nodes)+len(nodes))
+func (t *target) withEndpoints(nodes []control.NodeInfo) []control.NodeInfo {
+	out := make([]control.NodeInfo, 0, len(t.cfg.Nodes)+len(nodes))
 	seen := make(map[string]bool, cap(out))
 	for _, a := range t.cfg.Nodes {
 		if !seen[a] {
 			seen[a] = true
-			out = append(out, tunnel.NodeInfo{Addr: a, Role: RoleConfig})
+			out = append(out, control.NodeInfo{Addr: a, Role: RoleConfig})
 		}
 	}
 	for _, n := range nodes {

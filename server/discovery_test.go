@@ -17,7 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
-	"github.com/cachetun/cachetun/tunnel"
+	"github.com/cachetun/cachetun/control"
 )
 
 func TestFormatSlots(t *testing.T) {
@@ -52,7 +52,7 @@ func TestTarget_NodesFromShards(t *testing.T) {
 		},
 	}}
 	plain := &target{cfg: &Target{}}
-	want := []tunnel.NodeInfo{
+	want := []control.NodeInfo{
 		{Addr: "10.0.1.231:6379", ID: "m1", Role: "master", Slots: "0,5461-10922"},
 		{Addr: "10.0.1.232:6379", ID: "r1", Role: "replica"},
 		{Addr: "node-0.example:6379", ID: "m0", Role: "master", Slots: "1-5460"},
@@ -74,7 +74,7 @@ func TestNodesFromSlots(t *testing.T) {
 		{Start: 5461, End: 10922, Nodes: []redis.ClusterNode{{ID: "m1", Addr: ":6379", NetworkingMetadata: map[string]string{"ip": "10.0.0.2"}}}},
 		{Start: 10923, End: 16383, Nodes: []redis.ClusterNode{{ID: "m0", Addr: "10.0.0.1:6379"}}},
 	}
-	want := []tunnel.NodeInfo{
+	want := []control.NodeInfo{
 		{Addr: "10.0.0.1:6379", ID: "m0", Role: "master", Slots: "0-5460,10923-16383"},
 		{Addr: "10.0.0.2:6379", ID: "m1", Role: "master", Slots: "5461-10922"},
 		{Addr: "10.0.0.4:6379", ID: "r0", Role: "replica"},
@@ -85,7 +85,7 @@ func TestNodesFromSlots(t *testing.T) {
 }
 
 func TestSortNodes_NumericPorts(t *testing.T) {
-	got := sortNodes([]tunnel.NodeInfo{{Addr: "10.0.0.1:10000"}, {Addr: "10.0.0.1:9999"}, {Addr: "10.0.0.1:9999"}, {Addr: "10.0.0.0:7000"}})
+	got := sortNodes([]control.NodeInfo{{Addr: "10.0.0.1:10000"}, {Addr: "10.0.0.1:9999"}, {Addr: "10.0.0.1:9999"}, {Addr: "10.0.0.0:7000"}})
 	var addrs []string
 	for _, n := range got {
 		addrs = append(addrs, n.Addr)
@@ -98,7 +98,7 @@ func TestSortNodes_NumericPorts(t *testing.T) {
 func TestTarget_UpdateNodes(t *testing.T) {
 	tg := newTarget("c", &Target{Type: TypeRedisCluster, Nodes: []string{"10.0.0.1:6379"}})
 	ch := tg.Changed()
-	nodes := []tunnel.NodeInfo{{Addr: "10.0.0.1:6379", Role: "master"}, {Addr: "10.0.0.2:6379", Role: "replica"}}
+	nodes := []control.NodeInfo{{Addr: "10.0.0.1:6379", Role: "master"}, {Addr: "10.0.0.2:6379", Role: "replica"}}
 	if !tg.updateNodes(nodes, nil) {
 		t.Fatal("first update: no change reported")
 	}
@@ -149,7 +149,7 @@ func TestReadConfigReply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []tunnel.NodeInfo{
+	want := []control.NodeInfo{
 		{Addr: "10.80.249.27:11211", ID: "mycluster.0002.use1.cache.amazonaws.com", Role: RoleNode},
 		{Addr: "10.82.235.120:11211", ID: "mycluster.0001.use1.cache.amazonaws.com", Role: RoleNode},
 	}
@@ -191,8 +191,8 @@ func TestTarget_WithEndpoints(t *testing.T) {
 	if n := tg.Info().Nodes; len(n) != 1 || n[0].Role != RoleConfig {
 		t.Fatalf("before discovery: %+v", n)
 	}
-	got := tg.withEndpoints([]tunnel.NodeInfo{{Addr: "10.0.0.2:11211", Role: RoleNode}, {Addr: "cfg.example:11211", Role: RoleNode}})
-	want := []tunnel.NodeInfo{{Addr: "cfg.example:11211", Role: RoleConfig}, {Addr: "10.0.0.2:11211", Role: RoleNode}}
+	got := tg.withEndpoints([]control.NodeInfo{{Addr: "10.0.0.2:11211", Role: RoleNode}, {Addr: "cfg.example:11211", Role: RoleNode}})
+	want := []control.NodeInfo{{Addr: "cfg.example:11211", Role: RoleConfig}, {Addr: "10.0.0.2:11211", Role: RoleNode}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
@@ -373,7 +373,7 @@ func TestTarget_QueryRedisCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []tunnel.NodeInfo{
+	want := []control.NodeInfo{
 		{Addr: "10.0.0.1:6379", ID: "a", Role: "master", Slots: "0-8191"},
 		{Addr: "10.0.0.2:6379", ID: "b", Role: "replica"},
 		{Addr: "10.0.0.3:6379", ID: "c", Role: "master", Slots: "8192-16383"},

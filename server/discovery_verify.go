@@ -37,7 +37,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cachetun/cachetun/tunnel"
+	"github.com/cachetun/cachetun/control"
 )
 
 const (
@@ -79,7 +79,7 @@ func lookupNetIP(ctx context.Context, host string) ([]netip.Addr, error) {
 // vetNodes checks discovered nodes and returns those that passed, in
 // their order, and the address to dial for each. Refusals are logged once
 // per change and counted.
-func (s *Server) vetNodes(ctx context.Context, t *target, nodes []tunnel.NodeInfo, log *slog.Logger) ([]tunnel.NodeInfo, map[string]string) {
+func (s *Server) vetNodes(ctx context.Context, t *target, nodes []control.NodeInfo, log *slog.Logger) ([]control.NodeInfo, map[string]string) {
 	self := interfaceAddrs()
 	timeout := s.config().Limits.DialTimeout
 	results := make([]vetResult, len(nodes))
@@ -106,7 +106,7 @@ func (s *Server) vetNodes(ctx context.Context, t *target, nodes []tunnel.NodeInf
 	defer v.mu.Unlock()
 	prev := v.refusals
 	v.refusals = make(map[string]string)
-	out := make([]tunnel.NodeInfo, 0, len(nodes))
+	out := make([]control.NodeInfo, 0, len(nodes))
 	dials := make(map[string]string, len(nodes))
 	for i, n := range nodes {
 		r := results[i]
@@ -141,7 +141,7 @@ func (s *Server) vetNodes(ctx context.Context, t *target, nodes []tunnel.NodeInf
 func vetKey(addr, id, ip string) string { return addr + "\x00" + id + "\x00" + ip }
 
 // vetNode runs the checks of one discovered node.
-func (t *target) vetNode(ctx context.Context, n tunnel.NodeInfo, self []netip.Addr) vetResult {
+func (t *target) vetNode(ctx context.Context, n control.NodeInfo, self []netip.Addr) vetResult {
 	host, portStr, err := net.SplitHostPort(n.Addr)
 	port, perr := strconv.ParseUint(portStr, 10, 16)
 	if err != nil || perr != nil || port == 0 {
@@ -201,7 +201,7 @@ func (t *target) vetNode(ctx context.Context, n tunnel.NodeInfo, self []netip.Ad
 
 // forgetChecks drops the check results of nodes no longer announced, so
 // the memory follows the cluster's size.
-func (t *target) forgetChecks(nodes []tunnel.NodeInfo) {
+func (t *target) forgetChecks(nodes []control.NodeInfo) {
 	live := make(map[string]bool, len(nodes))
 	for _, n := range nodes {
 		live[n.Addr+"\x00"+n.ID+"\x00"] = true

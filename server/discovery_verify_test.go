@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachetun/cachetun/tunnel"
+	"github.com/cachetun/cachetun/control"
 )
 
 // tlsClusterNode is a fake cluster node behind TLS with a certificate
@@ -113,7 +113,7 @@ func TestTarget_VetNode_TLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	r := tg.vetNode(ctx, tunnel.NodeInfo{Addr: net.JoinHostPort("node-1.cache.internal", port), ID: idA}, nil)
+	r := tg.vetNode(ctx, control.NodeInfo{Addr: net.JoinHostPort("node-1.cache.internal", port), ID: idA}, nil)
 	if r.err != nil || r.dial != good.Addr {
 		t.Fatalf("the node with a matching certificate: %+v", r)
 	}
@@ -127,7 +127,7 @@ func TestTarget_VetNode_TLS(t *testing.T) {
 	// The same server announced under a name its certificate does not
 	// hold: refused at the handshake, nothing sent.
 	before := good.shook.Load()
-	r = tg.vetNode(ctx, tunnel.NodeInfo{Addr: net.JoinHostPort("impostor.cache.internal", port), ID: idA}, nil)
+	r = tg.vetNode(ctx, control.NodeInfo{Addr: net.JoinHostPort("impostor.cache.internal", port), ID: idA}, nil)
 	var re *NodeRefusedError
 	if !errors.As(r.err, &re) || re.Reason != rejectUnreachable || !strings.Contains(r.err.Error(), `certificate is not valid for "impostor.cache.internal"`) {
 		t.Fatalf("a certificate for another name: %v, want an unreachable refusal naming the TLS failure", r.err)
@@ -156,7 +156,7 @@ func FuzzVetNodeAddr(f *testing.F) {
 		return []netip.Addr{netip.MustParseAddr("169.254.169.254")}, nil
 	}
 	f.Fuzz(func(t *testing.T, addr string) {
-		r := tg.vetNode(context.Background(), tunnel.NodeInfo{Addr: addr}, nil)
+		r := tg.vetNode(context.Background(), control.NodeInfo{Addr: addr}, nil)
 		if r.err == nil {
 			ap, err := netip.ParseAddrPort(r.dial)
 			if err != nil {

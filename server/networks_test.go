@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachetun/cachetun/tunnel"
+	"github.com/cachetun/cachetun/control"
 )
 
 // TestNetPolicy_Check: where a discovered node may live, IPv4 and IPv6, in
@@ -324,7 +324,7 @@ func TestTarget_VetNode_ClusterID(t *testing.T) {
 		{"no id (CLUSTER SLOTS of Redis < 4)", good.Addr, "", rejectNoID},
 		{"metadata service", "169.254.169.254:80", idA, rejectLinkLocal},
 	} {
-		r := tg.vetNode(ctx, tunnel.NodeInfo{Addr: tc.addr, ID: tc.id}, nil)
+		r := tg.vetNode(ctx, control.NodeInfo{Addr: tc.addr, ID: tc.id}, nil)
 		got := ""
 		if r.err != nil {
 			got = r.err.(*NodeRefusedError).Reason
@@ -348,7 +348,7 @@ func TestTarget_VetNode_ClusterID(t *testing.T) {
 	// A verified node is not verified again while nothing changes ...
 	before := good.conns.Load()
 	for range 3 {
-		if r := tg.vetNode(ctx, tunnel.NodeInfo{Addr: good.Addr, ID: idA}, nil); r.err != nil || r.dial != good.Addr {
+		if r := tg.vetNode(ctx, control.NodeInfo{Addr: good.Addr, ID: idA}, nil); r.err != nil || r.dial != good.Addr {
 			t.Fatalf("again: %+v", r)
 		}
 	}
@@ -356,7 +356,7 @@ func TestTarget_VetNode_ClusterID(t *testing.T) {
 		t.Fatalf("a steady node was verified %d more times, want 0", n)
 	}
 	// ... but a changed id is.
-	if r := tg.vetNode(ctx, tunnel.NodeInfo{Addr: good.Addr, ID: idB}, nil); r.err == nil {
+	if r := tg.vetNode(ctx, control.NodeInfo{Addr: good.Addr, ID: idB}, nil); r.err == nil {
 		t.Fatal("a changed id was admitted without a check")
 	}
 	if n := good.conns.Load() - before; n != 1 {
@@ -387,7 +387,7 @@ func TestTarget_VetNode_Hostname(t *testing.T) {
 		"nxdomain.example":          rejectResolve,
 		"bad host!":                 rejectBadAddr,
 	} {
-		r := tg.vetNode(ctx, tunnel.NodeInfo{Addr: net.JoinHostPort(host, port)}, nil)
+		r := tg.vetNode(ctx, control.NodeInfo{Addr: net.JoinHostPort(host, port)}, nil)
 		got := ""
 		if r.err != nil {
 			got = r.err.(*NodeRefusedError).Reason
@@ -397,11 +397,11 @@ func TestTarget_VetNode_Hostname(t *testing.T) {
 		}
 	}
 	addr := net.JoinHostPort("node-1.cache.internal", port)
-	r := tg.vetNode(ctx, tunnel.NodeInfo{Addr: addr}, nil)
+	r := tg.vetNode(ctx, control.NodeInfo{Addr: addr}, nil)
 	if r.dial != node.Addr {
 		t.Fatalf("dial address %q, want the checked IP %q", r.dial, node.Addr)
 	}
-	tg.updateNodes([]tunnel.NodeInfo{{Addr: addr}}, map[string]string{addr: r.dial})
+	tg.updateNodes([]control.NodeInfo{{Addr: addr}}, map[string]string{addr: r.dial})
 	asked := res.asked["node-1.cache.internal"]
 	// The name now points at another address, where a listener waits:
 	// the gateway must not follow it.
@@ -445,11 +445,11 @@ func TestServer_VetNodes_LogOnce(t *testing.T) {
 	cfg.Limits.DialTimeout = 2 * time.Second
 	s.conf.Store(cfg)
 	tg := testTarget(TypeMemcached, "127.0.0.1/32")
-	good := tunnel.NodeInfo{Addr: "127.0.0.1:11211", ID: "a", Role: RoleNode}
-	bad := tunnel.NodeInfo{Addr: "169.254.169.254:80", ID: "x", Role: RoleNode}
+	good := control.NodeInfo{Addr: "127.0.0.1:11211", ID: "a", Role: RoleNode}
+	bad := control.NodeInfo{Addr: "169.254.169.254:80", ID: "x", Role: RoleNode}
 	ctx := context.Background()
 	for range 5 {
-		nodes, dials := s.vetNodes(ctx, tg, []tunnel.NodeInfo{good, bad}, log)
+		nodes, dials := s.vetNodes(ctx, tg, []control.NodeInfo{good, bad}, log)
 		if len(nodes) != 1 || nodes[0] != good || dials[good.Addr] != "127.0.0.1:11211" {
 			t.Fatalf("admitted %+v %v", nodes, dials)
 		}
@@ -462,8 +462,8 @@ func TestServer_VetNodes_LogOnce(t *testing.T) {
 	if lines, n := count(); lines != 1 || n != 1 {
 		t.Fatalf("5 rounds: %d log lines, metric %v; want 1 and 1", lines, n)
 	}
-	moved := tunnel.NodeInfo{Addr: "127.0.0.3:80", ID: "x", Role: RoleNode}
-	s.vetNodes(ctx, tg, []tunnel.NodeInfo{good, moved}, log)
+	moved := control.NodeInfo{Addr: "127.0.0.3:80", ID: "x", Role: RoleNode}
+	s.vetNodes(ctx, tg, []control.NodeInfo{good, moved}, log)
 	if lines, _ := count(); lines != 2 {
 		t.Fatalf("a moved node: %d log lines, want 2", lines)
 	}

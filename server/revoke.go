@@ -10,7 +10,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/cachetun/cachetun/auth"
-	"github.com/cachetun/cachetun/tunnel"
+	"github.com/cachetun/cachetun/control"
 )
 
 // Revocation. A session is judged again, with the same
@@ -46,9 +46,9 @@ const revokeLinger = time.Second
 
 // verdict is why a session may no longer go on.
 type verdict struct {
-	code string // as in Welcome codes
-	msg  string // for the client: no file names, nothing but the key's own facts
-	err  error  // for the log
+	code control.Code // as in Welcome codes
+	msg  string       // for the client: no file names, nothing but the key's own facts
+	err  error        // for the log
 }
 
 // liveStream is a proxied stream being served, cut by cancel.
@@ -202,7 +202,7 @@ func revokedVerdict(id *auth.Identity, ip string, err error) *verdict {
 	v := &verdict{code: authCode(err), err: err}
 	switch {
 	case errors.Is(err, auth.ErrKeyExpired):
-		v.code = "key_expired"
+		v.code = control.CodeKeyExpired
 		when := "now"
 		if !id.Expires.IsZero() {
 			when = "at " + id.Expires.UTC().Format(time.RFC3339)
@@ -237,17 +237,17 @@ func (ss *session) revoke(v *verdict, cancel context.CancelFunc) {
 	}
 	s := ss.srv
 	n := ss.cutStreams(nil)
-	if v.code != "target_removed" { // an operator's change, not a failure of the key
-		s.metrics.authFailures.WithLabelValues("revoked_" + v.code).Inc()
+	if v.code != control.CodeTargetRemoved { // an operator's change, not a failure of the key
+		s.metrics.authFailures.WithLabelValues("revoked_" + string(v.code)).Inc()
 	}
-	ss.setEnd("revoked", v.code)
+	ss.setEnd("revoked", string(v.code))
 	ss.log.Warn("access revoked: ending the session", "code", v.code, "streams_cut", n, keyErr, v.err)
 	ss.ctrlMu.Lock()
 	ctrl := ss.ctrl
 	var err error
 	if ctrl != nil {
 		_ = ctrl.SetWriteDeadline(time.Now().Add(revokeLinger))
-		err = tunnel.WriteJSON(ctrl, tunnel.FrameRevoked, &tunnel.Revoked{Code: v.code, Error: v.msg, Hint: revokeHint})
+		err = control.WriteJSON(ctrl, control.FrameRevoked, &control.Revoked{Code: v.code, Error: v.msg, Hint: revokeHint})
 		_ = ctrl.CloseWrite()
 	}
 	ss.ctrlMu.Unlock()

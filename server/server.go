@@ -22,6 +22,7 @@ import (
 
 	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/certs"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
@@ -468,8 +469,8 @@ func remoteIP(a net.Addr) net.IP {
 }
 
 // hello decodes a Hello frame.
-func decodeHello(payload []byte) (*tunnel.Hello, error) {
-	var h tunnel.Hello
+func decodeHello(payload []byte) (*control.Hello, error) {
+	var h control.Hello
 	if err := json.Unmarshal(payload, &h); err != nil {
 		return nil, fmt.Errorf("decode hello: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
@@ -138,7 +139,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 	ip := remoteIP(ts.RemoteAddr())
 
 	var (
-		hello *tunnel.Hello
+		hello *control.Hello
 		ctrl  tunnel.Stream
 	)
 	if pa, ok := ts.(tunnel.PreAuthenticated); ok {
@@ -151,7 +152,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 	} else {
 		if limited, msg := s.rateLimited(ip); limited {
 			ss.log.Warn("session refused: "+msg, "auth_failures_per_minute", s.config().Limits.AuthFailuresPerMinute)
-			s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
+			s.metrics.authFailures.WithLabelValues(string(control.CodeRateLimited)).Inc()
 			ss.refuseRateLimited(ctx, msg)
 			return
 		}
@@ -168,9 +169,9 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 		}
 	}
 	if !s.register(ss) {
-		s.metrics.authFailures.WithLabelValues("session_limit").Inc()
+		s.metrics.authFailures.WithLabelValues(string(control.CodeSessionLimit)).Inc()
 		if ctrl != nil {
-			ss.refuse(ctrl, &tunnel.Welcome{Code: "session_limit",
+			ss.refuse(ctrl, &control.Welcome{Code: control.CodeSessionLimit,
 				Error: fmt.Sprintf("key %s already has %d sessions open on this gateway", ss.ident.Fingerprint, s.config().Limits.MaxSessionsPerKey),
 				Hint:  "close other 'cachetun connect' processes using this key, or raise limits.max_sessions_per_key"})
 		}
@@ -257,7 +258,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 
 // authenticate reads Hello frames on the first stream until one proves a
 // key that authorized_keys accepts and names a target that key may use.
-func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, *tunnel.Hello, bool) {
+func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, *control.Hello, bool) {
 	s := ss.srv
 	deadline := time.Now().Add(s.config().Limits.AuthTimeout)
 	actx, cancel := context.WithDeadline(ctx, deadline)
@@ -289,10 +290,10 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 	_ = ctrl.SetDeadline(deadline)
 	// fail answers a failed attempt; the client may try another key
 	// unless the failure is final.
-	fail := func(code string, err error, hint string, final bool) {
-		s.metrics.authFailures.WithLabelValues(code).Inc()
+	fail := func(code control.Code, err error, hint string, final bool) {
+		s.metrics.authFailures.WithLabelValues(string(code)).Inc()
 		ss.log.Warn("authentication failed", "code", code, keyErr, err)
-		w := &tunnel.Welcome{Code: code, Error: s.clientAuthError(err), Hint: hint}
+		w := &control.Welcome{Code: code, Error: s.clientAuthError(err), Hint: hint}
 		if final {
 			ss.refuse(ctrl, w)
 		} else {
@@ -300,7 +301,7 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 		}
 	}
 	for try := 0; try < maxHelloTries; try++ {
-		typ, payload, err := tunnel.ReadFrame(ctrl)
+		typ, payload, err := control.ReadFrame(ctrl)
 		if err != nil {
 			// A client that gives up after a refusal closes the session
 			// (QUIC: application error 0, TLS and SSH: EOF); that is
@@ -312,23 +313,23 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 			ctrl.Abort()
 			return nil, nil, false
 		}
-		if typ != tunnel.FrameHello {
-			fail("protocol", fmt.Errorf("expected hello frame, got type %d", typ), "", true)
+		if typ != control.FrameHello {
+			fail(control.CodeProtocol, fmt.Errorf("expected hello frame, got type %d", typ), "", true)
 			return nil, nil, false
 		}
 		hello, err := decodeHello(payload)
 		if err != nil {
-			fail("protocol", err, "", true)
+			fail(control.CodeProtocol, err, "", true)
 			return nil, nil, false
 		}
 		key, err := ssh.ParsePublicKey(hello.PublicKey)
 		if err != nil {
-			fail("bad_key", fmt.Errorf("parse client public key: %w", err), "", true)
+			fail(control.CodeBadKey, fmt.Errorf("parse client public key: %w", err), "", true)
 			return nil, nil, false
 		}
 		sig := &ssh.Signature{Format: hello.SigFormat, Blob: hello.SigBlob, Rest: hello.SigRest}
 		if err := auth.VerifyBinding(key, ss.sess.Binding(), sig); err != nil {
-			fail("bad_signature", fmt.Errorf("key %s did not prove possession for this session: %w", auth.Fingerprint(key), err), "", true)
+			fail(control.CodeBadSignature, fmt.Errorf("key %s did not prove possession for this session: %w", auth.Fingerprint(key), err), "", true)
 			return nil, nil, false
 		}
 		id, err := s.keys.Load().Authorize(key, ip, time.Now())
@@ -357,24 +358,24 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 		}
 		return ctrl, hello, true
 	}
-	fail("too_many_tries", fmt.Errorf("too many keys tried (%d)", maxHelloTries), "use -i to pick the key the gateway knows", true)
+	fail(control.CodeTooManyTries, fmt.Errorf("too many keys tried (%d)", maxHelloTries), "use -i to pick the key the gateway knows", true)
 	return nil, nil, false
 }
 
-func authCode(err error) string {
+func authCode(err error) control.Code {
 	switch {
 	case errors.Is(err, auth.ErrUnknownKey):
-		return "unknown_key"
+		return control.CodeUnknownKey
 	case errors.Is(err, auth.ErrKeyExpired):
-		return "key_expired"
+		return control.CodeKeyExpired
 	case errors.Is(err, auth.ErrSourceNotAllowed):
-		return "source_denied"
+		return control.CodeSourceDenied
 	case errors.Is(err, auth.ErrKeyRestricted):
-		return "key_restricted"
+		return control.CodeKeyRestricted
 	case errors.Is(err, auth.ErrCertInvalid):
-		return "cert_invalid"
+		return control.CodeCertInvalid
 	}
-	return "denied"
+	return control.CodeDenied
 }
 
 func (ss *session) allowedTargets() string {
@@ -392,7 +393,7 @@ func (ss *session) allowedTargets() string {
 
 // refuseRateLimited tells a client over its failed-authentication budget
 // why, and when to retry, on its control stream: a refusing Welcome with
-// code "rate_limited", written without reading its Hello.
+// code control.CodeRateLimited, written without reading its Hello.
 func (ss *session) refuseRateLimited(ctx context.Context, msg string) {
 	actx, cancel := context.WithTimeout(ctx, ss.srv.config().Limits.AuthTimeout)
 	defer cancel()
@@ -409,14 +410,14 @@ func (ss *session) refuseRateLimited(ctx context.Context, msg string) {
 		return
 	}
 	defer ctrl.Abort()
-	ss.refuse(ctrl, &tunnel.Welcome{Code: "rate_limited", Error: msg,
+	ss.refuse(ctrl, &control.Welcome{Code: control.CodeRateLimited, Error: msg,
 		Hint: "check the key and the gateway address; the gateway counts failed and abandoned authentications per source address (limits.auth_failures_per_minute)"})
 }
 
 // refuse writes a refusing Welcome and gives the client a moment to read
 // it before the session closes (closing a QUIC connection discards data in
 // flight).
-func (ss *session) refuse(ctrl tunnel.Stream, w *tunnel.Welcome) {
+func (ss *session) refuse(ctrl tunnel.Stream, w *control.Welcome) {
 	ss.welcome(ctrl, w)
 	// Under ctrlMu, as every write is: x/crypto/ssh's channel CloseWrite
 	// and Write share unguarded state, and a GoAway may be on its way.
@@ -439,7 +440,7 @@ func (ss *session) linger() {
 
 // welcome writes a Welcome frame on ctrl. Only an accepting Welcome names
 // the gateway's version: a client that has not authenticated learns none.
-func (ss *session) welcome(ctrl tunnel.Stream, w *tunnel.Welcome) {
+func (ss *session) welcome(ctrl tunnel.Stream, w *control.Welcome) {
 	if w.OK {
 		w.Server = "cachetun " + Version
 	}
@@ -447,13 +448,13 @@ func (ss *session) welcome(ctrl tunnel.Stream, w *tunnel.Welcome) {
 	ss.ctrlMu.Lock()
 	defer ss.ctrlMu.Unlock()
 	_ = ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_ = tunnel.WriteJSON(ctrl, tunnel.FrameWelcome, w)
+	_ = control.WriteJSON(ctrl, control.FrameWelcome, w)
 	_ = ctrl.SetWriteDeadline(time.Time{})
 }
 
 // control serves the control stream after authentication: Welcome, then
 // topology pushes, pings and refresh requests.
-func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunnel.Hello) {
+func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *control.Hello) {
 	s := ss.srv
 	defer ctrl.Close()
 	ss.ctrlMu.Lock()
@@ -466,7 +467,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	}
 	if hello.List {
 		ss.log.Info("target list requested", "client", hello.Client)
-		ss.refuse(ctrl, &tunnel.Welcome{OK: true, Allowed: ss.targetList(ctx)})
+		ss.refuse(ctrl, &control.Welcome{OK: true, Allowed: ss.targetList(ctx)})
 		return
 	}
 	reloaded := s.reloaded() // before the targets are read: no reload is missed
@@ -482,8 +483,8 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	for _, t := range ts {
 		if msg := permitsTarget(ss.identity(), t); msg != "" {
 			ss.log.Warn("target denied by permitopen", keyKey, ss.ident.String(), keyTarget, t.name, "reason", msg)
-			s.metrics.authFailures.WithLabelValues("target_denied").Inc()
-			ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied", Error: msg,
+			s.metrics.authFailures.WithLabelValues(string(control.CodeTargetDenied)).Inc()
+			ss.refuse(ctrl, &control.Welcome{Code: control.CodeTargetDenied, Error: msg,
 				Hint: "ask the gateway's operator to extend permitopen= on your key's line, or use another target"})
 			return
 		}
@@ -502,12 +503,12 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	ss.log.Info("control stream up", keyTarget, ss.target, "client", hello.Client)
 	ss.countSession(ts[0].name) // one label per session: its first target
 	from := make([]<-chan struct{}, len(ts))
-	infos := make([]tunnel.TargetInfo, len(ts))
+	infos := make([]control.TargetInfo, len(ts))
 	for i, t := range ts {
 		from[i] = t.Changed()
 		infos[i] = t.Info()
 	}
-	ss.welcome(ctrl, &tunnel.Welcome{OK: true, Target: &infos[0], Targets: infos})
+	ss.welcome(ctrl, &control.Welcome{OK: true, Target: &infos[0], Targets: infos})
 	var (
 		wctx    context.Context
 		wcancel context.CancelFunc
@@ -530,7 +531,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 	go func() {
 		defer close(frames)
 		for {
-			typ, payload, err := tunnel.ReadFrame(ctrl)
+			typ, payload, err := control.ReadFrame(ctrl)
 			if err != nil {
 				ss.noteEndErr(err)
 				return
@@ -559,7 +560,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 			return
 		case t := <-changed:
 			info := t.Info()
-			if err := ss.writeFrame(tunnel.FrameTopology, &info); err != nil {
+			if err := ss.writeFrame(control.FrameTopology, &info); err != nil {
 				return
 			}
 		case <-reloaded:
@@ -602,7 +603,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 			watch()
 			for _, t := range ts {
 				info := t.Info()
-				if err := ss.writeFrame(tunnel.FrameTopology, &info); err != nil {
+				if err := ss.writeFrame(control.FrameTopology, &info); err != nil {
 					return
 				}
 			}
@@ -631,7 +632,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 			// down is not lost.
 			for _, t := range ts {
 				info := t.Info()
-				if err := ss.writeFrame(tunnel.FrameTopology, &info); err != nil {
+				if err := ss.writeFrame(control.FrameTopology, &info); err != nil {
 					return
 				}
 			}
@@ -641,11 +642,11 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 				return
 			}
 			switch f.typ {
-			case tunnel.FramePing:
-				if err := ss.writeFrame(tunnel.FramePong, nil); err != nil {
+			case control.FramePing:
+				if err := ss.writeFrame(control.FramePong, nil); err != nil {
 					return
 				}
-			case tunnel.FrameRefresh:
+			case control.FrameRefresh:
 				refreshTarget(ts, f.payload).requestRefresh()
 			default:
 				ss.log.Warn("unexpected control frame", "type", f.typ)
@@ -655,11 +656,11 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *tunne
 }
 
 type frame struct {
-	typ     byte
+	typ     control.FrameType
 	payload []byte
 }
 
-func (ss *session) writeFrame(typ byte, v any) error {
+func (ss *session) writeFrame(typ control.FrameType, v any) error {
 	ss.ctrlMu.Lock()
 	defer ss.ctrlMu.Unlock()
 	if ss.ctrl == nil {
@@ -668,9 +669,9 @@ func (ss *session) writeFrame(typ byte, v any) error {
 	_ = ss.ctrl.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	defer ss.ctrl.SetWriteDeadline(time.Time{})
 	if v == nil {
-		return tunnel.WriteFrame(ss.ctrl, typ, nil)
+		return control.WriteFrame(ss.ctrl, typ, nil)
 	}
-	return tunnel.WriteJSON(ss.ctrl, typ, v)
+	return control.WriteJSON(ss.ctrl, typ, v)
 }
 
 // goAway tells the client that the gateway drains.
@@ -683,7 +684,7 @@ func (ss *session) goAway() {
 	}
 	ss.gone = true
 	ss.ctrlMu.Unlock()
-	_ = ss.writeFrame(tunnel.FrameGoAway, nil)
+	_ = ss.writeFrame(control.FrameGoAway, nil)
 }
 
 // serveStream authorises one stream, dials its node and relays.
@@ -709,9 +710,9 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 			return
 		}
 		_ = ctrl.SetReadDeadline(time.Now().Add(s.config().Limits.AuthTimeout))
-		typ, payload, err := tunnel.ReadFrame(ctrl)
+		typ, payload, err := control.ReadFrame(ctrl)
 		_ = ctrl.SetReadDeadline(time.Time{})
-		if err != nil || typ != tunnel.FrameHello {
+		if err != nil || typ != control.FrameHello {
 			ctrl.Abort()
 			return
 		}

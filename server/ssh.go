@@ -9,6 +9,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
@@ -83,7 +84,7 @@ func (s *Server) sshServerConfig() (*ssh.ServerConfig, error) {
 func (s *Server) sshOfferedKey(conn ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 	ip := remoteIP(conn.RemoteAddr())
 	if limited, msg := s.rateLimited(ip); limited {
-		s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
+		s.metrics.authFailures.WithLabelValues(string(control.CodeRateLimited)).Inc()
 		s.log.Warn("authentication refused: "+msg,
 			keyTransport, "ssh", keyRemote, conn.RemoteAddr().String(), "auth_failures_per_minute", s.config().Limits.AuthFailuresPerMinute)
 		return nil, &ssh.BannerError{Err: errRateLimited, Message: "cachetun: " + msg + "\n"}
@@ -126,7 +127,7 @@ func (s *Server) clientAuthError(err error) string {
 // handshake fails (serverAdmission), however many keys it offered.
 func (s *Server) sshAuthFailed(conn ssh.ConnMetadata, key ssh.PublicKey, err error) {
 	code := authCode(err)
-	s.metrics.authFailures.WithLabelValues(code).Inc()
+	s.metrics.authFailures.WithLabelValues(string(code)).Inc()
 	s.log.Warn("authentication failed", keyTransport, "ssh", keyRemote, conn.RemoteAddr().String(),
 		"user", conn.User(), keyKey, auth.Fingerprint(key), "code", code, keyErr, err)
 }

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
@@ -50,7 +51,7 @@ type target struct {
 	vet vetState
 
 	mu      sync.RWMutex // guards the following
-	info    tunnel.TargetInfo
+	info    control.TargetInfo
 	nodes   map[string]bool // set of info.Nodes[i].Addr
 	changed chan struct{}   // closed and replaced on every change
 	// dialAddrs maps each discovered node (info.Nodes[i].Addr) to the IP
@@ -66,9 +67,9 @@ func newTarget(name string, cfg *Target) *target {
 		t.policy = &netPolicy{explicit: true} // fail closed; Validate reports it
 	}
 	t.life, t.retire = context.WithCancel(context.Background())
-	nodes := make([]tunnel.NodeInfo, len(cfg.Nodes))
+	nodes := make([]control.NodeInfo, len(cfg.Nodes))
 	for i, n := range cfg.Nodes {
-		nodes[i] = tunnel.NodeInfo{Addr: n}
+		nodes[i] = control.NodeInfo{Addr: n}
 		if cfg.Discovery == DiscoveryElastiCache {
 			nodes[i].Role = RoleConfig
 		}
@@ -112,7 +113,7 @@ func (t *target) waitDiscovered(ctx context.Context, timeout time.Duration) {
 // updateNodes is SetNodes when nodes differ from the current topology; it
 // reports whether they did. dials maps discovered nodes to the checked
 // address to dial (see dialAddrs); it replaces the last one either way.
-func (t *target) updateNodes(nodes []tunnel.NodeInfo, dials map[string]string) bool {
+func (t *target) updateNodes(nodes []control.NodeInfo, dials map[string]string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.dialAddrs = dials
@@ -139,7 +140,7 @@ func (t *target) knownAddrs() []string {
 }
 
 // Info returns the current topology.
-func (t *target) Info() tunnel.TargetInfo {
+func (t *target) Info() control.TargetInfo {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	return t.info
@@ -153,7 +154,7 @@ func (t *target) Changed() <-chan struct{} {
 }
 
 // SetNodes replaces the topology and wakes the subscribers.
-func (t *target) SetNodes(nodes []tunnel.NodeInfo) {
+func (t *target) SetNodes(nodes []control.NodeInfo) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.setNodesLocked(nodes)
@@ -161,8 +162,8 @@ func (t *target) SetNodes(nodes []tunnel.NodeInfo) {
 	t.changed = make(chan struct{})
 }
 
-func (t *target) setNodesLocked(nodes []tunnel.NodeInfo) {
-	t.info = tunnel.TargetInfo{Name: t.name, Type: t.cfg.Type, Nodes: nodes, Version: t.info.Version + 1}
+func (t *target) setNodesLocked(nodes []control.NodeInfo) {
+	t.info = control.TargetInfo{Name: t.name, Type: t.cfg.Type, Nodes: nodes, Version: t.info.Version + 1}
 	t.nodes = make(map[string]bool, len(nodes))
 	for _, n := range nodes {
 		t.nodes[n.Addr] = true

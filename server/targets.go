@@ -11,13 +11,14 @@ import (
 	"time"
 
 	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
 // helloTargets returns the target names a Hello asks for: every allowed
 // target for All, Targets when set, else Target; duplicates dropped. A List
 // Hello asks for none.
-func (ss *session) helloTargets(h *tunnel.Hello) []string {
+func (ss *session) helloTargets(h *control.Hello) []string {
 	if h.List {
 		return nil
 	}
@@ -48,40 +49,40 @@ func (ss *session) helloTargets(h *tunnel.Hello) []string {
 }
 
 // checkHelloTargets refuses a Hello that names a target that does not
-// exist or that the key may not use, or more than tunnel.MaxHelloTargets
+// exist or that the key may not use, or more than control.MaxHelloTargets
 // targets. It reports whether the Hello may go on.
-func (ss *session) checkHelloTargets(ctrl tunnel.Stream, h *tunnel.Hello) bool {
+func (ss *session) checkHelloTargets(ctrl tunnel.Stream, h *control.Hello) bool {
 	s := ss.srv
-	if len(h.Targets) > tunnel.MaxHelloTargets {
+	if len(h.Targets) > control.MaxHelloTargets {
 		ss.log.Warn("too many targets requested", "targets", len(h.Targets))
-		ss.refuse(ctrl, &tunnel.Welcome{Code: "protocol",
-			Error: fmt.Sprintf("hello names %d targets, at most %d are allowed", len(h.Targets), tunnel.MaxHelloTargets),
+		ss.refuse(ctrl, &control.Welcome{Code: control.CodeProtocol,
+			Error: fmt.Sprintf("hello names %d targets, at most %d are allowed", len(h.Targets), control.MaxHelloTargets),
 			Hint:  "connect fewer targets per process"})
 		return false
 	}
 	names := ss.helloTargets(h)
 	if h.All && len(names) == 0 {
 		ss.log.Warn("all targets requested, but the key may use none")
-		ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied",
+		ss.refuse(ctrl, &control.Welcome{Code: control.CodeTargetDenied,
 			Error: fmt.Sprintf("key %s may use no target on this gateway", ss.ident.Fingerprint),
 			Hint:  "ask the operator to extend targets= in authorized_keys"})
 		return false
 	}
 	for _, name := range names {
 		if s.target(name) == nil {
-			ss.setEnd("refused", "unknown_target")
+			ss.setEnd("refused", string(control.CodeUnknownTarget))
 			ss.log.Warn("unknown target requested", keyTarget, name)
-			s.metrics.authFailures.WithLabelValues("unknown_target").Inc()
-			ss.refuse(ctrl, &tunnel.Welcome{Code: "unknown_target",
+			s.metrics.authFailures.WithLabelValues(string(control.CodeUnknownTarget)).Inc()
+			ss.refuse(ctrl, &control.Welcome{Code: control.CodeUnknownTarget,
 				Error: fmt.Sprintf("target %q is not configured on this gateway", name),
 				Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()})
 			return false
 		}
 		if !ss.identity().Allows(name) {
-			ss.setEnd("refused", "target_denied")
+			ss.setEnd("refused", string(control.CodeTargetDenied))
 			ss.log.Warn("target denied", append(identAttrs(ss.ident), keyTarget, name)...)
-			s.metrics.authFailures.WithLabelValues("target_denied").Inc()
-			ss.refuse(ctrl, &tunnel.Welcome{Code: "target_denied",
+			s.metrics.authFailures.WithLabelValues(string(control.CodeTargetDenied)).Inc()
+			ss.refuse(ctrl, &control.Welcome{Code: control.CodeTargetDenied,
 				Error: fmt.Sprintf("key %s may not use target %q", ss.ident.Fingerprint, name),
 				Hint:  "targets your key may use: " + ss.allowedTargets() + "; or ask the operator to extend targets= in authorized_keys"})
 			return false
@@ -92,7 +93,7 @@ func (ss *session) checkHelloTargets(ctrl tunnel.Stream, h *tunnel.Hello) bool {
 
 // targetList answers a List Hello: the targets the key may use, with
 // their type and node count once discovered (waits at most timeout).
-func (ss *session) targetList(ctx context.Context) []tunnel.TargetSummary {
+func (ss *session) targetList(ctx context.Context) []control.TargetSummary {
 	s := ss.srv
 	var ts []*target
 	for _, n := range s.targets().names {
@@ -101,13 +102,13 @@ func (ss *session) targetList(ctx context.Context) []tunnel.TargetSummary {
 		}
 	}
 	waitAllDiscovered(ctx, ts, s.config().Limits.DialTimeout)
-	out := make([]tunnel.TargetSummary, 0, len(ts))
+	out := make([]control.TargetSummary, 0, len(ts))
 	for _, t := range ts {
 		if permitsTarget(ss.identity(), t) != "" {
 			continue // permitopen= allows none of its nodes
 		}
 		info := t.Info()
-		out = append(out, tunnel.TargetSummary{Name: t.name, Type: info.Type, Nodes: len(info.Nodes)})
+		out = append(out, control.TargetSummary{Name: t.name, Type: info.Type, Nodes: len(info.Nodes)})
 	}
 	return out
 }
@@ -174,7 +175,7 @@ func watchRetired(ctx context.Context, wg *sync.WaitGroup, ts []*target) <-chan 
 // names; an empty or unknown name means the first one.
 func refreshTarget(ts []*target, payload []byte) *target {
 	if len(payload) > 0 {
-		var r tunnel.Refresh
+		var r control.Refresh
 		if json.Unmarshal(payload, &r) == nil {
 			for _, t := range ts {
 				if t.name == r.Target {
@@ -219,14 +220,14 @@ func (ss *session) targetsVerdict(id *auth.Identity, names []string) *verdict {
 		}
 	}
 	if denied == "" && removed != "" {
-		return &verdict{code: "target_removed",
+		return &verdict{code: control.CodeTargetRemoved,
 			msg: fmt.Sprintf("target %q was removed from the gateway's configuration", removed),
 			err: fmt.Errorf("a reload removed target %q", removed)}
 	}
 	if denied == "" {
 		return nil
 	}
-	return &verdict{code: "target_denied",
+	return &verdict{code: control.CodeTargetDenied,
 		msg: fmt.Sprintf("key %s may no longer use target %q", id.Fingerprint, denied),
 		err: fmt.Errorf("target %q is no longer allowed for the key (targets= or permitopen=)", denied)}
 }

@@ -19,8 +19,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/test/testenv"
-	"github.com/cachetun/cachetun/tunnel"
 )
 
 // Issue 10, finding 1: a user of a cluster target re-announces a node she
@@ -220,7 +220,7 @@ func refusalLines(g *gatewayProc, node, id, reason string) int {
 // remembers any node that matches bad.
 type topologyWatch struct {
 	mu   sync.Mutex
-	seen []tunnel.NodeInfo
+	seen []control.NodeInfo
 	n    atomic.Int64
 }
 
@@ -243,7 +243,7 @@ func watchTopology(t *testing.T, c *connect, bad func(addr string) bool) *topolo
 			for a := range c.Client.LocalAddrs() {
 				if bad(a) {
 					w.mu.Lock()
-					w.seen = append(w.seen, tunnel.NodeInfo{Addr: a, Role: "(local port)"})
+					w.seen = append(w.seen, control.NodeInfo{Addr: a, Role: "(local port)"})
 					w.mu.Unlock()
 				}
 			}

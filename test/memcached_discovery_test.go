@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/server"
 	"github.com/cachetun/cachetun/test/testenv"
-	"github.com/cachetun/cachetun/tunnel"
 )
 
 // configEndpoint stands in for an ElastiCache configuration endpoint: no
@@ -236,7 +236,7 @@ func TestMemcachedDiscovery(t *testing.T) {
 		if len(info.Nodes) != 4 || info.Nodes[0].Addr != ep.Addr || info.Nodes[0].Role != server.RoleConfig {
 			t.Fatalf("topology: %+v, want the endpoint then 3 nodes", info.Nodes)
 		}
-		byAddr := make(map[string]tunnel.NodeInfo)
+		byAddr := make(map[string]control.NodeInfo)
 		for _, n := range info.Nodes[1:] {
 			byAddr[n.Addr] = n
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/cachetun/cachetun/certs"
 	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
@@ -447,7 +448,7 @@ func TestPreAuth_NoDisclosure(t *testing.T) {
 			cancel()
 			t.Fatal(err)
 		}
-		_, _ = ctrl.Write([]byte{tunnel.FrameHello, 0, 0x10, 0, 0}) // 1 MiB, no body
+		_, _ = ctrl.Write([]byte{byte(control.FrameHello), 0, 0x10, 0, 0}) // 1 MiB, no body
 		_ = ctrl.SetReadDeadline(time.Now().Add(5 * time.Second))
 		start := time.Now()
 		_, err = io.ReadAll(ctrl)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/certs"
 	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/test/testenv"
 	"github.com/cachetun/cachetun/tunnel"
 )
@@ -569,18 +571,18 @@ func TestSession_OneControlStream(t *testing.T) {
 				}
 				defer st.Close()
 				_ = st.SetDeadline(time.Now().Add(10 * time.Second))
-				if err := tunnel.WriteJSON(st, tunnel.FrameHello, &tunnel.Hello{Client: "test", Target: "cache"}); err != nil {
+				if err := control.WriteJSON(st, control.FrameHello, &control.Hello{Client: "test", Target: "cache"}); err != nil {
 					t.Error(err)
 					return
 				}
-				typ, _, err := tunnel.ReadFrame(st)
+				typ, _, err := control.ReadFrame(st)
 				mu.Lock()
 				defer mu.Unlock()
 				var se *tunnel.StatusError
 				switch {
 				case errors.As(err, &se) && se.Code == tunnel.StatusBadRequest:
 					refused++
-				case err == nil && typ == tunnel.FrameWelcome:
+				case err == nil && typ == control.FrameWelcome:
 					welcomed++
 				default:
 					t.Errorf("control stream: frame %d, %v", typ, err)
@@ -659,16 +661,16 @@ func TestRevocation_QUICMigration(t *testing.T) {
 	if _, err := ctrl.Write(hdr); err != nil {
 		t.Fatal(err)
 	}
-	hello := &tunnel.Hello{Client: "test", Target: "cache", PublicKey: signer.PublicKey().Marshal(),
+	hello := &control.Hello{Client: "test", Target: "cache", PublicKey: signer.PublicKey().Marshal(),
 		SigFormat: sig.Format, SigBlob: sig.Blob, SigRest: sig.Rest}
-	if err := tunnel.WriteJSON(ctrl, tunnel.FrameHello, hello); err != nil {
+	if err := control.WriteJSON(ctrl, control.FrameHello, hello); err != nil {
 		t.Fatal(err)
 	}
 	_ = ctrl.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if err := tunnel.ReadStatus(ctrl); err != nil {
 		t.Fatalf("control stream refused: %v", err)
 	}
-	if typ, payload, err := tunnel.ReadFrame(ctrl); err != nil || typ != tunnel.FrameWelcome || !bytes.Contains(payload, []byte(`"ok":true`)) {
+	if typ, payload, err := control.ReadFrame(ctrl); err != nil || typ != control.FrameWelcome || !bytes.Contains(payload, []byte(`"ok":true`)) {
 		t.Fatalf("welcome: type %d %s %v", typ, payload, err)
 	}
 	path, err := conn.AddPath(tr2)
@@ -686,20 +688,21 @@ func TestRevocation_QUICMigration(t *testing.T) {
 	}
 	start := time.Now()
 	// Traffic on the new path, so that the gateway moves to it.
-	if err := tunnel.WriteFrame(ctrl, tunnel.FramePing, nil); err != nil {
+	if err := control.WriteFrame(ctrl, control.FramePing, nil); err != nil {
 		t.Fatal(err)
 	}
 	_ = ctrl.SetReadDeadline(start.Add(revokeBound + time.Second))
 	for {
-		typ, payload, err := tunnel.ReadFrame(ctrl)
+		typ, payload, err := control.ReadFrame(ctrl)
 		if err != nil {
 			t.Fatalf("no Revoked frame %s after the migration: %v", time.Since(start).Round(time.Millisecond), err)
 		}
-		if typ != tunnel.FrameRevoked {
+		if typ != control.FrameRevoked {
 			continue
 		}
 		took := time.Since(start)
-		if !bytes.Contains(payload, []byte(`"code":"source_denied"`)) || !bytes.Contains(payload, []byte("127.0.0.2")) {
+		var rv control.Revoked
+		if json.Unmarshal(payload, &rv) != nil || rv.Code != control.CodeSourceDenied || !bytes.Contains(payload, []byte("127.0.0.2")) {
 			t.Fatalf("revoked frame %s: want source_denied from 127.0.0.2", payload)
 		}
 		if took > revokeBound {

@@ -7,13 +7,13 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/cachetun/cachetun/certs"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/test/testenv"
 	"github.com/cachetun/cachetun/tunnel"
 )
@@ -57,14 +57,14 @@ func TestRobustness_MalformedInput(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_ = tunnel.WriteFrame(ctrl, tunnel.FrameHello, []byte("{not json"))
+			_ = control.WriteFrame(ctrl, control.FrameHello, []byte("{not json"))
 			_ = ctrl.SetReadDeadline(time.Now().Add(10 * time.Second))
-			typ, payload, err := tunnel.ReadFrame(ctrl)
+			typ, payload, err := control.ReadFrame(ctrl)
 			if err != nil {
 				t.Fatalf("no answer to a malformed hello: %v", err)
 			}
-			var w tunnel.Welcome
-			if typ != tunnel.FrameWelcome || json.Unmarshal(payload, &w) != nil || w.OK || w.Code != "protocol" {
+			var w control.Welcome
+			if typ != control.FrameWelcome || json.Unmarshal(payload, &w) != nil || w.OK || w.Code != control.CodeProtocol {
 				t.Fatalf("answer to a malformed hello: type %d %s", typ, payload)
 			}
 		})
@@ -75,14 +75,15 @@ func TestRobustness_MalformedInput(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The right public key, but a signature over another session.
-			_ = tunnel.WriteJSON(ctrl, tunnel.FrameHello, &tunnel.Hello{Target: "cache", PublicKey: k.Pub.Marshal(),
+			_ = control.WriteJSON(ctrl, control.FrameHello, &control.Hello{Target: "cache", PublicKey: k.Pub.Marshal(),
 				SigFormat: ssh.KeyAlgoED25519, SigBlob: make([]byte, 64)})
 			_ = ctrl.SetReadDeadline(time.Now().Add(10 * time.Second))
-			_, payload, err := tunnel.ReadFrame(ctrl)
+			_, payload, err := control.ReadFrame(ctrl)
 			if err != nil {
 				t.Fatalf("no answer to a forged signature: %v", err)
 			}
-			if !strings.Contains(string(payload), "bad_signature") {
+			var w control.Welcome
+			if json.Unmarshal(payload, &w) != nil || w.OK || w.Code != control.CodeBadSignature {
 				t.Fatalf("answer to a forged signature: %s", payload)
 			}
 		})

@@ -37,7 +37,7 @@ import (
 //
 // MaxPreAuthControlBytes is what a client may send on the control stream
 // before the server authenticated it: the open header (at most 516 bytes)
-// and up to 6 Hello frames of at most MaxFrameSize fit with room to spare.
+// and up to 6 Hello frames of at most control.MaxFrameSize fit with room to spare.
 const MaxPreAuthControlBytes = 512 << 10
 
 // ErrPreAuthLimit ends a TLS session whose client sent more than

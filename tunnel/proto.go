@@ -26,12 +26,9 @@ package tunnel
 // ChannelStream or ChannelControl, and the status is the SSH open
 // confirmation or rejection, so the framing above is not used there.
 //
-// The control stream then carries frames in both directions:
-//
-//	type     uint8    Frame...
-//	length   uint32   big-endian, at most MaxFrameSize from the client and
-//	                  MaxServerFrameSize from the server
-//	payload  [length]byte  JSON
+// The control stream (kind KindControl) then carries the frames of
+// package control, which knows the messages; to this package it is one
+// byte stream like any other.
 
 import (
 	"encoding/binary"
@@ -65,44 +62,6 @@ const (
 )
 
 var headerMagic = [2]byte{'C', 'T'}
-
-// MaxFrameSize bounds one control frame that a client sends (Hello,
-// Ping, Refresh). A Hello with an OpenSSH certificate is a few KiB. The
-// gateway checks the declared length against it before allocating
-// anything, so a peer that has not authenticated makes it hold at most
-// this much per frame.
-const MaxFrameSize = 64 << 10
-
-// MaxServerFrameSize bounds one control frame that the gateway sends
-// (Welcome and Topology of a large cluster). Readers of such frames
-// allocate as the bytes arrive, never the declared length up front.
-const MaxServerFrameSize = 1 << 20
-
-// Control frame types.
-const (
-	// FrameHello: client -> server, first frame: identity proof and target.
-	FrameHello byte = 1
-	// FrameWelcome: server -> client, answer to Hello: accepted or why not.
-	FrameWelcome byte = 2
-	// FrameTopology: server -> client, the nodes of the target changed.
-	FrameTopology byte = 3
-	// FramePing: either side; the peer answers with FramePong.
-	FramePing byte = 4
-	// FramePong: answer to FramePing.
-	FramePong byte = 5
-	// FrameGoAway: server -> client, the server drains: open no new streams
-	// and reconnect.
-	FrameGoAway byte = 6
-	// FrameRefresh: client -> server, the client saw a redirect; rediscover.
-	FrameRefresh byte = 7
-	// FrameRevoked: server -> client, the gateway judged the session again
-	// (authorized_keys reloaded, expiry-time or certificate validity passed,
-	// from= no longer matching the address) and ends it: a Revoked payload
-	// with the reason. The verdict is final: the client stops instead of
-	// reconnecting. The server closes the session right after; a client
-	// that does not know the frame just sees the session end.
-	FrameRevoked byte = 8
-)
 
 // Status is the server's answer to an open header.
 type Status uint8
@@ -168,7 +127,6 @@ var (
 	ErrBadVersion = errors.New("unsupported protocol version")
 	ErrBadKind    = errors.New("unknown stream kind")
 	ErrTooLong    = errors.New("field too long")
-	ErrFrameSize  = errors.New("control frame too large")
 )
 
 // AppendHeader appends the encoded open header of r to b.
@@ -233,60 +191,4 @@ func ReadStatus(r io.Reader) error {
 		return &StatusError{Code: s, Message: string(msg)}
 	}
 	return nil
-}
-
-// WriteFrame writes one control frame of at most MaxServerFrameSize bytes
-// (the client's frames are small; ReadFrame holds them to MaxFrameSize).
-func WriteFrame(w io.Writer, typ byte, payload []byte) error {
-	if len(payload) > MaxServerFrameSize {
-		return fmt.Errorf("write control frame: %w", ErrFrameSize)
-	}
-	b := make([]byte, 5, 5+len(payload))
-	b[0] = typ
-	binary.BigEndian.PutUint32(b[1:], uint32(len(payload)))
-	_, err := w.Write(append(b, payload...))
-	return err
-}
-
-// ReadFrame reads one control frame of at most MaxFrameSize bytes: what the
-// gateway reads from clients.
-func ReadFrame(r io.Reader) (typ byte, payload []byte, err error) {
-	return ReadFrameLimit(r, MaxFrameSize)
-}
-
-// ReadServerFrame reads one control frame of at most MaxServerFrameSize
-// bytes: what a client reads from the gateway.
-func ReadServerFrame(r io.Reader) (typ byte, payload []byte, err error) {
-	return ReadFrameLimit(r, MaxServerFrameSize)
-}
-
-// frameChunk is what ReadFrameLimit allocates at most ahead of the bytes
-// that actually arrived.
-const frameChunk = 64 << 10
-
-// ReadFrameLimit reads one control frame whose payload is at most limit
-// bytes. The declared length is checked before anything is allocated, and
-// a payload longer than 64 KiB is allocated as it arrives, so a peer that
-// declares a length and sends nothing costs at most 64 KiB.
-func ReadFrameLimit(r io.Reader, limit int) (typ byte, payload []byte, err error) {
-	var fixed [5]byte
-	if _, err := io.ReadFull(r, fixed[:]); err != nil {
-		return 0, nil, err
-	}
-	n := binary.BigEndian.Uint32(fixed[1:])
-	if uint64(n) > uint64(limit) {
-		return 0, nil, fmt.Errorf("read control frame: %w (%d bytes, at most %d)", ErrFrameSize, n, limit)
-	}
-	payload = make([]byte, min(int(n), frameChunk))
-	if _, err := io.ReadFull(r, payload); err != nil {
-		return 0, nil, fmt.Errorf("read control frame: %w", err)
-	}
-	for len(payload) < int(n) {
-		k := len(payload)
-		payload = append(payload, make([]byte, min(int(n)-k, frameChunk))...)
-		if _, err := io.ReadFull(r, payload[k:]); err != nil {
-			return 0, nil, fmt.Errorf("read control frame: %w", err)
-		}
-	}
-	return fixed[0], payload, nil
 }

@@ -52,20 +52,3 @@ func BenchmarkProto_Status(b *testing.B) {
 		}
 	}
 }
-
-func BenchmarkProto_Frame(b *testing.B) {
-	payload := bytes.Repeat([]byte(`{"addr":"10.0.1.230:6379","role":"master"},`), 8)
-	var buf bytes.Buffer
-	b.SetBytes(int64(len(payload)))
-	b.ReportAllocs()
-	for b.Loop() {
-		buf.Reset()
-		if err := tunnel.WriteFrame(&buf, tunnel.FrameTopology, payload); err != nil {
-			b.Fatal(err)
-		}
-		typ, got, err := tunnel.ReadFrame(&buf)
-		if err != nil || typ != tunnel.FrameTopology || len(got) != len(payload) {
-			b.Fatal(typ, err)
-		}
-	}
-}

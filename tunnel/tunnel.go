@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -105,101 +104,6 @@ type Listener interface {
 	Accept(ctx context.Context) (Session, error)
 	Addr() net.Addr
 	Close() error
-}
-
-// Control messages, JSON payloads of control frames.
-
-// Hello is the client's first control frame.
-type Hello struct {
-	Client string `json:"client"` // software version
-	// Target is the first (or only) target; Targets, when set, lists every
-	// target of the session and starts with Target, so that a gateway that
-	// knows only Target still serves the first one.
-	Target  string   `json:"target"`
-	Targets []string `json:"targets,omitempty"`
-	// All asks for every target the key may use (Target and Targets are
-	// then ignored).
-	All bool `json:"all,omitempty"`
-	// List asks only for the targets the key may use: the Welcome carries
-	// Allowed and the gateway then closes the session.
-	List bool `json:"list,omitempty"`
-	// PublicKey is the wire form of the client's SSH public key or
-	// certificate; Signature signs the session binding (empty on SSH,
-	// where the transport authenticated the key).
-	PublicKey []byte `json:"public_key,omitempty"`
-	SigFormat string `json:"sig_format,omitempty"`
-	SigBlob   []byte `json:"sig_blob,omitempty"`
-	SigRest   []byte `json:"sig_rest,omitempty"`
-}
-
-// Welcome answers Hello.
-type Welcome struct {
-	OK      bool   `json:"ok"`
-	Code    string `json:"code,omitempty"` // "unknown_key", "target_denied", ...
-	Error   string `json:"error,omitempty"`
-	Hint    string `json:"hint,omitempty"`
-	Server  string `json:"server,omitempty"`
-	Session string `json:"session,omitempty"` // id for correlating logs
-	Target  *TargetInfo
-	// Targets are the topologies of every target of the session, the
-	// first one also in Target (absent from gateways before multi-target
-	// sessions).
-	Targets []TargetInfo `json:"targets,omitempty"`
-	// Allowed answers a Hello with List.
-	Allowed []TargetSummary `json:"allowed,omitempty"`
-}
-
-// Revoked is the payload of FrameRevoked: why the gateway ended the
-// session. Code is one of "unknown_key", "key_expired", "source_denied",
-// "cert_invalid", "target_denied"; Error is a sentence for the user, Hint
-// the way out.
-type Revoked struct {
-	Code  string `json:"code"`
-	Error string `json:"error"`
-	Hint  string `json:"hint,omitempty"`
-}
-
-// TargetSummary is one line of a target listing.
-type TargetSummary struct {
-	Name  string `json:"name"`
-	Type  string `json:"type"`
-	Nodes int    `json:"nodes"`
-}
-
-// Refresh is the optional payload of FrameRefresh; an empty payload means
-// the session's first target.
-type Refresh struct {
-	Target string `json:"target,omitempty"`
-}
-
-// MaxHelloTargets bounds the targets one Hello may name.
-const MaxHelloTargets = 64
-
-// TargetInfo describes a target and its nodes, pushed on Welcome and
-// whenever the topology changes.
-type TargetInfo struct {
-	Name  string     `json:"name"`
-	Type  string     `json:"type"`
-	Nodes []NodeInfo `json:"nodes"`
-	// Version counts the gateway's topology changes of this target.
-	Version int64 `json:"version,omitempty"`
-}
-
-// NodeInfo is one upstream node. Addr is what stream requests name.
-type NodeInfo struct {
-	Addr  string `json:"addr"`
-	ID    string `json:"id,omitempty"`
-	Role  string `json:"role,omitempty"`
-	Slots string `json:"slots,omitempty"`
-}
-
-// WriteJSON writes a control frame with v encoded as JSON.
-func WriteJSON(w io.Writer, typ byte, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return WriteFrame(w, typ, b)
 }
 
 // ErrSessionClosed is returned by operations on a closed session.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
@@ -158,7 +159,7 @@ func (c *DoctorCmd) doctor(ctx context.Context, e *env, report func(checkResult)
 	srv := opts.Servers[0]
 	var (
 		sess    tunnel.Session
-		welcome *tunnel.Welcome
+		welcome *control.Welcome
 		authErr error
 	)
 	results := map[string]error{}
@@ -421,7 +422,7 @@ func checkDNS(ctx context.Context, server string) checkResult {
 // roundTrip opens a stream to node n and asks it something the cache
 // answers without side effects: PING for redis, version for memcached; a
 // tcp target only has to be reachable.
-func roundTrip(ctx context.Context, sess tunnel.Session, info *tunnel.TargetInfo, n tunnel.NodeInfo) checkResult {
+func roundTrip(ctx context.Context, sess tunnel.Session, info *control.TargetInfo, n control.NodeInfo) checkResult {
 	what := n.Addr
 	if n.Role != "" {
 		what += " (" + n.Role + ")"

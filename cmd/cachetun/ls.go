@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/cachetun/cachetun/client"
-	"github.com/cachetun/cachetun/tunnel"
+	"github.com/cachetun/cachetun/control"
 )
 
 // LsCmd lists the targets the key may use, as the gateway says.
@@ -45,7 +45,7 @@ func (c *LsCmd) Run(e *env) error {
 	}
 	if c.JSON {
 		if list == nil {
-			list = []tunnel.TargetSummary{}
+			list = []control.TargetSummary{}
 		}
 		b, _ := json.Marshal(list)
 		fmt.Fprintf(e.stdout, "%s\n", b)
