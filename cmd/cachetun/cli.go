@@ -77,6 +77,31 @@ func newSignals() signals {
 	return signals{stop: stop, reload: reload}
 }
 
+// hangupStops returns signals whose stop channel also delivers the
+// reload signal (SIGHUP), and no reload channel; quit ends the forwarding.
+func (s signals) hangupStops() (signals, func()) {
+	stop := make(chan os.Signal, 2)
+	done := make(chan struct{})
+	go func() {
+		for {
+			var v os.Signal
+			select {
+			case v = <-s.stop:
+			case v = <-s.reload:
+			case <-done:
+				return
+			}
+			select {
+			case stop <- v:
+			case <-done:
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return signals{stop: stop}, func() { once.Do(func() { close(done) }) }
+}
+
 // usageError marks errors that exit with code 2.
 type usageError struct {
 	err  error
@@ -148,6 +173,15 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) 
 			return exitUsage
 		}
 		defer stop()
+	}
+	if !strings.HasPrefix(kctx.Command(), "server") {
+		// Only the gateway reloads on SIGHUP. For a client command it means
+		// the terminal went away (a closed window, a killed tmux or
+		// script): stop as on SIGTERM, as ssh does, instead of holding the
+		// local ports with no one to press Ctrl-C.
+		var quit func()
+		e.signals, quit = sig.hangupStops()
+		defer quit()
 	}
 	cli.Exec.Command = command
 	err = kctx.Run(e)
