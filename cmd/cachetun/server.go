@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -66,7 +67,7 @@ func (c *ServerRunCmd) Run(e *env) error {
 		}()
 	}
 	if cfg.Metrics != "" {
-		mln, err := net.Listen("tcp", cfg.Metrics)
+		mln, err := net.Listen(listenNetwork(cfg.Metrics), cfg.Metrics)
 		if err != nil {
 			srv.Drain(abort)
 			return fmt.Errorf("listen metrics on %q: %w", cfg.Metrics, err)
@@ -274,4 +275,19 @@ func writeIfMissing(path string, data []byte, perm os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return f.Close()
+}
+
+// listenNetwork is "tcp4" for an IPv4 address such as 0.0.0.0:9464, so the
+// listener binds exactly what the config names: Go's "tcp" would bind
+// 0.0.0.0 as [::], IPv6 included. Anything else (a host name, [::], :9464)
+// keeps "tcp".
+func listenNetwork(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "tcp"
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
+		return "tcp4"
+	}
+	return "tcp"
 }
