@@ -34,7 +34,6 @@ const (
 	keySession   = "session"
 	keyTransport = "transport"
 	keyRemote    = "remote"
-	keyKey       = "key" // a fingerprint, where no authorized_keys entry is known yet
 	keyKeyFP     = "key_fp"
 	keyComment   = "key_comment"
 	keyCertSer   = "cert_serial"

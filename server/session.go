@@ -290,9 +290,11 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 	_ = ctrl.SetDeadline(deadline)
 	// fail answers a failed attempt; the client may try another key
 	// unless the failure is final.
-	fail := func(code control.Code, err error, hint string, final bool) {
+	// keyAttrs name the refused key (key_fp) when one was parsed, so that
+	// a log pipeline can group failed logins by key.
+	fail := func(code control.Code, err error, hint string, final bool, keyAttrs ...any) {
 		s.metrics.authFailures.WithLabelValues(string(code)).Inc()
-		ss.log.Warn("authentication failed", "code", code, keyErr, err)
+		ss.log.Warn("authentication failed", append(keyAttrs, "code", code, keyErr, err)...)
 		w := &control.Welcome{Code: code, Error: s.clientAuthError(err), Hint: hint}
 		if final {
 			ss.refuse(ctrl, w)
@@ -329,7 +331,7 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 		}
 		sig := &ssh.Signature{Format: hello.SigFormat, Blob: hello.SigBlob, Rest: hello.SigRest}
 		if err := auth.VerifyBinding(key, ss.sess.Binding(), sig); err != nil {
-			fail(control.CodeBadSignature, fmt.Errorf("key %s did not prove possession for this session: %w", auth.Fingerprint(key), err), "", true)
+			fail(control.CodeBadSignature, fmt.Errorf("key %s did not prove possession for this session: %w", auth.Fingerprint(key), err), "", true, keyKeyFP, auth.Fingerprint(key))
 			return nil, nil, false
 		}
 		id, err := s.keys.Load().Authorize(key, ip, time.Now())
@@ -343,7 +345,7 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 				// client learns nothing of the host (issue 10, finding 7).
 				hint = "ask the gateway's operator to add your public key to the gateway's authorized_keys: " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
 			}
-			fail(authCode(err), err, hint, false)
+			fail(authCode(err), err, hint, false, keyKeyFP, auth.Fingerprint(key))
 			continue
 		}
 		ss.ident = id
@@ -482,7 +484,7 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *contr
 	waitAllDiscovered(ctx, ts, s.config().Limits.DialTimeout)
 	for _, t := range ts {
 		if msg := permitsTarget(ss.identity(), t); msg != "" {
-			ss.log.Warn("target denied by permitopen", keyKey, ss.ident.String(), keyTarget, t.name, "reason", msg)
+			ss.log.Warn("target denied by permitopen", append(identAttrs(ss.ident), keyTarget, t.name, "reason", msg)...)
 			s.metrics.authFailures.WithLabelValues(string(control.CodeTargetDenied)).Inc()
 			ss.refuse(ctrl, &control.Welcome{Code: control.CodeTargetDenied, Error: msg,
 				Hint: "ask the gateway's operator to extend permitopen= on your key's line, or use another target"})

@@ -129,5 +129,5 @@ func (s *Server) sshAuthFailed(conn ssh.ConnMetadata, key ssh.PublicKey, err err
 	code := authCode(err)
 	s.metrics.authFailures.WithLabelValues(string(code)).Inc()
 	s.log.Warn("authentication failed", keyTransport, "ssh", keyRemote, conn.RemoteAddr().String(),
-		"user", conn.User(), keyKey, auth.Fingerprint(key), "code", code, keyErr, err)
+		"user", conn.User(), keyKeyFP, auth.Fingerprint(key), "code", code, keyErr, err)
 }

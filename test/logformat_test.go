@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/test/testenv"
 )
 
@@ -144,6 +145,8 @@ func TestLogFormat_JSON(t *testing.T) {
 		t.Errorf("%d authentication failed lines, want 1", n)
 	} else {
 		str(byMsg["authentication failed"][0], "code", "unknown_key")
+		// The refused key is a field of its own, as on the other lines.
+		str(byMsg["authentication failed"][0], "key_fp", auth.Fingerprint(stranger.Pub))
 	}
 	if n := len(byMsg["authentication aborted"]); n != 0 {
 		t.Errorf("%d authentication aborted lines after a refused login, want 0: %v", n, byMsg["authentication aborted"])
