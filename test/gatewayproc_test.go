@@ -238,12 +238,19 @@ func (g *gatewayProc) KnownHosts(t testing.TB) string {
 // /proc/PID/status).
 func (g *gatewayProc) RSS(t testing.TB) int64 {
 	t.Helper()
+	return g.statusKB(t, "VmRSS:")
+}
+
+// statusKB returns the field of /proc/PID/status named field (with its
+// colon), given in kB, in bytes.
+func (g *gatewayProc) statusKB(t testing.TB, field string) int64 {
+	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", g.PID()))
 	if err != nil {
 		t.Fatalf("read gateway status: %v", err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			f := strings.Fields(rest) // "12345 kB"
 			if len(f) == 2 && f[1] == "kB" {
 				kb, err := strconv.ParseInt(f[0], 10, 64)
@@ -253,8 +260,25 @@ func (g *gatewayProc) RSS(t testing.TB) int64 {
 			}
 		}
 	}
-	t.Fatalf("no VmRSS in /proc/%d/status", g.PID())
+	t.Fatalf("no %s in /proc/%d/status", field, g.PID())
 	return 0
+}
+
+// ResetPeakRSS makes the gateway's peak RSS (VmHWM) start again from its
+// current RSS (writing 5 to /proc/PID/clear_refs, Linux 4.0 and later).
+func (g *gatewayProc) ResetPeakRSS(t testing.TB) {
+	t.Helper()
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", g.PID()), []byte("5"), 0); err != nil {
+		t.Fatalf("reset the gateway's peak RSS: %v", err)
+	}
+}
+
+// PeakRSS returns the gateway's peak resident set size in bytes since it
+// started or since ResetPeakRSS (VmHWM of /proc/PID/status): a flood's
+// worst moment, however short, not a sample taken after it.
+func (g *gatewayProc) PeakRSS(t testing.TB) int64 {
+	t.Helper()
+	return g.statusKB(t, "VmHWM:")
 }
 
 // Signal sends sig to the gateway.
