@@ -311,7 +311,11 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 			if !tunnel.ClosedByPeer(err) {
 				ss.log.Warn("authentication aborted", keyErr, err)
 			}
-			s.metrics.authFailures.WithLabelValues("no_hello").Inc()
+			// After a refused Hello, that refusal was counted: a
+			// failed login is one failure, not two.
+			if try == 0 {
+				s.metrics.authFailures.WithLabelValues("no_hello").Inc()
+			}
 			ctrl.Abort()
 			return nil, nil, false
 		}

@@ -216,6 +216,15 @@ func TestMetrics_AfterTraffic(t *testing.T) {
 	if v, _ := ms.value("cachetun_streams_resumed_total", nil); v != 0 {
 		t.Errorf("cachetun_streams_resumed_total = %g, want 0 (no resumption yet)", v)
 	}
+	// A refused login is one failure: mallory's client leaving after the
+	// refusal is not a second one ("no_hello" is for a connection that
+	// never sent a Hello).
+	if v, _ := ms.value("cachetun_auth_failures_total", map[string]string{"reason": "unknown_key"}); v != 1 {
+		t.Errorf("cachetun_auth_failures_total{reason=unknown_key} = %g, want 1 (one refused login)", v)
+	}
+	if v, _ := ms.value("cachetun_auth_failures_total", map[string]string{"reason": "no_hello"}); v != 0 {
+		t.Errorf("cachetun_auth_failures_total{reason=no_hello} = %g, want 0: the refused login was counted twice", v)
+	}
 	if v, _ := ms.value("cachetun_upstream_dial_seconds", map[string]string{"target": "gone"}); v != 0 {
 		t.Errorf("failed dials are in the latency histogram: count %g", v)
 	}
