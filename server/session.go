@@ -173,7 +173,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 		if ctrl != nil {
 			ss.refuse(ctrl, &control.Welcome{Code: control.CodeSessionLimit,
 				Error: fmt.Sprintf("key %s already has %d sessions open on this gateway", ss.ident.Fingerprint, s.config().Limits.MaxSessionsPerKey),
-				Hint:  "close other 'cachetun connect' processes using this key, or raise limits.max_sessions_per_key"})
+				Hint:  "close other 'cachetun connect' processes using this key, or ask the gateway's operator to raise limits.max_sessions_per_key"})
 		}
 		return
 	}

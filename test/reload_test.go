@@ -295,6 +295,9 @@ func TestReload_BadFileKeepsConfig(t *testing.T) {
 	}
 	if _, err := startConnect(t, g, "tls", "b", k); err == nil || !strings.Contains(errText(err), "already has 2 sessions") {
 		t.Fatalf("third session of the key after max_sessions_per_key: 2: %v", errText(err))
+	} else if !strings.Contains(errText(err), "ask the gateway's operator to raise limits.max_sessions_per_key") {
+		// The limit is the operator's: the laptop user is told to ask.
+		t.Errorf("session limit hint does not send the user to the operator: %v", errText(err))
 	}
 	ca.cancel() // frees one of the key's two sessions
 	waitFor(t, 10*time.Second, "a session to b once the key has one free", func() bool {
