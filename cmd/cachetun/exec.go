@@ -32,7 +32,18 @@ func (e *exitStatus) Error() string { return fmt.Sprintf("command exited with st
 func (c *ExecCmd) Run(e *env) error {
 	c.cmdName = "exec"
 	if len(c.Command) == 0 {
-		return &usageError{err: errors.New("no command to run"), hint: "put it after --: cachetun exec PROFILE -- redis-cli -h $CACHETUN_PROFILE_HOST -p $CACHETUN_PROFILE_PORT"}
+		// The variables are quoted for sh -c: unquoted, the user's own
+		// shell would expand them (to nothing) before exec runs.
+		prof, name := "PROFILE", "<TARGET>"
+		if len(c.Profiles) > 0 {
+			prof = c.Profiles[0]
+			name = envName(prof)
+			if c.Target != "" {
+				name = envName(c.Target)
+			}
+		}
+		return &usageError{err: errors.New("no command to run"), hint: fmt.Sprintf(
+			`put it after --: cachetun exec %s -- sh -c 'redis-cli -h "$CACHETUN_%s_HOST" -p "$CACHETUN_%s_PORT"'`, prof, name, name)}
 	}
 	if c.JSON {
 		return &usageError{err: errors.New("--json is for connect, ls and doctor"), hint: "drop --json: exec hands the endpoints to the command in its environment"}
