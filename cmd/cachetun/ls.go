@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -23,7 +26,12 @@ func (c *LsCmd) Run(e *env) error {
 		return &usageError{err: errors.New("ls takes at most one PROFILE"), hint: "run 'cachetun ls PROFILE' or 'cachetun ls --server HOST:PORT'"}
 	}
 	if len(c.Profiles) == 0 && len(c.Server) == 0 {
-		return &usageError{err: errors.New("ls needs a PROFILE or --server HOST:PORT"), hint: "name a profile whose gateway to ask, or pass --server"}
+		// With every profile on one gateway, that gateway is meant.
+		p, err := c.onlyGatewayProfile()
+		if err != nil {
+			return err
+		}
+		c.Profiles = []string{p}
 	}
 	opts, err := c.options()
 	if err != nil {
@@ -61,4 +69,31 @@ func (c *LsCmd) Run(e *env) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\n", t.Name, t.Type, t.Nodes)
 	}
 	return tw.Flush()
+}
+
+// onlyGatewayProfile returns a profile of the config file when every
+// profile names the same gateway (server: list), so that a bare
+// 'cachetun ls' asks it; otherwise ls needs a PROFILE or --server.
+func (c *LsCmd) onlyGatewayProfile() (string, error) {
+	need := &usageError{err: errors.New("ls needs a PROFILE or --server HOST:PORT"), hint: "name a profile whose gateway to ask, or pass --server"}
+	path, explicit := c.Config, c.Config != ""
+	if !explicit {
+		path = client.DefaultConfigPath()
+	}
+	cfg, err := client.LoadConfig(path, explicit)
+	if err != nil {
+		return "", err
+	}
+	names := slices.Sorted(maps.Keys(cfg.Profiles))
+	if len(names) == 0 {
+		return "", need
+	}
+	first := strings.Join(cfg.Profiles[names[0]].Server, ",")
+	for _, n := range names[1:] {
+		if strings.Join(cfg.Profiles[n].Server, ",") != first {
+			need.hint = fmt.Sprintf("the profiles of %s name several gateways: run 'cachetun ls PROFILE' (profiles: %s), or pass --server", path, strings.Join(names, ", "))
+			return "", need
+		}
+	}
+	return names[0], nil
 }
