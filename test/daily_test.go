@@ -316,6 +316,17 @@ func TestDoctor(t *testing.T) {
 		if nodes != 2 {
 			t.Fatalf("%d memcached nodes answered version, want 2", nodes)
 		}
+		// doctor's probes end as a connection does (half-close, then the
+		// cache's end): the gateway logs each as result=ok, not as a reset
+		// by the client.
+		waitFor(t, 10*time.Second, "3 stream lines for doctor's probes", func() bool {
+			return strings.Count(g.Log.String(), "msg=stream ") >= 3
+		})
+		for _, l := range strings.Split(g.Log.String(), "\n") {
+			if strings.Contains(l, "msg=stream ") && !strings.Contains(l, "result=ok ") {
+				t.Errorf("a probe's stream did not end cleanly: %s", l)
+			}
+		}
 	})
 
 	t.Run("NoKnownHostsEntry", func(t *testing.T) {
