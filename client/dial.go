@@ -355,6 +355,9 @@ func refusalHint(r refusal) string {
 	case control.CodeCertInvalid:
 		return "get a new certificate from your certificate authority (it may have expired or not name this gateway's principals)"
 	case control.CodeKeyRestricted:
+		if r.hint != "" {
+			return r.hint // a certificate without permit-port-forwarding: its CA's to fix
+		}
 		return "the key's line in the gateway's authorized_keys forbids port forwarding (restrict, no-port-forwarding): ask the gateway's operator, or pass -i with another key"
 	}
 	return r.hint

@@ -344,6 +344,10 @@ func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, 
 			switch cert, isCert := key.(*ssh.Certificate); {
 			case isCert && errors.Is(err, auth.ErrUnknownKey):
 				hint = "the certificate's CA " + auth.Fingerprint(cert.SignatureKey) + " is not trusted here: ask the gateway's operator for a certificate from a trusted CA, or to add a cert-authority line for this CA to the gateway's authorized_keys"
+			case isCert && errors.Is(err, auth.ErrKeyRestricted) && errors.Is(err, auth.ErrCertInvalid):
+				// The certificate lacks permit-port-forwarding: its CA,
+				// not the gateway's authorized_keys, can fix that.
+				hint = "ask your certificate authority for a certificate with the permit-port-forwarding extension (ssh-keygen -s CA -O permit-port-forwarding, or without -O clear), or pass -i with another key"
 			case errors.Is(err, auth.ErrUnknownKey):
 				// The hint never names the gateway's files: an unknown
 				// client learns nothing of the host (issue 10, finding 7).
