@@ -116,6 +116,9 @@ var (
 	// ErrRateLimited: the gateway refuses this source for a while, after
 	// too many failed or abandoned authentications from it.
 	ErrRateLimited = errors.New("gateway refused this address for now")
+	// ErrSessionLimit: the key was accepted, but it already holds as many
+	// sessions as limits.max_sessions_per_key allows.
+	ErrSessionLimit = errors.New("too many sessions for this key")
 )
 
 // Client runs one connect: a supervised session and one local listener

@@ -295,6 +295,10 @@ func sessionRefusal(w *control.Welcome) error {
 		return &Error{Err: fmt.Errorf("%w: %s", ErrUnknownTarget, w.Error), Hint: w.Hint}
 	case control.CodeTargetDenied:
 		return &Error{Err: fmt.Errorf("%w: %s", ErrTargetDenied, w.Error), Hint: w.Hint}
+	case control.CodeSessionLimit:
+		// The key is fine: "gateway refused authentication" would send
+		// the user after the wrong problem.
+		return &Error{Err: fmt.Errorf("%w: %s", ErrSessionLimit, w.Error), Hint: w.Hint}
 	case control.CodeRateLimited:
 		// "too many failed authentications from 198.51.100.27: retry in 41 s"
 		return &Error{Err: fmt.Errorf("%w: %s", ErrRateLimited, w.Error), Hint: w.Hint}

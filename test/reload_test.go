@@ -295,6 +295,9 @@ func TestReload_BadFileKeepsConfig(t *testing.T) {
 	}
 	if _, err := startConnect(t, g, "tls", "b", k); err == nil || !strings.Contains(errText(err), "already has 2 sessions") {
 		t.Fatalf("third session of the key after max_sessions_per_key: 2: %v", errText(err))
+	} else if !errors.Is(err, client.ErrSessionLimit) || errors.Is(err, client.ErrAuthFailed) {
+		// The key was accepted: the error is the limit, not authentication.
+		t.Errorf("session limit refusal: err = %v, want client.ErrSessionLimit and not ErrAuthFailed", err)
 	} else if !strings.Contains(errText(err), "ask the gateway's operator to raise limits.max_sessions_per_key") {
 		// The limit is the operator's: the laptop user is told to ask.
 		t.Errorf("session limit hint does not send the user to the operator: %v", errText(err))
