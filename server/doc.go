@@ -1,7 +1,7 @@
 // Package server is the cachetun gateway: configuration, targets and their
 // discovery, authorisation of sessions and streams, upstream dialling (TLS,
 // AUTH), audit log, metrics and lifecycle (drain on SIGTERM, reload of
-// authorized_keys on SIGHUP).
+// server.yaml and authorized_keys on SIGHUP).
 //
 // Lifecycle: New loads keys and targets without listening; Listen opens the
 // configured transports; Serve(ctx, ln) accepts sessions from one listener
