@@ -13,6 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
@@ -70,6 +71,11 @@ func (c *Client) dialSSH(ctx context.Context, addr string, verify func(ssh.Publi
 		return nil, err
 	}
 	// The handshake got as far as authentication and the gateway said no.
+	for _, b := range banners {
+		if strings.HasPrefix(b, control.RateLimitedPrefix) { // no key would help
+			return nil, &Error{Err: fmt.Errorf("%w: %s", ErrRateLimited, b), Hint: rateLimitedHint}
+		}
+	}
 	if len(banners) > 0 {
 		return nil, &Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, strings.Join(banners, "; ")), Hint: sshAuthHint}
 	}
@@ -98,6 +104,10 @@ func (c *Client) dialSSH(ctx context.Context, addr string, verify func(ssh.Publi
 		Err:  keyVerdict{fmt.Errorf("%w: none of the keys offered (%s) is authorized in the gateway's authorized_keys", ErrAuthFailed, strings.Join(fps, ", "))},
 		Hint: "ask the gateway's operator to add your public key (the .pub line) to its authorized_keys, or pass -i with a key it knows"}
 }
+
+// rateLimitedHint is the hint of a rate-limited source on SSH (on QUIC and
+// TLS the gateway sends its own with CodeRateLimited).
+const rateLimitedHint = "wait for the time it names: the gateway counts failed and abandoned authentications per source address (limits.auth_failures_per_minute); check the key and the gateway address"
 
 // sshAuthHint: what the gateway's banners name (an expired key, an address
 // from= does not allow, a certificate's principals) is changed in its

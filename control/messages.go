@@ -29,6 +29,13 @@ type Hello struct {
 // MaxHelloTargets bounds the targets one Hello may name.
 const MaxHelloTargets = 64
 
+// RateLimitedPrefix starts the gateway's refusal of a source over its
+// failed-authentication budget ("too many failed authentications from
+// 198.51.100.27: retry in 41 s"). On QUIC and TLS it comes with
+// CodeRateLimited; on SSH a banner is the only channel, so the client
+// tells it from a refused key by this prefix.
+const RateLimitedPrefix = "too many failed authentications from "
+
 // Welcome is the payload of FrameWelcome, the answer to Hello.
 type Welcome struct {
 	OK      bool   `json:"ok"`

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/cachetun/cachetun/control"
 )
 
 // Admission of unauthenticated clients and the failed-authentication
@@ -192,5 +194,5 @@ func (f *failureTable) limited(src netip.Prefix) (bool, time.Duration) {
 
 // rateLimitMessage is what a refused client is told, on every transport.
 func rateLimitMessage(src netip.Prefix, retry time.Duration) string {
-	return fmt.Sprintf("too many failed authentications from %s: retry in %d s", sourceString(src), int((retry+time.Second-1)/time.Second))
+	return fmt.Sprintf(control.RateLimitedPrefix+"%s: retry in %d s", sourceString(src), int((retry+time.Second-1)/time.Second))
 }

@@ -371,6 +371,11 @@ func TestPreAuth_EOFsAndTimeoutsCount(t *testing.T) {
 		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
 			t.Errorf("%s: rate-limited client exit: %v, want exit status 1", tr, err)
 		}
+		// Told it is the address, not the key: on ssh too, where the
+		// reason comes as a banner.
+		if !strings.Contains(stderr.String(), "gateway refused this address for now: too many failed") || strings.Contains(stderr.String(), "pass -i with another key") {
+			t.Errorf("%s: the client does not say the address is refused for now (or sends the user to another key):\n%s", tr, stderr.String())
+		}
 		if !msg.Match(stderr.Bytes()) {
 			t.Errorf("%s: client output does not say why and when to retry:\n%s", tr, stderr.String())
 		} else {
