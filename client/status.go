@@ -18,6 +18,7 @@ const (
 	EventReconnected  = "reconnected"  // a new session is up
 	EventError        = "error"        // a reconnect attempt failed
 	EventRevoked      = "revoked"      // the gateway revoked the access: the connect ends
+	EventFailed       = "failed"       // the connect ends on an error (before or after up), with its hint
 )
 
 // Event is one change a connect reports: to a script as a JSON line, to a
@@ -30,6 +31,7 @@ type Event struct {
 	Target    string            `json:"target,omitempty"` // the target that changed (topology)
 	Targets   []TargetEndpoints `json:"targets,omitempty"`
 	Error     string            `json:"error,omitempty"`
+	Hint      string            `json:"hint,omitempty"` // the fix, for failed
 }
 
 // TargetEndpoints is one target's part of the endpoint table.

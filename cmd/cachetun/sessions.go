@@ -120,7 +120,7 @@ func isTerminal(w io.Writer) bool {
 // runSessions runs one client per session until ctx ends (or whileUp
 // returns, when set: exec). Every session must come up, or all are
 // stopped and the first error is returned.
-func runSessions(ctx context.Context, e *env, sessions []client.Options, jsonOut bool, whileUp func(context.Context, []client.TargetEndpoints) error) error {
+func runSessions(ctx context.Context, e *env, sessions []client.Options, jsonOut bool, whileUp func(context.Context, []client.TargetEndpoints) error) (err error) {
 	v := pickView(e, jsonOut, whileUp != nil)
 	var ui *liveUI
 	log := e.log
@@ -129,6 +129,18 @@ func runSessions(ctx context.Context, e *env, sessions []client.Options, jsonOut
 		log = ui.logger()
 	}
 	jw := &jsonLines{w: e.stdout}
+	if v == viewJSON {
+		// A script reading stdout learns why the connect ended, also
+		// when it never came up: one "failed" line with the error and
+		// its fix (stderr has the same as text). A stop by a signal is
+		// no failure.
+		defer func() {
+			// A revocation has its own "revoked" line already.
+			if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, client.ErrRevoked) {
+				jw.final(client.Event{Kind: client.EventFailed, Time: time.Now(), Error: strings.TrimSuffix(err.Error(), "."), Hint: hintOf(err)})
+			}
+		}()
+	}
 	clients := make([]*client.Client, 0, len(sessions))
 	for _, opts := range sessions {
 		opts.Logger = log
@@ -195,7 +207,7 @@ func runSessions(ctx context.Context, e *env, sessions []client.Options, jsonOut
 	}
 	// The first client to return (ctx done, or a final error such as a
 	// revocation) ends them all.
-	err := <-errs
+	err = <-errs
 	cancel()
 	return err
 }
@@ -221,6 +233,13 @@ func (j *jsonLines) up(all []client.TargetEndpoints) {
 	defer j.mu.Unlock()
 	j.ready = true
 	j.writeLocked(client.Event{Kind: client.EventUp, Time: time.Now(), Targets: all})
+}
+
+// final writes the last line, whether or not the up line was written.
+func (j *jsonLines) final(ev client.Event) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.writeLocked(ev)
 }
 
 // event is a client's OnEvent: it must not block for long (a write to
