@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"go/parser"
 	"go/token"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,6 +29,35 @@ func TestWire_FrameNumbers(t *testing.T) {
 	}
 	if ProtocolVersion != 1 {
 		t.Errorf("ProtocolVersion = %d, want 1", ProtocolVersion)
+	}
+}
+
+// TestWire_ProtocolTable: the frame table of tunnel/PROTOCOL.md names
+// every frame type with the number it has here.
+func TestWire_ProtocolTable(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "tunnel", "PROTOCOL.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]FrameType{
+		"Hello": FrameHello, "Welcome": FrameWelcome, "Topology": FrameTopology, "Ping": FramePing,
+		"Pong": FramePong, "GoAway": FrameGoAway, "Refresh": FrameRefresh, "Revoked": FrameRevoked,
+	}
+	got := map[string]FrameType{}
+	row := regexp.MustCompile(`(?m)^\| (\d) (\w+)(?: / (\d) (\w+))? \|`)
+	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
+		for i := 1; i+1 < len(m) && m[i] != ""; i += 2 {
+			n, _ := strconv.Atoi(m[i])
+			got[m[i+1]] = FrameType(n)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("PROTOCOL.md lists %d frame types %v, want %d", len(got), got, len(want))
+	}
+	for name, typ := range want {
+		if g, ok := got[name]; !ok || g != typ {
+			t.Errorf("PROTOCOL.md: frame %s is %d (listed: %v), want %d", name, g, ok, typ)
+		}
 	}
 }
 
