@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"unicode"
 
 	"github.com/cachetun/cachetun/client"
@@ -107,11 +108,7 @@ func (c *ExecCmd) Run(e *env) error {
 				var ee *exec.ExitError
 				switch {
 				case errors.As(err, &ee):
-					code := ee.ExitCode()
-					if code < 0 {
-						code = 128 + 15 // killed by a signal; the shell's convention
-					}
-					return &exitStatus{code: code}
+					return &exitStatus{code: commandStatus(ee)}
 				case err != nil:
 					return fmt.Errorf("run %q: %w", c.Command[0], err)
 				}
@@ -180,4 +177,16 @@ func splitLocal(addr string) (host, port string) {
 		return addr, ""
 	}
 	return strings.Trim(addr[:i], "[]"), addr[i+1:]
+}
+
+// commandStatus is the status a shell would give: the exit code, or 128+N
+// for a command killed by signal N (130 for SIGINT, 143 for SIGTERM).
+func commandStatus(ee *exec.ExitError) int {
+	if code := ee.ExitCode(); code >= 0 {
+		return code
+	}
+	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return 128 + int(syscall.SIGTERM)
 }
