@@ -340,7 +340,9 @@ func clusterTrafficOK(t testing.TB, c *connect, prefix string) {
 // tunnel, a user re-announces a replica (announce-ip, then
 // announce-hostname with cluster-preferred-endpoint-type hostname) at a
 // fake metadata listener on 127.0.0.2, outside the target's networks
-// (127.0.0.1/32); then at the port of another redis-server inside the
+// (127.0.0.1/32); then, as the issue words it, at hostname
+// 169.254.169.254 port 80 (refused as link_local, so never dialled);
+// then at the port of another redis-server inside the
 // networks, which is not that cluster node. Each time the gateway refuses
 // the node (logged once with its reason, counted in
 // cachetun_discovery_rejected_nodes_total), the client is never told of
@@ -374,7 +376,7 @@ func TestDiscovery_ReannouncedNodeRefused(t *testing.T) {
 	waitFor(t, 20*time.Second, "6 nodes in the client's topology", func() bool { return len(c.Client.Topology().Nodes) == 6 })
 	watch := watchTopology(t, c, func(addr string) bool {
 		host, port, _ := net.SplitHostPort(addr)
-		return host == trapHost || port == strconv.Itoa(tr.Port) || port == strconv.Itoa(other.Port)
+		return host == trapHost || host == "169.254.169.254" || port == strconv.Itoa(tr.Port) || port == strconv.Itoa(other.Port)
 	})
 	var victims []*testenv.Redis
 	for _, m := range cl.Masters(t) {
@@ -441,6 +443,27 @@ func TestDiscovery_ReannouncedNodeRefused(t *testing.T) {
 		tunnelDo(t, c, v2.Addr, "CONFIG", "SET", "cluster-announce-hostname", trapHost)
 		tunnelDo(t, c, v2.Addr, "CONFIG", "SET", "cluster-announce-port", tr.Port)
 		refusedThenBack(t, v2, trapAddr, "loopback", func() {
+			adminDo(t, v2, "CONFIG", "SET", "cluster-announce-hostname", "127.0.0.1")
+			adminDo(t, v2, "CONFIG", "SET", "cluster-announce-port", 0)
+		})
+		for _, r := range cl.Nodes {
+			adminDo(t, r, "CONFIG", "SET", "cluster-preferred-endpoint-type", "ip")
+			adminDo(t, r, "CONFIG", "SET", "cluster-announce-hostname", "")
+		}
+	})
+
+	t.Run("MetadataHostname", func(t *testing.T) {
+		// The issue's words: cluster-announce-hostname 169.254.169.254,
+		// cluster-announce-port 80, cluster-preferred-endpoint-type
+		// hostname, through the tunnel. Nothing listens there (outside a
+		// network namespace): the address is refused before any dial.
+		for _, r := range cl.Nodes {
+			tunnelDo(t, c, r.Addr, "CONFIG", "SET", "cluster-announce-hostname", "127.0.0.1")
+			tunnelDo(t, c, r.Addr, "CONFIG", "SET", "cluster-preferred-endpoint-type", "hostname")
+		}
+		tunnelDo(t, c, v2.Addr, "CONFIG", "SET", "cluster-announce-hostname", "169.254.169.254")
+		tunnelDo(t, c, v2.Addr, "CONFIG", "SET", "cluster-announce-port", 80)
+		refusedThenBack(t, v2, "169.254.169.254:80", "link_local", func() {
 			adminDo(t, v2, "CONFIG", "SET", "cluster-announce-hostname", "127.0.0.1")
 			adminDo(t, v2, "CONFIG", "SET", "cluster-announce-port", 0)
 		})
