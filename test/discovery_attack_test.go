@@ -642,3 +642,55 @@ func TestUpstream_AuthReplyNotEchoed(t *testing.T) {
 		t.Errorf("the gateway's log lacks the sanitised prefix that helps the operator:\n%s", log)
 	}
 }
+
+// TestDiscovery_DefaultNetworksRefuseMetadata: finding 1 with the target's
+// networks absent (the default private ranges, which admit no loopback
+// node): the gateway binary refuses every discovered node of a loopback
+// cluster (reason loopback) but keeps the operator's seed, and when a user
+// re-announces that seed through her tunnel at hostname 169.254.169.254
+// port 80 (cluster-preferred-endpoint-type hostname), that node is
+// refused as link_local, never published, and the seed still answers
+// through the tunnel.
+func TestDiscovery_DefaultNetworksRefuseMetadata(t *testing.T) {
+	pw := randomSecret(t)
+	cl := testenv.StartCluster(t, 3, 0, "--requirepass", pw)
+	seed := cl.Nodes[0]
+	k := newKey(t, "dev@laptop")
+	g := startGatewayProc(t, gatewayProcOpts{
+		Targets: map[string]string{"prod": fmt.Sprintf(`{type: redis-cluster, nodes: [%q], refresh: 1s, auth: {password_file: %q}}`,
+			seed.Addr, writeSecret(t, pw))},
+		Authorized: []string{k.Line},
+		Extra:      "metrics: \"127.0.0.1:0\"\n",
+		NoSSH:      true,
+	})
+	c := mustConnect(t, g, "tls", "prod", k)
+	for _, r := range cl.Nodes[1:] {
+		waitFor(t, 20*time.Second, r.Addr+" refused as loopback", func() bool { return refusalLines(g, r.Addr, r.ClusterID(), "loopback") > 0 })
+	}
+	watch := watchTopology(t, c, func(addr string) bool {
+		host, port, _ := net.SplitHostPort(addr)
+		return host == "169.254.169.254" || port == "80" || (addr != seed.Addr)
+	})
+	tunnelDo(t, c, seed.Addr, "CONFIG", "SET", "cluster-announce-hostname", "169.254.169.254")
+	tunnelDo(t, c, seed.Addr, "CONFIG", "SET", "cluster-announce-port", 80)
+	tunnelDo(t, c, seed.Addr, "CONFIG", "SET", "cluster-preferred-endpoint-type", "hostname")
+	waitFor(t, 20*time.Second, "the gateway to refuse 169.254.169.254:80", func() bool {
+		return refusalLines(g, "169.254.169.254:80", seed.ClusterID(), "link_local") > 0
+	})
+	if n := scrapeCounter(t, g, "cachetun_discovery_rejected_nodes_total", "target", "prod", "reason", "link_local"); n < 1 {
+		t.Errorf("cachetun_discovery_rejected_nodes_total{reason=\"link_local\"} = %v, want >= 1", n)
+	}
+	// Every node the seed announces is refused now, so the rounds fail
+	// and keep the last topology: two more of them, then the seed still
+	// answers.
+	failed := scrapeCounter(t, g, "cachetun_discovery_rounds_total", "target", "prod", "result", "error")
+	waitFor(t, 30*time.Second, "2 more failed discovery rounds", func() bool {
+		return scrapeCounter(t, g, "cachetun_discovery_rounds_total", "target", "prod", "result", "error") >= failed+2
+	})
+	if got := redisCLI(t, c.Local(t, seed.Addr), "PING"); got != "PONG" {
+		t.Fatalf("PING the seed through the tunnel after the re-announcement: %q", got)
+	}
+	adminDo(t, seed, "CONFIG", "SET", "cluster-preferred-endpoint-type", "ip")
+	adminDo(t, seed, "CONFIG", "SET", "cluster-announce-port", 0)
+	watch.check(t)
+}
