@@ -214,7 +214,12 @@ func (p *netPolicy) check(ip netip.Addr, self []netip.Addr) error {
 		ip = v4 // ::ffff:10.0.0.1 is 10.0.0.1
 	}
 	if r := forbidden(orig); r != "" {
-		return refused(r, "%s is a %s address, never admitted as a cache node", orig, strings.ReplaceAll(r, "_", "-"))
+		what := strings.ReplaceAll(r, "_", "-")
+		article := "a"
+		if strings.ContainsRune("aeiou", rune(what[0])) {
+			article = "an" // an unspecified address
+		}
+		return refused(r, "%s is %s %s address, never admitted as a cache node", orig, article, what)
 	}
 	ip = ip.WithZone("")
 	selfAddr := ""

@@ -570,3 +570,21 @@ func FuzzReadMyID(f *testing.F) {
 		}
 	})
 }
+
+// TestNetPolicy_RefusalText: the refusal reads as a sentence ("an
+// unspecified address", "a link-local address").
+func TestNetPolicy_RefusalText(t *testing.T) {
+	p, err := parseNetworks(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ip, want := range map[string]string{
+		"0.0.0.0":         "0.0.0.0 is an unspecified address, never admitted as a cache node",
+		"169.254.169.254": "169.254.169.254 is a link-local address, never admitted as a cache node",
+		"fd00:ec2::254":   "fd00:ec2::254 is a metadata address, never admitted as a cache node",
+	} {
+		if err := p.check(netip.MustParseAddr(ip), nil); err == nil || err.Error() != want {
+			t.Errorf("check(%s) = %v, want %q", ip, err, want)
+		}
+	}
+}
