@@ -91,7 +91,16 @@ func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up
 		t = time.AfterFunc(idle, check)
 		defer t.Stop()
 	}
-	stop := context.AfterFunc(ctx, func() { fail(context.Cause(ctx)) })
+	// upClean and downClean: that direction relayed everything to its end.
+	// A ctx cut after both (the client read the end and closed its session
+	// at once, as doctor's probes do) cut nothing: the stream is not reset.
+	var upClean, downClean atomic.Bool
+	stop := context.AfterFunc(ctx, func() {
+		if upClean.Load() && downClean.Load() {
+			return
+		}
+		fail(context.Cause(ctx))
+	})
 	defer stop()
 
 	// A client stream whose open header is still unsent gets it with the
@@ -119,14 +128,18 @@ func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up
 		if cw, ok := conn.(closeWriter); ok {
 			if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
 				fail(err)
+				return
 			}
 		} else {
 			_ = conn.Close()
 		}
+		downClean.Store(true)
 	}()
 	n, err := copyUp(up, st, conn, last, gate)
 	res.ConnToStream = n
 	if err == nil {
+		// Before the FIN leaves: the peer may act on it at once.
+		upClean.Store(true)
 		err = st.CloseWrite()
 	}
 	if err != nil {
