@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/cachetun/cachetun/client"
 	"github.com/cachetun/cachetun/server"
 	"github.com/cachetun/cachetun/test/testenv"
@@ -343,6 +345,10 @@ func TestDoctor(t *testing.T) {
 		}
 		if statusOf(out, "tls") != "ok" || statusOf(out, "authentication") != "skip" {
 			t.Fatalf("tls %q, authentication %q: want ok (reachable) and skip", statusOf(out, "tls"), statusOf(out, "authentication"))
+		}
+		// The fingerprint to compare with the operator's is shown.
+		if fp := ssh.FingerprintSHA256(g.HostKey); !strings.Contains(out, fp) {
+			t.Fatalf("doctor does not show the gateway's host key fingerprint %s:\n%s", fp, out)
 		}
 	})
 

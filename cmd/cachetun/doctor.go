@@ -223,7 +223,9 @@ func (c *DoctorCmd) doctor(ctx context.Context, e *env, report func(checkResult)
 		report(checkResult{Check: "target", Status: statusFail, Detail: authErr.Error(), Fix: hintOf(authErr)})
 		return
 	case !hostsOK && errors.Is(authErr, auth.ErrUnknownHost):
-		report(checkResult{Check: "authentication", Status: statusSkip, Detail: "the gateway's host key is not known (see known_hosts above)"})
+		// The error carries the fingerprint the gateway presented: the
+		// user compares it with the operator's before accepting it.
+		report(checkResult{Check: "authentication", Status: statusSkip, Detail: "not tried: " + authErr.Error(), Fix: hintOf(authErr)})
 		return
 	default:
 		report(checkResult{Check: "authentication", Status: statusFail, Detail: authErr.Error(), Fix: hintOf(authErr)})
