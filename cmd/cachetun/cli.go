@@ -147,7 +147,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) 
 	}
 	// With COMP_LINE set (the completion scripts of 'cachetun
 	// completion'), print the candidates and stop.
-	kongplete.Complete(parser, kongplete.WithPredictors(completionPredictors()),
+	kongplete.Complete(parser, kongplete.WithPredictors(completionPredictors(parser.Model)),
 		kongplete.WithExitFunc(func(code int) { exitCode = code }))
 	if exitCode >= 0 {
 		return exitCode

@@ -23,7 +23,7 @@ func fullVersion() string {
 
 // HelpCmd prints the help of the whole CLI or of one command.
 type HelpCmd struct {
-	Command []string `arg:"" optional:"" help:"Command to explain, e.g. 'connect' or 'server init'." placeholder:"COMMAND"`
+	Command []string `arg:"" optional:"" help:"Command to explain, e.g. 'connect' or 'server init'." placeholder:"COMMAND" predictor:"command"`
 }
 
 // Run prints the help 'cachetun COMMAND --help' would print.
@@ -76,7 +76,7 @@ func (c *CompletionCmd) Run(e *env) error {
 
 // completionPredictors complete profile and target names from the client
 // config (CACHETUN_CONFIG, else the default path).
-func completionPredictors() map[string]complete.Predictor {
+func completionPredictors(app *kong.Application) map[string]complete.Predictor {
 	load := func() *client.Config {
 		path := os.Getenv("CACHETUN_CONFIG")
 		if path == "" {
@@ -109,6 +109,16 @@ func completionPredictors() map[string]complete.Predictor {
 				}
 			}
 			slices.Sort(out)
+			return out
+		}),
+		// help COMMAND: the visible top-level commands of the model.
+		"command": complete.PredictFunc(func(complete.Args) []string {
+			var out []string
+			for _, n := range app.Children {
+				if !n.Hidden {
+					out = append(out, n.Name)
+				}
+			}
 			return out
 		}),
 		"file":      complete.PredictFiles("*"),
