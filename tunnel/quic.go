@@ -68,11 +68,12 @@ func (c QUICConfig) quic() *quic.Config {
 // ListenQUIC listens on the UDP address addr. tlsConf must carry the
 // server certificate and ALPN.
 func ListenQUIC(addr string, tlsConf *tls.Config, cfg QUICConfig) (Listener, error) {
-	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+	network := exactNetwork("udp", addr)
+	udpAddr, err := net.ResolveUDPAddr(network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("resolve quic listen address %q: %w", addr, err)
 	}
-	udp, err := net.ListenUDP("udp", udpAddr)
+	udp, err := net.ListenUDP(network, udpAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen quic on %q: %w", addr, err)
 	}

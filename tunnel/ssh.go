@@ -117,7 +117,7 @@ func SSHAlgorithms(c *ssh.Config) {
 func ListenSSH(addr string, cfg *ssh.ServerConfig, sc SSHConfig) (Listener, error) {
 	conf := *cfg // NewServerConn copies it too; never mutate the caller's
 	SSHAlgorithms(&conf.Config)
-	tcp, err := net.Listen("tcp", addr)
+	tcp, err := net.Listen(exactNetwork("tcp", addr), addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen ssh on %q: %w", addr, err)
 	}

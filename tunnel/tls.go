@@ -58,7 +58,7 @@ func (c TLSConfig) yamux() *yamux.Config {
 // yamux inside. Handshakes run concurrently, each bounded by
 // HandshakeTimeout, so a slow client cannot stall others.
 func ListenTLS(addr string, tlsConf *tls.Config, cfg TLSConfig) (Listener, error) {
-	tcp, err := net.Listen("tcp", addr)
+	tcp, err := net.Listen(exactNetwork("tcp", addr), addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen tls on %q: %w", addr, err)
 	}
