@@ -22,7 +22,15 @@ var (
 	ErrRefused     = errors.New("the gateway port refused the connection")
 	ErrNoAnswer    = errors.New("no answer from the gateway")
 	ErrWrongServer = errors.New("not a cachetun gateway port")
+	// ErrWrongTransportPort: a gateway port, but another transport's; it
+	// is also ErrWrongServer (errors.Is).
+	ErrWrongTransportPort = &wrongTransportPort{}
 )
+
+type wrongTransportPort struct{}
+
+func (*wrongTransportPort) Error() string        { return "not the port of this transport" }
+func (*wrongTransportPort) Is(target error) bool { return target == ErrWrongServer }
 
 // probeAfter is how long a TLS or SSH handshake may stay silent before the
 // client asks the server what it is (probe). A real gateway answers a
@@ -130,7 +138,7 @@ func wrongServer(transport, addr string, k serverKind) error {
 		if transport == TransportSSH {
 			return nil
 		}
-		return &Error{Err: fmt.Errorf("%s %s: %w: it sent an SSH greeting, so this looks like the gateway's ssh port", transport, addr, ErrWrongServer),
+		return &Error{Err: fmt.Errorf("%s %s: %w: it sent an SSH greeting, so this looks like the gateway's ssh port", transport, addr, ErrWrongTransportPort),
 			Hint: "use --transport ssh with this port, or the gateway's quic/tls port (default " + DefaultPort + ") without it"}
 	case kindRedis:
 		return &Error{Err: fmt.Errorf("%s %s: %w: it answers like a Redis or Valkey server", transport, addr, ErrWrongServer),
@@ -174,7 +182,7 @@ func explainDial(transport, addr string, err error, sawHostKey bool) error {
 			Hint: "the server on " + addr + " does not speak TLS: check the port (the gateway's quic/tls port is " + DefaultPort + ", ssh " + DefaultSSHPort + ")"}
 	}
 	if transport == TransportSSH && !sawHostKey && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
-		return &Error{Err: fmt.Errorf("ssh %s: %w: it closed the connection without an SSH greeting (%w), so this looks like the gateway's quic/tls port", addr, ErrWrongServer, err),
+		return &Error{Err: fmt.Errorf("ssh %s: %w: it closed the connection without an SSH greeting (%w), so this looks like the gateway's quic/tls port", addr, ErrWrongTransportPort, err),
 			Hint: "drop --transport ssh to use this port, or point --server at the gateway's ssh port (default " + DefaultSSHPort + ")"}
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
