@@ -138,9 +138,10 @@ type Client struct {
 	ready     chan struct{} // closed when cur is set
 	views     []*targetView // in table order
 	byName    map[string]*targetView
-	usedPorts map[int]bool // local ports of every target
-	server    string       // the last session's gateway address
-	transport string       // and transport
+	removed   map[string]bool // targets the gateway took from the session
+	usedPorts map[int]bool    // local ports of every target
+	server    string          // the last session's gateway address
+	transport string          // and transport
 
 	open atomic.Int64 // local connections being relayed
 
@@ -249,6 +250,7 @@ func New(opts Options) (*Client, error) {
 		ready:     make(chan struct{}),
 		up:        make(chan struct{}),
 		byName:    make(map[string]*targetView),
+		removed:   make(map[string]bool),
 		usedPorts: make(map[int]bool),
 	}
 	for _, t := range opts.Targets {
@@ -451,6 +453,10 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 					frames <- fmt.Errorf("bad topology frame: %w", err)
 					return
 				}
+				if info.Removed {
+					c.removeTarget(info.Name, info.Reason)
+					break
+				}
 				if err := c.applyTopology(info, false); err != nil {
 					c.log.Error("apply topology", "err", err)
 				}
@@ -521,6 +527,9 @@ func revokedError(payload []byte) error {
 func (c *Client) applyTopology(info control.TargetInfo, first bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.removed[info.Name] { // taken away for the rest of this connect
+		return nil
+	}
 	v := c.byName[info.Name]
 	if v == nil && len(c.views) == 1 && info.Name == "" {
 		v = c.views[0]
@@ -533,6 +542,36 @@ func (c *Client) applyTopology(info control.TargetInfo, first bool) error {
 		v = c.addViewLocked(TargetOptions{Name: info.Name})
 	}
 	return v.applyLocked(info, first)
+}
+
+// removeTarget drops a target the gateway took from the session (a
+// reload removed it, or narrowed the key's targets=): its local ports
+// close, the table no longer lists it, and the user is told why. The
+// session and its other targets go on. The reason is the gateway's own
+// sentence, made one line of printable text.
+func (c *Client) removeTarget(name, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v := c.byName[name]
+	if v == nil || c.removed[name] {
+		return
+	}
+	c.removed[name] = true
+	delete(c.byName, name)
+	for i, w := range c.views {
+		if w == v {
+			c.views = append(c.views[:i:i], c.views[i+1:]...)
+			break
+		}
+	}
+	for _, l := range v.listeners {
+		l.ln.Close()
+	}
+	if reason = cleanBanner(reason); reason == "" {
+		reason = "no reason given"
+	}
+	c.log.Warn(fmt.Sprintf("target %q is no longer available: %s", name, reason), "target", name, "ports_closed", len(v.listeners))
+	c.emitLocked(Event{Kind: EventTargetRemoved, Target: name, Reason: reason, Targets: c.endpointsLocked()})
 }
 
 // addViewLocked adds a target to the table. c.mu is held (or c is new).

@@ -12,13 +12,16 @@ import (
 
 // Event kinds.
 const (
-	EventUp           = "up"           // first session up, listeners open
-	EventTopology     = "topology"     // a target's nodes or roles changed
-	EventReconnecting = "reconnecting" // the session was lost
-	EventReconnected  = "reconnected"  // a new session is up
-	EventError        = "error"        // a reconnect attempt failed
-	EventRevoked      = "revoked"      // the gateway revoked the access: the connect ends
-	EventFailed       = "failed"       // the connect ends on an error (before or after up), with its hint
+	EventUp       = "up"       // first session up, listeners open
+	EventTopology = "topology" // a target's nodes or roles changed
+	// EventTargetRemoved: the gateway took one target from the session
+	// (Target; Reason says why); its ports are closed, the others go on.
+	EventTargetRemoved = "target_removed"
+	EventReconnecting  = "reconnecting" // the session was lost
+	EventReconnected   = "reconnected"  // a new session is up
+	EventError         = "error"        // a reconnect attempt failed
+	EventRevoked       = "revoked"      // the gateway revoked the access: the connect ends
+	EventFailed        = "failed"       // the connect ends on an error (before or after up), with its hint
 )
 
 // Event is one change a connect reports: to a script as a JSON line, to a
@@ -31,7 +34,8 @@ type Event struct {
 	Target    string            `json:"target,omitempty"` // the target that changed (topology)
 	Targets   []TargetEndpoints `json:"targets,omitempty"`
 	Error     string            `json:"error,omitempty"`
-	Hint      string            `json:"hint,omitempty"` // the fix, for failed
+	Reason    string            `json:"reason,omitempty"` // why a target was removed
+	Hint      string            `json:"hint,omitempty"`   // the fix, for failed
 }
 
 // TargetEndpoints is one target's part of the endpoint table.
@@ -139,8 +143,15 @@ func WriteTable(w io.Writer, transport, server string, targets []TargetEndpoints
 func (c *Client) hello() control.Hello {
 	h := control.Hello{Client: "cachetun " + Version, Target: c.opts.Target, All: c.opts.All, List: c.opts.List}
 	if len(c.opts.Targets) > 1 {
+		c.mu.Lock()
 		for _, t := range c.opts.Targets {
-			h.Targets = append(h.Targets, t.Name)
+			if !c.removed[t.Name] { // a reconnect asks no more for a target taken away
+				h.Targets = append(h.Targets, t.Name)
+			}
+		}
+		c.mu.Unlock()
+		if len(h.Targets) > 0 {
+			h.Target = h.Targets[0]
 		}
 	}
 	return h

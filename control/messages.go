@@ -85,6 +85,15 @@ type TargetInfo struct {
 	Nodes []NodeInfo `json:"nodes"`
 	// Version counts the gateway's topology changes of this target.
 	Version int64 `json:"version,omitempty"`
+	// Removed, in a FrameTopology, says that the session may no longer
+	// use the target while its other targets go on: a reload removed it
+	// from the gateway, or narrowed the key's targets= or permitopen=.
+	// Nodes is then empty and Reason says why, a sentence for the user.
+	// The client closes the target's local ports; the gateway sends
+	// nothing more about it in this session. The session's last target
+	// is never removed this way: FrameRevoked ends the session instead.
+	Removed bool   `json:"removed,omitempty"`
+	Reason  string `json:"reason,omitempty"`
 }
 
 // NodeInfo is one upstream node. Addr is what stream requests name.

@@ -20,7 +20,8 @@ package control
 //	                                           or a Code: a refused key lets the
 //	                                           client send its next Hello, up to 6)
 //	  ... proxy streams, each its own stream with an open header ...
-//	                                        <- FrameTopology (a target's nodes changed)
+//	                                        <- FrameTopology (a target's nodes changed;
+//	                                           or removed: the session lost it)
 //	  FrameRefresh  (a redirect to an unknown node) ->
 //	  FramePing                             -> <- FramePong (either side asks)
 //	                                        <- FrameGoAway  (draining: reconnect)
@@ -49,7 +50,8 @@ import (
 //	   Welcome.Targets (several targets per session); Hello.List and
 //	   Welcome.Allowed (target listings); FrameRefresh with a Refresh
 //	   payload naming the target; FrameRevoked; client frames bounded to
-//	   MaxFrameSize = 64 KiB (1 MiB before).
+//	   MaxFrameSize = 64 KiB (1 MiB before); TargetInfo.Removed and
+//	   Reason (a target of a session of several taken away by a reload).
 const ProtocolVersion = tunnel.ProtoVersion
 
 // FrameType is the first byte of a control frame.
@@ -65,7 +67,8 @@ const (
 	// with the targets' topologies, or refused with a Code.
 	FrameWelcome FrameType = 2
 	// FrameTopology: server -> client, a TargetInfo: the nodes of the
-	// target it names changed.
+	// target it names changed, or, with Removed, the session may no
+	// longer use that target (its other targets go on).
 	FrameTopology FrameType = 3
 	// FramePing: either side, no payload; the peer answers with FramePong.
 	FramePing FrameType = 4

@@ -189,6 +189,10 @@ func (ss *session) judge(now time.Time) (*verdict, bool) {
 	if n := ss.cutStreams(id); n > 0 {
 		ss.log.Warn("streams cut: their targets are no longer allowed for this key", "streams", n, "targets", fmt.Sprint(id.Targets))
 	}
+	select { // the control loop tells the client of targets taken away
+	case ss.judgedOK <- struct{}{}:
+	default: // one is pending already
+	}
 	return nil, addrBound
 }
 

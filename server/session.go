@@ -56,10 +56,13 @@ type session struct {
 
 	// judged is the identity as the last judgement found it (nil: ident).
 	// See revoke.go.
-	judged   atomic.Pointer[auth.Identity]
-	rejudge  chan struct{} // signalled by ReloadKeys
-	revoked  atomic.Bool   // no new streams: the session is ending
-	liveMu   sync.Mutex    // guards live
+	judged  atomic.Pointer[auth.Identity]
+	rejudge chan struct{} // signalled by ReloadKeys
+	// judgedOK is signalled after a judgement that let the session go on:
+	// the control loop tells the client of targets it took away.
+	judgedOK chan struct{}
+	revoked  atomic.Bool // no new streams: the session is ending
+	liveMu   sync.Mutex  // guards live
 	live     map[*liveStream]struct{}
 	revokeMu sync.Mutex // held while the session is being ended
 }
@@ -134,7 +137,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 	defer ts.Close()
 	defer release() // idempotent; authentication releases it sooner
 	ss := &session{srv: s, sess: ts, id: newSessionID(), started: time.Now(),
-		rejudge: make(chan struct{}, 1), live: make(map[*liveStream]struct{})}
+		rejudge: make(chan struct{}, 1), judgedOK: make(chan struct{}, 1), live: make(map[*liveStream]struct{})}
 	ss.log = s.log.With(keySession, ss.id, keyTransport, ts.Transport(), keyRemote, ts.RemoteAddr().String())
 	ip := remoteIP(ts.RemoteAddr())
 
@@ -536,6 +539,21 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *contr
 		wcancel()
 		wwg.Wait()
 	}()
+	// dropped are the targets the client was told it lost (see
+	// dropTargets); nothing more about them is sent.
+	dropped := make(map[string]bool)
+	sendTopologies := func() error {
+		for _, t := range ts {
+			if dropped[t.name] {
+				continue
+			}
+			info := t.Info()
+			if err := ss.writeFrame(control.FrameTopology, &info); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 
 	frames := make(chan frame)
 	go func() {
@@ -568,7 +586,14 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *contr
 		select {
 		case <-ctx.Done():
 			return
+		case <-ss.judgedOK:
+			if err := ss.dropTargets(ts, dropped); err != nil {
+				return
+			}
 		case t := <-changed:
+			if dropped[t.name] {
+				continue
+			}
 			info := t.Info()
 			if err := ss.writeFrame(control.FrameTopology, &info); err != nil {
 				return
@@ -611,11 +636,8 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *contr
 			ss.targets = names
 			ss.ctrlMu.Unlock()
 			watch()
-			for _, t := range ts {
-				info := t.Info()
-				if err := ss.writeFrame(control.FrameTopology, &info); err != nil {
-					return
-				}
+			if err := sendTopologies(); err != nil {
+				return
 			}
 			for _, t := range added {
 				ss.log.Info("target added by a reload: topology sent", keyTarget, t.name, "nodes", len(t.Info().Nodes))
@@ -628,6 +650,9 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *contr
 			nt := s.target(ts[i].name)
 			if nt == nil {
 				ss.log.Warn("target removed by a reload: its streams are closed", keyTarget, ts[i].name)
+				if err := ss.dropTargets(ts, dropped); err != nil {
+					return
+				}
 				continue
 			}
 			wcancel()
@@ -640,11 +665,8 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *contr
 			watch()
 			// Every topology again: a change while the watchers were
 			// down is not lost.
-			for _, t := range ts {
-				info := t.Info()
-				if err := ss.writeFrame(control.FrameTopology, &info); err != nil {
-					return
-				}
+			if err := sendTopologies(); err != nil {
+				return
 			}
 			ss.log.Info("target changed by a reload: new topology sent", keyTarget, nt.name, "nodes", len(nt.Info().Nodes))
 		case f, ok := <-frames:
@@ -663,6 +685,47 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *contr
 			}
 		}
 	}
+}
+
+// dropTargets tells the client of every target of ts, not yet in
+// dropped, that the session may no longer use: a reload removed it, or the
+// last judgement's targets= or permitopen= no longer allow it. Their
+// streams are cut elsewhere (retire, cutStreams). The last target still
+// available is left to the judgement, which ends the session with
+// FrameRevoked.
+func (ss *session) dropTargets(ts []*target, dropped map[string]bool) error {
+	id := ss.identity()
+	reasons := make(map[string]string)
+	left := 0
+	for _, t := range ts {
+		if dropped[t.name] {
+			continue
+		}
+		switch nt := ss.srv.target(t.name); {
+		case nt == nil:
+			reasons[t.name] = "it was removed from the gateway's configuration"
+		case !id.Allows(t.name) || permitsTarget(id, nt) != "":
+			reasons[t.name] = fmt.Sprintf("key %s may no longer use it (targets= or permitopen= on its authorized_keys line)", id.Fingerprint)
+		default:
+			left++
+		}
+	}
+	if left == 0 { // the revocation says it
+		return nil
+	}
+	for _, t := range ts {
+		reason, ok := reasons[t.name]
+		if !ok {
+			continue
+		}
+		dropped[t.name] = true
+		ss.log.Warn("target taken from the session: client told", keyTarget, t.name, "reason", reason)
+		if err := ss.writeFrame(control.FrameTopology, &control.TargetInfo{Name: t.name, Type: t.Info().Type,
+			Nodes: []control.NodeInfo{}, Removed: true, Reason: reason}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 type frame struct {

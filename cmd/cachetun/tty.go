@@ -117,6 +117,8 @@ func (m *liveModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		case client.EventTopology:
 			m.changes++
 			m.note = fmt.Sprintf("topology of %s changed at %s", msg.ev.Target, msg.ev.Time.Format("15:04:05"))
+		case client.EventTargetRemoved:
+			m.note = fmt.Sprintf("target %q is no longer available: %s", msg.ev.Target, msg.ev.Reason)
 		case client.EventReconnecting:
 			m.note = "session lost at " + msg.ev.Time.Format("15:04:05") + ": " + msg.ev.Error
 		case client.EventReconnected:
