@@ -22,9 +22,6 @@ import (
 	"github.com/cachetun/cachetun/tunnel"
 )
 
-// Version is sent to the gateway in Hello.
-var Version = "dev"
-
 // Transports.
 const (
 	TransportAuto = "auto"
@@ -41,6 +38,9 @@ const (
 
 // Options are the resolved settings of one connect.
 type Options struct {
+	// Version is this build's version, sent to the gateway in Hello and
+	// in the SSH identification string; empty means "dev".
+	Version string
 	Profile string
 	Servers []string
 	// Target (with Profile and LocalPort) is the one target of a connect;
@@ -219,6 +219,9 @@ func New(opts Options) (*Client, error) {
 	}
 	if opts.KnownHosts == "" {
 		opts.KnownHosts = DefaultKnownHosts()
+	}
+	if opts.Version == "" {
+		opts.Version = "dev"
 	}
 	switch opts.Transport {
 	case TransportAuto, TransportQUIC, TransportTLS, TransportSSH:

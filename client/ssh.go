@@ -56,7 +56,7 @@ func (c *Client) dialSSH(ctx context.Context, addr string, verify func(ssh.Publi
 			}
 			return nil
 		},
-		ClientVersion: "SSH-2.0-cachetun_" + sshSoftwareVersion(Version),
+		ClientVersion: "SSH-2.0-cachetun_" + sshSoftwareVersion(c.opts.Version),
 	}
 	sc := tunnel.DefaultSSHConfig()
 	sc.LocalAddr = c.opts.LocalAddr

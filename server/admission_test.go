@@ -119,7 +119,7 @@ func TestAdmission_PerSourceAndGlobal(t *testing.T) {
 // closing; the slot comes back in every case.
 func TestServerAdmission_CountsHandshakeFailures(t *testing.T) {
 	cfg := DefaultConfig()
-	s := &Server{log: slog.New(slog.DiscardHandler), metrics: newMetrics(false),
+	s := &Server{log: slog.New(slog.DiscardHandler), metrics: newMetrics(false, "test"),
 		adm: newAdmission(2, 10), fails: newFailureTable(2)}
 	s.conf.Store(cfg)
 	a := s.transportAdmission("tls")

@@ -30,6 +30,10 @@ type Config struct {
 	// LogFormat is the log format, "text" or "json", where neither
 	// --log-format nor CACHETUN_LOG_FORMAT names one; empty means text.
 	LogFormat string `yaml:"log_format"`
+	// Version is the build's version, which the gateway reports in an
+	// accepting Welcome and in cachetun_build_info. It is not read from
+	// the file: the program sets it (cmd/cachetun sets its -X main.version).
+	Version string `yaml:"-"`
 }
 
 // Listen holds one address per transport; an empty string disables it.
@@ -77,6 +81,7 @@ type Target struct {
 	Type  string   `yaml:"type"`
 	Nodes []string `yaml:"nodes"`
 	// Refresh is how often cluster targets rediscover their topology.
+	// 0 means DefaultRefresh.
 	Refresh time.Duration `yaml:"refresh"`
 	// Discovery turns on node discovery for memcached targets:
 	// "elasticache" treats nodes as configuration endpoints that answer
@@ -95,6 +100,14 @@ type Target struct {
 	Auth     *UpstreamAuth `yaml:"auth"`
 }
 
+// refresh is how often t rediscovers its topology.
+func (t *Target) refresh() time.Duration {
+	if t.Refresh == 0 {
+		return DefaultRefresh
+	}
+	return t.Refresh
+}
+
 // UpstreamTLS makes the gateway speak TLS to the cache nodes.
 type UpstreamTLS struct {
 	ServerName         string `yaml:"server_name"`
@@ -109,9 +122,15 @@ type UpstreamAuth struct {
 	PasswordFile string `yaml:"password_file"`
 }
 
+// DefaultRefresh is how often a target that discovers its nodes does so
+// when its refresh: is not set.
+const DefaultRefresh = 30 * time.Second
+
 // DefaultConfig returns the defaults that a config file is decoded over.
+// A target's refresh: of 0 (unset) means DefaultRefresh (Target.refresh).
 func DefaultConfig() *Config {
 	return &Config{
+		Version:        "dev",
 		Listen:         Listen{QUIC: ":4433", TLS: ":4433", SSH: ":2222"},
 		HostKey:        "/etc/cachetun/host_ed25519",
 		AuthorizedKeys: "/etc/cachetun/authorized_keys",
@@ -190,7 +209,8 @@ func ParseConfig(data []byte) (*Config, error) {
 	return cfg, nil
 }
 
-// Validate checks every field and names the first bad one.
+// Validate checks every field and names the first bad one. It changes
+// nothing: defaults come from decoding over DefaultConfig.
 func (c *Config) Validate() error {
 	bad := func(field string, format string, args ...any) error {
 		return &ConfigError{Field: field, Err: fmt.Errorf(format, args...)}
@@ -246,9 +266,6 @@ func (c *Config) Validate() error {
 			if _, port, err := net.SplitHostPort(n); err != nil || port == "" {
 				return bad(fmt.Sprintf("%s.nodes[%d]", field, i), "%q is not host:port", n)
 			}
-		}
-		if t.Refresh == 0 {
-			t.Refresh = 30 * time.Second
 		}
 		if t.Refresh < 0 {
 			return bad(field+".refresh", "must be a positive duration such as \"30s\"")

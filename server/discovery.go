@@ -210,7 +210,7 @@ func (s *Server) discoveryLoop(ctx context.Context, t *target) {
 		}
 		first = false
 		t.markDiscovered() // after the update: the first Welcome has it
-		next := t.cfg.Refresh
+		next := t.cfg.refresh()
 		if follow > 0 {
 			follow--
 			next = min(next, followUpGap)

@@ -242,7 +242,7 @@ func TestServer_DiscoveryLifecycle(t *testing.T) {
 	ln.Close() // nothing answers there
 	cfg := DefaultConfig()
 	cfg.Limits.DialTimeout = time.Second
-	s := &Server{log: slog.New(slog.DiscardHandler), metrics: newMetrics(false)}
+	s := &Server{log: slog.New(slog.DiscardHandler), metrics: newMetrics(false, "test")}
 	s.conf.Store(cfg)
 	targets := map[string]*target{}
 	for name, tc := range map[string]*Target{

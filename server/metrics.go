@@ -113,7 +113,7 @@ type metrics struct {
 	reloads           *prometheus.CounterVec // result
 }
 
-func newMetrics(keyLabel bool) *metrics {
+func newMetrics(keyLabel bool, version string) *metrics {
 	withKey := func(labels ...string) []string {
 		if keyLabel {
 			return append(labels, "key")
@@ -175,7 +175,7 @@ func newMetrics(keyLabel bool) *metrics {
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "cachetun_build_info",
 		Help: "Always 1; the labels name the running build."}, []string{"version", "goversion"})
-	buildInfo.WithLabelValues(Version, runtime.Version()).Set(1)
+	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	m.reg.MustRegister(m.sessions, m.sessionsTotal, m.streams, m.streamsTotal, m.streamsResumed,
 		m.bytes, m.dialErrors, m.dialSeconds, m.authFailures, m.discoveryRounds, m.discoveryRejected,
 		m.reloads, buildInfo,

@@ -440,7 +440,7 @@ func TestServer_VetNodes_LogOnce(t *testing.T) {
 	var logBuf bytes.Buffer
 	var mu sync.Mutex
 	log := slog.New(slog.NewTextHandler(writerTo(&mu, &logBuf), nil))
-	s := &Server{log: log, metrics: newMetrics(false)}
+	s := &Server{log: log, metrics: newMetrics(false, "test")}
 	cfg := DefaultConfig()
 	cfg.Limits.DialTimeout = 2 * time.Second
 	s.conf.Store(cfg)

@@ -282,6 +282,7 @@ func (s *Server) keepRestartFields(old, cfg *Config, path string) {
 	}
 	cfg.Listen, cfg.HostKey, cfg.HostCert = old.Listen, old.HostKey, old.HostCert
 	cfg.Metrics, cfg.MetricsKeyLabel, cfg.LogFormat = old.Metrics, old.MetricsKeyLabel, old.LogFormat
+	cfg.Version = old.Version // the build's, not the file's
 }
 
 func readOrNil(path string) []byte {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -25,9 +26,6 @@ import (
 	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
-
-// Version is reported to clients in Welcome.
-var Version = "dev"
 
 // Log attribute keys.
 const (
@@ -64,6 +62,7 @@ func identAttrs(id *auth.Identity) []any {
 // serves until its context ends, then drains.
 type Server struct {
 	log        *slog.Logger
+	version    string // Config.Version at New
 	hostKey    crypto.Signer
 	hostSigner ssh.Signer
 	hostCert   *ssh.Certificate
@@ -114,6 +113,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{
 		log:        log.With("component", "server"),
+		version:    cmp.Or(cfg.Version, "dev"),
 		hostKey:    key,
 		hostSigner: signer,
 		draining:   make(chan struct{}),
@@ -122,7 +122,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		perKey:     make(map[string]int),
 		adm:        newAdmission(cfg.Limits.UnauthenticatedPerSource, cfg.Limits.MaxUnauthenticated),
 		fails:      newFailureTable(cfg.Limits.AuthFailuresPerMinute),
-		metrics:    newMetrics(cfg.MetricsKeyLabel),
+		metrics:    newMetrics(cfg.MetricsKeyLabel, cmp.Or(cfg.Version, "dev")),
 	}
 	logConfigWarnings(s.log, cfg)
 	if cfg.HostCert != "" {

@@ -455,7 +455,7 @@ func (ss *session) linger() {
 // the gateway's version: a client that has not authenticated learns none.
 func (ss *session) welcome(ctrl tunnel.Stream, w *control.Welcome) {
 	if w.OK {
-		w.Server = "cachetun " + Version
+		w.Server = "cachetun " + ss.srv.version
 	}
 	w.Session = ss.id
 	ss.ctrlMu.Lock()

@@ -162,6 +162,7 @@ func startGateway(t testing.TB, targets map[string]*server.Target, authorized []
 	cfg.AuthorizedKeys = ak
 	cfg.Targets = targets
 	cfg.Limits.DrainTimeout = 3 * time.Second
+	cfg.Version = "v0.0.0-harness" // not the default: tests see the version plumbed through
 	for _, o := range opts {
 		o(cfg)
 	}

@@ -181,7 +181,7 @@ func TestMetrics_AfterTraffic(t *testing.T) {
 		min    float64 // the value is at least this
 	}
 	want := []series{
-		{"cachetun_build_info", map[string]string{"version": server.Version}, 1},
+		{"cachetun_build_info", map[string]string{"version": g.Config.Version}, 1},
 		{"cachetun_sessions", map[string]string{"transport": "quic", "target": "cache", "key": aliceFP}, 1},
 		{"cachetun_sessions", map[string]string{"transport": "tls", "target": "cache", "key": aliceFP}, 1},
 		{"cachetun_sessions_total", map[string]string{"transport": "quic", "target": "cache"}, 1},

@@ -128,9 +128,6 @@ func (e *hinted) Unwrap() error { return e.err }
 // lowercase, without a final period; the exit code is 0 on a clean stop, 1
 // for a runtime failure and 2 for a usage or configuration error.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) int {
-	// The gateway logs and doctor show the client's version from Hello:
-	// the build's, not client's "dev".
-	client.Version = version
 	var cli CLI
 	exitCode := -1
 	parser, err := kong.New(&cli,

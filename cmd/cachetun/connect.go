@@ -83,6 +83,7 @@ func (c *ConnectCmd) profileOptions(profile string) (client.Options, error) {
 		p = &client.Profile{}
 	}
 	opts := client.Options{
+		Version:          version,
 		Profile:          profile,
 		Servers:          p.Server,
 		Target:           p.Target,

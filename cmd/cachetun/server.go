@@ -42,7 +42,7 @@ func (c *ServerRunCmd) Run(e *env) error {
 	if e.logFormat == "" && cfg.LogFormat != "" { // flag > env > file
 		e.log = newLogger(e.stderr, e.logLevel, cfg.LogFormat)
 	}
-	server.Version = version
+	cfg.Version = version
 	if n := gatewayProcs(runtime.GOMAXPROCS(0), os.Getenv("GOMAXPROCS")); n > 0 {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(n))
 	}

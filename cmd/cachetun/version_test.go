@@ -1,23 +1,28 @@
 package main
 
 import (
-	"io"
+	"os"
+	"path/filepath"
 	"testing"
-
-	"github.com/cachetun/cachetun/client"
 )
 
 // TestClientVersionIsTheBuilds: the version the client sends in Hello (and
 // the gateway logs as client="cachetun ...") is the one -X main.version set
-// at build time, not the client package's "dev".
+// at build time: connect, exec, ls and doctor pass it in client.Options.
 func TestClientVersionIsTheBuilds(t *testing.T) {
-	oldMain, oldClient := version, client.Version
-	t.Cleanup(func() { version, client.Version = oldMain, oldClient })
+	old := version
+	t.Cleanup(func() { version = old })
 	version = "1.2.3-test"
-	if code := run([]string{"version"}, nil, io.Discard, io.Discard, signals{}); code != 0 {
-		t.Fatalf("cachetun version exited %d", code)
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfg, []byte("profiles: {}\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	if client.Version != "1.2.3-test" {
-		t.Fatalf("client.Version = %q, want the build's version %q", client.Version, "1.2.3-test")
+	c := &ConnectCmd{Server: []string{"127.0.0.1:4433"}, Config: cfg}
+	opts, err := c.profileOptions("cache")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.Version != "1.2.3-test" {
+		t.Fatalf("client.Options.Version = %q, want the build's version %q", opts.Version, "1.2.3-test")
 	}
 }
