@@ -52,13 +52,12 @@ var ErrNoDiscovery = errors.New("no node answered the discovery query")
 // errDiscoveryConnUsed: a discovery query makes one connection only.
 var errDiscoveryConnUsed = errors.New("discovery connection already used")
 
-// discovery runs the discovery loops while at least one Serve runs: one
-// loop per current target that discovers. A reload starts the loops of new
-// targets and stops those of retired ones (syncDiscovery).
+// discovery runs the discovery loops while Run runs: one loop per current
+// target that discovers. A reload starts the loops of new targets and
+// stops those of retired ones (syncDiscovery).
 type discovery struct {
-	mu      sync.Mutex // guards the following
-	serving int
-	run     *discoveryRun // nil while no Serve runs
+	mu  sync.Mutex    // guards the following
+	run *discoveryRun // nil before Run and after it
 }
 
 // discoveryRun is the loops of one stretch of serving.
@@ -69,14 +68,13 @@ type discoveryRun struct {
 	wg     sync.WaitGroup // every loop; Add only under discovery.mu while run is current
 }
 
-// startDiscovery is called by every Serve; the first one starts a loop per
-// target that discovers.
+// startDiscovery starts a loop per target that discovers; Run calls it
+// once, after listening. The loops end with ctx or stopDiscovery.
 func (s *Server) startDiscovery(ctx context.Context) {
 	d := &s.disc
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.serving++
-	if d.serving > 1 {
+	if d.run != nil {
 		return
 	}
 	run := &discoveryRun{loops: make(map[*target]context.CancelFunc)}
@@ -95,7 +93,7 @@ func (s *Server) syncDiscovery() {
 func (s *Server) syncDiscoveryLocked() {
 	run := s.disc.run
 	if run == nil {
-		return // the next Serve starts them
+		return // Run starts them
 	}
 	set := s.targets()
 	for t, cancel := range run.loops {
@@ -119,20 +117,17 @@ func (s *Server) syncDiscoveryLocked() {
 	}
 }
 
-// stopDiscovery is called by every Serve on return; the last one stops the
-// loops and waits for them.
+// stopDiscovery stops the loops and waits for them; Run calls it last.
 func (s *Server) stopDiscovery() {
 	d := &s.disc
 	d.mu.Lock()
-	d.serving--
-	if d.serving > 0 {
-		d.mu.Unlock()
-		return
-	}
 	run := d.run
 	d.run = nil
-	run.cancel()
 	d.mu.Unlock()
+	if run == nil {
+		return
+	}
+	run.cancel()
 	run.wg.Wait()
 }
 

@@ -228,10 +228,10 @@ func FuzzParseClusterConfig(f *testing.F) {
 	})
 }
 
-// TestServer_DiscoveryLifecycle: the loops run while any Serve runs, end
-// with the last one, and leave no goroutine behind; a failing first round
-// still releases the first Welcome; a reload's swap stops the loops of
-// retired targets and starts those of new ones.
+// TestServer_DiscoveryLifecycle: the loops start once (a second start adds
+// none), end with stopDiscovery and leave no goroutine behind; a failing
+// first round still releases the first Welcome; a reload's swap stops the
+// loops of retired targets and starts those of new ones.
 func TestServer_DiscoveryLifecycle(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -255,7 +255,15 @@ func TestServer_DiscoveryLifecycle(t *testing.T) {
 	s.tset.Store(newTargetSet(targets))
 	ctx := context.Background()
 	s.startDiscovery(ctx)
-	s.startDiscovery(ctx) // a second Serve
+	s.disc.mu.Lock()
+	run, nloops := s.disc.run, len(s.disc.run.loops)
+	s.disc.mu.Unlock()
+	s.startDiscovery(ctx) // discovery starts once: a second start adds nothing
+	s.disc.mu.Lock()
+	if s.disc.run != run || len(s.disc.run.loops) != nloops || nloops != 2 {
+		t.Errorf("after a second start: run replaced %v, %d loops; want false, 2", s.disc.run != run, len(s.disc.run.loops))
+	}
+	s.disc.mu.Unlock()
 	for _, name := range []string{"cluster", "memcached"} {
 		tg := s.target(name)
 		select {
@@ -279,22 +287,16 @@ func TestServer_DiscoveryLifecycle(t *testing.T) {
 	s.disc.mu.Lock()
 	_, oldRuns := s.disc.run.loops[oldCluster]
 	_, newRuns := s.disc.run.loops[newCluster]
-	nloops := len(s.disc.run.loops)
+	nloops = len(s.disc.run.loops)
 	s.disc.mu.Unlock()
 	if oldRuns || !newRuns || nloops != 1 {
 		t.Fatalf("after the swap: old loop running %v, new loop running %v, %d loops; want false, true, 1", oldRuns, newRuns, nloops)
 	}
-	s.stopDiscovery()
-	s.disc.mu.Lock()
-	running := s.disc.run != nil
-	s.disc.mu.Unlock()
-	if !running {
-		t.Fatal("discovery stopped while a Serve still runs")
-	}
 	s.stopDiscovery() // waits for every loop; goleak checks that none is left
 	if s.disc.run != nil {
-		t.Fatal("discovery still running after the last Serve")
+		t.Fatal("discovery still running after stopDiscovery")
 	}
+	s.stopDiscovery() // idempotent
 }
 
 // fakeNode answers CLUSTER SHARDS with reply and any other command with

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"runtime"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -198,18 +197,13 @@ func (m *metrics) labels(ss *session, lv ...string) []string {
 	return lv
 }
 
-// ServeMetrics serves /metrics, /healthz and /readyz on ln until ctx ends.
-// It closes ln.
-func (s *Server) ServeMetrics(ctx context.Context, ln net.Listener) error {
+// MetricsHandler serves /metrics, /healthz and /readyz. Run serves it on
+// the metrics: address; a program that embeds the gateway may serve it
+// elsewhere.
+func (s *Server) MetricsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", s.handleHealthz)
 	mux.HandleFunc("/readyz", s.handleReadyz)
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	stop := context.AfterFunc(ctx, func() { hs.Close() })
-	defer stop()
-	if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return mux
 }

@@ -59,7 +59,7 @@ func identAttrs(id *auth.Identity) []any {
 }
 
 // Server is the gateway. New loads keys and targets; Run listens and
-// serves until its context ends, then drains.
+// serves until its context ends, then drains (run.go).
 type Server struct {
 	log        *slog.Logger
 	version    string // Config.Version at New
@@ -77,7 +77,8 @@ type Server struct {
 	keys atomic.Pointer[auth.AuthorizedKeys]
 	live atomic.Int64 // sessions being served, authenticated or not
 
-	// draining is closed when the server stops taking new work.
+	// draining is closed, under mu, when the server stops taking new
+	// work (Drain or Close); no session goroutine is added to wg after.
 	draining chan struct{}
 	drainOne sync.Once
 
@@ -85,6 +86,9 @@ type Server struct {
 	sessions  map[*session]struct{}
 	listeners map[tunnel.Listener]struct{}
 	perKey    map[string]int
+
+	streams streamGauge // open streams of every session
+	life    lifecycle   // Run, Drain and Close (run.go)
 
 	adm   *admission    // unauthenticated connections per source
 	fails *failureTable // failed authentications per source
@@ -94,12 +98,12 @@ type Server struct {
 
 	wg sync.WaitGroup // every session goroutine
 
-	disc  discovery // topology discovery loops, run while Serve runs
+	disc  discovery // topology discovery loops, run while Run runs
 	ready readiness // cached node checks of /readyz
 }
 
 // New loads the host key, authorized_keys and targets of cfg. It does not
-// listen.
+// listen: Run does. cfg is the server's from then on (Reload replaces it).
 func New(cfg *Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -117,6 +121,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		hostKey:    key,
 		hostSigner: signer,
 		draining:   make(chan struct{}),
+		life:       newLifecycle(),
 		sessions:   make(map[*session]struct{}),
 		listeners:  make(map[tunnel.Listener]struct{}),
 		perKey:     make(map[string]int),
@@ -180,48 +185,6 @@ func (s *Server) ReloadKeys() error {
 	return nil
 }
 
-// Listen opens the listeners of every configured transport.
-func (s *Server) Listen() ([]tunnel.Listener, error) {
-	var lns []tunnel.Listener
-	fail := func(err error) ([]tunnel.Listener, error) {
-		for _, ln := range lns {
-			ln.Close()
-		}
-		return nil, err
-	}
-	tlsConf, err := certs.ServerTLSConfig(s.hostKey, s.hostCert)
-	if err != nil {
-		return nil, err
-	}
-	if a := s.config().Listen.QUIC; a != "" {
-		qc := tunnel.DefaultQUICConfig()
-		qc.HandshakeTimeout = s.config().Limits.HandshakeTimeout
-		qc.MaxStreams = int64(s.config().Limits.MaxStreamsPerSession)
-		qc.StatelessResetKey = s.statelessResetKey()
-		qc.Admission = s.transportAdmission("quic")
-		ln, err := tunnel.ListenQUIC(a, tlsConf, qc)
-		if err != nil {
-			return fail(err)
-		}
-		lns = append(lns, ln)
-	}
-	if a := s.config().Listen.TLS; a != "" {
-		ln, err := s.listenTLS(a, tlsConf)
-		if err != nil {
-			return fail(err)
-		}
-		lns = append(lns, ln)
-	}
-	if a := s.config().Listen.SSH; a != "" {
-		ln, err := s.listenSSH(a)
-		if err != nil {
-			return fail(err)
-		}
-		lns = append(lns, ln)
-	}
-	return lns, nil
-}
-
 // statelessResetKey derives a stable key from the host key, so that a
 // restarted gateway resets its old connections at once.
 func (s *Server) statelessResetKey() *[32]byte {
@@ -238,66 +201,6 @@ func (s *Server) statelessResetKey() *[32]byte {
 	return &k
 }
 
-// Serve accepts sessions from ln until ctx ends or Drain completes; while
-// the server drains, new sessions are closed at once. Serve closes ln.
-// While any Serve runs, targets that discover their nodes (redis-cluster,
-// memcached with discovery) are kept up to date; the last Serve to return
-// stops that.
-func (s *Server) Serve(ctx context.Context, ln tunnel.Listener) error {
-	s.startDiscovery(ctx)
-	defer s.stopDiscovery()
-	s.mu.Lock()
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-	}()
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
-	defer ln.Close()
-	for {
-		sess, err := ln.Accept(ctx)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			s.log.Warn("accept session", keyErr, err)
-			continue
-		}
-		select {
-		case <-s.draining:
-			sess.Close()
-			continue
-		default:
-		}
-		if !s.admit(sess) {
-			continue
-		}
-		// A QUIC or TLS session holds a slot of its source until its
-		// Hello is verified; SSH authenticated in the handshake.
-		release := func() {}
-		if _, pre := sess.(tunnel.PreAuthenticated); !pre {
-			src := sourceOf(remoteIP(sess.RemoteAddr()))
-			r, err := s.adm.acquire(src)
-			if err != nil {
-				s.admissionRefused(sess.Transport(), sess.RemoteAddr(), src, err)
-				sess.Close()
-				continue
-			}
-			release = r
-		}
-		s.live.Add(1)
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer s.live.Add(-1)
-			s.serveSession(ctx, sess, release)
-		}()
-	}
-}
-
 // admit applies the global session limit.
 // Sessions still authenticating count too, so unauthenticated clients
 // cannot pile up.
@@ -308,72 +211,6 @@ func (s *Server) admit(sess tunnel.Session) bool {
 		return false
 	}
 	return true
-}
-
-// Drain stops accepting sessions and streams, tells clients to go away,
-// waits for open streams to finish up to limits.drain_timeout (or ctx),
-// then closes every session.
-func (s *Server) Drain(ctx context.Context) {
-	s.drainOne.Do(func() { close(s.draining) })
-	s.mu.Lock()
-	for ss := range s.sessions {
-		ss.goAway()
-	}
-	s.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, s.config().Limits.DrainTimeout)
-	defer cancel()
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for s.activeStreams() > 0 {
-		select {
-		case <-ctx.Done():
-			s.log.Warn("drain timeout: closing sessions with open streams", "streams", s.activeStreams())
-			s.closeAll()
-			s.wg.Wait()
-			s.closeListeners()
-			return
-		case <-t.C:
-		}
-	}
-	s.closeAll()
-	s.wg.Wait()
-	s.closeListeners()
-}
-
-// Close stops the server at once, as a crash would, but tidily: no
-// GoAway, every session and listener closed. Idempotent.
-func (s *Server) Close() {
-	s.drainOne.Do(func() { close(s.draining) })
-	s.closeAll()
-	s.wg.Wait()
-	s.closeListeners()
-}
-
-// closeListeners closes the listeners of every Serve, which then return.
-func (s *Server) closeListeners() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for ln := range s.listeners {
-		ln.Close()
-	}
-}
-
-func (s *Server) activeStreams() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var n int64
-	for ss := range s.sessions {
-		n += ss.streams.Load()
-	}
-	return n
-}
-
-func (s *Server) closeAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for ss := range s.sessions {
-		ss.sess.Close()
-	}
 }
 
 // authFailed counts a failed authentication from ip: a refused key, a

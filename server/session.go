@@ -32,7 +32,7 @@ type session struct {
 	ident   *auth.Identity
 	started time.Time
 
-	streams   atomic.Int64 // open now
+	streams   streamCount  // open now; also counted in Server.streams
 	opened    atomic.Int64 // total
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
@@ -137,6 +137,7 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 	defer ts.Close()
 	defer release() // idempotent; authentication releases it sooner
 	ss := &session{srv: s, sess: ts, id: newSessionID(), started: time.Now(),
+		streams: streamCount{total: &s.streams},
 		rejudge: make(chan struct{}, 1), judgedOK: make(chan struct{}, 1), live: make(map[*liveStream]struct{})}
 	ss.log = s.log.With(keySession, ss.id, keyTransport, ts.Transport(), keyRemote, ts.RemoteAddr().String())
 	ip := remoteIP(ts.RemoteAddr())

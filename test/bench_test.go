@@ -14,13 +14,13 @@ package test
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -68,26 +68,29 @@ func benchTunnel(b *testing.B, transport string) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	lns, err := srv.Listen()
-	if err != nil {
+	sctx, scancel := context.WithCancel(context.Background())
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Run(sctx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-srvErr:
+		scancel()
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		scancel() // drains: limits.drain_timeout bounds it
+		<-srvErr
+	})
+	a := srv.Addrs()
+	gw := cmp.Or(a.QUIC, a.TLS, a.SSH).String()
+	kh := filepath.Join(dir, "known_hosts")
+	if err := os.WriteFile(kh, []byte(knownHostsLine(gw, srv.HostPublicKey())), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for _, ln := range lns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = srv.Serve(ctx, ln)
-		}()
-	}
-	kh := filepath.Join(dir, "known_hosts")
-	if err := os.WriteFile(kh, []byte(knownHostsLine(lns[0].Addr().String(), srv.HostPublicKey())), 0o600); err != nil {
-		b.Fatal(err)
-	}
 	zero := 0
 	cl, err := client.New(client.Options{
-		Profile: "cache", Servers: []string{lns[0].Addr().String()}, Target: "cache", Transport: transport,
+		Profile: "cache", Servers: []string{gw}, Target: "cache", Transport: transport,
 		Identity: k.Path, LocalPort: &zero, KnownHosts: kh, Logger: logger,
 	})
 	if err != nil {
@@ -105,10 +108,6 @@ func benchTunnel(b *testing.B, transport string) string {
 	b.Cleanup(func() {
 		cancel()
 		<-runErr
-		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer dcancel()
-		srv.Drain(dctx)
-		wg.Wait()
 	})
 	local := cl.LocalAddrs()[r.Addr]
 	if local == "" {

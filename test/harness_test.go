@@ -19,7 +19,6 @@ import (
 	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/client"
 	"github.com/cachetun/cachetun/server"
-	"github.com/cachetun/cachetun/tunnel"
 )
 
 // transports is the list every conformance test runs over.
@@ -133,8 +132,8 @@ type gateway struct {
 
 	noQUIC, noSSH bool // transports disabled by an option
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cancel context.CancelFunc // ends Run, which drains
+	runErr chan error         // Run's result
 	once   sync.Once
 }
 
@@ -184,11 +183,12 @@ func (g *gateway) start(t testing.TB, addr string) {
 		logger = slog.New(slog.NewTextHandler(writerFunc(tl.Write), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	g.Log = tl
-	srv, err := server.New(cfg, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lns []tunnel.Listener
+	var (
+		srv    *server.Server
+		ctx    context.Context
+		cancel context.CancelFunc
+		runErr chan error
+	)
 	for attempt := 0; ; attempt++ {
 		quicTLS := addr
 		if addr == "127.0.0.1:0" {
@@ -206,44 +206,43 @@ func (g *gateway) start(t testing.TB, addr string) {
 		default:
 			cfg.Listen.SSH = "127.0.0.1:0"
 		}
-		lns, err = srv.Listen()
+		var err error
+		if srv, err = server.New(cfg, logger); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel = context.WithCancel(context.Background())
+		runErr = make(chan error, 1)
+		go func() { runErr <- srv.Run(ctx) }()
+		select {
+		case <-srv.Ready():
+		case err = <-runErr:
+		}
 		if err == nil {
 			break
 		}
+		cancel()
 		if attempt >= 5 || addr != "127.0.0.1:0" {
 			t.Fatalf("gateway listen: %v", err)
 		}
 	}
 	g.Srv = srv
 	g.HostKey = srv.HostPublicKey()
+	a := srv.Addrs()
 	g.Addr = cfg.Listen.TLS
-	// The SSH listener is the TCP one on another port than the TLS one.
-	for _, ln := range lns {
-		if ln.Addr().Network() == "tcp" && ln.Addr().String() != g.Addr {
-			g.SSHAddr = ln.Addr().String()
-		}
+	if a.SSH != nil {
+		g.SSHAddr = a.SSH.String()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	g.cancel = cancel
+	g.cancel, g.runErr = cancel, runErr
 	g.once = sync.Once{}
-	for _, ln := range lns {
-		g.wg.Add(1)
-		go func() {
-			defer g.wg.Done()
-			_ = srv.Serve(ctx, ln)
-		}()
-	}
 	t.Cleanup(g.Stop)
 }
 
-// Stop drains and stops the gateway; idempotent.
+// Stop drains and stops the gateway (limits.drain_timeout, 3 s here,
+// bounds the drain); idempotent.
 func (g *gateway) Stop() {
 	g.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		g.Srv.Drain(ctx)
 		g.cancel()
-		g.wg.Wait()
+		<-g.runErr
 	})
 }
 
@@ -252,7 +251,7 @@ func (g *gateway) Kill() {
 	g.once.Do(func() {
 		g.Srv.Close()
 		g.cancel()
-		g.wg.Wait()
+		<-g.runErr
 	})
 }
 

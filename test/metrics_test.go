@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"sort"
 	"strings"
 	"testing"
@@ -19,22 +20,15 @@ import (
 	"github.com/cachetun/cachetun/test/testenv"
 )
 
-// serveMetrics serves the gateway's metrics listener on a loopback port
-// and returns its base URL.
+// serveMetrics serves the gateway's metrics handler on a loopback port
+// and returns its base URL. It outlives the gateway, so a test can ask
+// /readyz after a drain. (Run's own metrics listener is what the gateway
+// process tests scrape.)
 func serveMetrics(t testing.TB, g *gateway) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = g.Srv.ServeMetrics(ctx, ln)
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	return "http://" + ln.Addr().String()
+	hs := httptest.NewServer(g.Srv.MetricsHandler())
+	t.Cleanup(hs.Close)
+	return hs.URL
 }
 
 // httpGet returns the status code and body of a GET.

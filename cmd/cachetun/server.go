@@ -1,16 +1,16 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/crypto/ssh"
@@ -33,7 +33,9 @@ type ServerRunCmd struct {
 }
 
 // Run serves until SIGINT/SIGTERM, then drains; a second signal aborts.
-// SIGHUP reloads server.yaml and authorized_keys.
+// SIGHUP reloads server.yaml and authorized_keys. systemd hears READY once
+// the gateway listens, RELOADING around each reload and STOPPING at the
+// drain.
 func (c *ServerRunCmd) Run(e *env) error {
 	cfg, err := server.LoadConfig(c.Config)
 	if err != nil {
@@ -50,35 +52,21 @@ func (c *ServerRunCmd) Run(e *env) error {
 	if err != nil {
 		return &hinted{err: err, hint: serverHint(err)}
 	}
-	lns, err := srv.Listen()
-	if err != nil {
-		return &hinted{err: err, hint: "another process holds the port, or the address is wrong: check listen: in " + c.Config}
-	}
 	drain, abort, cancel := stopContext(e.signals)
 	defer cancel()
-
-	var wg sync.WaitGroup
-	for _, ln := range lns {
-		e.log.Info("listening", "addr", ln.Addr().String(), "network", ln.Addr().Network())
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = srv.Serve(abort, ln)
-		}()
-	}
-	if cfg.Metrics != "" {
-		mln, err := net.Listen(listenNetwork(cfg.Metrics), cfg.Metrics)
-		if err != nil {
-			srv.Drain(abort)
-			return fmt.Errorf("listen metrics on %q: %w", cfg.Metrics, err)
+	defer context.AfterFunc(abort, srv.Close)() // the second signal
+	runErr := make(chan error, 1)
+	go func() { runErr <- srv.Run(drain) }()
+	select {
+	case err := <-runErr:
+		var le *server.ListenError
+		if errors.As(err, &le) && le.Listener != "metrics" {
+			return &hinted{err: err, hint: "another process holds the port, or the address is wrong: check listen: in " + c.Config}
 		}
-		e.log.Info("metrics", "addr", "http://"+mln.Addr().String()+"/metrics")
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = srv.ServeMetrics(abort, mln)
-		}()
+		return err
+	case <-srv.Ready():
 	}
+	logListening(e.log, srv.Addrs())
 	e.log.Info("gateway ready", "version", version, "host_key", ssh.FingerprintSHA256(srv.HostPublicKey()), "targets", strings.Join(cfg.TargetNames(), ","), "go_procs", runtime.GOMAXPROCS(0))
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
 	for {
@@ -96,11 +84,21 @@ func (c *ServerRunCmd) Run(e *env) error {
 	}
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
 	e.log.Info("draining: no new sessions; waiting for open streams", "drain_timeout", cfg.Limits.DrainTimeout)
-	srv.Drain(abort)
-	cancel()
-	wg.Wait()
+	err = <-runErr
 	e.log.Info("stopped")
-	return nil
+	return err
+}
+
+// logListening logs each address the gateway listens on.
+func logListening(log *slog.Logger, a server.Addrs) {
+	for _, ln := range []net.Addr{a.QUIC, a.TLS, a.SSH} {
+		if ln != nil {
+			log.Info("listening", "addr", ln.String(), "network", ln.Network())
+		}
+	}
+	if a.Metrics != nil {
+		log.Info("metrics", "addr", "http://"+a.Metrics.String()+"/metrics")
+	}
 }
 
 func serverHint(err error) string {
@@ -275,19 +273,4 @@ func writeIfMissing(path string, data []byte, perm os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return f.Close()
-}
-
-// listenNetwork is "tcp4" for an IPv4 address such as 0.0.0.0:9464, so the
-// listener binds exactly what the config names: Go's "tcp" would bind
-// 0.0.0.0 as [::], IPv6 included. Anything else (a host name, [::], :9464)
-// keeps "tcp".
-func listenNetwork(addr string) string {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "tcp"
-	}
-	if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
-		return "tcp4"
-	}
-	return "tcp"
 }
