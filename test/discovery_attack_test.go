@@ -113,7 +113,9 @@ func pidOwnsSocket(pid int, local *net.TCPAddr) bool {
 	}
 	inode := ""
 	for _, l := range strings.Split(string(b), "\n")[1:] {
-		if f := strings.Fields(l); len(f) > 9 && f[1] == want {
+		// An old TIME_WAIT entry may share the local address: it has no
+		// inode (0) and belongs to nobody.
+		if f := strings.Fields(l); len(f) > 9 && f[1] == want && f[9] != "0" {
 			inode = f[9]
 		}
 	}
