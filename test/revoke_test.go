@@ -421,26 +421,10 @@ func TestStreams_RefusedFloodBounded(t *testing.T) {
 	)
 	r := testenv.StartRedis(t)
 	forEachTransport(t, func(t *testing.T, transport string) {
-		k, legit := newKey(t, "flood"), newKey(t, "legit")
-		g := startGatewayProc(t, gatewayProcOpts{
-			Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
-			Limits:     map[string]string{"max_streams_per_session": fmt.Sprint(limit)},
-			Authorized: []string{k.Line, legit.Line},
-		})
-		cl, err := client.New(client.Options{
-			Servers: []string{g.ServerAddr(transport)}, Target: "cache", Transport: transport,
-			Identity: k.Path, KnownHosts: g.KnownHosts(t),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		legit := newKey(t, "legit")
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		sess, _, err := cl.Dial(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sess.Close()
+		g, sess := floodSession(ctx, t, r.Addr, transport, limit, legit)
 		base := g.RSS(t)
 		g.ResetPeakRSS(t)
 		payload := bytes.Repeat([]byte("x"), perStream)
@@ -820,26 +804,9 @@ func TestStreams_FinishedFloodBounded(t *testing.T) {
 	)
 	r := testenv.StartRedis(t)
 	forEachTransport(t, func(t *testing.T, transport string) {
-		k := newKey(t, "flood")
-		g := startGatewayProc(t, gatewayProcOpts{
-			Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", r.Addr)},
-			Limits:     map[string]string{"max_streams_per_session": fmt.Sprint(limit)},
-			Authorized: []string{k.Line},
-		})
-		cl, err := client.New(client.Options{
-			Servers: []string{g.ServerAddr(transport)}, Target: "cache", Transport: transport,
-			Identity: k.Path, KnownHosts: g.KnownHosts(t),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		sess, _, err := cl.Dial(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sess.Close()
+		g, sess := floodSession(ctx, t, r.Addr, transport, limit)
 		base := g.RSS(t)
 		g.ResetPeakRSS(t)
 		payload := append([]byte("QUIT\r\n"), bytes.Repeat([]byte("x"), perStream)...)
@@ -924,4 +891,35 @@ func isDone(s tunnel.Session, wait bool) bool {
 		}
 		return false
 	}
+}
+
+// floodSession starts a gateway process with one redis target at addr and
+// max_streams_per_session limit, and returns an authenticated session of a
+// "flood" key over transport (closed when the test ends); more keys may use
+// the gateway too.
+func floodSession(ctx context.Context, t *testing.T, addr, transport string, limit int, more ...key) (*gatewayProc, tunnel.Session) {
+	t.Helper()
+	k := newKey(t, "flood")
+	lines := []string{k.Line}
+	for _, m := range more {
+		lines = append(lines, m.Line)
+	}
+	g := startGatewayProc(t, gatewayProcOpts{
+		Targets:    map[string]string{"cache": fmt.Sprintf("{type: redis, nodes: [%q]}", addr)},
+		Limits:     map[string]string{"max_streams_per_session": fmt.Sprint(limit)},
+		Authorized: lines,
+	})
+	cl, err := client.New(client.Options{
+		Servers: []string{g.ServerAddr(transport)}, Target: "cache", Transport: transport,
+		Identity: k.Path, KnownHosts: g.KnownHosts(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, _, err := cl.Dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	return g, sess
 }
