@@ -110,8 +110,8 @@ func (t *target) waitDiscovered(ctx context.Context, timeout time.Duration) {
 	}
 }
 
-// updateNodes is SetNodes when nodes differ from the current topology; it
-// reports whether they did. dials maps discovered nodes to the checked
+// updateNodes replaces the topology and wakes the subscribers when nodes
+// differ from the current topology; it reports whether they did. dials maps discovered nodes to the checked
 // address to dial (see dialAddrs); it replaces the last one either way.
 func (t *target) updateNodes(nodes []control.NodeInfo, dials map[string]string) bool {
 	t.mu.Lock()
@@ -151,15 +151,6 @@ func (t *target) Changed() <-chan struct{} {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	return t.changed
-}
-
-// SetNodes replaces the topology and wakes the subscribers.
-func (t *target) SetNodes(nodes []control.NodeInfo) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.setNodesLocked(nodes)
-	close(t.changed)
-	t.changed = make(chan struct{})
 }
 
 func (t *target) setNodesLocked(nodes []control.NodeInfo) {

@@ -40,9 +40,6 @@ import (
 // ProtoVersion is the version byte of the open header.
 const ProtoVersion = 1
 
-// ALPN is the TLS application protocol of the QUIC and TLS transports.
-const ALPN = "cachetun/1"
-
 // BindingLabel is the TLS exporter label used for channel binding.
 const BindingLabel = "EXPORTER-cachetun-binding"
 

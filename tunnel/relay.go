@@ -157,11 +157,6 @@ func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up
 
 var errIdle = errors.New("idle timeout")
 
-// ErrIdle reports whether err is the relay's idle cut.
-func ErrIdle(err error) bool {
-	return errors.Is(err, errIdle) || errors.Is(err, os.ErrDeadlineExceeded)
-}
-
 // opener is implemented by client streams whose open header has not been
 // written yet (see clientStream).
 type opener interface {

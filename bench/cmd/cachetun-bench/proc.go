@@ -271,21 +271,6 @@ func rssKiB(pid int) (int64, error) {
 	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }
 
-// treeRSSKiB sums VmRSS over pid and all its descendants (sshd forks a
-// process per connection).
-func treeRSSKiB(pid int) (int64, error) {
-	var total int64
-	for _, p := range descendants(pid) {
-		if r, err := rssKiB(p); err == nil {
-			total += r
-		}
-	}
-	if total == 0 {
-		return rssKiB(pid)
-	}
-	return total, nil
-}
-
 // descendants returns pid and every process below it.
 func descendants(pid int) []int {
 	ents, _ := os.ReadDir("/proc")
