@@ -544,6 +544,7 @@ func TestSession_OneControlStream(t *testing.T) {
 			mu       sync.Mutex
 			welcomed int
 			refused  int
+			opened   []tunnel.Stream
 		)
 		for i := 0; i < n; i++ {
 			wg.Add(1)
@@ -554,7 +555,12 @@ func TestSession_OneControlStream(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				defer st.Close()
+				// Closed only once every open is answered: the welcomed
+				// control stream's end ends the session, which would cut
+				// the opens still in flight.
+				mu.Lock()
+				opened = append(opened, st)
+				mu.Unlock()
 				_ = st.SetDeadline(time.Now().Add(10 * time.Second))
 				if err := control.WriteJSON(st, control.FrameHello, &control.Hello{Client: "test", Target: "cache"}); err != nil {
 					t.Error(err)
@@ -575,6 +581,9 @@ func TestSession_OneControlStream(t *testing.T) {
 			}()
 		}
 		wg.Wait()
+		for _, st := range opened {
+			st.Close()
+		}
 		want := 1
 		if transport != "ssh" {
 			want = 0 // the one allowed is Dial's
