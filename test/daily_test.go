@@ -134,16 +134,7 @@ func TestConnect_JSON(t *testing.T) {
 		g := startGateway(t, targets, []string{`targets="cache,sessions" ` + k.Line})
 		args := append([]string{"connect", "cache", "sessions", "--json"}, gwArgs(t, g, transport, k)...)
 		cmd := exec.Command(bin, args...)
-		cmd.Env = cliEnv(t)
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stderr = writerFunc(func(p []byte) (int, error) { t.Logf("stderr: %s", p); return len(p), nil })
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+		stdout := startCLI(t, cmd)
 		lines := bufio.NewReader(stdout)
 		line, err := lines.ReadString('\n')
 		if err != nil {
@@ -391,16 +382,7 @@ func TestConnect_TwoGateways(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "connect", "east", "west", "--config", cfg, "--json")
-	cmd.Env = cliEnv(t)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = writerFunc(func(p []byte) (int, error) { t.Logf("stderr: %s", p); return len(p), nil })
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+	stdout := startCLI(t, cmd)
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
 		t.Fatalf("read the first JSON line: %v", err)
@@ -444,16 +426,7 @@ func TestConnect_JSONTopology(t *testing.T) {
 		"prod": {Type: server.TypeRedisCluster, Nodes: []string{cl.Nodes[0].Addr}, Refresh: time.Second, Networks: loopbackNetworks},
 	}, []string{k.Line})
 	cmd := exec.Command(bin, append([]string{"connect", "prod", "--json"}, gwArgs(t, g, "quic", k)...)...)
-	cmd.Env = cliEnv(t)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = writerFunc(func(p []byte) (int, error) { t.Logf("stderr: %s", p); return len(p), nil })
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+	stdout := startCLI(t, cmd)
 	events := make(chan client.Event, 16)
 	go func() {
 		defer close(events)
@@ -510,4 +483,22 @@ func TestConnect_JSONTopology(t *testing.T) {
 			break
 		}
 	}
+}
+
+// startCLI starts cmd (a cachetun command) with the test's CLI environment,
+// its stderr in the test log, and returns its stdout; the command gets
+// SIGINT and is waited for when the test ends.
+func startCLI(t *testing.T, cmd *exec.Cmd) io.Reader {
+	t.Helper()
+	cmd.Env = cliEnv(t)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = writerFunc(func(p []byte) (int, error) { t.Logf("stderr: %s", p); return len(p), nil })
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() })
+	return stdout
 }

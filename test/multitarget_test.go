@@ -164,7 +164,7 @@ func TestRevocation_SeveralTargets(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := streamPing(st); err != nil {
+			if err := redisPing(st); err != nil {
 				t.Fatalf("PING on %s: %v", target, err)
 			}
 			return st
@@ -183,7 +183,7 @@ func TestRevocation_SeveralTargets(t *testing.T) {
 		if errors.As(err, &ne) && ne.Timeout() || took > revokeBound {
 			t.Fatalf("stream to b still open %s after the reload (bound %s): %v", took, revokeBound, err)
 		}
-		if err := streamPing(sa); err != nil {
+		if err := redisPing(sa); err != nil {
 			t.Fatalf("stream to a broke: %v", err)
 		}
 		select {

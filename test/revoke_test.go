@@ -109,8 +109,12 @@ func startConnectProc(t testing.TB, g gatewayEndpoint, transport, target string,
 	return p
 }
 
-// redisPing sends PING on c and reads +PONG.
-func redisPing(c net.Conn) error {
+// redisPing sends PING on c (a local connection or a proxied stream) and
+// waits at most 5 s for +PONG.
+func redisPing(c interface {
+	io.ReadWriter
+	SetDeadline(time.Time) error
+}) error {
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	defer c.SetDeadline(time.Time{})
 	if _, err := c.Write([]byte("PING\r\n")); err != nil {
@@ -332,7 +336,7 @@ func TestRevocation_NarrowTargets(t *testing.T) {
 		defer sa.Close()
 		defer sb.Close()
 		for name, st := range map[string]tunnel.Stream{"a": sa, "b": sb} {
-			if err := streamPing(st); err != nil {
+			if err := redisPing(st); err != nil {
 				t.Fatalf("PING on target %s: %v", name, err)
 			}
 		}
@@ -346,7 +350,7 @@ func TestRevocation_NarrowTargets(t *testing.T) {
 		if errors.As(err, &ne) && ne.Timeout() || took > revokeBound {
 			t.Fatalf("stream to the removed target still open %s after SIGHUP (bound %s): %v", took, revokeBound, err)
 		}
-		if err := streamPing(sa); err != nil {
+		if err := redisPing(sa); err != nil {
 			t.Fatalf("stream to the allowed target broke: %v", err)
 		}
 		sb2 := open("b", rb.Addr)
@@ -376,23 +380,6 @@ func TestRevocation_NarrowTargets(t *testing.T) {
 		g.WaitLog(t, "code=target_denied", 5*time.Second)
 		t.Logf("%s: session ended %s after its own target was taken away (bound %s)", transport, time.Since(start).Round(time.Millisecond), revokeBound)
 	})
-}
-
-// streamPing sends PING on a proxied stream to redis and reads +PONG.
-func streamPing(st tunnel.Stream) error {
-	_ = st.SetDeadline(time.Now().Add(5 * time.Second))
-	defer st.SetDeadline(time.Time{})
-	if _, err := st.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	buf := make([]byte, 7)
-	if _, err := io.ReadFull(st, buf); err != nil {
-		return err
-	}
-	if string(buf) != "+PONG\r\n" {
-		return fmt.Errorf("got %q", buf)
-	}
-	return nil
 }
 
 // TestStreams_RefusedFloodBounded (issue 10, finding 5): an authenticated

@@ -3,8 +3,6 @@ package test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -320,27 +318,10 @@ func pingConn(t testing.TB, addr string) net.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	if err := pingOn(c); err != nil {
+	if err := redisPing(c); err != nil {
 		t.Fatalf("PING through %s: %v", addr, err)
 	}
 	return c
-}
-
-// pingOn sends PING on c and waits (at most 5 s) for +PONG.
-func pingOn(c net.Conn) error {
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	defer c.SetDeadline(time.Time{})
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	buf := make([]byte, 7)
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return err
-	}
-	if string(buf) != "+PONG\r\n" {
-		return fmt.Errorf("reply %q", buf)
-	}
-	return nil
 }
 
 // assertCutWithin fails unless c is closed by the far end within d.
@@ -378,7 +359,7 @@ func TestSSH_PermitOpenNarrowedOnReload(t *testing.T) {
 	check := func(t *testing.T, node0, node1 net.Conn, newNode1 string) {
 		t.Helper()
 		assertCutWithin(t, node1, 2*time.Second)
-		if err := pingOn(node0); err != nil {
+		if err := redisPing(node0); err != nil {
 			t.Fatalf("node 0 connection after narrowing to node 0: %v", err)
 		}
 		assertStreamRefused(t, newNode1, rs[1])
