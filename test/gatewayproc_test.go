@@ -115,7 +115,9 @@ func startGatewayProc(t testing.TB, o gatewayProcOpts) *gatewayProc {
 	for attempt := 0; ; attempt++ {
 		g.Addr = freeTCPUDPPort(t)
 		g.SSHAddr = ""
-		if !o.NoSSH {
+		// Two picks of a free port may return the same one (both were
+		// closed again): the SSH port must differ from the TLS one.
+		for !o.NoSSH && (g.SSHAddr == "" || g.SSHAddr == g.Addr) {
 			g.SSHAddr = freeTCPUDPPort(t)
 		}
 		g.WriteConfig(t, o)
