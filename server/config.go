@@ -210,101 +210,134 @@ func ParseConfig(data []byte) (*Config, error) {
 }
 
 // Validate checks every field and names the first bad one. It changes
-// nothing: defaults come from decoding over DefaultConfig.
+// nothing: defaults come from decoding over DefaultConfig. Each section
+// has its own check, in the order of the file.
 func (c *Config) Validate() error {
-	bad := func(field string, format string, args ...any) error {
-		return &ConfigError{Field: field, Err: fmt.Errorf(format, args...)}
-	}
-	if c.Listen.QUIC == "" && c.Listen.TLS == "" && c.Listen.SSH == "" {
-		return bad("listen", "every transport is disabled: set at least one of quic, tls, ssh")
-	}
-	for name, addr := range map[string]string{"listen.quic": c.Listen.QUIC, "listen.tls": c.Listen.TLS, "listen.ssh": c.Listen.SSH} {
-		if addr == "" {
-			continue
-		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return bad(name, "%q is not host:port (e.g. \":4433\")", addr)
-		}
-	}
-	if c.Listen.TLS != "" && c.Listen.TLS == c.Listen.SSH {
-		return bad("listen.ssh", "%q is also listen.tls: TCP transports need different ports", c.Listen.SSH)
+	if err := c.Listen.validate(); err != nil {
+		return err
 	}
 	switch c.LogFormat {
 	case "", "text", "json":
 	default:
-		return bad("log_format", "%q is not one of text, json", c.LogFormat)
+		return badField("log_format", "%q is not one of text, json", c.LogFormat)
 	}
 	if c.HostKey == "" {
-		return bad("host_key", "empty: run 'cachetun server init' to create one")
+		return badField("host_key", "empty: run 'cachetun server init' to create one")
 	}
 	if c.AuthorizedKeys == "" {
-		return bad("authorized_keys", "empty: name the OpenSSH authorized_keys file of the clients")
+		return badField("authorized_keys", "empty: name the OpenSSH authorized_keys file of the clients")
 	}
 	if len(c.Targets) == 0 {
-		return bad("targets", "none configured: add at least one target with a type and nodes")
+		return badField("targets", "none configured: add at least one target with a type and nodes")
 	}
 	for _, name := range c.TargetNames() {
-		t := c.Targets[name]
-		field := "targets." + name
-		if t == nil {
-			return bad(field, "empty target")
-		}
-		if strings.ContainsAny(name, " \t,:/") || len(name) > 100 {
-			return bad(field, "target names may not contain spaces, commas, colons or slashes")
-		}
-		switch t.Type {
-		case TypeRedis, TypeRedisCluster, TypeMemcached, TypeTCP:
-		case "":
-			return bad(field+".type", "missing: one of redis, redis-cluster, memcached, tcp")
-		default:
-			return bad(field+".type", "%q is not one of redis, redis-cluster, memcached, tcp", t.Type)
-		}
-		if len(t.Nodes) == 0 {
-			return bad(field+".nodes", "no nodes: list host:port addresses (seeds for cluster types)")
-		}
-		for i, n := range t.Nodes {
-			if _, port, err := net.SplitHostPort(n); err != nil || port == "" {
-				return bad(fmt.Sprintf("%s.nodes[%d]", field, i), "%q is not host:port", n)
-			}
-		}
-		if t.Refresh < 0 {
-			return bad(field+".refresh", "must be a positive duration such as \"30s\"")
-		}
-		switch t.Discovery {
-		case "", DiscoveryNone:
-		case DiscoveryElastiCache:
-			if t.Type != TypeMemcached {
-				return bad(field+".discovery", "%q works only for memcached targets (redis-cluster targets always discover)", t.Discovery)
-			}
-		default:
-			return bad(field+".discovery", "%q is not one of none, elasticache", t.Discovery)
-		}
-		if len(t.Networks) > 0 && t.Type != TypeRedisCluster && t.Discovery != DiscoveryElastiCache {
-			return bad(field+".networks", "only targets that discover their nodes (redis-cluster, memcached with discovery: elasticache) take networks")
-		}
-		for i, n := range t.Networks {
-			if _, err := parseNetwork(n); err != nil {
-				return bad(fmt.Sprintf("%s.networks[%d]", field, i), "%w", err)
-			}
-		}
-		if t.Auth != nil && t.Type != TypeRedis && t.Type != TypeRedisCluster {
-			return bad(field+".auth", "only redis and redis-cluster targets take auth")
-		}
-		if t.Auth != nil && t.Auth.PasswordFile == "" {
-			return bad(field+".auth.password_file", "missing: name a file holding the password")
+		if err := c.Targets[name].validate(name); err != nil {
+			return err
 		}
 	}
-	l := c.Limits
+	return c.Limits.validate()
+}
+
+// badField is the ConfigError for field, with the message format, args.
+func badField(field string, format string, args ...any) error {
+	return &ConfigError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// validate checks the listen section: at least one transport, each a
+// host:port, and the two TCP transports on different ports.
+func (l Listen) validate() error {
+	if l.QUIC == "" && l.TLS == "" && l.SSH == "" {
+		return badField("listen", "every transport is disabled: set at least one of quic, tls, ssh")
+	}
+	for name, addr := range map[string]string{"listen.quic": l.QUIC, "listen.tls": l.TLS, "listen.ssh": l.SSH} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return badField(name, "%q is not host:port (e.g. \":4433\")", addr)
+		}
+	}
+	if l.TLS != "" && l.TLS == l.SSH {
+		return badField("listen.ssh", "%q is also listen.tls: TCP transports need different ports", l.SSH)
+	}
+	return nil
+}
+
+// validate checks the target called name (t may be nil: an empty entry).
+func (t *Target) validate(name string) error {
+	field := "targets." + name
+	if t == nil {
+		return badField(field, "empty target")
+	}
+	if strings.ContainsAny(name, " \t,:/") || len(name) > 100 {
+		return badField(field, "target names may not contain spaces, commas, colons or slashes")
+	}
+	switch t.Type {
+	case TypeRedis, TypeRedisCluster, TypeMemcached, TypeTCP:
+	case "":
+		return badField(field+".type", "missing: one of redis, redis-cluster, memcached, tcp")
+	default:
+		return badField(field+".type", "%q is not one of redis, redis-cluster, memcached, tcp", t.Type)
+	}
+	if len(t.Nodes) == 0 {
+		return badField(field+".nodes", "no nodes: list host:port addresses (seeds for cluster types)")
+	}
+	for i, n := range t.Nodes {
+		if _, port, err := net.SplitHostPort(n); err != nil || port == "" {
+			return badField(fmt.Sprintf("%s.nodes[%d]", field, i), "%q is not host:port", n)
+		}
+	}
+	if t.Refresh < 0 {
+		return badField(field+".refresh", "must be a positive duration such as \"30s\"")
+	}
+	if err := t.validateDiscovery(field); err != nil {
+		return err
+	}
+	if t.Auth != nil && t.Type != TypeRedis && t.Type != TypeRedisCluster {
+		return badField(field+".auth", "only redis and redis-cluster targets take auth")
+	}
+	if t.Auth != nil && t.Auth.PasswordFile == "" {
+		return badField(field+".auth.password_file", "missing: name a file holding the password")
+	}
+	return nil
+}
+
+// validateDiscovery checks how the target at field finds its nodes:
+// discovery, and the networks discovered nodes must be in.
+func (t *Target) validateDiscovery(field string) error {
+	switch t.Discovery {
+	case "", DiscoveryNone:
+	case DiscoveryElastiCache:
+		if t.Type != TypeMemcached {
+			return badField(field+".discovery", "%q works only for memcached targets (redis-cluster targets always discover)", t.Discovery)
+		}
+	default:
+		return badField(field+".discovery", "%q is not one of none, elasticache", t.Discovery)
+	}
+	if len(t.Networks) > 0 && t.Type != TypeRedisCluster && t.Discovery != DiscoveryElastiCache {
+		return badField(field+".networks", "only targets that discover their nodes (redis-cluster, memcached with discovery: elasticache) take networks")
+	}
+	for i, n := range t.Networks {
+		if _, err := parseNetwork(n); err != nil {
+			return badField(fmt.Sprintf("%s.networks[%d]", field, i), "%w", err)
+		}
+	}
+	return nil
+}
+
+// validate checks the limits section: every timeout and count positive
+// (idle_timeout may be 0: none).
+func (l Limits) validate() error {
 	for field, d := range map[string]time.Duration{
 		"limits.handshake_timeout": l.HandshakeTimeout, "limits.auth_timeout": l.AuthTimeout,
 		"limits.dial_timeout": l.DialTimeout, "limits.drain_timeout": l.DrainTimeout,
 	} {
 		if d <= 0 {
-			return bad(field, "must be a positive duration such as \"10s\"")
+			return badField(field, "must be a positive duration such as \"10s\"")
 		}
 	}
 	if l.IdleTimeout < 0 {
-		return bad("limits.idle_timeout", "must be positive, or 0 for none")
+		return badField("limits.idle_timeout", "must be positive, or 0 for none")
 	}
 	for field, n := range map[string]int{
 		"limits.max_streams_per_session": l.MaxStreamsPerSession, "limits.max_sessions_per_key": l.MaxSessionsPerKey,
@@ -312,7 +345,7 @@ func (c *Config) Validate() error {
 		"limits.unauthenticated_per_source": l.UnauthenticatedPerSource, "limits.max_unauthenticated": l.MaxUnauthenticated,
 	} {
 		if n <= 0 {
-			return bad(field, "must be a positive number")
+			return badField(field, "must be a positive number")
 		}
 	}
 	return nil
