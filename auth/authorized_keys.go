@@ -682,7 +682,7 @@ func checkUserCert(cert *ssh.Certificate, desc string, remote net.IP, now time.T
 		return newError(ErrCertInvalid,
 			"%s has no principals: sign it with -n TARGET[,TARGET...] (or -n '*' for every target)", desc)
 	}
-	if f := cert.Signature.Format; f == ssh.KeyAlgoRSA || f == ssh.InsecureKeyAlgoDSA {
+	if f := cert.Signature.Format; f == ssh.KeyAlgoRSA || f == keyAlgoDSA {
 		return newError(ErrCertInvalid,
 			"%s is signed with %s (sha-1), which is refused: re-sign it with rsa-sha2-512 (ssh-keygen -s CA -t rsa-sha2-512)", desc, f)
 	}

@@ -16,6 +16,12 @@ const bindingContext = "cachetun-binding-v1\x00"
 // accept. Use 32 bytes of TLS exported keying material or the SSH session ID.
 const MinBindingLen = 16
 
+// keyAlgoDSA is the SSH name of DSA keys and of their (SHA-1) signature
+// format. x/crypto/ssh deprecates its own constant (keyAlgoDSA)
+// because DSA is insecure; we still have to recognise the name, to refuse
+// such keys and signatures with a clear error rather than a generic one.
+const keyAlgoDSA = "ssh-dss"
+
 func bindingMessage(binding []byte) []byte {
 	msg := make([]byte, 0, len(bindingContext)+len(binding))
 	msg = append(msg, bindingContext...)
@@ -53,7 +59,7 @@ func SignBinding(s ssh.Signer, binding []byte) (*ssh.Signature, error) {
 			return nil, fmt.Errorf("sign binding with %s: %w", Fingerprint(s.PublicKey()), err)
 		}
 		return sig, nil
-	case ssh.InsecureKeyAlgoDSA:
+	case keyAlgoDSA:
 		return nil, fmt.Errorf("sign binding: dsa key %s is not supported: use an ed25519 key", Fingerprint(s.PublicKey()))
 	}
 	sig, err := s.Sign(rand.Reader, msg)
@@ -74,7 +80,7 @@ func VerifyBinding(k ssh.PublicKey, binding []byte, sig *ssh.Signature) error {
 		return newError(ErrBadSignature, "binding is %d bytes, want at least %d", len(binding), MinBindingLen)
 	}
 	switch sig.Format {
-	case ssh.KeyAlgoRSA, ssh.InsecureKeyAlgoDSA:
+	case ssh.KeyAlgoRSA, keyAlgoDSA:
 		return newError(ErrBadSignature,
 			"binding proof for key %s uses the %s signature format (sha-1), which is refused: upgrade the client or its ssh-agent to sign with rsa-sha2-256, or use an ed25519 key",
 			Fingerprint(k), sig.Format)

@@ -354,7 +354,7 @@ func (db *hostDB) verify(addr string, key ssh.PublicKey) error {
 		if len(cert.ValidPrincipals) == 0 {
 			return newError(ErrCertInvalid, "%s has no principals: re-sign it with -n %s", desc, host)
 		}
-		if cert.Signature != nil && (cert.Signature.Format == ssh.KeyAlgoRSA || cert.Signature.Format == ssh.InsecureKeyAlgoDSA) {
+		if cert.Signature != nil && (cert.Signature.Format == ssh.KeyAlgoRSA || cert.Signature.Format == keyAlgoDSA) {
 			return newError(ErrCertInvalid, "%s is signed with %s (sha-1), which is refused: re-sign it with rsa-sha2-512", desc, cert.Signature.Format)
 		}
 		if err := db.callback(addr, placeholderRemote, key); err != nil {

@@ -316,6 +316,9 @@ func (t *target) queryRedisCluster(ctx context.Context, addr string, timeout tim
 	if !errors.As(err, &re) { // not an error reply: the node is unreachable
 		return nil, fmt.Errorf("cluster shards: %w", err)
 	}
+	// CLUSTER SHARDS is Redis 7; older servers (Redis 6, ElastiCache
+	// engine 6.x) answer it with an error and need CLUSTER SLOTS.
+	//lint:ignore SA1019 the fallback for servers older than Redis 7, which lack CLUSTER SHARDS
 	slots, err2 := rc.ClusterSlots(ctx).Result()
 	if err2 != nil {
 		// Error replies are the node's text: the log gets a sanitised

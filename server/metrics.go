@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cachetun/cachetun/tunnel"
@@ -178,7 +179,7 @@ func newMetrics(keyLabel bool, version string) *metrics {
 	m.reg.MustRegister(m.sessions, m.sessionsTotal, m.streams, m.streamsTotal, m.streamsResumed,
 		m.bytes, m.dialErrors, m.dialSeconds, m.authFailures, m.discoveryRounds, m.discoveryRejected,
 		m.reloads, buildInfo,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r) // both series from the start, so rate() sees the first error
 	}

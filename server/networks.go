@@ -38,8 +38,6 @@ var metadataAddrs = []netip.Addr{
 }
 
 var (
-	loopback4 = netip.MustParsePrefix("127.0.0.0/8")
-	loopback6 = netip.MustParsePrefix("::1/128")
 	thisNet4  = netip.MustParsePrefix("0.0.0.0/8") // "this network": the local host
 	nat64     = netip.MustParsePrefix("64:ff9b::/96")
 	ipv4Compt = netip.MustParsePrefix("::/96")

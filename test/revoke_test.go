@@ -173,7 +173,7 @@ func TestRevocation_SIGHUP(t *testing.T) {
 		took := waitClosed(t, c, start, revokeBound)
 		select {
 		case <-p.exited:
-		case <-time.After(start.Add(revokeBound).Sub(time.Now()) + 500*time.Millisecond):
+		case <-time.After(time.Until(start.Add(revokeBound)) + 500*time.Millisecond):
 			t.Fatalf("cachetun connect still running %s after the revocation: %s", time.Since(start).Round(time.Millisecond), p.stderr)
 		}
 		exitAfter := time.Since(start)

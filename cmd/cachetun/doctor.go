@@ -48,9 +48,6 @@ type checkResult struct {
 // doctorProbeTimeout bounds each transport's probe.
 const doctorProbeTimeout = 4 * time.Second
 
-// errDoctor is returned when a check failed: the report said why.
-var errDoctor = errors.New("doctor found problems")
-
 // Run checks and prints one line per check; exit 0 when nothing failed.
 func (c *DoctorCmd) Run(e *env) error {
 	c.cmdName = "doctor"
