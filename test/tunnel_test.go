@@ -279,7 +279,11 @@ func TestTunnel_Reconnect(t *testing.T) {
 			out, err := exec.Command(cli, "-h", host, "-p", port, "GET", "x").CombinedOutput()
 			done <- res{strings.TrimSpace(string(out)), err}
 		}()
-		time.Sleep(300 * time.Millisecond) // let the connection arrive while down
+		// The connection has arrived while the gateway is down: connect
+		// holds it, waiting for a session.
+		waitFor(t, 10*time.Second, "connect to hold the connection made during the outage", func() bool {
+			return c.Client.OpenConns() == 1
+		})
 		g.Restart(t)
 		select {
 		case got := <-done:
