@@ -91,9 +91,9 @@ func (c SSHConfig) keepAliveTimeout() time.Duration {
 
 // SSHAlgorithms sets the key exchanges, ciphers and MACs cachetun uses
 // where c leaves them empty: post-quantum hybrid and curve25519 key
-// exchange, AES-GCM first (about 1.7 times the throughput of
-// chacha20-poly1305 on CPUs with AES-NI). OpenSSH 8.x and newer speak all of
-// them.
+// exchange, AES-GCM first (faster than chacha20-poly1305 on CPUs with
+// AES-NI: BENCHMARKS.md, "Figures behind design choices"). OpenSSH 8.x and
+// newer speak all of them.
 func SSHAlgorithms(c *ssh.Config) {
 	if len(c.KeyExchanges) == 0 {
 		c.KeyExchanges = []string{ssh.KeyExchangeMLKEM768X25519, ssh.KeyExchangeCurve25519}

@@ -33,7 +33,8 @@ type TLSConfig struct {
 	LocalAddr string
 }
 
-// DefaultTLSConfig returns the measured defaults.
+// DefaultTLSConfig returns the defaults; why these numbers (the 4 MiB
+// window above all): BENCHMARKS.md, "What changed", change 7.
 func DefaultTLSConfig() TLSConfig {
 	return TLSConfig{HandshakeTimeout: 10 * time.Second, KeepAlive: 15 * time.Second, Window: 4 << 20, MaxStreams: 1024}
 }

@@ -25,7 +25,7 @@ import (
 //   - inline: the send loop writes itself. One frame at a time is in
 //     flight, the cheapest and fastest when frames come one by one (a
 //     single client: a hand-off to another goroutine costs a thread wake-up
-//     per frame, which doubled the CPU per request at -c 1).
+//     per frame; BENCHMARKS.md, "What changed", change 3, has the figures).
 //   - group commit: a flusher goroutine writes, and everything queued while
 //     it was inside write(2) goes out in its next one. The send loop never
 //     blocks on the socket, and busy sessions share syscalls.

@@ -35,9 +35,9 @@ func (c *ConnectCmd) Run(e *env) error {
 		return err
 	}
 	// One session's traffic runs through one connection's loops, so a
-	// second processor mostly adds thread wake-ups: on 2 cores, one cut
-	// the CPU per request by a quarter and -c 1 latency by a fifth
-	// (BENCHMARKS.md). GOMAXPROCS in the environment still wins.
+	// second processor mostly adds thread wake-ups (the figures:
+	// BENCHMARKS.md, "What changed", change 4). GOMAXPROCS in the
+	// environment still wins.
 	if os.Getenv("GOMAXPROCS") == "" {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	}

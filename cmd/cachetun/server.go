@@ -121,11 +121,9 @@ func serverHint(err error) string {
 // is one: a request crosses three to four goroutines (transport read loop,
 // stream relay, yamux send loop), and with a second processor idle every
 // hand-off wakes another thread, which on a small VM costs more than the
-// request itself. On the 2-CPU bench machine one processor cut the TLS
-// gateway's CPU per request by 40 % at -c 1 and 15 % at -c 50, and -c 1
-// latency by a third (BENCHMARKS.md, "What changed", change 6). With more CPUs the gateway
-// keeps one processor per CPU for its many sessions. An explicit
-// GOMAXPROCS always wins.
+// request itself (the figures: BENCHMARKS.md, "What changed", change 6).
+// With more CPUs the gateway keeps one processor per CPU for its many
+// sessions. An explicit GOMAXPROCS always wins.
 func gatewayProcs(def int, env string) int {
 	if env != "" || def > 2 {
 		return 0
