@@ -95,15 +95,6 @@ type TargetOptions struct {
 	LocalPort *int
 }
 
-// Error is a runtime error with a hint that names the fix.
-type Error struct {
-	Err  error
-	Hint string
-}
-
-func (e *Error) Error() string { return e.Err.Error() }
-func (e *Error) Unwrap() error { return e.Err }
-
 // Sentinel errors.
 var (
 	ErrNoSession  = errors.New("no session to the gateway")
@@ -226,25 +217,25 @@ func New(opts Options) (*Client, error) {
 	switch opts.Transport {
 	case TransportAuto, TransportQUIC, TransportTLS, TransportSSH:
 	default:
-		return nil, &ConfigError{Err: fmt.Errorf("unknown transport %q", opts.Transport), Hint: "use auto, quic, tls or ssh"}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("unknown transport %q", opts.Transport), Hint: "use auto, quic, tls or ssh"}
 	}
 	if len(opts.Servers) == 0 {
-		return nil, &ConfigError{Err: errors.New("no gateway address"), Hint: "pass --server HOST:PORT or set server: in the profile"}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("no gateway address"), Hint: "pass --server HOST:PORT or set server: in the profile"}
 	}
 	if len(opts.Targets) == 0 && opts.Target != "" {
 		opts.Targets = []TargetOptions{{Name: opts.Target, Profile: opts.Profile, LocalPort: opts.LocalPort}}
 	}
 	if len(opts.Targets) == 0 && !opts.All && !opts.List {
-		return nil, &ConfigError{Err: errors.New("no target name"), Hint: "pass --target NAME or set target: in the profile"}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("no target name"), Hint: "pass --target NAME or set target: in the profile"}
 	}
 	if len(opts.Targets) > control.MaxHelloTargets {
-		return nil, &ConfigError{Err: fmt.Errorf("%d targets in one connect, at most %d", len(opts.Targets), control.MaxHelloTargets), Hint: "split them over several processes"}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("%d targets in one connect, at most %d", len(opts.Targets), control.MaxHelloTargets), Hint: "split them over several processes"}
 	}
 	if opts.Target == "" && len(opts.Targets) > 0 {
 		opts.Target = opts.Targets[0].Name
 	}
 	if opts.LocalPort != nil && (*opts.LocalPort < 0 || *opts.LocalPort > 65535) {
-		return nil, &ConfigError{Err: fmt.Errorf("local port %d out of range", *opts.LocalPort), Hint: "use 1-65535, or 0 for ports the system picks"}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("local port %d out of range", *opts.LocalPort), Hint: "use 1-65535, or 0 for ports the system picks"}
 	}
 	c := &Client{
 		opts:      opts,
@@ -328,7 +319,7 @@ func (c *Client) List(ctx context.Context) ([]control.TargetSummary, error) {
 	}
 	defer cn.sess.Close()
 	if w.Allowed == nil && w.Target != nil {
-		return nil, &Error{Err: errors.New("the gateway does not list targets"), Hint: "upgrade the gateway; until then its refusal of an unknown target names the allowed ones"}
+		return nil, &control.Error{Err: errors.New("the gateway does not list targets"), Hint: "upgrade the gateway; until then its refusal of an unknown target names the allowed ones"}
 	}
 	return w.Allowed, nil
 }
@@ -368,11 +359,11 @@ func (c *Client) reconnect(ctx context.Context) (*conn, error) {
 		}
 		if finalRefusal(err) {
 			hint := "the gateway's operator decides this: ask them to restore your access"
-			var ce *Error
+			var ce *control.Error
 			if errors.As(err, &ce) && ce.Hint != "" {
 				hint = ce.Hint
 			}
-			return nil, &Error{Err: fmt.Errorf("%w: %w", ErrRevoked, err), Hint: hint}
+			return nil, &control.Error{Err: fmt.Errorf("%w: %w", ErrRevoked, err), Hint: hint, Fix: control.FixOperator}
 		}
 		sleep := backoff/2 + rand.N(backoff/2+1)
 		c.log.Warn("reconnect failed", "attempt", attempt, "err", err, "retry_in", sleep.Round(time.Millisecond))
@@ -522,7 +513,7 @@ func revokedError(payload []byte) error {
 	if hint == "" {
 		hint = "the gateway's operator decides this: ask them to restore your access"
 	}
-	return &Error{Err: fmt.Errorf("%w: %s", ErrRevoked, cleanBanner(r.Error)), Hint: cleanBanner(hint)}
+	return &control.Error{Err: fmt.Errorf("%w: %s", ErrRevoked, cleanBanner(r.Error)), Hint: cleanBanner(hint), Fix: control.FixOperator}
 }
 
 // applyTopology opens listeners for nodes not seen before; ports stay
@@ -624,7 +615,7 @@ func (v *targetView) applyLocked(info control.TargetInfo, first bool) error {
 		addr := net.JoinHostPort(c.opts.Bind, strconv.Itoa(port))
 		ln, err := listenLocal(c.opts.Bind, port)
 		if err != nil {
-			err = &Error{Err: fmt.Errorf("listen on %s for node %s: %w", addr, n.Addr, err), Hint: listenHint(c.opts.Bind, err)}
+			err = &control.Error{Err: fmt.Errorf("listen on %s for node %s: %w", addr, n.Addr, err), Hint: listenHint(c.opts.Bind, err), Fix: control.FixUser}
 			if first {
 				for _, w := range c.views {
 					for _, l := range w.listeners {
@@ -669,7 +660,7 @@ func (c *Client) applyWelcome(w *control.Welcome, first bool) error {
 		}
 	}
 	if len(infos) == 0 {
-		return &Error{Err: errors.New("the gateway's welcome carries no target"), Hint: "upgrade the gateway or the client so that both speak the same protocol"}
+		return &control.Error{Err: errors.New("the gateway's welcome carries no target"), Hint: "upgrade the gateway or the client so that both speak the same protocol"}
 	}
 	for _, info := range infos {
 		if err := c.applyTopology(info, first); err != nil {

@@ -9,6 +9,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/internal/yamlx"
 )
 
@@ -70,15 +71,6 @@ func DefaultConfigPath() string { return filepath.Join(ConfigDir(), "config.yaml
 // DefaultKnownHosts is the known_hosts file used when none is configured.
 func DefaultKnownHosts() string { return filepath.Join(ConfigDir(), "known_hosts") }
 
-// ConfigError is a usage or configuration error (exit code 2).
-type ConfigError struct {
-	Err  error
-	Hint string
-}
-
-func (e *ConfigError) Error() string { return e.Err.Error() }
-func (e *ConfigError) Unwrap() error { return e.Err }
-
 // LoadConfig reads a client configuration. A missing file at the default
 // path is not an error: it yields an empty configuration.
 func LoadConfig(path string, mustExist bool) (*Config, error) {
@@ -87,15 +79,15 @@ func LoadConfig(path string, mustExist bool) (*Config, error) {
 		return &Config{}, nil
 	}
 	if err != nil {
-		return nil, &ConfigError{Err: fmt.Errorf("read client config: %w", err)}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("read client config: %w", err)}
 	}
 	cfg := Config{Found: true}
 	if err := yamlx.DecodeStrict(data, &cfg); err != nil {
-		return nil, &ConfigError{Err: fmt.Errorf("config %s: %w", path, err)}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("config %s: %w", path, err)}
 	}
 	for name, p := range cfg.Profiles {
 		if p == nil {
-			return nil, &ConfigError{Err: fmt.Errorf("config %s: profiles.%s is empty", path, name)}
+			return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("config %s: profiles.%s is empty", path, name)}
 		}
 	}
 	return &cfg, nil

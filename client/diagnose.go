@@ -12,11 +12,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
 // Errors of a dial that never reached the gateway's authentication. Each
-// comes wrapped in an *Error whose hint names the fix.
+// comes wrapped in an *control.Error whose hint names the fix.
 var (
 	ErrDNS         = errors.New("cannot resolve the gateway's host name")
 	ErrRefused     = errors.New("the gateway port refused the connection")
@@ -138,27 +139,27 @@ func wrongServer(transport, addr string, k serverKind) error {
 		if transport == TransportSSH {
 			return nil
 		}
-		return &Error{Err: fmt.Errorf("%s %s: %w: it sent an SSH greeting, so this looks like the gateway's ssh port", transport, addr, ErrWrongTransportPort),
+		return &control.Error{Err: fmt.Errorf("%s %s: %w: it sent an SSH greeting, so this looks like the gateway's ssh port", transport, addr, ErrWrongTransportPort),
 			Hint: "use --transport ssh with this port, or the gateway's quic/tls port (default " + DefaultPort + ") without it"}
 	case kindRedis:
-		return &Error{Err: fmt.Errorf("%s %s: %w: it answers like a Redis or Valkey server", transport, addr, ErrWrongServer),
+		return &control.Error{Err: fmt.Errorf("%s %s: %w: it answers like a Redis or Valkey server", transport, addr, ErrWrongServer),
 			Hint: "--server names the gateway (quic/tls port default " + DefaultPort + ", ssh " + DefaultSSHPort + "), not the cache: the gateway knows the cache nodes"}
 	case kindMemcached:
-		return &Error{Err: fmt.Errorf("%s %s: %w: it answers like a memcached server", transport, addr, ErrWrongServer),
+		return &control.Error{Err: fmt.Errorf("%s %s: %w: it answers like a memcached server", transport, addr, ErrWrongServer),
 			Hint: "--server names the gateway (quic/tls port default " + DefaultPort + ", ssh " + DefaultSSHPort + "), not the cache: the gateway knows the cache nodes"}
 	case kindOther:
-		return &Error{Err: fmt.Errorf("%s %s: %w: it answers, but speaks neither TLS nor SSH", transport, addr, ErrWrongServer),
+		return &control.Error{Err: fmt.Errorf("%s %s: %w: it answers, but speaks neither TLS nor SSH", transport, addr, ErrWrongServer),
 			Hint: "check the port: the gateway's quic/tls port is " + DefaultPort + " and its ssh port " + DefaultSSHPort + " unless its listen: says otherwise (port " + port + " is something else)"}
 	}
 	return nil
 }
 
-// explainDial turns a failed dial into an *Error that says what went
+// explainDial turns a failed dial into an *control.Error that says what went
 // wrong in the user's terms: DNS, nothing listening, no answer, or a port
 // that is not the gateway's (or the other transport's). sawHostKey tells
 // whether the handshake got as far as the server's host key.
 func explainDial(transport, addr string, err error, sawHostKey bool) error {
-	var ce *Error
+	var ce *control.Error
 	if errors.As(err, &ce) {
 		return err
 	}
@@ -166,11 +167,11 @@ func explainDial(transport, addr string, err error, sawHostKey bool) error {
 	wrapped := fmt.Errorf("dial %s %s: %w", transport, addr, err)
 	var dnsErr *net.DNSError
 	if errors.As(err, &dnsErr) {
-		return &Error{Err: fmt.Errorf("%w %q: %w", ErrDNS, host, err),
+		return &control.Error{Err: fmt.Errorf("%w %q: %w", ErrDNS, host, err),
 			Hint: "check the host name in --server (or server: in the profile); if the gateway is only known inside a VPN or VPC, connect the VPN first"}
 	}
 	if errors.Is(err, syscall.ECONNREFUSED) {
-		return &Error{Err: fmt.Errorf("%w: %w", ErrRefused, wrapped),
+		return &control.Error{Err: fmt.Errorf("%w: %w", ErrRefused, wrapped),
 			Hint: "nothing listens on " + addr + ": check the port (the gateway's quic/tls port is " + DefaultPort + ", ssh " + DefaultSSHPort + ") and that the gateway runs, and that its security group allows TCP " + port + " from your address"}
 	}
 	var rh tls.RecordHeaderError
@@ -178,11 +179,11 @@ func explainDial(transport, addr string, err error, sawHostKey bool) error {
 		if e := wrongServer(transport, addr, classify(rh.RecordHeader[:])); e != nil {
 			return e
 		}
-		return &Error{Err: fmt.Errorf("%w: %w", ErrWrongServer, wrapped),
+		return &control.Error{Err: fmt.Errorf("%w: %w", ErrWrongServer, wrapped),
 			Hint: "the server on " + addr + " does not speak TLS: check the port (the gateway's quic/tls port is " + DefaultPort + ", ssh " + DefaultSSHPort + ")"}
 	}
 	if transport == TransportSSH && !sawHostKey && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
-		return &Error{Err: fmt.Errorf("ssh %s: %w: it closed the connection without an SSH greeting (%w), so this looks like the gateway's quic/tls port", addr, ErrWrongTransportPort, err),
+		return &control.Error{Err: fmt.Errorf("ssh %s: %w: it closed the connection without an SSH greeting (%w), so this looks like the gateway's quic/tls port", addr, ErrWrongTransportPort, err),
 			Hint: "drop --transport ssh to use this port, or point --server at the gateway's ssh port (default " + DefaultSSHPort + ")"}
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
@@ -190,7 +191,7 @@ func explainDial(transport, addr string, err error, sawHostKey bool) error {
 		if transport == TransportQUIC {
 			hint = "UDP may be blocked on this network or by the gateway's security group (UDP " + port + "): try --transport tls"
 		}
-		return &Error{Err: fmt.Errorf("%w: %w", ErrNoAnswer, wrapped), Hint: hint}
+		return &control.Error{Err: fmt.Errorf("%w: %w", ErrNoAnswer, wrapped), Hint: hint}
 	}
 	return wrapped
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/cachetun/cachetun/control"
 )
 
 // FuzzClassify: classify reads the first bytes a server sent; whatever
@@ -74,7 +76,7 @@ func TestExplainDial(t *testing.T) {
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("explainDial = %v, want errors.Is %v", err, tc.want)
 			}
-			var ce *Error
+			var ce *control.Error
 			if !errors.As(err, &ce) || !strings.Contains(ce.Hint, tc.hint) {
 				t.Fatalf("hint of %v = %q, want it to contain %q", err, hintOf(err), tc.hint)
 			}
@@ -95,7 +97,7 @@ func TestExplainDial(t *testing.T) {
 }
 
 func hintOf(err error) string {
-	var ce *Error
+	var ce *control.Error
 	if errors.As(err, &ce) {
 		return ce.Hint
 	}

@@ -67,7 +67,7 @@ func fallbackWorthy(err error) bool {
 	case errors.Is(err, ErrNoAnswer), errors.Is(err, ErrRefused):
 		return true
 	}
-	var e *Error
+	var e *control.Error
 	if errors.As(err, &e) {
 		return false // host key or authentication verdicts are final
 	}
@@ -98,7 +98,7 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 		hostMu.Lock()
 		defer hostMu.Unlock()
 		if hostErr != nil {
-			return &Error{Err: hostErr, Hint: hostKeyHint(hostErr)}
+			return &control.Error{Err: hostErr, Hint: hostKeyHint(hostErr)}
 		}
 		return err
 	}
@@ -249,7 +249,7 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*control.Welcome, 
 		if err != nil {
 			var se *tunnel.StatusError
 			if errors.As(err, &se) {
-				return nil, &Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, se.Message)}
+				return nil, &control.Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, se.Message)}
 			}
 			if len(refused) > 0 {
 				break // the gateway closed the session after a refusal
@@ -276,7 +276,7 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*control.Welcome, 
 		refused = append(refused, refusal{key: names[i], code: w.Code, msg: w.Error, hint: w.Hint})
 	}
 	if len(refused) == 0 {
-		return nil, &Error{Err: fmt.Errorf("%w: no key could sign: %s", ErrNoKey, strings.Join(unusable, "; ")),
+		return nil, &control.Error{Err: fmt.Errorf("%w: no key could sign: %s", ErrNoKey, strings.Join(unusable, "; ")),
 			Hint: "pass -i with an unencrypted ed25519 key, or add the key to ssh-agent"}
 	}
 	return nil, keysRefused(refused, unusable)
@@ -292,18 +292,18 @@ var (
 func sessionRefusal(w *control.Welcome) error {
 	switch w.Code {
 	case control.CodeUnknownTarget:
-		return &Error{Err: fmt.Errorf("%w: %s", ErrUnknownTarget, w.Error), Hint: w.Hint}
+		return &control.Error{Err: fmt.Errorf("%w: %s", ErrUnknownTarget, w.Error), Hint: w.Hint}
 	case control.CodeTargetDenied:
-		return &Error{Err: fmt.Errorf("%w: %s", ErrTargetDenied, w.Error), Hint: w.Hint}
+		return &control.Error{Err: fmt.Errorf("%w: %s", ErrTargetDenied, w.Error), Hint: w.Hint}
 	case control.CodeSessionLimit:
 		// The key is fine: "gateway refused authentication" would send
 		// the user after the wrong problem.
-		return &Error{Err: fmt.Errorf("%w: %s", ErrSessionLimit, w.Error), Hint: w.Hint}
+		return &control.Error{Err: fmt.Errorf("%w: %s", ErrSessionLimit, w.Error), Hint: w.Hint}
 	case control.CodeRateLimited:
 		// "too many failed authentications from 198.51.100.27: retry in 41 s"
-		return &Error{Err: fmt.Errorf("%w: %s", ErrRateLimited, w.Error), Hint: w.Hint}
+		return &control.Error{Err: fmt.Errorf("%w: %s", ErrRateLimited, w.Error), Hint: w.Hint}
 	}
-	return &Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, w.Error), Hint: w.Hint}
+	return &control.Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, w.Error), Hint: w.Hint}
 }
 
 // keysRefused says which keys were tried, why each was refused, and who
@@ -327,7 +327,7 @@ func keysRefused(refused []refusal, unusable []string) error {
 			hints = append(hints, h)
 		}
 	}
-	return &Error{Err: keyVerdict{err}, Hint: strings.Join(hints, "; ")}
+	return &control.Error{Err: keyVerdict{err}, Hint: strings.Join(hints, "; ")}
 }
 
 // keyVerdict marks a refusal that is the gateway's verdict on every key

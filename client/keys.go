@@ -13,6 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/control"
 )
 
 // DefaultKeyFiles are the private key files tried after the ssh-agent's
@@ -183,7 +184,7 @@ func loadKeys(identity string, prompt PassphraseFunc) (*keySet, error) {
 		if len(fixes) > 0 {
 			hint = "run " + strings.Join(fixes, " or ") + ", or pass -i KEYFILE"
 		}
-		return nil, &Error{Err: fmt.Errorf("%w: tried %s", ErrNoKey, ks.tried()), Hint: hint}
+		return nil, &control.Error{Err: fmt.Errorf("%w: tried %s", ErrNoKey, ks.tried()), Hint: hint, Fix: control.FixUser}
 	}
 	return ks, nil
 }
@@ -203,9 +204,9 @@ func loadIdentity(ks *keySet, agent *agentKeys, identity string, prompt Passphra
 		if priv == identity {
 			priv = "the private key file"
 		}
-		return &Error{
+		return &control.Error{
 			Err:  fmt.Errorf("load identity %q: it is a public key (%s), and ssh-agent does not hold its private key", identity, auth.Fingerprint(pub)),
-			Hint: "pass the private key file with -i (" + priv + "), or add the key to ssh-agent (ssh-add " + priv + ")"}
+			Hint: "pass the private key file with -i (" + priv + "), or add the key to ssh-agent (ssh-add " + priv + ")", Fix: control.FixUser}
 	}
 	s, err := auth.LoadSigner(path)
 	if err == nil {
@@ -213,7 +214,7 @@ func loadIdentity(ks *keySet, agent *agentKeys, identity string, prompt Passphra
 		return nil
 	}
 	if !errors.Is(err, auth.ErrPassphrase) {
-		return &Error{Err: fmt.Errorf("load identity: %w", err), Hint: identityHint(err)}
+		return &control.Error{Err: fmt.Errorf("load identity: %w", err), Hint: identityHint(err), Fix: control.FixUser}
 	}
 	pub, perr := auth.PrivateKeyPublic(path)
 	if perr == nil {
@@ -225,11 +226,11 @@ func loadIdentity(ks *keySet, agent *agentKeys, identity string, prompt Passphra
 		}
 	}
 	if prompt == nil {
-		return &Error{Err: fmt.Errorf("load identity: %w", err), Hint: identityHint(err)}
+		return &control.Error{Err: fmt.Errorf("load identity: %w", err), Hint: identityHint(err), Fix: control.FixUser}
 	}
 	s, err = unlock(path, identity, prompt)
 	if err != nil {
-		return &Error{Err: fmt.Errorf("load identity: %w", err), Hint: identityHint(err)}
+		return &control.Error{Err: fmt.Errorf("load identity: %w", err), Hint: identityHint(err), Fix: control.FixUser}
 	}
 	ks.add(s, keyName(identity, s.PublicKey()))
 	return nil

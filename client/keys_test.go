@@ -21,6 +21,7 @@ import (
 	"golang.org/x/crypto/ssh/agent"
 
 	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/control"
 )
 
 // writeKey writes a private key of typ (ed25519, ecdsa, rsa) to path, mode
@@ -183,9 +184,9 @@ func TestLoadKeys_None(t *testing.T) {
 	home := fakeHome(t)
 	writeKey(t, filepath.Join(home, ".ssh/id_ecdsa"), "ecdsa", "pw")
 	_, err := loadKeys("", nil)
-	var ce *Error
+	var ce *control.Error
 	if !errors.As(err, &ce) || !errors.Is(err, ErrNoKey) {
-		t.Fatalf("err = %v, want *Error wrapping ErrNoKey", err)
+		t.Fatalf("err = %v, want *control.Error wrapping ErrNoKey", err)
 	}
 	want := "no SSH key to authenticate with: tried ssh-agent: not running (SSH_AUTH_SOCK is not set); ~/.ssh/id_ed25519: not found; ~/.ssh/id_ecdsa: protected by a passphrase and not in ssh-agent; ~/.ssh/id_rsa: not found"
 	if err.Error() != want {
@@ -237,9 +238,9 @@ func TestLoadKeys_IdentityPublicHalf(t *testing.T) {
 	path := filepath.Join(home, ".ssh/id_ed25519")
 	priv, pub := writeKey(t, path, "ed25519", "")
 	_, err := loadKeys(path+".pub", nil)
-	var ce *Error
+	var ce *control.Error
 	if !errors.As(err, &ce) {
-		t.Fatalf("err = %v, want *Error", err)
+		t.Fatalf("err = %v, want *control.Error", err)
 	}
 	if want := "it is a public key (" + auth.Fingerprint(pub) + "), and ssh-agent does not hold its private key"; !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q does not contain %q", err, want)
@@ -279,7 +280,7 @@ func TestLoadKeys_IdentityProtected(t *testing.T) {
 }
 
 func errText(err error) string {
-	var ce *Error
+	var ce *control.Error
 	if errors.As(err, &ce) {
 		return err.Error() + "\nhint: " + ce.Hint
 	}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"unicode"
+
+	"github.com/cachetun/cachetun/control"
 )
 
 // FuzzRevokedError: a FrameRevoked payload is bytes the gateway sends.
@@ -28,7 +30,7 @@ func FuzzRevokedError(f *testing.F) {
 		if !errors.Is(err, ErrRevoked) {
 			t.Fatalf("not ErrRevoked: %v", err)
 		}
-		var ce *Error
+		var ce *control.Error
 		if !errors.As(err, &ce) || ce.Hint == "" {
 			t.Fatalf("no hint: %#v", err)
 		}

@@ -22,7 +22,7 @@ import (
 // control channel carries no proof. verify checks the host key against
 // known_hosts.
 //
-// A refusal comes back as an *Error wrapping ErrAuthFailed. The gateway
+// A refusal comes back as an *control.Error wrapping ErrAuthFailed. The gateway
 // explains refusals of keys it knows (expired, wrong source address,
 // certificate principals) in an SSH banner, which becomes the message; a
 // key it does not know at all gets no explanation, as in OpenSSH.
@@ -73,25 +73,25 @@ func (c *Client) dialSSH(ctx context.Context, addr string, verify func(ssh.Publi
 	// The handshake got as far as authentication and the gateway said no.
 	for _, b := range banners {
 		if strings.HasPrefix(b, control.RateLimitedPrefix) { // no key would help
-			return nil, &Error{Err: fmt.Errorf("%w: %s", ErrRateLimited, b), Hint: rateLimitedHint}
+			return nil, &control.Error{Err: fmt.Errorf("%w: %s", ErrRateLimited, b), Hint: rateLimitedHint}
 		}
 	}
 	if len(banners) > 0 {
-		return nil, &Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, strings.Join(banners, "; ")), Hint: sshAuthHint}
+		return nil, &control.Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, strings.Join(banners, "; ")), Hint: sshAuthHint}
 	}
 	if len(signers) == 1 {
 		pub := signers[0].PublicKey()
 		if cert, ok := pub.(*ssh.Certificate); ok {
-			return nil, &Error{
+			return nil, &control.Error{
 				Err: keyVerdict{fmt.Errorf("%w: certificate %q for key %s is not authorized in the gateway's authorized_keys",
 					ErrAuthFailed, cert.KeyId, auth.Fingerprint(cert.Key))},
 				Hint: "ask the gateway's operator to trust your CA (" + auth.Fingerprint(cert.SignatureKey) +
-					") with a cert-authority line in its authorized_keys"}
+					") with a cert-authority line in its authorized_keys", Fix: control.FixOperator}
 		}
-		return nil, &Error{
+		return nil, &control.Error{
 			Err: keyVerdict{fmt.Errorf("%w: key %s is not authorized in the gateway's authorized_keys", ErrAuthFailed, auth.Fingerprint(pub))},
 			Hint: "ask the gateway's operator to add your public key to its authorized_keys: " +
-				strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))}
+				strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))), Fix: control.FixOperator}
 	}
 	fps := make([]string, len(signers))
 	for i, s := range signers {
@@ -100,9 +100,9 @@ func (c *Client) dialSSH(ctx context.Context, addr string, verify func(ssh.Publi
 			fps[i] = c.keys.names[i] // where the key came from, with its fingerprint
 		}
 	}
-	return nil, &Error{
+	return nil, &control.Error{
 		Err:  keyVerdict{fmt.Errorf("%w: none of the keys offered (%s) is authorized in the gateway's authorized_keys", ErrAuthFailed, strings.Join(fps, ", "))},
-		Hint: "ask the gateway's operator to add your public key (the .pub line) to its authorized_keys, or pass -i with a key it knows"}
+		Hint: "ask the gateway's operator to add your public key (the .pub line) to its authorized_keys, or pass -i with a key it knows", Fix: control.FixOperator}
 }
 
 // rateLimitedHint is the hint of a rate-limited source on SSH (on QUIC and

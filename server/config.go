@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/internal/yamlx"
 )
 
@@ -172,21 +173,28 @@ func (e *ConfigError) Error() string {
 
 func (e *ConfigError) Unwrap() error { return e.Err }
 
-// LoadConfig reads a YAML file over DefaultConfig and validates it.
+// Hinted returns e as the error a person reads: a usage error whose fix
+// is the operator's, in e.File.
+func (e *ConfigError) Hinted() *control.Error {
+	return &control.Error{Err: e, Hint: "fix " + e.File + " and run again", Fix: control.FixOperator, Usage: true}
+}
+
+// LoadConfig reads a YAML file over DefaultConfig and validates it. An
+// error is a *control.Error (with the fix) around a *ConfigError.
 // Unknown keys are errors, so a typo never passes silently.
 func LoadConfig(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, &ConfigError{File: path, Err: err}
+		return nil, (&ConfigError{File: path, Err: err}).Hinted()
 	}
 	cfg, err := ParseConfig(data)
 	if err != nil {
 		var ce *ConfigError
 		if errors.As(err, &ce) {
 			ce.File = path
-			return nil, ce
+			return nil, ce.Hinted()
 		}
-		return nil, &ConfigError{File: path, Err: err}
+		return nil, (&ConfigError{File: path, Err: err}).Hinted()
 	}
 	return cfg, nil
 }

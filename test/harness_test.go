@@ -18,6 +18,7 @@ import (
 
 	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/server"
 )
 
@@ -421,7 +422,7 @@ func errText(err error) string {
 		return ""
 	}
 	msg := err.Error()
-	var ce *client.Error
+	var ce *control.Error
 	if errors.As(err, &ce) && ce.Hint != "" {
 		msg += "\nhint: " + ce.Hint
 	}

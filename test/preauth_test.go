@@ -431,7 +431,7 @@ func TestPreAuth_NoDisclosure(t *testing.T) {
 
 	for _, tr := range []string{"quic", "tls"} {
 		_, err := legitDial(t, g, tr, "", stranger)
-		var ce *client.Error
+		var ce *control.Error
 		if !errors.As(err, &ce) {
 			t.Fatalf("%s: unknown key: %v", tr, err)
 		}

@@ -15,9 +15,7 @@ import (
 	"github.com/alecthomas/kong"
 	"github.com/willabides/kongplete"
 
-	"github.com/cachetun/cachetun/auth"
-	"github.com/cachetun/cachetun/client"
-	"github.com/cachetun/cachetun/server"
+	"github.com/cachetun/cachetun/control"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -102,24 +100,6 @@ func (s signals) hangupStops() (signals, func()) {
 	return signals{stop: stop}, func() { once.Do(func() { close(done) }) }
 }
 
-// usageError marks errors that exit with code 2.
-type usageError struct {
-	err  error
-	hint string
-}
-
-func (e *usageError) Error() string { return e.err.Error() }
-func (e *usageError) Unwrap() error { return e.err }
-
-// hinted is an error that carries the fix.
-type hinted struct {
-	err  error
-	hint string
-}
-
-func (e *hinted) Error() string { return e.err.Error() }
-func (e *hinted) Unwrap() error { return e.err }
-
 // run parses args and runs the command. Every error reaches the user as
 //
 //	cachetun: error: what went wrong
@@ -155,13 +135,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) 
 		return exitCode
 	}
 	if err != nil {
-		printError(stderr, &usageError{err: err, hint: usageHint(err)})
+		printError(stderr, &control.Error{Usage: true, Fix: control.FixUser, Err: err, Hint: usageHint(err)})
 		return exitUsage
 	}
 	switch cli.LogFormat {
 	case "", "text", "json":
 	default:
-		printError(stderr, &usageError{err: fmt.Errorf("--log-format (or CACHETUN_LOG_FORMAT) %q is not one of text, json", cli.LogFormat), hint: "use --log-format text or --log-format json"})
+		printError(stderr, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("--log-format (or CACHETUN_LOG_FORMAT) %q is not one of text, json", cli.LogFormat), Hint: "use --log-format text or --log-format json"})
 		return exitUsage
 	}
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, log: newLogger(stderr, cli.LogLevel, cli.LogFormat), signals: sig,
@@ -193,47 +173,19 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, sig signals) 
 		return xs.code // the command's own status, and nothing to add
 	}
 	printError(stderr, err)
-	var ue *usageError
-	var cce *client.ConfigError
-	var sce *server.ConfigError
-	// A malformed authorized_keys (an unsupported option included) is a
-	// configuration error too.
-	if errors.As(err, &ue) || errors.As(err, &cce) || errors.As(err, &sce) || errors.Is(err, auth.ErrSyntax) {
+	if control.IsUsage(err) {
 		return exitUsage
 	}
 	return exitRuntime
 }
 
+// printError prints any error the same way: its message, then its hint
+// (control.HintOf), if it has one.
 func printError(w io.Writer, err error) {
-	msg := err.Error()
-	fmt.Fprintf(w, "cachetun: error: %s\n", strings.TrimSuffix(msg, "."))
-	if h := hintOf(err); h != "" {
+	fmt.Fprintf(w, "cachetun: error: %s\n", strings.TrimSuffix(err.Error(), "."))
+	if h := control.HintOf(err); h != "" {
 		fmt.Fprintf(w, "cachetun: hint: %s\n", strings.TrimSuffix(h, "."))
 	}
-}
-
-func hintOf(err error) string {
-	var ue *usageError
-	if errors.As(err, &ue) && ue.hint != "" {
-		return ue.hint
-	}
-	var h *hinted
-	if errors.As(err, &h) && h.hint != "" {
-		return h.hint
-	}
-	var ce *client.Error
-	if errors.As(err, &ce) && ce.Hint != "" {
-		return ce.Hint
-	}
-	var cce *client.ConfigError
-	if errors.As(err, &cce) && cce.Hint != "" {
-		return cce.Hint
-	}
-	var sce *server.ConfigError
-	if errors.As(err, &sce) {
-		return "fix " + sce.File + " and run again"
-	}
-	return ""
 }
 
 // newLogger returns the logger of every command. Text lines write a

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/control"
 )
 
 // ConnectCmd opens one local port per node of one or more targets.
@@ -69,13 +70,13 @@ func (c *ConnectCmd) profileOptions(profile string) (client.Options, error) {
 	p := cfg.Profiles[profile]
 	if p == nil {
 		if len(c.Server) == 0 && !cfg.Found {
-			return client.Options{}, &client.ConfigError{
+			return client.Options{}, &control.Error{Usage: true, Fix: control.FixUser,
 				Err:  fmt.Errorf("profile %q: no client config file found (looked for %s)", profile, path),
 				Hint: fmt.Sprintf("create %s with a profiles: section (README, 'Client setup'), or pass --server HOST:PORT to use %q as a target name", path, profile),
 			}
 		}
 		if len(c.Server) == 0 {
-			return client.Options{}, &client.ConfigError{
+			return client.Options{}, &control.Error{Usage: true, Fix: control.FixUser,
 				Err:  fmt.Errorf("profile %q is not in %s", profile, path),
 				Hint: "add it under profiles: in that file, or pass --server HOST:PORT to use " + fmt.Sprintf("%q", profile) + " as a target name",
 			}
@@ -114,7 +115,7 @@ func (c *ConnectCmd) profileOptions(profile string) (client.Options, error) {
 		opts.LocalPort = c.LocalPort
 	}
 	if len(opts.Servers) == 0 {
-		return opts, &client.ConfigError{Err: errors.New("no gateway address"), Hint: "pass --server HOST:PORT or set server: in profile " + profile}
+		return opts, &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("no gateway address"), Hint: "pass --server HOST:PORT or set server: in profile " + profile}
 	}
 	return opts, nil
 }

@@ -52,7 +52,7 @@ const doctorProbeTimeout = 4 * time.Second
 func (c *DoctorCmd) Run(e *env) error {
 	c.cmdName = "doctor"
 	if len(c.Profiles) != 1 || c.All {
-		return &usageError{err: errors.New("doctor checks one PROFILE"), hint: "run 'cachetun doctor PROFILE' (with --server, PROFILE may be a target name)"}
+		return &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("doctor checks one PROFILE"), Hint: "run 'cachetun doctor PROFILE' (with --server, PROFILE may be a target name)"}
 	}
 	drain, _, cancel := stopContext(e.signals)
 	defer cancel()
@@ -90,7 +90,7 @@ func (c *DoctorCmd) doctor(ctx context.Context, e *env, report func(checkResult)
 	}
 	opts, err := c.options()
 	if err != nil {
-		report(checkResult{Check: "config", Status: statusFail, Detail: err.Error(), Fix: hintOf(err)})
+		report(checkResult{Check: "config", Status: statusFail, Detail: err.Error(), Fix: control.HintOf(err)})
 		return
 	}
 	cfg, _ := client.LoadConfig(path, explicit)
@@ -169,13 +169,13 @@ func (c *DoctorCmd) doctor(ctx context.Context, e *env, report func(checkResult)
 		o.Passphrase = terminalPassphrase(e)
 		cl, err := client.New(o)
 		if err != nil {
-			report(checkResult{Check: pa.transport, Status: statusFail, Detail: err.Error(), Fix: hintOf(err)})
+			report(checkResult{Check: pa.transport, Status: statusFail, Detail: err.Error(), Fix: control.HintOf(err)})
 			return
 		}
 		s, w, err := cl.Dial(ctx)
 		results[pa.transport] = err
 		if unreachable(err) {
-			r := checkResult{Check: pa.transport, Status: statusFail, Detail: fmt.Sprintf("%s %s: %v", pa.what, pa.addr, err), Fix: hintOf(err)}
+			r := checkResult{Check: pa.transport, Status: statusFail, Detail: fmt.Sprintf("%s %s: %v", pa.what, pa.addr, err), Fix: control.HintOf(err)}
 			if !pa.needed {
 				r.Status = statusWarn
 				r.Fix = "not used by this profile (transport " + transport + "): needed only for --transport " + pa.transport
@@ -217,15 +217,15 @@ func (c *DoctorCmd) doctor(ctx context.Context, e *env, report func(checkResult)
 		report(checkResult{Check: "authentication", Status: statusOK, Detail: fmt.Sprintf("the gateway accepted the key over %s (%s, session %s)", sess.Transport(), welcome.Server, welcome.Session)})
 	case errors.Is(authErr, client.ErrUnknownTarget) || errors.Is(authErr, client.ErrTargetDenied):
 		report(checkResult{Check: "authentication", Status: statusOK, Detail: "the gateway accepted the key"})
-		report(checkResult{Check: "target", Status: statusFail, Detail: authErr.Error(), Fix: hintOf(authErr)})
+		report(checkResult{Check: "target", Status: statusFail, Detail: authErr.Error(), Fix: control.HintOf(authErr)})
 		return
 	case !hostsOK && errors.Is(authErr, auth.ErrUnknownHost):
 		// The error carries the fingerprint the gateway presented: the
 		// user compares it with the operator's before accepting it.
-		report(checkResult{Check: "authentication", Status: statusSkip, Detail: "not tried: " + authErr.Error(), Fix: hintOf(authErr)})
+		report(checkResult{Check: "authentication", Status: statusSkip, Detail: "not tried: " + authErr.Error(), Fix: control.HintOf(authErr)})
 		return
 	default:
-		report(checkResult{Check: "authentication", Status: statusFail, Detail: authErr.Error(), Fix: hintOf(authErr)})
+		report(checkResult{Check: "authentication", Status: statusFail, Detail: authErr.Error(), Fix: control.HintOf(authErr)})
 		return
 	}
 	info := welcome.Target
@@ -278,7 +278,7 @@ func unreachable(err error) bool {
 	if err == nil {
 		return false
 	}
-	var ce *client.Error
+	var ce *control.Error
 	switch {
 	case errors.Is(err, client.ErrDNS), errors.Is(err, client.ErrRefused), errors.Is(err, client.ErrNoAnswer), errors.Is(err, client.ErrWrongServer):
 		return true

@@ -12,6 +12,7 @@ import (
 	"unicode"
 
 	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/control"
 )
 
 // ExecCmd brings the ports up, runs a command with them in its
@@ -43,11 +44,11 @@ func (c *ExecCmd) Run(e *env) error {
 				name = envName(c.Target)
 			}
 		}
-		return &usageError{err: errors.New("no command to run"), hint: fmt.Sprintf(
+		return &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("no command to run"), Hint: fmt.Sprintf(
 			`put it after --: cachetun exec %s -- sh -c 'redis-cli -h "$CACHETUN_%s_HOST" -p "$CACHETUN_%s_PORT"'`, prof, name, name)}
 	}
 	if c.JSON {
-		return &usageError{err: errors.New("--json is for connect, ls and doctor"), hint: "drop --json: exec hands the endpoints to the command in its environment"}
+		return &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("--json is for connect, ls and doctor"), Hint: "drop --json: exec hands the endpoints to the command in its environment"}
 	}
 	sessions, err := c.sessions()
 	if err != nil {
@@ -69,7 +70,7 @@ func (c *ExecCmd) Run(e *env) error {
 	}
 	path, err := exec.LookPath(c.Command[0])
 	if err != nil {
-		return &usageError{err: fmt.Errorf("run %q: %w", c.Command[0], err), hint: "check the command's name and PATH"}
+		return &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("run %q: %w", c.Command[0], err), Hint: "check the command's name and PATH"}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -14,6 +14,7 @@ import (
 	"github.com/posener/complete"
 
 	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/control"
 )
 
 // fullVersion is what --version and 'cachetun version' print.
@@ -33,7 +34,7 @@ func (h *HelpCmd) Run(k *kong.Context) error {
 		return err
 	}
 	if ctx.Error != nil {
-		return &usageError{err: fmt.Errorf("help %s: %w", strings.Join(h.Command, " "), ctx.Error), hint: "run 'cachetun help' for the list of commands"}
+		return &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("help %s: %w", strings.Join(h.Command, " "), ctx.Error), Hint: "run 'cachetun help' for the list of commands"}
 	}
 	return ctx.PrintUsage(false)
 }

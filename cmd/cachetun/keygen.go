@@ -8,6 +8,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/control"
 )
 
 // KeygenCmd creates a new ed25519 key pair.
@@ -30,7 +31,7 @@ func (c *KeygenCmd) Run(e *env) error {
 	}
 	pub, err := auth.GenerateKey(path, comment)
 	if err != nil {
-		return &hinted{err: err, hint: "pick another file with -f, or use the existing key"}
+		return &control.Error{Err: err, Hint: "pick another file with -f, or use the existing key", Fix: control.FixUser}
 	}
 	fmt.Fprintf(e.stdout, "wrote %s and %s.pub\n", path, path)
 	fmt.Fprintf(e.stdout, "give this line to the gateway's operator for authorized_keys:\n%s %s\n",

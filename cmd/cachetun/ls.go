@@ -23,7 +23,7 @@ type LsCmd struct {
 // Run asks the gateway of the profile (or --server) for the list.
 func (c *LsCmd) Run(e *env) error {
 	if len(c.Profiles) > 1 || c.All {
-		return &usageError{err: errors.New("ls takes at most one PROFILE"), hint: "run 'cachetun ls PROFILE' or 'cachetun ls --server HOST:PORT'"}
+		return &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("ls takes at most one PROFILE"), Hint: "run 'cachetun ls PROFILE' or 'cachetun ls --server HOST:PORT'"}
 	}
 	if len(c.Profiles) == 0 && len(c.Server) == 0 {
 		// With every profile on one gateway, that gateway is meant.
@@ -75,7 +75,7 @@ func (c *LsCmd) Run(e *env) error {
 // profile names the same gateway (server: list), so that a bare
 // 'cachetun ls' asks it; otherwise ls needs a PROFILE or --server.
 func (c *LsCmd) onlyGatewayProfile() (string, error) {
-	need := &usageError{err: errors.New("ls needs a PROFILE or --server HOST:PORT"), hint: "name a profile whose gateway to ask, or pass --server"}
+	need := &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("ls needs a PROFILE or --server HOST:PORT"), Hint: "name a profile whose gateway to ask, or pass --server"}
 	path, explicit := c.Config, c.Config != ""
 	if !explicit {
 		path = client.DefaultConfigPath()
@@ -91,7 +91,7 @@ func (c *LsCmd) onlyGatewayProfile() (string, error) {
 	first := strings.Join(cfg.Profiles[names[0]].Server, ",")
 	for _, n := range names[1:] {
 		if strings.Join(cfg.Profiles[n].Server, ",") != first {
-			need.hint = fmt.Sprintf("the profiles of %s name several gateways: run 'cachetun ls PROFILE' (profiles: %s), or pass --server", path, strings.Join(names, ", "))
+			need.Hint = fmt.Sprintf("the profiles of %s name several gateways: run 'cachetun ls PROFILE' (profiles: %s), or pass --server", path, strings.Join(names, ", "))
 			return "", need
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"time"
+
+	"github.com/cachetun/cachetun/control"
 )
 
 // startPprof serves the runtime profiles (net/http/pprof) on addr for
@@ -15,10 +17,10 @@ import (
 func startPprof(addr string) (func(), error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, &usageError{err: fmt.Errorf("--pprof %q: %w", addr, err), hint: "pass a loopback address such as 127.0.0.1:6060"}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("--pprof %q: %w", addr, err), Hint: "pass a loopback address such as 127.0.0.1:6060"}
 	}
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, &usageError{err: fmt.Errorf("--pprof %q is not a loopback address", addr), hint: "profiles expose memory contents: bind 127.0.0.1"}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("--pprof %q is not a loopback address", addr), Hint: "profiles expose memory contents: bind 127.0.0.1"}
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

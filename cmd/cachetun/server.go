@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/cachetun/cachetun/auth"
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/server"
 )
 
@@ -50,7 +51,7 @@ func (c *ServerRunCmd) Run(e *env) error {
 	}
 	srv, err := server.New(cfg, e.log)
 	if err != nil {
-		return &hinted{err: err, hint: serverHint(err)}
+		return serverError(err)
 	}
 	drain, abort, cancel := stopContext(e.signals)
 	defer cancel()
@@ -61,7 +62,7 @@ func (c *ServerRunCmd) Run(e *env) error {
 	case err := <-runErr:
 		var le *server.ListenError
 		if errors.As(err, &le) && le.Listener != "metrics" {
-			return &hinted{err: err, hint: "another process holds the port, or the address is wrong: check listen: in " + c.Config}
+			return &control.Error{Err: err, Hint: "another process holds the port, or the address is wrong: check listen: in " + c.Config, Fix: control.FixOperator}
 		}
 		return err
 	case <-srv.Ready():
@@ -99,6 +100,13 @@ func logListening(log *slog.Logger, a server.Addrs) {
 	if a.Metrics != nil {
 		log.Info("metrics", "addr", "http://"+a.Metrics.String()+"/metrics")
 	}
+}
+
+// serverError is err of the gateway's set-up with the operator's fix; a
+// malformed authorized_keys (an unsupported option included) is a
+// configuration error (exit code 2).
+func serverError(err error) error {
+	return &control.Error{Err: err, Hint: serverHint(err), Fix: control.FixOperator, Usage: errors.Is(err, auth.ErrSyntax)}
 }
 
 func serverHint(err error) string {
@@ -175,14 +183,14 @@ func (c *ServerInitCmd) Run(e *env) error {
 		return err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return &hinted{err: fmt.Errorf("create %s: %w", dir, err), hint: "run as root, or pick another --dir"}
+		return &control.Error{Err: fmt.Errorf("create %s: %w", dir, err), Hint: "run as root, or pick another --dir", Fix: control.FixOperator}
 	}
 	keyPath := filepath.Join(dir, "host_ed25519")
 	var pub ssh.PublicKey
 	if _, err := os.Stat(keyPath); err == nil {
 		s, err := auth.LoadSigner(keyPath)
 		if err != nil {
-			return &hinted{err: err, hint: serverHint(err)}
+			return serverError(err)
 		}
 		pub = s.PublicKey()
 		fmt.Fprintf(e.stdout, "kept existing host key %s\n", keyPath)
@@ -231,7 +239,7 @@ func listenPorts(path string) ([]string, error) {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, &server.ConfigError{File: path, Err: err}
+		return nil, (&server.ConfigError{File: path, Err: err}).Hinted()
 	}
 	var ports []string
 	for _, a := range []string{listen.QUIC, listen.TLS, listen.SSH} {
@@ -240,7 +248,7 @@ func listenPorts(path string) ([]string, error) {
 		}
 		_, p, err := net.SplitHostPort(a)
 		if err != nil {
-			return nil, &server.ConfigError{File: path, Err: fmt.Errorf("listen address %q: %w", a, err)}
+			return nil, (&server.ConfigError{File: path, Err: fmt.Errorf("listen address %q: %w", a, err)}).Hinted()
 		}
 		if !slices.Contains(ports, p) {
 			ports = append(ports, p)

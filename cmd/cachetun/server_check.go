@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/server"
 )
 
@@ -27,8 +28,8 @@ func (c *ServerCheckCmd) Run(e *env) error {
 		}
 	}
 	if errs > 0 {
-		return &usageError{err: fmt.Errorf("check %s: %s, %s", c.Config, plural(errs, "error"), plural(warns, "warning")),
-			hint: "fix the lines above, then run 'cachetun server check' again"}
+		return &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("check %s: %s, %s", c.Config, plural(errs, "error"), plural(warns, "warning")),
+			Hint: "fix the lines above, then run 'cachetun server check' again"}
 	}
 	fmt.Fprintf(e.stdout, "%s: ok, %s\n", c.Config, plural(warns, "warning"))
 	return nil

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/control"
 )
 
 // sessions resolves the profiles of a connect (or exec) into one
@@ -22,8 +23,8 @@ import (
 func (c *ConnectCmd) sessions() ([]client.Options, error) {
 	switch {
 	case c.All && len(c.Profiles) > 1:
-		return nil, &usageError{err: errors.New("--all takes at most one PROFILE (whose gateway it uses)"),
-			hint: "run 'cachetun connect --all PROFILE' or 'cachetun connect --all --server HOST:PORT'"}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("--all takes at most one PROFILE (whose gateway it uses)"),
+			Hint: "run 'cachetun connect --all PROFILE' or 'cachetun connect --all --server HOST:PORT'"}
 	case c.All:
 		opts, err := c.options()
 		if err != nil {
@@ -32,11 +33,11 @@ func (c *ConnectCmd) sessions() ([]client.Options, error) {
 		opts.All, opts.Target, opts.Profile = true, "", ""
 		return []client.Options{opts}, nil
 	case len(c.Profiles) == 0:
-		return nil, &usageError{err: errors.New(`expected "<profile>" or --all`),
-			hint: "run 'cachetun help " + c.command() + "' for its arguments and flags"}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New(`expected "<profile>" or --all`),
+			Hint: "run 'cachetun help " + c.command() + "' for its arguments and flags"}
 	case c.Target != "" && len(c.Profiles) > 1:
-		return nil, &usageError{err: errors.New("--target applies to one PROFILE, and several were given"),
-			hint: "set target: in each profile, or run one connect per target"}
+		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("--target applies to one PROFILE, and several were given"),
+			Hint: "set target: in each profile, or run one connect per target"}
 	}
 	var (
 		out  []client.Options
@@ -137,7 +138,7 @@ func runSessions(ctx context.Context, e *env, sessions []client.Options, jsonOut
 		defer func() {
 			// A revocation has its own "revoked" line already.
 			if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, client.ErrRevoked) {
-				jw.final(client.Event{Kind: client.EventFailed, Time: time.Now(), Error: strings.TrimSuffix(err.Error(), "."), Hint: hintOf(err)})
+				jw.final(client.Event{Kind: client.EventFailed, Time: time.Now(), Error: strings.TrimSuffix(err.Error(), "."), Hint: control.HintOf(err)})
 			}
 		}()
 	}
