@@ -129,18 +129,21 @@ type Client struct {
 	ready     chan struct{} // closed when cur is set
 	views     []*targetView // in table order
 	byName    map[string]*targetView
-	removed   map[string]bool // targets the gateway took from the session
-	usedPorts map[int]bool    // local ports of every target
-	server    string          // the last session's gateway address
-	transport string          // and transport
+	removed   map[string]bool    // targets the gateway took from the session
+	usedPorts map[int]bool       // local ports of every target
+	server    string             // the last session's gateway address
+	transport string             // and transport
+	conns     map[*conn]struct{} // sessions Run opened that have not ended
 
 	open atomic.Int64 // local connections being relayed
 
-	wg sync.WaitGroup // accept loops, local connections, refresh requests
+	wg sync.WaitGroup // accept loops, local connections, refresh requests, session watchers
 
-	runCtx context.Context // Run's context; set before any listener opens
-	up     chan struct{}   // closed once the listeners are open
-	upOnce sync.Once
+	started atomic.Bool     // Run was called
+	runCtx  context.Context // Run's context; set before any listener opens
+	up      chan struct{}   // closed once the listeners are open
+	upOnce  sync.Once
+	done    chan struct{} // closed when Run returns
 }
 
 // Ready is closed once the first session is up and the local listeners
@@ -179,63 +182,19 @@ type targetView struct {
 	cluster clusterState // address rewriting (cluster.go), its own locks
 }
 
-// New checks the options and loads the keys. It does not dial.
+// New checks the options and loads the keys (from the files, or the
+// ssh-agent). It builds only: it does not dial the gateway, listen or
+// start a goroutine; Run does.
 func New(opts Options) (*Client, error) {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Out == nil {
-		opts.Out = io.Discard
-	}
-	if opts.Notice == nil {
-		opts.Notice = io.Discard
-	}
-	if opts.WaitForSession == 0 {
-		opts.WaitForSession = 10 * time.Second
-	}
-	if opts.QUICFallback == 0 {
-		opts.QUICFallback = 1500 * time.Millisecond
-	}
-	if opts.DialTimeout == 0 {
-		opts.DialTimeout = 10 * time.Second
-	}
-	if opts.Ping == 0 {
-		opts.Ping = 15 * time.Second
-	}
-	if opts.Transport == "" {
-		opts.Transport = TransportAuto
-	}
-	if opts.Bind == "" {
-		opts.Bind = "127.0.0.1"
-	}
-	if opts.KnownHosts == "" {
-		opts.KnownHosts = DefaultKnownHosts()
-	}
-	if opts.Version == "" {
-		opts.Version = "dev"
-	}
-	switch opts.Transport {
-	case TransportAuto, TransportQUIC, TransportTLS, TransportSSH:
-	default:
-		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("unknown transport %q", opts.Transport), Hint: "use auto, quic, tls or ssh"}
-	}
-	if len(opts.Servers) == 0 {
-		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("no gateway address"), Hint: "pass --server HOST:PORT or set server: in the profile"}
+	opts.setDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
 	}
 	if len(opts.Targets) == 0 && opts.Target != "" {
 		opts.Targets = []TargetOptions{{Name: opts.Target, Profile: opts.Profile, LocalPort: opts.LocalPort}}
 	}
-	if len(opts.Targets) == 0 && !opts.All && !opts.List {
-		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: errors.New("no target name"), Hint: "pass --target NAME or set target: in the profile"}
-	}
-	if len(opts.Targets) > control.MaxHelloTargets {
-		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("%d targets in one connect, at most %d", len(opts.Targets), control.MaxHelloTargets), Hint: "split them over several processes"}
-	}
 	if opts.Target == "" && len(opts.Targets) > 0 {
 		opts.Target = opts.Targets[0].Name
-	}
-	if opts.LocalPort != nil && (*opts.LocalPort < 0 || *opts.LocalPort > 65535) {
-		return nil, &control.Error{Usage: true, Fix: control.FixUser, Err: fmt.Errorf("local port %d out of range", *opts.LocalPort), Hint: "use 1-65535, or 0 for ports the system picks"}
 	}
 	c := &Client{
 		opts:      opts,
@@ -243,9 +202,11 @@ func New(opts Options) (*Client, error) {
 		hosts:     &auth.HostKeyChecker{Path: auth.ExpandHome(opts.KnownHosts)},
 		ready:     make(chan struct{}),
 		up:        make(chan struct{}),
+		done:      make(chan struct{}),
 		byName:    make(map[string]*targetView),
 		removed:   make(map[string]bool),
 		usedPorts: make(map[int]bool),
+		conns:     make(map[*conn]struct{}),
 	}
 	for _, t := range opts.Targets {
 		c.addViewLocked(t)
@@ -259,38 +220,99 @@ func New(opts Options) (*Client, error) {
 	return c, nil
 }
 
+// setDefaults fills the options left unset.
+func (o *Options) setDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	if o.Notice == nil {
+		o.Notice = io.Discard
+	}
+	setDuration := func(d *time.Duration, def time.Duration) {
+		if *d == 0 {
+			*d = def
+		}
+	}
+	setDuration(&o.WaitForSession, 10*time.Second)
+	setDuration(&o.QUICFallback, 1500*time.Millisecond)
+	setDuration(&o.DialTimeout, 10*time.Second)
+	setDuration(&o.Ping, 15*time.Second)
+	setString := func(s *string, def string) {
+		if *s == "" {
+			*s = def
+		}
+	}
+	setString(&o.Transport, TransportAuto)
+	setString(&o.Bind, "127.0.0.1")
+	setString(&o.Version, "dev")
+	if o.KnownHosts == "" {
+		o.KnownHosts = DefaultKnownHosts()
+	}
+}
+
+// validate checks the options; it changes nothing. An error is a usage
+// error whose fix is the user's.
+func (o *Options) validate() error {
+	usage := func(err error, hint string) error {
+		return &control.Error{Err: err, Hint: hint, Fix: control.FixUser, Usage: true}
+	}
+	switch o.Transport {
+	case TransportAuto, TransportQUIC, TransportTLS, TransportSSH:
+	default:
+		return usage(fmt.Errorf("unknown transport %q", o.Transport), "use auto, quic, tls or ssh")
+	}
+	switch {
+	case len(o.Servers) == 0:
+		return usage(errors.New("no gateway address"), "pass --server HOST:PORT or set server: in the profile")
+	case len(o.Targets) == 0 && o.Target == "" && !o.All && !o.List:
+		return usage(errors.New("no target name"), "pass --target NAME or set target: in the profile")
+	case len(o.Targets) > control.MaxHelloTargets:
+		return usage(fmt.Errorf("%d targets in one connect, at most %d", len(o.Targets), control.MaxHelloTargets), "split them over several processes")
+	case o.LocalPort != nil && (*o.LocalPort < 0 || *o.LocalPort > 65535):
+		return usage(fmt.Errorf("local port %d out of range", *o.LocalPort), "use 1-65535, or 0 for ports the system picks")
+	}
+	return nil
+}
+
+// ErrRunning is returned by a second call of Run.
+var ErrRunning = errors.New("the client has already been run")
+
 // Run connects, opens the local listeners and serves until ctx ends. The
 // first connection must succeed; later drops are retried with backoff while
-// the listeners stay open.
+// the listeners stay open. Run owns everything it starts: the session
+// supervisor (reconnects), the control stream, the local listeners, their
+// accept loops and the local connections. It returns only when all of
+// them have stopped, and every session it opened is closed. Run may be
+// called only once (ErrRunning); to stop it, cancel ctx.
 func (c *Client) Run(ctx context.Context) error {
+	if !c.started.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	defer close(c.done)
 	c.runCtx = ctx
+	defer c.stop()
 	cn, welcome, err := c.connect(ctx)
 	if err != nil {
 		return err
 	}
 	c.noteSession(cn)
 	if err := c.applyWelcome(welcome, true); err != nil {
-		cn.sess.Close()
 		return err
 	}
 	c.printTable(cn)
 	c.upOnce.Do(func() { close(c.up) })
 	c.emit(Event{Kind: EventUp, Server: cn.server, Transport: cn.sess.Transport(), Targets: c.Endpoints()})
-	defer func() {
-		c.closeListeners()
-		c.wg.Wait() // local connections end with their session
-	}()
-
 	for {
 		c.setConn(cn)
 		lost, final := c.serveControl(ctx, cn)
 		c.setConn(nil)
 		if ctx.Err() != nil {
-			cn.sess.Close()
 			return nil
 		}
 		if final != nil {
-			cn.sess.Close()
 			c.emit(Event{Kind: EventRevoked, Server: cn.server, Transport: cn.sess.Transport(), Error: final.Error()})
 			return final
 		}
@@ -305,6 +327,23 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// Done is closed when Run has returned (and so has everything it started).
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// stop ends what Run started: the listeners close (ending their accept
+// loops), every session Run opened closes (ending the relays of its local
+// connections, also those of a session the gateway sent GoAway on), and
+// stop waits for those goroutines.
+func (c *Client) stop() {
+	c.closeListeners()
+	c.mu.Lock()
+	for cn := range c.conns {
+		cn.sess.Close()
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
 }
 
 // List asks the gateway for the targets the key may use (Options.List
@@ -377,10 +416,21 @@ func (c *Client) reconnect(ctx context.Context) (*conn, error) {
 	}
 }
 
+// noteSession records a session Run opened: the table shows its gateway
+// and transport, and stop closes it. It is forgotten when it ends.
 func (c *Client) noteSession(cn *conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.server, c.transport = cn.server, cn.sess.Transport()
+	c.conns[cn] = struct{}{}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		<-cn.sess.Done()
+		c.mu.Lock()
+		delete(c.conns, cn)
+		c.mu.Unlock()
+	}()
 }
 
 func (c *Client) setConn(cn *conn) {
@@ -720,7 +770,11 @@ func (c *Client) acceptLoop(v *targetView, l *localListener) {
 				return
 			}
 			c.log.Warn("accept local connection", "err", err)
-			time.Sleep(50 * time.Millisecond)
+			select { // e.g. out of file descriptors: let some close
+			case <-c.runCtx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
 			continue
 		}
 		c.wg.Add(1)

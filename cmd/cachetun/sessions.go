@@ -118,9 +118,10 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// runSessions runs one client per session until ctx ends (or whileUp
-// returns, when set: exec). Every session must come up, or all are
-// stopped and the first error is returned.
+// runSessions runs one client per session (a client.Group) until ctx
+// ends (or whileUp returns, when set: exec), and shows it as the view
+// says. Every session must come up, or all are stopped and the first
+// error is returned. It returns once the group's Run has.
 func runSessions(ctx context.Context, e *env, sessions []client.Options, jsonOut bool, whileUp func(context.Context, []client.TargetEndpoints) error) (err error) {
 	v := pickView(e, jsonOut, whileUp != nil)
 	var ui *liveUI
@@ -142,8 +143,8 @@ func runSessions(ctx context.Context, e *env, sessions []client.Options, jsonOut
 			}
 		}()
 	}
-	clients := make([]*client.Client, 0, len(sessions))
-	for _, opts := range sessions {
+	for i := range sessions {
+		opts := &sessions[i]
 		opts.Logger = log
 		opts.Notice = e.stderr
 		opts.Passphrase = terminalPassphrase(e)
@@ -157,68 +158,58 @@ func runSessions(ctx context.Context, e *env, sessions []client.Options, jsonOut
 		case viewTTY:
 			opts.OnEvent = ui.event
 		}
-		cl, err := client.New(opts)
-		if err != nil {
-			return err
-		}
-		clients = append(clients, cl)
+	}
+	g, err := client.NewGroup(sessions)
+	if err != nil {
+		return err
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errs := make(chan error, len(clients))
-	var wg sync.WaitGroup
-	for _, cl := range clients {
-		wg.Go(func() { errs <- cl.Run(rctx) })
-	}
-	defer wg.Wait()
-	for _, cl := range clients {
-		select {
-		case <-cl.Ready():
-		case err := <-errs:
-			cancel()
-			if err == nil {
-				err = ctx.Err()
-			}
-			return err
+	var runErr error // set before done closes
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runErr = g.Run(rctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	select {
+	case <-g.Ready():
+	case <-done:
+		if runErr == nil {
+			return ctx.Err()
 		}
+		return runErr
 	}
-	all := endpointsOf(clients)
+	all := g.Endpoints()
 	switch v {
 	case viewJSON:
 		jw.up(all)
 	case viewTTY:
-		ui.start(clients)
+		ui.start(g.Clients())
 		defer ui.stop()
 	}
-	if whileUp != nil {
-		res := make(chan error, 1)
-		go func() { res <- whileUp(rctx, all) }()
-		select {
-		case err := <-res:
-			cancel()
-			return err
-		case err := <-errs:
-			cancel() // a session gave up (revoked): the command loses its ports
-			<-res
-			if err == nil {
-				err = errors.New("the session to the gateway ended")
-			}
-			return err
+	if whileUp == nil {
+		// A client that returns (ctx done, or a final error such as a
+		// revocation) has ended them all.
+		<-done
+		return runErr
+	}
+	res := make(chan error, 1)
+	go func() { res <- whileUp(rctx, all) }()
+	select {
+	case err := <-res:
+		return err
+	case <-done:
+		cancel() // a session gave up (revoked): the command loses its ports
+		<-res
+		if runErr == nil {
+			return errors.New("the session to the gateway ended")
 		}
+		return runErr
 	}
-	// The first client to return (ctx done, or a final error such as a
-	// revocation) ends them all.
-	err = <-errs
-	cancel()
-	return err
-}
-
-func endpointsOf(clients []*client.Client) []client.TargetEndpoints {
-	var all []client.TargetEndpoints
-	for _, cl := range clients {
-		all = append(all, cl.Endpoints()...)
-	}
-	return all
 }
 
 // jsonLines writes one JSON object per line: the endpoints once every
