@@ -155,7 +155,7 @@ func TestConnect_JSON(t *testing.T) {
 		if got, ok := m.Get(t, "k"); !ok || got != "v" {
 			t.Fatalf("memcached read directly: %q %v", got, ok)
 		}
-		if n := sessionStarts(g); n != 1 {
+		if n := sessionStarts(t, g); n != 1 {
 			t.Fatalf("%d sessions for one connect of two targets, want 1", n)
 		}
 
@@ -310,15 +310,15 @@ func TestDoctor(t *testing.T) {
 			t.Fatalf("%d memcached nodes answered version, want 2", nodes)
 		}
 		// doctor's probes end as a connection does (half-close, then the
-		// cache's end): the gateway logs each as result=ok, not as a reset
-		// by the client.
-		waitFor(t, 10*time.Second, "3 stream lines for doctor's probes", func() bool {
-			return strings.Count(g.Log.String(), "msg=stream ") >= 3
+		// cache's end): the gateway counts each as result=ok, not as a
+		// reset by the client.
+		waitFor(t, 10*time.Second, "the gateway to count 3 streams for doctor's probes", func() bool {
+			return gatewayMetric(t, g, "cachetun_streams_total", nil) >= 3
 		})
-		for _, l := range strings.Split(g.Log.String(), "\n") {
-			if strings.Contains(l, "msg=stream ") && !strings.Contains(l, "result=ok ") {
-				t.Errorf("a probe's stream did not end cleanly: %s", l)
-			}
+		ms := gatewayMetrics(t, g) // one reading for both numbers
+		all, _ := ms.value("cachetun_streams_total", nil)
+		if ok, _ := ms.value("cachetun_streams_total", map[string]string{"result": "ok"}); all != ok {
+			t.Errorf("%v of doctor's %v probe streams did not end cleanly: %s", all-ok, all, ms.labelSets("cachetun_streams_total"))
 		}
 	})
 
@@ -407,7 +407,7 @@ func TestConnect_TwoGateways(t *testing.T) {
 	if got := r2.Client(t).Get(context.Background(), "k").Val(); got != "west" {
 		t.Fatalf("west's redis holds %q", got)
 	}
-	if n1, n2 := sessionStarts(g1), sessionStarts(g2); n1 != 1 || n2 != 1 {
+	if n1, n2 := sessionStarts(t, g1), sessionStarts(t, g2); n1 != 1 || n2 != 1 {
 		t.Fatalf("sessions: %d on east's gateway, %d on west's, want 1 each", n1, n2)
 	}
 }

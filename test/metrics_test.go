@@ -31,6 +31,31 @@ func serveMetrics(t testing.TB, g *gateway) string {
 	return hs.URL
 }
 
+// gatewayMetrics reads g's metrics once, without a listener.
+func gatewayMetrics(t testing.TB, g *gateway) metricSet {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	g.Srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET /metrics: status %d: %s", rec.Code, rec.Body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(rec.Body)
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	return fams
+}
+
+// gatewayMetric is the value of family name in g's metrics, summed over
+// the series whose labels include want (see metricSet.value); 0 when
+// there is none.
+func gatewayMetric(t testing.TB, g *gateway, name string, want map[string]string) float64 {
+	t.Helper()
+	v, _ := gatewayMetrics(t, g).value(name, want)
+	return v
+}
+
 // httpGet returns the status code and body of a GET.
 func httpGet(t testing.TB, url string) (int, string) {
 	t.Helper()

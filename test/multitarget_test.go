@@ -28,8 +28,14 @@ func threeTargets(t *testing.T) (map[string]*server.Target, *testenv.Redis, *tes
 	}, r, m
 }
 
-// sessionStarts counts the gateway's "session start" audit lines.
-func sessionStarts(g *gateway) int { return strings.Count(g.Log.String(), "session start") }
+// sessionStarts is the number of authenticated sessions g has started
+// (cachetun_sessions_total, over every transport and target). A session
+// is counted before its Welcome is sent, so a client that is connected
+// has been counted.
+func sessionStarts(t testing.TB, g *gateway) int {
+	t.Helper()
+	return int(gatewayMetric(t, g, "cachetun_sessions_total", nil))
+}
 
 // TestConnect_SeveralTargets: one connect for two targets opens one
 // session (one "session start" on the gateway) and one table with both
@@ -49,7 +55,7 @@ func TestConnect_SeveralTargets(t *testing.T) {
 		if got, ok := m.Get(t, "mk"); !ok || got != "mv" {
 			t.Fatalf("memcached read directly: %q %v", got, ok)
 		}
-		if n := sessionStarts(g); n != 1 {
+		if n := sessionStarts(t, g); n != 1 {
 			t.Fatalf("%d sessions on the gateway for one connect of two targets, want 1", n)
 		}
 		out := c.Out.String()
@@ -87,7 +93,7 @@ func TestConnect_AllTargets(t *testing.T) {
 			t.Fatalf("PING: %q", got)
 		}
 		mcSet(t, c.Local(t, m.Addr), "a", "b")
-		if n := sessionStarts(g); n != 1 {
+		if n := sessionStarts(t, g); n != 1 {
 			t.Fatalf("%d sessions for --all, want 1", n)
 		}
 

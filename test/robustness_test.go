@@ -160,6 +160,8 @@ func TestRobustness_ClientVanishes(t *testing.T) {
 		// The client's session vanishes without a goodbye.
 		c.cancel()
 		waitFor(t, 20*time.Second, "redis to drop the tunnelled connection", func() bool { return r.ConnectedClients(t) == base })
-		g.Log.waitLog(t, "session end")
+		waitFor(t, 20*time.Second, "the gateway to end the vanished client's session", func() bool {
+			return gatewayMetric(t, g, "cachetun_sessions", nil) == 0
+		})
 	})
 }

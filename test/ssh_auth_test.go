@@ -29,8 +29,13 @@ func TestSSH_AuthRateLimit(t *testing.T) {
 	if msg := errText(err); !strings.Contains(msg, "too many failed authentications") {
 		t.Fatalf("error %q does not name the rate limit", msg)
 	}
-	g.Log.waitLog(t, "authentication refused: too many failed authentications")
-	if n := strings.Count(g.Log.String(), "code=unknown_key"); n != 3 {
-		t.Errorf("logged %d unknown_key failures, want 3", n)
+	// The gateway counted what it did: three unknown keys, then the good
+	// key refused for the address's budget.
+	ms := gatewayMetrics(t, g)
+	if n, _ := ms.value("cachetun_auth_failures_total", map[string]string{"reason": "unknown_key"}); n != 3 {
+		t.Errorf("counted %v unknown_key failures, want 3 (%s)", n, ms.labelSets("cachetun_auth_failures_total"))
+	}
+	if n, _ := ms.value("cachetun_auth_failures_total", map[string]string{"reason": "rate_limited"}); n < 1 {
+		t.Errorf("counted %v rate_limited refusals, want at least 1 (%s)", n, ms.labelSets("cachetun_auth_failures_total"))
 	}
 }

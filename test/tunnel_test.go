@@ -265,7 +265,7 @@ func TestTunnel_Reconnect(t *testing.T) {
 			t.Fatalf("SET before restart: %q", got)
 		}
 		g.Kill()
-		c.Log.waitLog(t, "reconnecting")
+		waitFor(t, 10*time.Second, "connect to notice the session is lost", func() bool { return !c.Client.Status().Connected })
 
 		// A connection made while the gateway is down waits for it.
 		type res struct {
