@@ -761,62 +761,6 @@ func (c *Client) closeListeners() {
 	}
 }
 
-func (c *Client) acceptLoop(v *targetView, l *localListener) {
-	defer c.wg.Done()
-	for {
-		nc, err := l.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			c.log.Warn("accept local connection", "err", err)
-			select { // e.g. out of file descriptors: let some close
-			case <-c.runCtx.Done():
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			continue
-		}
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			c.serveLocal(nc, v, l.node)
-		}()
-	}
-}
-
-// serveLocal carries one local connection to node through the session.
-func (c *Client) serveLocal(nc net.Conn, v *targetView, node string) {
-	ctx := c.runCtx
-	c.open.Add(1)
-	defer c.open.Add(-1)
-	if tc, ok := nc.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
-	log := c.log.With("target", v.name, "node", node, "local", nc.RemoteAddr().String())
-	cn, err := c.session(ctx)
-	if err != nil {
-		log.Warn("closing local connection: no session to the gateway", "err", err)
-		nc.Close()
-		return
-	}
-	octx, cancel := context.WithTimeout(ctx, c.opts.WaitForSession)
-	st, err := cn.sess.OpenStream(octx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: v.name, Node: node})
-	cancel()
-	if err != nil {
-		log.Warn("closing local connection: open stream", "err", err)
-		nc.Close()
-		return
-	}
-	res := v.relayLocal(cn, nc, st, node)
-	var se *tunnel.StatusError
-	if errors.As(res.Err, &se) {
-		log.Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)
-		return
-	}
-	log.Debug("connection closed", "bytes_up", res.ConnToStream, "bytes_down", res.StreamToConn, "err", res.Err)
-}
-
 func hostPortDefault(addr, port string) string {
 	if _, _, err := net.SplitHostPort(addr); err == nil {
 		return addr

@@ -1,10 +1,11 @@
 package client
 
-// Cache-protocol rewriting. On redis-cluster targets every local
-// connection goes through a resp.Conn that replaces node addresses in
-// redirects and CLUSTER replies by local listener addresses; on memcached
-// targets with auto discovery, connections to a configuration endpoint
-// get their "config get cluster" replies rewritten the same way. A node
+// The address tables that cache-protocol rewriting uses (the rewriters
+// themselves are client/resp and client/memcache; proxy.go picks one per
+// connection). On redis-cluster targets a resp.Conn replaces node
+// addresses in redirects and CLUSTER replies by local listener addresses;
+// on memcached targets with auto discovery, connections to a configuration
+// endpoint get their "config get cluster" replies rewritten the same way. A node
 // the client has no port for yet makes it ask the gateway for a refresh
 // and wait briefly for the topology push that opens the port, so that the
 // address the application sees already works.
@@ -19,7 +20,6 @@ import (
 
 	"github.com/cachetun/cachetun/client/resp"
 	"github.com/cachetun/cachetun/control"
-	"github.com/cachetun/cachetun/tunnel"
 )
 
 // Target types and roles the client treats specially (the gateway's
@@ -282,33 +282,6 @@ func (c *targetView) sendRefresh() {
 	if err != nil {
 		c.log.Debug("send refresh request", "err", err)
 	}
-}
-
-// relayLocal relays one local connection to node, rewriting the cache
-// protocol where the target needs it.
-func (c *targetView) relayLocal(cn *conn, nc net.Conn, st tunnel.Stream, node string) tunnel.RelayResult {
-	t := c.cluster.table.Load()
-	if t == nil {
-		// The first applyTopology publishes the table before it lets go
-		// of c.mu.
-		c.mu.Lock()
-		t = c.cluster.table.Load()
-		c.mu.Unlock()
-	}
-	switch {
-	case t == nil:
-	case t.typ == typeRedisCluster:
-		rc := resp.NewConn(resp.Options{
-			Map:        c.redisMap(node),
-			OnRedirect: c.onRedirect(node),
-			Logger:     c.log,
-		})
-		return tunnel.RelayWith(cn.ctx, nc, st, 0, rc.CopyRequests, rc.CopyReplies)
-	case t.typ == typeMemcached && t.role[node] == roleConfig:
-		mc := newMCConfigConn(c.memcachedMap)
-		return tunnel.RelayWith(cn.ctx, nc, st, 0, mc.copyRequests, mc.copyReplies)
-	}
-	return tunnel.Relay(cn.ctx, nc, st, 0)
 }
 
 // redisMap returns the address map of one connection to node: a plain

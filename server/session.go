@@ -862,7 +862,7 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
 	active.Inc()
 	rctx, rcancel := context.WithCancel(ctx)
 	stopCut := context.AfterFunc(t.life, rcancel) // a reload retired the target
-	res := tunnel.Relay(rctx, up, st, s.config().Limits.IdleTimeout)
+	res := tunnel.Relay(rctx, up, st, nil, tunnel.IdleTimeout(s.config().Limits.IdleTimeout))
 	stopCut()
 	rcancel()
 	active.Dec()

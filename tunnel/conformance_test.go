@@ -205,7 +205,7 @@ func serveRelay(s tunnel.Session, upstream func() net.Conn, results chan<- tunne
 			if err != nil {
 				return
 			}
-			res := tunnel.Relay(context.Background(), upstream(), st, 0)
+			res := tunnel.Relay(context.Background(), upstream(), st, nil)
 			if results != nil {
 				results <- res
 			}
@@ -834,7 +834,7 @@ func TestConformance_IdleTimeout(t *testing.T) {
 			if err != nil {
 				return
 			}
-			results <- tunnel.Relay(context.Background(), upClient, st, 200*time.Millisecond)
+			results <- tunnel.Relay(context.Background(), upClient, st, nil, tunnel.IdleTimeout(200*time.Millisecond))
 		}()
 		st, err := p.client.OpenStream(context.Background(), proxyReq)
 		if err != nil {

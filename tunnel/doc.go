@@ -9,4 +9,46 @@
 // messages (Hello, Welcome, topology pushes, refusal codes) are package
 // control, which sits above this one. Callers pass TLS and SSH
 // configurations in, and authenticate on the control stream.
+//
+// # The path of one proxied connection
+//
+// Six files, read in this order, follow one application connection from
+// the laptop's local port to the cache and back; none is entered twice.
+// The session it travels on is already up and authenticated (the control
+// stream: client/dial.go, server/session.go's authenticate).
+//
+//  1. Local accept, stream open (client/proxy.go). acceptLoop accepts on
+//     the node's local port; serveLocal opens a stream with
+//     Session.OpenStream(KindProxy, target, node) and calls
+//     Relay(ctx, conn, stream, rewriter), the rewriter picked by
+//     targetView.rewriter for the target's type: none, client/resp's for
+//     Redis Cluster, client/memcache's for a memcached configuration
+//     endpoint. OpenStream (quic.go, tls.go: a few lines each) opens the
+//     transport's stream and wraps it with newClientStream; SSH opens a
+//     channel whose open message is the header (ssh.go).
+//  2. Open header (tunnel/framed.go). clientStream holds the header
+//     (AppendHeader, proto.go) until the first Write carries it with the
+//     first bytes, or FlushOpen sends it alone; its first Read or
+//     WaitReadable reads the gateway's status. On the gateway,
+//     framedIncoming.Request reads the header, Accept answers OK with the
+//     first reply (statusStream), Reject refuses.
+//  3. Authorise (server/session.go, serveStream). The gateway reads the
+//     request (Incoming.Request), resolves target and node (resolve) and
+//     checks the key's targets= and permitopen= (Allows, mayOpen in
+//     permit.go).
+//  4. Upstream dial (server/target.go, target.dial): TLS and AUTH as the
+//     target is configured. Back in serveStream, Incoming.Accept and
+//     Relay(ctx, upstream, stream, nil, IdleTimeout(...)).
+//  5. Relay (tunnel/relay.go, Relay). The same code on both ends: one copy
+//     loop (copyLoop) per direction over a source that takes a pooled
+//     64 KiB buffer only while data moves: the connection's raw
+//     descriptor (connSource), a stream (streamSource, waiting with
+//     Stream.WaitReadable), or a reader that cannot wait without one
+//     (holdingSource). A Rewriter, when given, copies instead. The first
+//     time the local connection has nothing to send, connSource calls
+//     the stream's FlushOpen.
+//  6. Raw socket I/O (tunnel/rawio_linux.go): readFD, the read(2) of
+//     connSource, and fastConn, the connection writes of the relay, both
+//     without the scheduler's syscall bookkeeping (readfd_unix.go and
+//     rawio_other.go elsewhere).
 package tunnel

@@ -30,11 +30,31 @@ type pendingWrite struct {
 	pending atomic.Bool
 	mu      sync.Mutex // guards b; held while b is being written
 	b       []byte
+	sent    chan struct{} // closed once b has gone out or was dropped
 }
 
 func (pw *pendingWrite) set(b []byte) {
 	pw.b = b
+	pw.sent = make(chan struct{})
 	pw.pending.Store(true)
+}
+
+// takeLocked returns the pending bytes and marks them gone. pw.mu is held.
+func (pw *pendingWrite) takeLocked() []byte {
+	b := pw.b
+	if b != nil {
+		pw.b = nil
+		pw.pending.Store(false)
+		close(pw.sent)
+	}
+	return b
+}
+
+// wait blocks until the pending bytes have gone out (or were dropped).
+func (pw *pendingWrite) wait() {
+	if pw.pending.Load() {
+		<-pw.sent
+	}
 }
 
 // writeWith writes the pending bytes, then p, as one write when p is small.
@@ -42,12 +62,10 @@ func (pw *pendingWrite) set(b []byte) {
 func (pw *pendingWrite) writeWith(s Stream, p []byte) (n int, done bool, err error) {
 	pw.mu.Lock()
 	defer pw.mu.Unlock()
-	b := pw.b
+	b := pw.takeLocked()
 	if b == nil {
 		return 0, false, nil
 	}
-	pw.b = nil
-	defer pw.pending.Store(false)
 	if len(p) > coalesceMax {
 		if _, err := s.Write(b); err != nil {
 			return 0, true, err
@@ -68,12 +86,10 @@ func (pw *pendingWrite) flush(s Stream) error {
 	}
 	pw.mu.Lock()
 	defer pw.mu.Unlock()
-	b := pw.b
+	b := pw.takeLocked()
 	if b == nil {
 		return nil
 	}
-	pw.b = nil
-	defer pw.pending.Store(false)
 	_, err := s.Write(b)
 	return err
 }
@@ -81,8 +97,7 @@ func (pw *pendingWrite) flush(s Stream) error {
 // drop forgets the pending bytes (the stream is being reset).
 func (pw *pendingWrite) drop() {
 	pw.mu.Lock()
-	pw.b = nil
-	pw.pending.Store(false)
+	pw.takeLocked()
 	pw.mu.Unlock()
 }
 
@@ -122,7 +137,8 @@ func (c *clientStream) Write(p []byte) (int, error) {
 	return c.Stream.Write(p)
 }
 
-func (c *clientStream) openPending() bool { return c.hdr.pending.Load() }
+// FlushOpen sends the open header alone if it is still unsent.
+func (c *clientStream) FlushOpen() error { return c.flushOpen() }
 
 func (c *clientStream) flushOpen() error {
 	if err := c.hdr.flush(c.Stream); err != nil {
@@ -171,17 +187,17 @@ func (c *clientStream) Read(p []byte) (int, error) {
 	return c.Stream.Read(p)
 }
 
-// waitReadable reads the status (it holds no buffer meanwhile), then waits
-// for payload.
-func (c *clientStream) waitReadable(scratch []byte) error {
-	w, ok := c.Stream.(readWaiter)
-	if !ok {
-		return errNoWait
+// WaitReadable waits until the open header is out (a Read would send it
+// alone, and the first payload should carry it), reads the status (it
+// holds no buffer meanwhile), then waits for payload.
+func (c *clientStream) WaitReadable() error {
+	c.hdr.wait()
+	if !c.statusDone || c.statusErr != nil {
+		if err := c.readStatus(); err != nil {
+			return err
+		}
 	}
-	if err := c.readStatus(); err != nil {
-		return err
-	}
-	return w.waitReadable(scratch)
+	return c.Stream.WaitReadable()
 }
 
 func (c *clientStream) CloseWrite() error {
@@ -221,13 +237,6 @@ func (s *statusStream) Write(p []byte) (int, error) {
 		}
 	}
 	return s.Stream.Write(p)
-}
-
-func (s *statusStream) waitReadable(scratch []byte) error {
-	if w, ok := s.Stream.(readWaiter); ok {
-		return w.waitReadable(scratch)
-	}
-	return errNoWait
 }
 
 func (s *statusStream) CloseWrite() error {

@@ -12,8 +12,10 @@ import (
 // in-band header and status layer without a transport under it.
 type pipeStream struct{ net.Conn }
 
-func (pipeStream) CloseWrite() error { return nil }
-func (p pipeStream) Abort()          { p.Close() }
+func (pipeStream) CloseWrite() error   { return nil }
+func (p pipeStream) Abort()            { p.Close() }
+func (pipeStream) WaitReadable() error { return ErrNoWait }
+func (pipeStream) FlushOpen() error    { return nil }
 
 // TestClientStream_StatusDeadline: a deadline that passes before any byte
 // of the server's status leaves the stream usable (the next Read reads the

@@ -325,7 +325,8 @@ func peerStopped(err error) bool {
 // once both directions are finished, so Close finishes both: FIN on the
 // send side (unless already reset) and CancelRead on the receive side.
 type quicStream struct {
-	s *quic.Stream
+	s       *quic.Stream
+	scratch [1]byte // WaitReadable's Peek; used by the reader only
 
 	mu sync.Mutex // guards the following
 	wroteFIN,

@@ -5,7 +5,7 @@ package tunnel
 import "syscall"
 
 // rawCopy: without read(2) on descriptors the relay copies through
-// net.Conn (copyHolding).
+// net.Conn (holdingSource).
 const rawCopy = false
 
 func readFD(fd uintptr, p []byte) (int, error) {

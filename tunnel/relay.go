@@ -12,9 +12,21 @@ import (
 	"time"
 )
 
-// relayBufSize is the copy buffer of each relay direction. A relay holds
-// a buffer only while bytes move: waiting for data it holds none (see
-// copyConn and copyStream), so idle connections cost no copy buffers.
+// The relay joins a stream to a TCP (or any net) connection. Both ends of
+// a proxied connection run it: the client between the application's local
+// connection and its stream, the gateway between the stream and the
+// upstream connection.
+//
+// Each direction is one copy loop (copyLoop) over a source: the
+// connection's raw descriptor (connSource), a stream (streamSource) or,
+// where neither can wait for data without a buffer, a plain reader
+// (holdingSource). A source takes a 64 KiB buffer from the pool only when
+// data is there and gives it back before it waits, so an idle relay holds
+// no copy buffer. What is special about a stream (its open header, how it
+// waits) is the stream's, through Stream.FlushOpen and
+// Stream.WaitReadable.
+
+// relayBufSize is the copy buffer of each relay direction.
 const relayBufSize = 64 << 10
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
@@ -30,30 +42,46 @@ type RelayResult struct {
 	Idle bool
 }
 
+// Rewriter rewrites a cache protocol as it passes through a relay.
+// CopyRequests copies conn to the stream, CopyReplies the stream to conn;
+// each copies until src ends (nil for a clean io.EOF) or either side
+// fails, returns the bytes written to dst, and must return once its src
+// fails or ends. A nil Rewriter relays bytes as they are.
+type Rewriter interface {
+	CopyRequests(dst io.Writer, src io.Reader) (int64, error)
+	CopyReplies(dst io.Writer, src io.Reader) (int64, error)
+}
+
+// RelayOption configures one Relay.
+type RelayOption func(*relayConfig)
+
+type relayConfig struct {
+	idle time.Duration
+}
+
+// IdleTimeout cuts a relay that moved no byte in either direction for d
+// (the result then has Idle set); d <= 0 means no idle timeout, the
+// default.
+func IdleTimeout(d time.Duration) RelayOption {
+	return func(c *relayConfig) { c.idle = d }
+}
+
 type closeWriter interface{ CloseWrite() error }
 
 // Relay copies between conn and st until both directions have ended,
 // propagating half-close (EOF becomes CloseWrite on the other side) and
-// resets (an error on one side aborts the other). idle > 0 cuts a relay that
-// moved no byte in either direction for that long; ctx cancellation aborts
-// it. Relay closes both conn and st before it returns.
-func Relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration) RelayResult {
-	return relay(ctx, conn, st, idle, nil, nil)
-}
-
-// CopyFunc copies src to dst until src ends (nil for a clean io.EOF) or
-// either side fails, and returns the bytes written to dst.
-type CopyFunc func(dst io.Writer, src io.Reader) (int64, error)
-
-// RelayWith is Relay with the copy of each direction done by the given
-// functions: up copies conn to st, down copies st to conn (nil means the
-// plain copy). Half-close, resets, the idle timeout and ctx work as in
-// Relay; a copy function must return once its src fails or ends.
-func RelayWith(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up, down CopyFunc) RelayResult {
-	return relay(ctx, conn, st, idle, up, down)
-}
-
-func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up, down CopyFunc) RelayResult {
+// resets (an error on one side aborts the other). rw, if not nil, copies
+// both directions instead of the plain copy. ctx cancellation aborts the
+// relay. Relay closes both conn and st before it returns.
+//
+// A client stream's open header goes out with the first bytes of conn,
+// or alone (st.FlushOpen) as soon as conn has nothing to send; the stream
+// is read only once the header is out (see Stream.WaitReadable).
+func Relay(ctx context.Context, conn net.Conn, st Stream, rw Rewriter, opts ...RelayOption) RelayResult {
+	var cfg relayConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	var (
 		res      RelayResult
 		errOnce  sync.Once
@@ -74,21 +102,21 @@ func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up
 			abortAll()
 		})
 	}
-	if idle > 0 {
+	if cfg.idle > 0 {
 		last = &lastAt
 		last.Store(time.Now().UnixNano())
 		var t *time.Timer
 		var check func()
 		check = func() {
 			since := time.Since(time.Unix(0, last.Load()))
-			if since >= idle {
+			if since >= cfg.idle {
 				idleCut.Store(true)
 				fail(errIdle)
 				return
 			}
-			t.Reset(idle - since)
+			t.Reset(cfg.idle - since)
 		}
-		t = time.AfterFunc(idle, check)
+		t = time.AfterFunc(cfg.idle, check)
 		defer t.Stop()
 	}
 	// upClean and downClean: that direction relayed everything to its end.
@@ -103,23 +131,12 @@ func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up
 	})
 	defer stop()
 
-	// A client stream whose open header is still unsent gets it with the
-	// first bytes of conn (one write instead of two); the stream is read
-	// only once the header is out, so that a Read cannot send it alone.
-	var gate *openGate
-	if op, ok := st.(opener); ok && op.openPending() {
-		gate = &openGate{op: op, ch: make(chan struct{})}
-	}
-
 	// One direction runs here, the other in one goroutine: two goroutines
 	// per relay, counting the caller's.
 	downDone := make(chan struct{})
 	go func() {
 		defer close(downDone)
-		if gate != nil {
-			<-gate.ch
-		}
-		n, err := copyDown(down, conn, st, last)
+		n, err := copyDown(rw, conn, st, last)
 		res.StreamToConn = n
 		if err != nil {
 			fail(err)
@@ -135,7 +152,7 @@ func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up
 		}
 		downClean.Store(true)
 	}()
-	n, err := copyUp(up, st, conn, last, gate)
+	n, err := copyUp(rw, st, conn, last)
 	res.ConnToStream = n
 	if err == nil {
 		// Before the FIN leaves: the peer may act on it at once.
@@ -157,77 +174,219 @@ func relay(ctx context.Context, conn net.Conn, st Stream, idle time.Duration, up
 
 var errIdle = errors.New("idle timeout")
 
-// opener is implemented by client streams whose open header has not been
-// written yet (see clientStream).
-type opener interface {
-	// openPending reports whether the header is still unsent.
-	openPending() bool
-	// flushOpen writes the header alone if it is still unsent.
-	flushOpen() error
-}
-
-// openGate releases the reading direction of a relay once the open header
-// is out, with the first payload or alone.
-type openGate struct {
-	op   opener
-	once sync.Once
-	ch   chan struct{}
-}
-
-func (g *openGate) release() { g.once.Do(func() { close(g.ch) }) }
-
-func (g *openGate) flush() error {
-	defer g.release()
-	return g.op.flushOpen()
-}
-
-// readWaiter is implemented by streams that can wait for data without a
-// buffer, so that an idle relay holds no copy buffer.
-type readWaiter interface {
-	// waitReadable blocks until a Read would not block: data is there, the
-	// stream ended (io.EOF) or it failed. It consumes no data; scratch (at
-	// least one byte) is the caller's, for streams that must peek. It
-	// returns errNoWait at once when the stream cannot wait this way.
-	waitReadable(scratch []byte) error
-}
-
-// errNoWait: the stream has no way to wait for data without reading.
-var errNoWait = errors.New("stream cannot wait for data")
-
 // copyUp copies conn to the stream.
-func copyUp(f CopyFunc, st Stream, conn net.Conn, last *atomic.Int64, gate *openGate) (int64, error) {
-	if gate != nil {
-		defer gate.release()
-	}
-	if f != nil {
-		if gate != nil {
-			if err := gate.flush(); err != nil {
-				return 0, err
-			}
-		}
-		return f(st, activity(newFastConn(conn), last))
-	}
-	if rc := rawConn(conn); rc != nil {
-		return copyConn(st, rc, last, gate)
-	}
-	if gate != nil {
-		if err := gate.flush(); err != nil {
+func copyUp(rw Rewriter, st Stream, conn net.Conn, last *atomic.Int64) (int64, error) {
+	if rw != nil {
+		// A rewriter reads ahead and may wait for a whole request: the
+		// header goes out alone now.
+		if err := st.FlushOpen(); err != nil {
 			return 0, err
 		}
+		return rw.CopyRequests(st, activity(newFastConn(conn), last))
 	}
-	return copyHolding(st, newFastConn(conn), last)
+	if rc := rawConn(conn); rc != nil {
+		return copyLoop(st, newConnSource(rc, st.FlushOpen), last)
+	}
+	if err := st.FlushOpen(); err != nil {
+		return 0, err
+	}
+	return copyLoop(st, &holdingSource{r: newFastConn(conn)}, last)
 }
 
 // copyDown copies the stream to conn.
-func copyDown(f CopyFunc, conn net.Conn, st Stream, last *atomic.Int64) (int64, error) {
+func copyDown(rw Rewriter, conn net.Conn, st Stream, last *atomic.Int64) (int64, error) {
 	conn = newFastConn(conn) // writes only; Close and CloseWrite stay the caller's
-	if f != nil {
-		return f(conn, activity(st, last))
+	if rw != nil {
+		return rw.CopyReplies(conn, activity(st, last))
 	}
-	if w, ok := st.(readWaiter); ok {
-		return copyStream(conn, st, w, last)
+	return copyLoop(conn, &streamSource{st: st}, last)
+}
+
+// source is what copyLoop reads from.
+type source interface {
+	// next returns the next bytes, valid until the following call to
+	// next or release, and io.EOF at a clean end. It holds a buffer only
+	// while it returns data: before it waits it gives the last one back,
+	// unless the source cannot wait without one.
+	next() ([]byte, error)
+	// release gives back the buffer still held.
+	release()
+}
+
+// copyLoop is the relay's copy loop: it writes what src yields to dst
+// until src ends (nil for io.EOF) or either side fails, noting the time of
+// every read in last (when not nil) for the idle timeout.
+func copyLoop(dst io.Writer, src source, last *atomic.Int64) (int64, error) {
+	defer src.release()
+	var total int64
+	for {
+		b, rerr := src.next()
+		if len(b) > 0 {
+			if last != nil {
+				last.Store(time.Now().UnixNano())
+			}
+			w, werr := dst.Write(b)
+			total += int64(w)
+			if werr == nil && w != len(b) {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return total, nil
+			}
+			return total, rerr
+		}
 	}
-	return copyHolding(conn, st, last)
+}
+
+// streamSource reads a stream: Stream.WaitReadable waits for data without
+// a buffer, then Read reads it into a pooled one. A stream that cannot
+// wait (ErrNoWait) is read with a buffer held throughout.
+type streamSource struct {
+	st   Stream
+	bp   *[]byte
+	hold bool // the stream cannot wait: keep bp
+}
+
+func (s *streamSource) next() ([]byte, error) {
+	if !s.hold {
+		s.release()
+		switch err := s.st.WaitReadable(); {
+		case err == nil:
+		case errors.Is(err, ErrNoWait):
+			s.hold = true
+		case err == io.EOF:
+			// Read the EOF too: quic-go counts a stream as done once its
+			// reader has seen it.
+			bp := relayBufs.Get().(*[]byte)
+			_, _ = s.st.Read(*bp)
+			relayBufs.Put(bp)
+			return nil, io.EOF
+		default:
+			return nil, err
+		}
+	}
+	if s.bp == nil {
+		s.bp = relayBufs.Get().(*[]byte)
+	}
+	n, err := s.st.Read(*s.bp)
+	return (*s.bp)[:n], err
+}
+
+func (s *streamSource) release() {
+	if s.bp != nil {
+		relayBufs.Put(s.bp)
+		s.bp = nil
+	}
+}
+
+// holdingSource reads a reader that cannot wait without a buffer (a
+// connection without a descriptor) with a pooled buffer held throughout.
+type holdingSource struct {
+	r  io.Reader
+	bp *[]byte
+}
+
+func (h *holdingSource) next() ([]byte, error) {
+	if h.bp == nil {
+		h.bp = relayBufs.Get().(*[]byte)
+	}
+	n, err := h.r.Read(*h.bp)
+	return (*h.bp)[:n], err
+}
+
+func (h *holdingSource) release() {
+	if h.bp != nil {
+		relayBufs.Put(h.bp)
+		h.bp = nil
+	}
+}
+
+// connSource reads a socket through its raw descriptor, each read(2)
+// inside RawConn.Read: the buffer is taken from the pool only when
+// read(2) runs and goes back before the goroutine parks, so a relay
+// waiting for data holds none. Before it first waits, it calls beforeWait
+// (the stream's FlushOpen: the open header then goes out alone rather than
+// wait for the first bytes); a first read with data skips it (the header
+// goes out with the data).
+type connSource struct {
+	rc         syscall.RawConn
+	fn         func(fd uintptr) bool // step, one closure for the whole copy
+	beforeWait func() error
+	bp         *[]byte
+	n          int
+	err        error
+	waitFirst  bool // step returned to call beforeWait
+}
+
+func newConnSource(rc syscall.RawConn, beforeWait func() error) *connSource {
+	c := &connSource{rc: rc, beforeWait: beforeWait}
+	c.fn = c.step
+	return c
+}
+
+func (c *connSource) next() ([]byte, error) {
+	for {
+		c.n, c.err = 0, nil
+		if err := c.rc.Read(c.fn); err != nil {
+			return nil, err
+		}
+		if !c.waitFirst {
+			if c.n > 0 {
+				return (*c.bp)[:c.n], c.err
+			}
+			return nil, c.err
+		}
+		c.waitFirst = false
+		f := c.beforeWait
+		c.beforeWait = nil
+		if err := f(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// step reads once: false (park until readable) when read(2) says EAGAIN,
+// true with data, at the end (io.EOF) or on an error. After data the
+// next call reads at once, even after a short read: a FIN (or RST) that
+// came with the data raises no edge of its own, so only the next read(2)
+// can see it.
+func (c *connSource) step(fd uintptr) bool {
+	if c.bp == nil {
+		c.bp = relayBufs.Get().(*[]byte)
+	}
+	n, err := readFD(fd, *c.bp)
+	for err == syscall.EINTR {
+		n, err = readFD(fd, *c.bp)
+	}
+	switch {
+	case err == syscall.EAGAIN:
+		c.release()
+		if c.beforeWait != nil {
+			c.waitFirst = true
+			return true
+		}
+		return false
+	case err != nil:
+		c.err = os.NewSyscallError("read", err)
+	case n <= 0:
+		c.err = io.EOF
+	default:
+		c.n = n
+		c.beforeWait = nil // the first bytes carry what was pending
+	}
+	return true
+}
+
+func (c *connSource) release() {
+	if c.bp != nil {
+		relayBufs.Put(c.bp)
+		c.bp = nil
+	}
 }
 
 // rawConn returns the raw socket of TCP and Unix connections.
@@ -272,179 +431,4 @@ func (a *activityReader) Read(b []byte) (int, error) {
 		a.last.Store(time.Now().UnixNano())
 	}
 	return n, err
-}
-
-// copyConn copies a socket to dst through its raw file descriptor, with
-// the whole copy inside one RawConn.Read, so that
-//
-//   - the 64 KiB buffer is taken from the pool only when read(2) runs and
-//     goes back before the goroutine parks: a relay waiting for data holds
-//     none;
-//   - the poller is prepared once per copy, not once per read.
-//
-// With gate, a first read that would block sends the open header alone
-// before waiting; a first read with data sends it together with the data.
-func copyConn(dst io.Writer, rc syscall.RawConn, last *atomic.Int64, gate *openGate) (int64, error) {
-	c := &rawCopier{dst: dst, last: last, gate: gate}
-	c.fn = c.step // one closure for the whole copy
-	defer c.release()
-	for {
-		if err := rc.Read(c.fn); err != nil {
-			return c.total, err
-		}
-		if !c.flushGate {
-			return c.total, c.err
-		}
-		c.flushGate = false
-		g := c.gate
-		c.gate = nil
-		if err := g.flush(); err != nil {
-			return c.total, err
-		}
-	}
-}
-
-// rawCopier is the state of copyConn; step runs inside RawConn.Read.
-type rawCopier struct {
-	fn        func(fd uintptr) bool
-	dst       io.Writer
-	last      *atomic.Int64
-	gate      *openGate
-	bp        *[]byte
-	total     int64
-	err       error // set when step returns true without flushGate
-	flushGate bool  // step returned to send the open header alone
-}
-
-// step reads and writes until read(2) says EAGAIN (false: park until
-// readable) or the copy ends (true: EOF, an error, or the open header is
-// due).
-func (c *rawCopier) step(fd uintptr) bool {
-	for {
-		if c.bp == nil {
-			c.bp = relayBufs.Get().(*[]byte)
-		}
-		n, err := readFD(fd, *c.bp)
-		for err == syscall.EINTR {
-			n, err = readFD(fd, *c.bp)
-		}
-		if err == syscall.EAGAIN {
-			c.release()
-			if c.gate != nil {
-				c.flushGate = true
-				return true
-			}
-			return false
-		}
-		if err != nil {
-			c.err = os.NewSyscallError("read", err)
-			return true
-		}
-		if n <= 0 {
-			return true // EOF
-		}
-		if c.last != nil {
-			c.last.Store(time.Now().UnixNano())
-		}
-		w, werr := c.dst.Write((*c.bp)[:n])
-		c.total += int64(w)
-		if c.gate != nil {
-			c.gate.release()
-			c.gate = nil
-		}
-		if werr == nil && w != n {
-			werr = io.ErrShortWrite
-		}
-		if werr != nil {
-			c.err = werr
-			return true
-		}
-		// Read again even after a short read: a FIN (or RST) that came
-		// with the data raises no edge of its own, so only the next
-		// read(2) can see it.
-	}
-}
-
-func (c *rawCopier) release() {
-	if c.bp != nil {
-		relayBufs.Put(c.bp)
-		c.bp = nil
-	}
-}
-
-// copyStream copies a stream that can wait for data without a buffer: it
-// waits, then reads with a pooled buffer that goes back at once.
-func copyStream(dst io.Writer, src io.Reader, w readWaiter, last *atomic.Int64) (int64, error) {
-	var total int64
-	scratch := make([]byte, 1)
-	for {
-		if err := w.waitReadable(scratch); err != nil {
-			switch {
-			case errors.Is(err, errNoWait) && total == 0:
-				return copyHolding(dst, src, last)
-			case err == io.EOF:
-				// Read the EOF too: quic-go counts a stream as done once
-				// its reader has seen it.
-				bp := relayBufs.Get().(*[]byte)
-				_, _ = src.Read(*bp)
-				relayBufs.Put(bp)
-				return total, nil
-			}
-			return total, err
-		}
-		bp := relayBufs.Get().(*[]byte)
-		n, rerr := src.Read(*bp)
-		if n > 0 {
-			if last != nil {
-				last.Store(time.Now().UnixNano())
-			}
-			w, werr := dst.Write((*bp)[:n])
-			total += int64(w)
-			if werr == nil && w != n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				relayBufs.Put(bp)
-				return total, werr
-			}
-		}
-		relayBufs.Put(bp)
-		if rerr != nil {
-			if rerr == io.EOF {
-				return total, nil
-			}
-			return total, rerr
-		}
-	}
-}
-
-// copyHolding copies src to dst with a pooled buffer held throughout (for
-// sources that cannot wait without one); io.EOF is a clean end.
-func copyHolding(dst io.Writer, src io.Reader, last *atomic.Int64) (int64, error) {
-	bp := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(bp)
-	buf := *bp
-	var total int64
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if last != nil {
-				last.Store(time.Now().UnixNano())
-			}
-			w, werr := dst.Write(buf[:n])
-			total += int64(w)
-			if werr != nil {
-				return total, werr
-			}
-			if w != n {
-				return total, io.ErrShortWrite
-			}
-		}
-		if rerr != nil {
-			if rerr == io.EOF {
-				return total, nil
-			}
-			return total, rerr
-		}
-	}
 }

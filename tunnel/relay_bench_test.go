@@ -96,7 +96,7 @@ func startChain(tb testing.TB, p pair, upstream func(net.Conn)) *chain {
 					uc.Close()
 					return
 				}
-				tunnel.Relay(ctx, uc, st, time.Hour)
+				tunnel.Relay(ctx, uc, st, nil, tunnel.IdleTimeout(time.Hour))
 			}()
 		}
 	})
@@ -114,7 +114,7 @@ func startChain(tb testing.TB, p pair, upstream func(net.Conn)) *chain {
 					nc.Close()
 					return
 				}
-				tunnel.Relay(ctx, nc, st, 0)
+				tunnel.Relay(ctx, nc, st, nil)
 			}()
 		}
 	})

@@ -27,6 +27,11 @@ import (
 // releases a blocked call closes the stream (see sshStream); on a QUIC or
 // TLS client stream, whose first Read reads the server's status, a
 // deadline that cuts the status in the middle ends the stream.
+//
+// Two methods are the contract with Relay, which calls them on every
+// stream: WaitReadable lets an idle relay wait without a copy buffer, and
+// FlushOpen sends a client stream's open header when the local connection
+// has nothing to send with it.
 type Stream interface {
 	io.ReadWriteCloser
 	CloseWrite() error
@@ -34,7 +39,27 @@ type Stream interface {
 	SetDeadline(t time.Time) error
 	SetReadDeadline(t time.Time) error
 	SetWriteDeadline(t time.Time) error
+	// WaitReadable blocks until a Read would not block: data is there, the
+	// stream ended (io.EOF) or it failed. It consumes no data and holds no
+	// buffer. A stream whose transport cannot wait that way (SSH) returns
+	// ErrNoWait at once; its reader must hold a buffer in Read. On a
+	// client stream whose open header is still unsent, WaitReadable first
+	// waits until the header has gone out (with the first Write, or by
+	// FlushOpen, CloseWrite, Close or Abort), then reads the server's
+	// status; deadlines do not cut that first wait. Like Read, it is not
+	// safe for concurrent use with Read.
+	WaitReadable() error
+	// FlushOpen sends the open header now, alone, if it is still unsent
+	// (a client stream on QUIC or TLS, whose header otherwise travels with
+	// the first Write). On every other stream it does nothing and returns
+	// nil; in particular a server stream's OK status still waits for the
+	// first reply or the close.
+	FlushOpen() error
 }
+
+// ErrNoWait is returned by Stream.WaitReadable on a stream that cannot
+// wait for data without reading it.
+var ErrNoWait = errors.New("stream cannot wait for data without a buffer")
 
 // Incoming is a stream the peer opened that the server has not yet
 // answered. The server reads the request, then either accepts or rejects.

@@ -1,4 +1,4 @@
-package client
+package memcache
 
 import (
 	"bufio"
@@ -10,21 +10,24 @@ import (
 	"sync"
 )
 
-// mcConfigConn rewrites the ElastiCache auto-discovery replies of one
-// memcached text-protocol connection to a configuration endpoint:
+// Conn rewrites the ElastiCache auto-discovery replies of one memcached
+// text-protocol connection to a configuration endpoint:
 //
 //	config get cluster             -> CONFIG cluster 0 <len>\r\n<body>\r\nEND\r\n
 //	get AmazonElastiCache:cluster  -> VALUE AmazonElastiCache:cluster 0 <len>\r\n<body>\r\nEND\r\n
 //
 // where body is "<version>\n<host>|<ip>|<port> ...\n". Each node becomes
-// "<local ip>|<local ip>|<local port>". Requests are parsed (never changed)
+// "<local ip>|<local ip>|<local port>" (see [NodeMap]). Requests are parsed (never changed)
 // to pair every reply with its command, so only the reply to one of those
 // two commands is ever rewritten, never a stored value. A request it
 // cannot pair with certainty (binary protocol, noreply on an unknown
 // command, quiet meta commands, an unknown command) ends the rewriting
 // for the rest of the connection: from there on bytes are copied.
-type mcConfigConn struct {
-	mapNode func(host, ip, port string) (string, bool)
+//
+// CopyRequests and CopyReplies run at once, one goroutine each, as
+// tunnel.Relay calls them.
+type Conn struct {
+	mapNode NodeMap
 
 	mu    sync.Mutex // guards the following
 	queue []mcKind
@@ -49,17 +52,24 @@ const (
 	mcMaxConfig = 1 << 20
 )
 
-func newMCConfigConn(mapNode func(host, ip, port string) (string, bool)) *mcConfigConn {
-	return &mcConfigConn{mapNode: mapNode}
+// NodeMap maps one "host|ip|port" entry of an auto-discovery reply (host
+// or ip may be empty) to the local "ip:port" of that node; ok=false
+// leaves the entry as it is. It may wait briefly for a node it does not
+// know yet: the reply waits with it.
+type NodeMap func(host, ip, port string) (local string, ok bool)
+
+// NewConn returns the rewriter of one connection.
+func NewConn(mapNode NodeMap) *Conn {
+	return &Conn{mapNode: mapNode}
 }
 
-func (m *mcConfigConn) push(k mcKind) {
+func (m *Conn) push(k mcKind) {
 	m.mu.Lock()
 	m.queue = append(m.queue, k)
 	m.mu.Unlock()
 }
 
-func (m *mcConfigConn) pop() (mcKind, bool) {
+func (m *Conn) pop() (mcKind, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.queue) == 0 {
@@ -173,9 +183,9 @@ func (p *mcPipe) end(err error) (int64, error) {
 	return p.cw.n, err
 }
 
-// copyRequests copies the application's requests unchanged, noting the
+// CopyRequests copies the application's requests unchanged, noting the
 // kind of reply each one gets.
-func (m *mcConfigConn) copyRequests(dst io.Writer, src io.Reader) (int64, error) {
+func (m *Conn) CopyRequests(dst io.Writer, src io.Reader) (int64, error) {
 	p := newMCPipe(dst, src)
 	if b, err := p.br.Peek(1); err == nil && b[0] == 0x80 { // binary protocol
 		m.push(mcUnpair)
@@ -218,38 +228,17 @@ func classifyRequest(line []byte) (kind int, data int64, ok bool) {
 		return int(mcLine), -1, true // memcached answers ERROR
 	}
 	noreply := string(f[len(f)-1]) == "noreply"
-	line1 := func() int {
-		if noreply {
-			return -1
-		}
-		return int(mcLine)
-	}
-	num := func(b []byte) (int64, bool) {
-		n, err := strconv.ParseInt(string(b), 10, 64)
-		return n, err == nil && n >= 0 && n < 1<<31
-	}
 	args := f[1:]
-	switch string(f[0]) {
+	switch cmd := string(f[0]); cmd {
 	case "get", "gets", "gat", "gats":
-		if string(f[0]) == "get" && len(args) == 1 && string(args[0]) == "AmazonElastiCache:cluster" {
+		if cmd == "get" && len(args) == 1 && string(args[0]) == "AmazonElastiCache:cluster" {
 			return int(mcLegacy), -1, true
 		}
 		return int(mcValues), -1, len(args) > 0
 	case "set", "add", "replace", "append", "prepend", "cas":
-		want := 4
-		if string(f[0]) == "cas" {
-			want = 5
-		}
-		if len(args) != want && !(len(args) == want+1 && noreply) {
-			return 0, 0, false
-		}
-		n, ok := num(args[3])
-		if !ok {
-			return 0, 0, false
-		}
-		return line1(), n, true
+		return classifyStorage(cmd, args, noreply)
 	case "delete", "incr", "decr", "touch", "verbosity", "flush_all":
-		return line1(), -1, true
+		return lineReply(noreply), -1, true
 	case "version", "mn", "me":
 		return int(mcLine), -1, true
 	case "quit":
@@ -260,40 +249,81 @@ func classifyRequest(line []byte) (kind int, data int64, ok bool) {
 		}
 		return 0, 0, false
 	case "stats":
-		if len(args) == 0 {
-			return int(mcStats), -1, true
-		}
-		switch string(args[0]) {
-		case "items", "slabs", "sizes", "conns", "settings", "extstore":
-			return int(mcStats), -1, len(args) == 1
-		case "reset":
-			return int(mcLine), -1, len(args) == 1
-		}
-		return 0, 0, false
+		return classifyStats(args)
 	case "mg", "ma", "md", "ms":
-		for _, a := range args[1:] {
-			if len(a) > 0 && a[0] == 'q' {
-				return 0, 0, false // quiet mode suppresses some replies
-			}
-		}
-		switch string(f[0]) {
-		case "ms":
-			if len(args) < 2 {
-				return 0, 0, false
-			}
-			n, ok := num(args[1])
-			return int(mcLine), n, ok
-		case "md":
-			return int(mcLine), -1, len(args) > 0
-		}
-		return int(mcMeta), -1, len(args) > 0
+		return classifyMeta(cmd, args)
 	}
 	return 0, 0, false
 }
 
-// copyReplies copies the server's replies, rewriting the node list of
+// lineReply is the kind of a one-line reply, -1 with noreply.
+func lineReply(noreply bool) int {
+	if noreply {
+		return -1
+	}
+	return int(mcLine)
+}
+
+// dataLen parses the length of a data block.
+func dataLen(b []byte) (int64, bool) {
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	return n, err == nil && n >= 0 && n < 1<<31
+}
+
+// classifyStorage classifies set, add, replace, append, prepend and cas:
+// "<cmd> <key> <flags> <exptime> <bytes> [<cas>] [noreply]".
+func classifyStorage(cmd string, args [][]byte, noreply bool) (kind int, data int64, ok bool) {
+	want := 4
+	if cmd == "cas" {
+		want = 5
+	}
+	if len(args) != want && !(len(args) == want+1 && noreply) {
+		return 0, 0, false
+	}
+	n, ok := dataLen(args[3])
+	if !ok {
+		return 0, 0, false
+	}
+	return lineReply(noreply), n, true
+}
+
+// classifyStats classifies "stats [<group>]".
+func classifyStats(args [][]byte) (kind int, data int64, ok bool) {
+	if len(args) == 0 {
+		return int(mcStats), -1, true
+	}
+	switch string(args[0]) {
+	case "items", "slabs", "sizes", "conns", "settings", "extstore":
+		return int(mcStats), -1, len(args) == 1
+	case "reset":
+		return int(mcLine), -1, len(args) == 1
+	}
+	return 0, 0, false
+}
+
+// classifyMeta classifies the meta commands mg, ma, md and ms.
+func classifyMeta(cmd string, args [][]byte) (kind int, data int64, ok bool) {
+	for _, a := range args[min(1, len(args)):] {
+		if len(a) > 0 && a[0] == 'q' {
+			return 0, 0, false // quiet mode suppresses some replies
+		}
+	}
+	switch cmd {
+	case "ms":
+		if len(args) < 2 {
+			return 0, 0, false
+		}
+		n, ok := dataLen(args[1])
+		return int(mcLine), n, ok
+	case "md":
+		return int(mcLine), -1, len(args) > 0
+	}
+	return int(mcMeta), -1, len(args) > 0
+}
+
+// CopyReplies copies the server's replies, rewriting the node list of
 // auto-discovery replies.
-func (m *mcConfigConn) copyReplies(dst io.Writer, src io.Reader) (int64, error) {
+func (m *Conn) CopyReplies(dst io.Writer, src io.Reader) (int64, error) {
 	p := newMCPipe(dst, src)
 	for {
 		l, err := p.line()
@@ -326,84 +356,103 @@ var errUnpaired = errors.New("reply does not match its request")
 
 // reply passes on one reply of kind whose first line is l. Whatever it
 // consumed is written, also when it returns errUnpaired.
-func (m *mcConfigConn) reply(p *mcPipe, kind mcKind, l []byte) error {
-	isErr := func(l []byte) bool {
-		return bytes.HasPrefix(l, []byte("ERROR")) || bytes.HasPrefix(l, []byte("CLIENT_ERROR")) || bytes.HasPrefix(l, []byte("SERVER_ERROR"))
-	}
+func (m *Conn) reply(p *mcPipe, kind mcKind, l []byte) error {
 	switch kind {
 	case mcLine:
 		_, err := p.bw.Write(l)
 		return err
 	case mcMeta:
-		if _, err := p.bw.Write(l); err != nil {
-			return err
-		}
-		if f := bytes.Fields(l); len(f) >= 2 && string(f[0]) == "VA" {
-			n, err := strconv.ParseInt(string(f[1]), 10, 64)
-			if err != nil || n < 0 {
-				return errUnpaired
-			}
-			return p.copyN(n + 2)
-		}
-		return nil
+		return replyMeta(p, l)
 	case mcStats:
-		for {
-			if _, err := p.bw.Write(l); err != nil {
-				return err
-			}
-			if !bytes.HasPrefix(l, []byte("STAT ")) {
-				return nil // END, or an error
-			}
-			var err error
-			if l, err = p.line(); err != nil {
-				return err
-			}
-		}
+		return replyStats(p, l)
 	case mcConfig:
 		if bytes.HasPrefix(l, []byte("CONFIG cluster ")) {
 			return m.configReply(p, l)
 		}
 		_, err := p.bw.Write(l)
-		if err == nil && !isErr(l) {
+		if err == nil && !isErrorLine(l) {
 			err = errUnpaired
 		}
 		return err
 	case mcValues, mcLegacy:
-		for {
-			f := bytes.Fields(l)
-			if len(f) < 4 || string(f[0]) != "VALUE" {
-				_, err := p.bw.Write(l) // END, or an error
+		return m.replyValues(p, kind, l)
+	}
+	return errUnpaired
+}
+
+// isErrorLine reports whether l is one of memcached's error replies.
+func isErrorLine(l []byte) bool {
+	return bytes.HasPrefix(l, []byte("ERROR")) || bytes.HasPrefix(l, []byte("CLIENT_ERROR")) || bytes.HasPrefix(l, []byte("SERVER_ERROR"))
+}
+
+// replyMeta passes on a meta reply: one line, and the data block of
+// "VA <size>".
+func replyMeta(p *mcPipe, l []byte) error {
+	if _, err := p.bw.Write(l); err != nil {
+		return err
+	}
+	if f := bytes.Fields(l); len(f) >= 2 && string(f[0]) == "VA" {
+		n, err := strconv.ParseInt(string(f[1]), 10, 64)
+		if err != nil || n < 0 {
+			return errUnpaired
+		}
+		return p.copyN(n + 2)
+	}
+	return nil
+}
+
+// replyStats passes on STAT lines up to END (or an error line).
+func replyStats(p *mcPipe, l []byte) error {
+	for {
+		if _, err := p.bw.Write(l); err != nil {
+			return err
+		}
+		if !bytes.HasPrefix(l, []byte("STAT ")) {
+			return nil // END, or an error
+		}
+		var err error
+		if l, err = p.line(); err != nil {
+			return err
+		}
+	}
+}
+
+// replyValues passes on VALUE blocks up to END (or an error line),
+// rewriting the auto-discovery value of a legacy request.
+func (m *Conn) replyValues(p *mcPipe, kind mcKind, l []byte) error {
+	for {
+		f := bytes.Fields(l)
+		if len(f) < 4 || string(f[0]) != "VALUE" {
+			_, err := p.bw.Write(l) // END, or an error
+			return err
+		}
+		if kind == mcLegacy && string(f[1]) == "AmazonElastiCache:cluster" {
+			if err := m.configReply(p, l); err != nil {
 				return err
 			}
-			if kind == mcLegacy && string(f[1]) == "AmazonElastiCache:cluster" {
-				if err := m.configReply(p, l); err != nil {
-					return err
-				}
-			} else {
-				n, err := strconv.ParseInt(string(f[3]), 10, 64)
-				if _, werr := p.bw.Write(l); werr != nil {
-					return werr
-				}
-				if err != nil || n < 0 {
-					return errUnpaired
-				}
-				if err := p.copyN(n + 2); err != nil {
-					return err
-				}
+		} else {
+			n, err := strconv.ParseInt(string(f[3]), 10, 64)
+			if _, werr := p.bw.Write(l); werr != nil {
+				return werr
 			}
-			var err error
-			if l, err = p.line(); err != nil {
+			if err != nil || n < 0 {
+				return errUnpaired
+			}
+			if err := p.copyN(n + 2); err != nil {
 				return err
 			}
 		}
+		var err error
+		if l, err = p.line(); err != nil {
+			return err
+		}
 	}
-	return errUnpaired
 }
 
 // configReply rewrites one auto-discovery block: the header line l
 // ("CONFIG cluster <flags> <len>" or "VALUE <key> <flags> <len>"), the
 // body and its CRLF. The caller handles what follows (END).
-func (m *mcConfigConn) configReply(p *mcPipe, l []byte) error {
+func (m *Conn) configReply(p *mcPipe, l []byte) error {
 	const lenField = 3
 	f := bytes.Fields(l)
 	var n int64 = -1
@@ -446,7 +495,7 @@ func (m *mcConfigConn) configReply(p *mcPipe, l []byte) error {
 // body (the line after the version) by the local address of that node.
 // Entries it cannot map are left as they are; ok=false means body is not
 // an auto-discovery body and is left alone.
-func rewriteClusterConfig(body []byte, mapNode func(host, ip, port string) (string, bool)) ([]byte, bool) {
+func rewriteClusterConfig(body []byte, mapNode NodeMap) ([]byte, bool) {
 	i := bytes.IndexByte(body, '\n')
 	if i < 0 {
 		return nil, false

@@ -1,0 +1,101 @@
+package client
+
+// The proxy step: every local listener's accept loop hands each connection
+// to serveLocal, which opens a stream to the node through the current
+// session and relays the connection over it, through the rewriter the
+// target's type needs (none, RESP for Redis Cluster, memcached for an
+// auto-discovery configuration endpoint). The open header goes out with
+// the connection's first bytes (tunnel.Relay); the gateway's side is
+// server/session.go.
+
+import (
+	"context"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/cachetun/cachetun/client/memcache"
+	"github.com/cachetun/cachetun/client/resp"
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+func (c *Client) acceptLoop(v *targetView, l *localListener) {
+	defer c.wg.Done()
+	for {
+		nc, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			c.log.Warn("accept local connection", "err", err)
+			select { // e.g. out of file descriptors: let some close
+			case <-c.runCtx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.serveLocal(nc, v, l.node)
+		}()
+	}
+}
+
+// serveLocal carries one local connection to node through the session.
+func (c *Client) serveLocal(nc net.Conn, v *targetView, node string) {
+	ctx := c.runCtx
+	c.open.Add(1)
+	defer c.open.Add(-1)
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	log := c.log.With("target", v.name, "node", node, "local", nc.RemoteAddr().String())
+	cn, err := c.session(ctx)
+	if err != nil {
+		log.Warn("closing local connection: no session to the gateway", "err", err)
+		nc.Close()
+		return
+	}
+	octx, cancel := context.WithTimeout(ctx, c.opts.WaitForSession)
+	st, err := cn.sess.OpenStream(octx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: v.name, Node: node})
+	cancel()
+	if err != nil {
+		log.Warn("closing local connection: open stream", "err", err)
+		nc.Close()
+		return
+	}
+	res := tunnel.Relay(cn.ctx, nc, st, v.rewriter(node))
+	var se *tunnel.StatusError
+	if errors.As(res.Err, &se) {
+		log.Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)
+		return
+	}
+	log.Debug("connection closed", "bytes_up", res.ConnToStream, "bytes_down", res.StreamToConn, "err", res.Err)
+}
+
+// rewriter returns the cache-protocol rewriter of one connection to node,
+// nil when the target needs none.
+func (v *targetView) rewriter(node string) tunnel.Rewriter {
+	t := v.cluster.table.Load()
+	if t == nil {
+		// The first applyTopology publishes the table before it lets go
+		// of v.mu.
+		v.mu.Lock()
+		t = v.cluster.table.Load()
+		v.mu.Unlock()
+	}
+	switch {
+	case t == nil:
+	case t.typ == typeRedisCluster:
+		return resp.NewConn(resp.Options{
+			Map:        v.redisMap(node),
+			OnRedirect: v.onRedirect(node),
+			Logger:     v.log,
+		})
+	case t.typ == typeMemcached && t.role[node] == roleConfig:
+		return memcache.NewConn(v.memcachedMap)
+	}
+	return nil
+}
