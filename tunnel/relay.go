@@ -106,8 +106,7 @@ func Relay(ctx context.Context, conn net.Conn, st Stream, rw Rewriter, opts ...R
 		last = &lastAt
 		last.Store(time.Now().UnixNano())
 		var t *time.Timer
-		var check func()
-		check = func() {
+		check := func() {
 			since := time.Since(time.Unix(0, last.Load()))
 			if since >= cfg.idle {
 				idleCut.Store(true)
