@@ -31,7 +31,10 @@ func serveMetrics(t testing.TB, g *gateway) string {
 	return hs.URL
 }
 
-// gatewayMetrics reads g's metrics once, without a listener.
+// gatewayMetrics reads g's metrics once, without a listener. Reading
+// them runs the readiness check, which connects to every target node
+// (cached 3 s): a test that counts the connections a cache received
+// must take its counts around it.
 func gatewayMetrics(t testing.TB, g *gateway) metricSet {
 	t.Helper()
 	rec := httptest.NewRecorder()

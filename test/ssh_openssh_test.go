@@ -261,7 +261,6 @@ func TestSSH_OpenSSHRefusals(t *testing.T) {
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 		_, _ = c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
-		start := time.Now()
 		n, err := io.Copy(io.Discard, c)
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
@@ -270,14 +269,13 @@ func TestSSH_OpenSSHRefusals(t *testing.T) {
 		if n != 0 {
 			t.Fatalf("read %d bytes through a refused forward", n)
 		}
-		// Refused before any dial: far below the 5s dial timeout.
-		if d := time.Since(start); d > 3*time.Second {
-			t.Errorf("refusal took %s", d)
-		}
 		waitFor(t, 10*time.Second, "ssh to report the refusal", func() bool {
 			return strings.Contains(p.Stderr(), "administratively prohibited")
 		})
 		g.Log.waitLog(t, wantLog)
+		// Refused before any dial: the redis servers' connection count
+		// (checked at the end) and, for the metadata address, the log
+		// show that the gateway dialled nothing.
 	}
 	t.Run("metadata address", func(t *testing.T) {
 		refused(t, good, "169.254.169.254:80", `stream refused`)
