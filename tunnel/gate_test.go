@@ -24,41 +24,19 @@ func TestGate_NothingBeforeAuthentication(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		ctrl, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "t"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := ctrl.Write([]byte("hello")); err != nil {
-			t.Fatal(err)
-		}
-		in, err := p.server.AcceptStream(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if req, err := in.Request(time.Now().Add(5 * time.Second)); err != nil || req.Kind != tunnel.KindControl {
-			t.Fatalf("control stream: %+v %v", req, err)
-		}
-		sctrl, _ := in.Accept()
-		buf := make([]byte, 5)
-		if _, err := io.ReadFull(sctrl, buf); err != nil || string(buf) != "hello" {
-			t.Fatalf("control stream payload before auth: %q %v", buf, err)
-		}
+		ctrl, sctrl := gateControlStream(ctx, t, p)
 
 		// From now on every stream the server accepts is recorded with
 		// whether Authenticated had been called by then.
 		var authed atomic.Bool
-		type accepted struct {
-			in         tunnel.Incoming
-			beforeAuth bool
-		}
-		acc := make(chan accepted, 4)
+		acc := make(chan gateAccepted, 4)
 		go func() {
 			for {
 				in, err := p.server.AcceptStream(ctx)
 				if err != nil {
 					return
 				}
-				acc <- accepted{in, !authed.Load()}
+				acc <- gateAccepted{in, !authed.Load()}
 			}
 		}()
 
@@ -79,7 +57,7 @@ func TestGate_NothingBeforeAuthentication(t *testing.T) {
 		if _, err := sctrl.Write([]byte("welcome")); err != nil {
 			t.Fatal(err)
 		}
-		buf = make([]byte, 7)
+		buf := make([]byte, 7)
 		_ = ctrl.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.ReadFull(ctrl, buf); err != nil || string(buf) != "welcome" {
 			t.Fatalf("control stream to the client before auth: %q %v", buf, err)
@@ -103,41 +81,86 @@ func TestGate_NothingBeforeAuthentication(t *testing.T) {
 		}
 		// On TLS the held stream n:1 now arrives, its bytes intact: they
 		// waited in the socket, not in the gateway.
-		for seen := 0; seen < 2; seen++ {
-			a := within(t, acc, 10*time.Second, "a stream accepted after authentication")
-			if a.beforeAuth {
-				t.Fatal("a second stream reached the server before authentication")
-			}
-			req, err := a.in.Request(time.Now().Add(5 * time.Second))
-			if err != nil {
-				t.Fatal(err)
-			}
-			st, _ := a.in.Accept()
-			_ = st.SetDeadline(time.Now().Add(5 * time.Second))
-			if req.Node == "n:1" {
-				if p.transport == "quic" {
-					t.Fatal("quic: the stream reset before authentication was accepted after it")
-				}
-				got := make([]byte, len(payload))
-				if _, err := io.ReadFull(st, got); err != nil || !bytes.Equal(got, payload) {
-					t.Fatalf("held stream after authentication: %v", err)
-				}
-				st.Close()
-				continue
-			}
-			b := make([]byte, 4)
-			if _, err := io.ReadFull(st, b); err != nil || string(b) != "ping" {
-				t.Fatalf("stream after authentication: %q %v", b, err)
-			}
-			_, _ = st.Write(b)
-			defer st.Close()
-			break
-		}
+		echo := gateAfterAuth(t, p, acc, payload)
+		defer echo.Close()
 		buf = make([]byte, 4)
 		if _, err := io.ReadFull(late, buf); err != nil || string(buf) != "ping" {
 			t.Fatalf("stream after authentication, back at the client: %q %v", buf, err)
 		}
 	}, unauthenticated())
+}
+
+// gateAccepted is a stream the server accepted, and whether it did so
+// before Authenticated.
+type gateAccepted struct {
+	in         tunnel.Incoming
+	beforeAuth bool
+}
+
+// gateControlStream opens the control stream of p, sends "hello" on it
+// before authentication and checks that the server accepts it and reads
+// the bytes. It returns the client's and the server's end.
+func gateControlStream(ctx context.Context, t *testing.T, p pair) (ctrl, sctrl tunnel.Stream) {
+	t.Helper()
+	ctrl, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctrl.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	in, err := p.server.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req, err := in.Request(time.Now().Add(5 * time.Second)); err != nil || req.Kind != tunnel.KindControl {
+		t.Fatalf("control stream: %+v %v", req, err)
+	}
+	sctrl, _ = in.Accept()
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(sctrl, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("control stream payload before auth: %q %v", buf, err)
+	}
+	return ctrl, sctrl
+}
+
+// gateAfterAuth takes the streams accepted after authentication from acc
+// until the one to n:2 (the late stream), which it answers by echoing its
+// "ping" and returns, still open. The held stream n:1 (TLS only: QUIC
+// reset it) must bring payload intact.
+func gateAfterAuth(t *testing.T, p pair, acc <-chan gateAccepted, payload []byte) tunnel.Stream {
+	t.Helper()
+	for seen := 0; seen < 2; seen++ {
+		a := within(t, acc, 10*time.Second, "a stream accepted after authentication")
+		if a.beforeAuth {
+			t.Fatal("a second stream reached the server before authentication")
+		}
+		req, err := a.in.Request(time.Now().Add(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, _ := a.in.Accept()
+		_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+		if req.Node == "n:1" {
+			if p.transport == "quic" {
+				t.Fatal("quic: the stream reset before authentication was accepted after it")
+			}
+			got := make([]byte, len(payload))
+			if _, err := io.ReadFull(st, got); err != nil || !bytes.Equal(got, payload) {
+				t.Fatalf("held stream after authentication: %v", err)
+			}
+			st.Close()
+			continue
+		}
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(st, b); err != nil || string(b) != "ping" {
+			t.Fatalf("stream after authentication: %q %v", b, err)
+		}
+		_, _ = st.Write(b)
+		return st
+	}
+	t.Fatal("no stream to n:2 among the streams accepted after authentication")
+	return nil
 }
 
 // TestGate_ControlStreamBounded: yamux widens the control stream's window
