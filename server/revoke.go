@@ -248,13 +248,11 @@ func (ss *session) revoke(v *verdict, cancel context.CancelFunc) {
 	ss.log.Warn("access revoked: ending the session", "code", v.code, "streams_cut", n, keyErr, v.err)
 	ss.ctrlMu.Lock()
 	ctrl := ss.ctrl
+	ss.ctrlMu.Unlock()
 	var err error
 	if ctrl != nil {
-		_ = ctrl.SetWriteDeadline(time.Now().Add(revokeLinger))
-		err = control.WriteJSON(ctrl, control.FrameRevoked, &control.Revoked{Code: v.code, Error: v.msg, Hint: revokeHint})
-		_ = ctrl.CloseWrite()
+		err = ctrl.Final(control.FrameRevoked, &control.Revoked{Code: v.code, Error: v.msg, Hint: revokeHint}, revokeLinger)
 	}
-	ss.ctrlMu.Unlock()
 	if ctrl != nil && err == nil {
 		select { // the client closes the session once it has read the frame
 		case <-ss.sess.Done():

@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,7 +22,6 @@ import (
 
 	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/certs"
-	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
@@ -302,13 +300,4 @@ func remoteIP(a net.Addr) net.IP {
 		return nil
 	}
 	return net.ParseIP(host)
-}
-
-// hello decodes a Hello frame.
-func decodeHello(payload []byte) (*control.Hello, error) {
-	var h control.Hello
-	if err := json.Unmarshal(payload, &h); err != nil {
-		return nil, fmt.Errorf("decode hello: %w", err)
-	}
-	return &h, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -18,10 +17,6 @@ import (
 	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/tunnel"
 )
-
-// maxHelloTries bounds the keys one session may try, as OpenSSH's
-// MaxAuthTries does.
-const maxHelloTries = 6
 
 // session is one client session on the gateway.
 type session struct {
@@ -37,22 +32,27 @@ type session struct {
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
 
+	// ctx ends the session's work (cancel); wg holds its goroutines.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	release func() // frees the unauthenticated slot; idempotent
+	isUp    bool   // registered, see up; only the session goroutine touches it
+	limited bool   // refused for its source's failed authentications
+
 	ctrlMu    sync.Mutex // guards the following
-	ctrl      tunnel.Stream
-	gone      bool     // GoAway sent
-	target    string   // the control stream's targets, once allowed, comma-separated
-	targets   []string // the same as a list
-	all       bool     // the Hello asked for every allowed target
-	endResult string   // why the session ended, for the session end line
+	ctrl      *control.Conn
+	ctrlState *ctrlState // what the control loop serves, set by Admit
+	gone      bool       // GoAway sent
+	target    string     // the control stream's targets, once allowed, comma-separated
+	targets   []string   // the same as a list
+	all       bool       // the Hello asked for every allowed target
+	endResult string     // why the session ended, for the session end line
 	endReason string
 	endErr    error // the first transport error that ended it
 
 	countOnce sync.Once
 	counted   []string // label values of cachetun_sessions, once counted
-
-	// ctrlClaimed is set by the first control stream: every later one is
-	// refused, on every transport.
-	ctrlClaimed atomic.Bool
 
 	// judged is the identity as the last judgement found it (nil: ident).
 	// See revoke.go.
@@ -136,244 +136,364 @@ func (ss *session) uncountSession() {
 func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release func()) {
 	defer ts.Close()
 	defer release() // idempotent; authentication releases it sooner
-	ss := &session{srv: s, sess: ts, id: newSessionID(), started: time.Now(),
+	ss := &session{srv: s, sess: ts, id: newSessionID(), started: time.Now(), release: release,
 		streams: streamCount{total: &s.streams},
 		rejudge: make(chan struct{}, 1), judgedOK: make(chan struct{}, 1), live: make(map[*liveStream]struct{})}
 	ss.log = s.log.With(keySession, ss.id, keyTransport, ts.Transport(), keyRemote, ts.RemoteAddr().String())
-	ip := remoteIP(ts.RemoteAddr())
+	ss.ctx, ss.cancel = context.WithCancel(ctx)
+	defer ss.down(ctx) // after the goroutines: the session end line
+	defer ss.wg.Wait()
+	defer ss.cancel()
 
-	var (
-		hello *control.Hello
-		ctrl  tunnel.Stream
-	)
-	if pa, ok := ts.(tunnel.PreAuthenticated); ok {
-		id, _ := pa.AuthInfo().(*auth.Identity)
-		if id == nil {
-			ss.log.Error("transport reported no identity")
-			return
-		}
-		ss.ident = id
-	} else {
-		if limited, msg := s.rateLimited(ip); limited {
-			ss.log.Warn("session refused: "+msg, "auth_failures_per_minute", s.config().Limits.AuthFailuresPerMinute)
-			s.metrics.authFailures.WithLabelValues(string(control.CodeRateLimited)).Inc()
-			ss.refuseRateLimited(ctx, msg)
-			return
-		}
-		var ok bool
-		ctrl, hello, ok = ss.authenticate(ctx, ip)
-		release()
-		if !ok {
-			if ss.ident == nil {
-				// A refused key, a timeout or an end of the connection
-				// before a verified Hello: one failure per session.
-				s.authFailed(ip)
-			}
-			return
-		}
+	check, ok := ss.keyCheck()
+	if !ok {
+		return
 	}
-	if !s.register(ss) {
-		s.metrics.authFailures.WithLabelValues(string(control.CodeSessionLimit)).Inc()
-		if ctrl != nil {
-			ss.refuse(ctrl, &control.Welcome{Code: control.CodeSessionLimit,
-				Error: fmt.Sprintf("key %s already has %d sessions open on this gateway", ss.ident.Fingerprint, s.config().Limits.MaxSessionsPerKey),
-				Hint:  "close other 'cachetun connect' processes using this key, or ask the gateway's operator to raise limits.max_sessions_per_key"})
+	// A session the transport authenticated (SSH) is up before its first
+	// stream: a stock OpenSSH client may never open a control stream.
+	if ss.ident != nil && !ss.up() {
+		return
+	}
+	if !ss.first(check) {
+		if !ss.isUp && !ss.limited {
+			// A refused key, a timeout or an end of the connection
+			// before a verified Hello: one failure per session.
+			s.authFailed(remoteIP(ts.RemoteAddr()))
 		}
 		return
 	}
-	defer s.unregister(ss)
+	ss.acceptStreams()
+}
+
+// keyCheck returns how the session's Hello proves the key: by its
+// signature of the session binding, or (SSH) not at all, because the
+// transport's handshake verified the key and recorded its identity.
+func (ss *session) keyCheck() (control.KeyCheck, bool) {
+	pa, ok := ss.sess.(tunnel.PreAuthenticated)
+	if !ok {
+		return control.Signature(ss.sess.Binding()), true
+	}
+	id, _ := pa.AuthInfo().(*auth.Identity)
+	if id == nil {
+		ss.log.Error("transport reported no identity")
+		return control.KeyCheck{}, false
+	}
+	ss.ident = id
+	return control.TransportVerified(), true
+}
+
+// up starts a session whose key is authorized: only now may the transport
+// serve other streams (tunnel.Gated), the unauthenticated slot is freed,
+// the per-key session limit applies, and its access is judged from now on
+// (watch). It reports whether the session may go on.
+func (ss *session) up() bool {
+	if ss.isUp {
+		return true
+	}
+	if g, ok := ss.sess.(tunnel.Gated); ok {
+		g.Authenticated()
+	}
+	ss.release()
+	if !ss.srv.register(ss) {
+		return false
+	}
+	ss.isUp = true
 	ss.log = ss.log.With(identAttrs(ss.ident)...)
 	ss.log.Info("session start")
-	if hello != nil {
-		ss.countSession(hello.Target)
-	}
-	defer func() {
-		ss.uncountSession()
-		result, reason := ss.ending(ctx)
-		ss.ctrlMu.Lock()
-		target := ss.target
-		ss.ctrlMu.Unlock()
-		ss.log.Info("session end", keyTarget, target, keyResult, result, keyReason, reason,
-			keyDuration, time.Since(ss.started).Round(time.Millisecond),
-			"streams", ss.opened.Load(), "bytes_up", ss.bytesUp.Load(), "bytes_down", ss.bytesDown.Load())
-	}()
+	ss.wg.Go(func() { ss.watch(ss.ctx, ss.cancel) })
+	return true
+}
 
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if ctrl != nil {
-		ss.ctrlClaimed.Store(true)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer ts.Close() // the control stream ending ends the session
-			ss.control(sctx, ctrl, hello)
-		}()
+// down ends a session that was up: the session end line, and the per-key
+// count.
+func (ss *session) down(ctx context.Context) {
+	if !ss.isUp {
+		return
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		ss.watch(sctx, cancel)
-	}()
+	defer ss.srv.unregister(ss)
+	ss.uncountSession()
+	result, reason := ss.ending(ctx)
+	ss.ctrlMu.Lock()
+	target := ss.target
+	ss.ctrlMu.Unlock()
+	ss.log.Info("session end", keyTarget, target, keyResult, result, keyReason, reason,
+		keyDuration, time.Since(ss.started).Round(time.Millisecond),
+		"streams", ss.opened.Load(), "bytes_up", ss.bytesUp.Load(), "bytes_down", ss.bytesDown.Load())
+}
 
-	limit := int64(s.config().Limits.MaxStreamsPerSession)
+// first serves the session's first stream. On every transport that is
+// its control stream, set up by control.Accept; before the session is up
+// (QUIC, TLS) it must be, and it must authenticate within auth_timeout. A
+// session the transport authenticated may have none: a stock OpenSSH
+// client's first stream is a proxied one. It reports whether the session
+// goes on.
+func (ss *session) first(check control.KeyCheck) bool {
+	s := ss.srv
+	deadline := time.Now().Add(s.config().Limits.AuthTimeout)
+	actx := ss.ctx
+	if !ss.isUp {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithDeadline(ss.ctx, deadline)
+		defer cancel()
+	}
+	in, err := ss.sess.AcceptStream(actx)
+	if err != nil {
+		ss.noteEndErr(err)
+		if !ss.isUp {
+			ss.log.Info("session closed before authentication", keyErr, err)
+			s.metrics.authFailures.WithLabelValues("no_hello").Inc()
+		}
+		return false
+	}
+	if ss.isUp { // the Hello is due auth_timeout after the stream
+		deadline = time.Now().Add(s.config().Limits.AuthTimeout)
+	}
+	req, err := in.Request(deadline)
+	switch {
+	case err == nil && req.Kind == tunnel.KindControl:
+		return ss.setUp(in, deadline, check)
+	case ss.isUp: // a stock client: served like the streams that follow
+		return ss.admitStream(in, req, err)
+	case err != nil:
+		ss.log.Warn("bad first stream", keyErr, err)
+		in.Reject(tunnel.StatusBadRequest, "malformed open header")
+	default:
+		ss.log.Warn("first stream is not the control stream: refused before authentication", keyTarget, req.Target, keyNode, req.Node)
+		in.Reject(tunnel.StatusDenied, "authenticate on the control stream first")
+	}
+	ss.linger()
+	return false
+}
+
+// setUp sets the session up on its control stream (control.Accept, with
+// the session as the Gate) and then serves the control stream.
+func (ss *session) setUp(in tunnel.Incoming, deadline time.Time, check control.KeyCheck) bool {
+	st, err := in.Accept()
+	if err != nil {
+		return false
+	}
+	c := control.NewConn(st)
+	ss.ctrlMu.Lock()
+	ss.ctrl = c // from now on a revocation tells the client
+	ss.ctrlMu.Unlock()
+	hello, err := control.Accept(ss.ctx, c, control.Setup{Session: ss.id, Deadline: deadline, Check: check, Gate: ss})
+	var ab *control.AbortedError
+	switch {
+	case errors.As(err, &ab):
+		// A client that gives up after a refusal closes the session
+		// (QUIC: application error 0, TLS and SSH: EOF); that is no
+		// event of its own, the refusal was logged and counted.
+		if !tunnel.ClosedByPeer(ab.Err) {
+			ss.log.Warn("authentication aborted", keyErr, ab.Err)
+		}
+		if ab.Hellos == 0 {
+			ss.srv.metrics.authFailures.WithLabelValues("no_hello").Inc()
+		}
+		return false
+	case err != nil || hello.List: // refused, or the listing was the answer
+		return false
+	}
+	ss.wg.Go(func() {
+		defer ss.sess.Close() // the control stream ending ends the session
+		ss.control(ss.ctx, c, hello)
+		ss.waitRevoke() // a revocation in progress writes its frame first
+	})
+	return true
+}
+
+// acceptStreams serves the streams the client opens until the session
+// ends.
+func (ss *session) acceptStreams() {
 	for {
-		in, err := ts.AcceptStream(sctx)
+		in, err := ss.sess.AcceptStream(ss.ctx)
 		if err != nil {
 			ss.noteEndErr(err)
 			return
 		}
-		// Every stream counts until it is gone, refused ones too (Reject
-		// returns once the transport freed the stream). Over the limit a
-		// stream is refused, and counts while it is; a client that keeps
-		// as many refused streams open as the limit (a cachetun client
-		// closes a refused stream at once) loses the session, so no
-		// number of opens holds more than 2 × max_streams_per_session
-		// streams.
-		n := ss.streams.Add(1)
-		switch {
-		case n > 2*limit:
-			ss.streams.Add(-1)
-			ss.log.Warn("session closed: the client keeps refused streams open", "streams", n-1, "max_streams_per_session", limit)
+		if !ss.admitStream(in, tunnel.OpenRequest{}, errNoRequest) {
 			return
-		case n > limit || ss.revoked.Load():
-			st, msg := tunnel.StatusLimit, fmt.Sprintf("this session already has %d streams open (limits.max_streams_per_session)", limit)
-			if ss.revoked.Load() {
-				st, msg = tunnel.StatusDenied, "access revoked by the gateway"
-			}
-			s.metrics.streamsTotal.WithLabelValues(s.metrics.labels(ss, ts.Transport(), "", statusResult(st))...).Inc()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer ss.streams.Add(-1)
-				in.Reject(st, msg)
-			}()
-			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer ss.streams.Add(-1)
-			ss.serveStream(sctx, in)
-		}()
 	}
 }
 
-// authenticate reads Hello frames on the first stream until one proves a
-// key that authorized_keys accepts and names a target that key may use.
-func (ss *session) authenticate(ctx context.Context, ip net.IP) (tunnel.Stream, *control.Hello, bool) {
+// errNoRequest says that a stream's open header is still to be read.
+var errNoRequest = errors.New("open header not read yet")
+
+// admitStream counts a stream the client opened and serves it, or refuses
+// it over the limit. req and reqErr are its open header if already read
+// (errNoRequest: not yet). It reports whether the session goes on.
+func (ss *session) admitStream(in tunnel.Incoming, req tunnel.OpenRequest, reqErr error) bool {
 	s := ss.srv
-	deadline := time.Now().Add(s.config().Limits.AuthTimeout)
-	actx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	in, err := ss.sess.AcceptStream(actx)
-	if err != nil {
-		ss.log.Info("session closed before authentication", keyErr, err)
-		s.metrics.authFailures.WithLabelValues("no_hello").Inc()
-		return nil, nil, false
+	limit := int64(s.config().Limits.MaxStreamsPerSession)
+	// Every stream counts until it is gone, refused ones too (Reject
+	// returns once the transport freed the stream). Over the limit a
+	// stream is refused, and counts while it is; a client that keeps as
+	// many refused streams open as the limit (a cachetun client closes a
+	// refused stream at once) loses the session, so no number of opens
+	// holds more than 2 × max_streams_per_session streams.
+	n := ss.streams.Add(1)
+	switch {
+	case n > 2*limit:
+		ss.streams.Add(-1)
+		ss.log.Warn("session closed: the client keeps refused streams open", "streams", n-1, "max_streams_per_session", limit)
+		return false
+	case n > limit || ss.revoked.Load():
+		st, msg := tunnel.StatusLimit, fmt.Sprintf("this session already has %d streams open (limits.max_streams_per_session)", limit)
+		if ss.revoked.Load() {
+			st, msg = tunnel.StatusDenied, "access revoked by the gateway"
+		}
+		s.metrics.streamsTotal.WithLabelValues(s.metrics.labels(ss, ss.sess.Transport(), "", statusResult(st))...).Inc()
+		ss.wg.Go(func() {
+			defer ss.streams.Add(-1)
+			in.Reject(st, msg)
+		})
+		return true
 	}
-	req, err := in.Request(deadline)
-	if err != nil {
-		ss.log.Warn("bad first stream", keyErr, err)
-		in.Reject(tunnel.StatusBadRequest, "malformed open header")
-		ss.linger()
-		return nil, nil, false
+	ss.wg.Go(func() {
+		defer ss.streams.Add(-1)
+		ss.serveIncoming(ss.ctx, in, req, reqErr)
+	})
+	return true
+}
+
+// The session is the control.Gate of its set-up: authorized_keys, limits
+// and targets are decided here.
+
+// Begin refuses a source over its failed-authentication budget before its
+// Hello is read.
+func (ss *session) Begin() *control.Refusal {
+	limited, msg := ss.srv.rateLimited(remoteIP(ss.sess.RemoteAddr()))
+	if !limited {
+		return nil
 	}
-	if req.Kind != tunnel.KindControl {
-		ss.log.Warn("first stream is not the control stream: refused before authentication", keyTarget, req.Target, keyNode, req.Node)
-		in.Reject(tunnel.StatusDenied, "authenticate on the control stream first")
-		ss.linger()
-		return nil, nil, false
-	}
-	ctrl, err := in.Accept()
-	if err != nil {
-		return nil, nil, false
-	}
-	ss.ctrl = ctrl
-	_ = ctrl.SetDeadline(deadline)
-	// fail answers a failed attempt; the client may try another key
-	// unless the failure is final.
-	// keyAttrs name the refused key (key_fp) when one was parsed, so that
-	// a log pipeline can group failed logins by key.
-	fail := func(code control.Code, err error, hint string, final bool, keyAttrs ...any) {
-		s.metrics.authFailures.WithLabelValues(string(code)).Inc()
-		ss.log.Warn("authentication failed", append(keyAttrs, "code", code, keyErr, err)...)
-		w := &control.Welcome{Code: code, Error: s.clientAuthError(err), Hint: hint}
-		if final {
-			ss.refuse(ctrl, w)
-		} else {
-			ss.welcome(ctrl, w)
-		}
-	}
-	for try := 0; try < maxHelloTries; try++ {
-		typ, payload, err := control.ReadFrame(ctrl)
-		if err != nil {
-			// A client that gives up after a refusal closes the session
-			// (QUIC: application error 0, TLS and SSH: EOF); that is
-			// no event of its own, the refusal was logged.
-			if !tunnel.ClosedByPeer(err) {
-				ss.log.Warn("authentication aborted", keyErr, err)
-			}
-			// After a refused Hello, that refusal was counted: a
-			// failed login is one failure, not two.
-			if try == 0 {
-				s.metrics.authFailures.WithLabelValues("no_hello").Inc()
-			}
-			ctrl.Abort()
-			return nil, nil, false
-		}
-		if typ != control.FrameHello {
-			fail(control.CodeProtocol, fmt.Errorf("expected hello frame, got type %d", typ), "", true)
-			return nil, nil, false
-		}
-		hello, err := decodeHello(payload)
-		if err != nil {
-			fail(control.CodeProtocol, err, "", true)
-			return nil, nil, false
-		}
-		key, err := ssh.ParsePublicKey(hello.PublicKey)
-		if err != nil {
-			fail(control.CodeBadKey, fmt.Errorf("parse client public key: %w", err), "", true)
-			return nil, nil, false
-		}
-		sig := &ssh.Signature{Format: hello.SigFormat, Blob: hello.SigBlob, Rest: hello.SigRest}
-		if err := auth.VerifyBinding(key, ss.sess.Binding(), sig); err != nil {
-			fail(control.CodeBadSignature, fmt.Errorf("key %s did not prove possession for this session: %w", auth.Fingerprint(key), err), "", true, keyKeyFP, auth.Fingerprint(key))
-			return nil, nil, false
-		}
-		id, err := s.keys.Load().Authorize(key, ip, time.Now())
-		if err != nil {
-			hint := ""
-			switch cert, isCert := key.(*ssh.Certificate); {
-			case isCert && errors.Is(err, auth.ErrUnknownKey):
-				hint = "the certificate's CA " + auth.Fingerprint(cert.SignatureKey) + " is not trusted here: ask the gateway's operator for a certificate from a trusted CA, or to add a cert-authority line for this CA to the gateway's authorized_keys"
-			case isCert && errors.Is(err, auth.ErrKeyRestricted) && errors.Is(err, auth.ErrCertInvalid):
-				// The certificate lacks permit-port-forwarding: its CA,
-				// not the gateway's authorized_keys, can fix that.
-				hint = "ask your certificate authority for a certificate with the permit-port-forwarding extension (ssh-keygen -s CA -O permit-port-forwarding, or without -O clear), or pass -i with another key"
-			case errors.Is(err, auth.ErrUnknownKey):
-				// The hint never names the gateway's files: an unknown
-				// client learns nothing of the host (issue 10, finding 7).
-				hint = "ask the gateway's operator to add your public key to the gateway's authorized_keys: " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
-			}
-			fail(authCode(err), err, hint, false, keyKeyFP, auth.Fingerprint(key))
-			continue
-		}
+	ss.limited = true
+	return &control.Refusal{Code: control.CodeRateLimited, Error: msg, Log: "session refused: " + msg,
+		Hint: "check the key and the gateway address; the gateway counts failed and abandoned authentications per source address (limits.auth_failures_per_minute)"}
+}
+
+// Authorize looks a key that a Hello proved up in authorized_keys.
+func (ss *session) Authorize(key ssh.PublicKey) *control.Refusal {
+	s := ss.srv
+	id, err := s.keys.Load().Authorize(key, remoteIP(ss.sess.RemoteAddr()), time.Now())
+	if err == nil {
 		ss.ident = id
-		if !ss.checkHelloTargets(ctrl, hello) {
-			return nil, nil, false
-		}
-		_ = ctrl.SetDeadline(time.Time{})
-		// Only now may the transport serve other streams: before,
-		// nothing but this control stream is read (tunnel.Gated).
-		if g, ok := ss.sess.(tunnel.Gated); ok {
-			g.Authenticated()
-		}
-		return ctrl, hello, true
+		return nil
 	}
-	fail(control.CodeTooManyTries, fmt.Errorf("too many keys tried (%d)", maxHelloTries), "use -i to pick the key the gateway knows", true)
-	return nil, nil, false
+	hint := ""
+	switch cert, isCert := key.(*ssh.Certificate); {
+	case isCert && errors.Is(err, auth.ErrUnknownKey):
+		hint = "the certificate's CA " + auth.Fingerprint(cert.SignatureKey) + " is not trusted here: ask the gateway's operator for a certificate from a trusted CA, or to add a cert-authority line for this CA to the gateway's authorized_keys"
+	case isCert && errors.Is(err, auth.ErrKeyRestricted) && errors.Is(err, auth.ErrCertInvalid):
+		// The certificate lacks permit-port-forwarding: its CA, not the
+		// gateway's authorized_keys, can fix that.
+		hint = "ask your certificate authority for a certificate with the permit-port-forwarding extension (ssh-keygen -s CA -O permit-port-forwarding, or without -O clear), or pass -i with another key"
+	case errors.Is(err, auth.ErrUnknownKey):
+		// The hint never names the gateway's files: an unknown client
+		// learns nothing of the host (issue 10, finding 7).
+		hint = "ask the gateway's operator to add your public key to the gateway's authorized_keys: " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
+	}
+	return &control.Refusal{Code: authCode(err), Error: s.clientAuthError(err), Hint: hint, Err: err, Key: key}
+}
+
+// Admit decides the session a Hello with an authorized key asks for: its
+// targets, the per-key session limit, permitopen=; it returns the
+// Welcome with the targets' topologies (or the listing).
+func (ss *session) Admit(ctx context.Context, h *control.Hello) (*control.Welcome, *control.Refusal) {
+	s := ss.srv
+	if r := ss.checkHelloTargets(h); r != nil {
+		return nil, r
+	}
+	if !ss.up() {
+		return nil, &control.Refusal{Code: control.CodeSessionLimit, Log: "session limit reached: client told",
+			Error: fmt.Sprintf("key %s already has %d sessions open on this gateway", ss.ident.Fingerprint, s.config().Limits.MaxSessionsPerKey),
+			Hint:  "close other 'cachetun connect' processes using this key, or ask the gateway's operator to raise limits.max_sessions_per_key"}
+	}
+	ss.countSession(h.Target)
+	server := "cachetun " + s.version // only an accepting Welcome names it
+	if h.List {
+		ss.log.Info("target list requested", "client", h.Client)
+		return &control.Welcome{OK: true, Server: server, Allowed: ss.targetList(ctx)}, nil
+	}
+	cs, r := ss.openTargets(ctx, h)
+	if cs == nil {
+		return nil, r
+	}
+	ss.ctrlMu.Lock()
+	ss.ctrlState = cs
+	ss.ctrlMu.Unlock()
+	ss.log.Info("control stream up", keyTarget, strings.Join(cs.names(), ","), "client", h.Client)
+	ss.countSession(cs.ts[0].name) // one label per session: its first target
+	infos := make([]control.TargetInfo, len(cs.ts))
+	for i, t := range cs.ts {
+		infos[i] = t.Info()
+	}
+	return &control.Welcome{OK: true, Server: server, Target: &infos[0], Targets: infos}, nil
+}
+
+// openTargets waits for the first discovery of the Hello's targets, judges
+// permitopen= on their nodes and records them as the session's. No state
+// and no refusal: a judgement took them away meanwhile (it revokes the
+// session).
+func (ss *session) openTargets(ctx context.Context, h *control.Hello) (*ctrlState, *control.Refusal) {
+	s := ss.srv
+	cs := &ctrlState{hello: h, reloaded: s.reloaded()} // before the targets are read: no reload is missed
+	for _, n := range ss.helloTargets(h) {
+		cs.ts = append(cs.ts, s.target(n))
+	}
+	// permitopen= is judged on the discovered nodes, and before the
+	// session's targets are recorded: a judgement (revoke.go) that saw
+	// them would revoke the session before this refusal is sent.
+	waitAllDiscovered(ctx, cs.ts, s.config().Limits.DialTimeout)
+	for _, t := range cs.ts {
+		if msg := permitsTarget(ss.identity(), t); msg != "" {
+			return nil, &control.Refusal{Code: control.CodeTargetDenied, Error: msg, Log: "target denied by permitopen",
+				Err:  fmt.Errorf("target %q: %s", t.name, msg),
+				Hint: "ask the gateway's operator to extend permitopen= on your key's line, or use another target"}
+		}
+	}
+	names := cs.names()
+	ss.ctrlMu.Lock()
+	ss.target = strings.Join(names, ",")
+	ss.targets = names
+	ss.all = h.All
+	ss.ctrlMu.Unlock()
+	// A judgement since the checks above did not know the targets yet.
+	for _, t := range cs.ts {
+		if id := ss.identity(); !id.Allows(t.name) || permitsTarget(id, t) != "" {
+			return nil, nil
+		}
+	}
+	cs.from = make([]<-chan struct{}, len(cs.ts))
+	for i, t := range cs.ts {
+		cs.from[i] = t.Changed() // before the Welcome's topologies are read
+	}
+	return cs, nil
+}
+
+// Refused logs and counts a refusal of the set-up.
+func (ss *session) Refused(r *control.Refusal) {
+	ss.srv.metrics.authFailures.WithLabelValues(string(r.Code)).Inc()
+	if ss.isUp {
+		ss.setEnd("refused", string(r.Code))
+	}
+	msg, err := r.Log, r.Err
+	if msg == "" {
+		msg = "authentication failed"
+	}
+	if err == nil {
+		err = errors.New(r.Error)
+	}
+	attrs := []any{"code", r.Code, keyErr, err}
+	switch {
+	case ss.isUp: // ss.log names the identity
+	case ss.ident != nil:
+		attrs = append(identAttrs(ss.ident), attrs...)
+	case r.Key != nil:
+		// The refused key, so that a log pipeline can group failed
+		// logins by key.
+		attrs = append([]any{keyKeyFP, auth.Fingerprint(r.Key)}, attrs...)
+	}
+	ss.log.Warn(msg, attrs...)
 }
 
 func authCode(err error) control.Code {
@@ -405,44 +525,6 @@ func (ss *session) allowedTargets() string {
 	return fmt.Sprint(out)
 }
 
-// refuseRateLimited tells a client over its failed-authentication budget
-// why, and when to retry, on its control stream: a refusing Welcome with
-// code control.CodeRateLimited, written without reading its Hello.
-func (ss *session) refuseRateLimited(ctx context.Context, msg string) {
-	actx, cancel := context.WithTimeout(ctx, ss.srv.config().Limits.AuthTimeout)
-	defer cancel()
-	in, err := ss.sess.AcceptStream(actx)
-	if err != nil {
-		return
-	}
-	if _, err := in.Request(time.Now().Add(ss.srv.config().Limits.AuthTimeout)); err != nil {
-		in.Reject(tunnel.StatusBadRequest, "malformed open header")
-		return
-	}
-	ctrl, err := in.Accept()
-	if err != nil {
-		return
-	}
-	defer ctrl.Abort()
-	ss.refuse(ctrl, &control.Welcome{Code: control.CodeRateLimited, Error: msg,
-		Hint: "check the key and the gateway address; the gateway counts failed and abandoned authentications per source address (limits.auth_failures_per_minute)"})
-}
-
-// refuse writes a refusing Welcome and gives the client a moment to read
-// it before the session closes (closing a QUIC connection discards data in
-// flight).
-func (ss *session) refuse(ctrl tunnel.Stream, w *control.Welcome) {
-	ss.welcome(ctrl, w)
-	// Under ctrlMu, as every write is: x/crypto/ssh's channel CloseWrite
-	// and Write share unguarded state, and a GoAway may be on its way.
-	ss.ctrlMu.Lock()
-	ss.gone = true
-	_ = ctrl.CloseWrite()
-	ss.ctrlMu.Unlock()
-	_ = ctrl.SetReadDeadline(time.Now().Add(2 * time.Second))
-	_, _ = io.Copy(io.Discard, io.LimitReader(ctrl, 64<<10))
-}
-
 // linger gives the client up to two seconds to read a refusal and close
 // the session itself: closing a QUIC connection discards data in flight.
 func (ss *session) linger() {
@@ -452,115 +534,61 @@ func (ss *session) linger() {
 	}
 }
 
-// welcome writes a Welcome frame on ctrl. Only an accepting Welcome names
-// the gateway's version: a client that has not authenticated learns none.
-func (ss *session) welcome(ctrl tunnel.Stream, w *control.Welcome) {
-	if w.OK {
-		w.Server = "cachetun " + ss.srv.version
-	}
-	w.Session = ss.id
-	ss.ctrlMu.Lock()
-	defer ss.ctrlMu.Unlock()
-	_ = ctrl.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_ = control.WriteJSON(ctrl, control.FrameWelcome, w)
-	_ = ctrl.SetWriteDeadline(time.Time{})
-}
+// ctrlState is what the control loop serves: the session's targets and
+// the change channels taken before their topologies went out.
+type ctrlState struct {
+	hello    *control.Hello
+	ts       []*target
+	from     []<-chan struct{}
+	reloaded <-chan struct{}
 
-// control serves the control stream after authentication: Welcome, then
-// topology pushes, pings and refresh requests.
-func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *control.Hello) {
-	s := ss.srv
-	defer ctrl.Close()
-	ss.ctrlMu.Lock()
-	ss.ctrl = ctrl
-	ss.ctrlMu.Unlock()
-	// Only on SSH, where the control channel comes after transport auth,
-	// are the targets checked here first.
-	if !ss.checkHelloTargets(ctrl, hello) {
-		return
-	}
-	if hello.List {
-		ss.log.Info("target list requested", "client", hello.Client)
-		ss.refuse(ctrl, &control.Welcome{OK: true, Allowed: ss.targetList(ctx)})
-		return
-	}
-	reloaded := s.reloaded() // before the targets are read: no reload is missed
-	names := ss.helloTargets(hello)
-	ts := make([]*target, len(names))
-	for i, n := range names {
-		ts[i] = s.target(n)
-	}
-	// permitopen= is judged on the discovered nodes, and before the
-	// session's targets are recorded: a judgement (revoke.go) that saw
-	// them would revoke the session before this refusal is sent.
-	waitAllDiscovered(ctx, ts, s.config().Limits.DialTimeout)
-	for _, t := range ts {
-		if msg := permitsTarget(ss.identity(), t); msg != "" {
-			ss.log.Warn("target denied by permitopen", append(identAttrs(ss.ident), keyTarget, t.name, "reason", msg)...)
-			s.metrics.authFailures.WithLabelValues(string(control.CodeTargetDenied)).Inc()
-			ss.refuse(ctrl, &control.Welcome{Code: control.CodeTargetDenied, Error: msg,
-				Hint: "ask the gateway's operator to extend permitopen= on your key's line, or use another target"})
-			return
-		}
-	}
-	ss.ctrlMu.Lock()
-	ss.target = strings.Join(names, ",")
-	ss.targets = names
-	ss.all = hello.All
-	ss.ctrlMu.Unlock()
-	// A judgement since the checks above did not know the targets yet.
-	for _, t := range ts {
-		if id := ss.identity(); !id.Allows(t.name) || permitsTarget(id, t) != "" {
-			return
-		}
-	}
-	ss.log.Info("control stream up", keyTarget, ss.target, "client", hello.Client)
-	ss.countSession(ts[0].name) // one label per session: its first target
-	from := make([]<-chan struct{}, len(ts))
-	infos := make([]control.TargetInfo, len(ts))
-	for i, t := range ts {
-		from[i] = t.Changed()
-		infos[i] = t.Info()
-	}
-	ss.welcome(ctrl, &control.Welcome{OK: true, Target: &infos[0], Targets: infos})
-	var (
-		wctx    context.Context
-		wcancel context.CancelFunc
-		wwg     sync.WaitGroup
-		changed <-chan *target
-		retired <-chan int
-	)
-	watch := func() {
-		wctx, wcancel = context.WithCancel(ctx)
-		changed = watchTargets(wctx, &wwg, ts, from)
-		retired = watchRetired(wctx, &wwg, ts)
-	}
-	watch()
-	defer func() {
-		wcancel()
-		wwg.Wait()
-	}()
+	wctx    context.Context
+	wcancel context.CancelFunc
+	wwg     sync.WaitGroup
+	changed <-chan *target
+	retired <-chan int
 	// dropped are the targets the client was told it lost (see
 	// dropTargets); nothing more about them is sent.
-	dropped := make(map[string]bool)
-	sendTopologies := func() error {
-		for _, t := range ts {
-			if dropped[t.name] {
-				continue
-			}
-			info := t.Info()
-			if err := ss.writeFrame(control.FrameTopology, &info); err != nil {
-				return err
-			}
-		}
-		return nil
+	dropped map[string]bool
+}
+
+func (cs *ctrlState) names() []string {
+	out := make([]string, len(cs.ts)) // a new slice: ss.targets holds the old one
+	for i, t := range cs.ts {
+		out[i] = t.name
 	}
+	return out
+}
+
+// watch starts the watchers of the targets' topologies and retirement.
+func (cs *ctrlState) watch(ctx context.Context) {
+	cs.wctx, cs.wcancel = context.WithCancel(ctx)
+	cs.changed = watchTargets(cs.wctx, &cs.wwg, cs.ts, cs.from)
+	cs.retired = watchRetired(cs.wctx, &cs.wwg, cs.ts)
+}
+
+func (cs *ctrlState) stopWatch() {
+	cs.wcancel()
+	cs.wwg.Wait()
+}
+
+// control serves the control stream after the Welcome: topology pushes,
+// pings and refresh requests, until the stream or the session ends.
+func (ss *session) control(ctx context.Context, c *control.Conn, hello *control.Hello) {
+	ctrl := c.Stream()
+	defer ctrl.Close()
+	ss.ctrlMu.Lock()
+	cs := ss.ctrlState
+	ss.ctrlMu.Unlock()
+	cs.dropped = make(map[string]bool)
+	cs.watch(ctx)
+	defer cs.stopWatch()
 
 	frames := make(chan frame)
 	go func() {
 		defer close(frames)
 		for {
-			typ, payload, err := control.ReadFrame(ctrl)
+			typ, payload, err := c.Read()
 			if err != nil {
 				ss.noteEndErr(err)
 				return
@@ -583,109 +611,129 @@ func (ss *session) control(ctx context.Context, ctrl tunnel.Stream, hello *contr
 		for range frames { // let the reader end
 		}
 	}()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-ss.judgedOK:
-			if err := ss.dropTargets(ts, dropped); err != nil {
-				return
-			}
-		case t := <-changed:
-			if dropped[t.name] {
-				continue
-			}
-			info := t.Info()
-			if err := ss.writeFrame(control.FrameTopology, &info); err != nil {
-				return
-			}
-		case <-reloaded:
-			// A session that asked for every target gets those a reload
-			// added (the client opens their ports), and drops those it
-			// removed.
-			reloaded = s.reloaded()
-			if !hello.All {
-				continue
-			}
-			var added []*target
-			have := make(map[string]bool, len(ts))
-			for _, t := range ts {
-				have[t.name] = true
-			}
-			for _, n := range ss.helloTargets(hello) {
-				if !have[n] {
-					if t := s.target(n); t != nil {
-						added = append(added, t)
-					}
-				}
-			}
-			if len(added) == 0 {
-				continue
-			}
-			wcancel()
-			wwg.Wait()
-			waitAllDiscovered(ctx, added, s.config().Limits.DialTimeout)
-			ts = append(ts, added...)
-			from = make([]<-chan struct{}, len(ts))
-			names = make([]string, len(ts)) // new slices: ss.targets holds the old one
-			for i, t := range ts {
-				from[i] = t.Changed()
-				names[i] = t.name
-			}
-			ss.ctrlMu.Lock()
-			ss.target = strings.Join(names, ",")
-			ss.targets = names
-			ss.ctrlMu.Unlock()
-			watch()
-			if err := sendTopologies(); err != nil {
-				return
-			}
-			for _, t := range added {
-				ss.log.Info("target added by a reload: topology sent", keyTarget, t.name, "nodes", len(t.Info().Nodes))
-			}
-		case i := <-retired:
-			// A reload replaced a target (new settings under the same
-			// name): follow the new one. One it removed stays in ts,
-			// unserved: the judgement after every reload (revoke.go)
-			// ends the session if none of its targets is left.
-			nt := s.target(ts[i].name)
-			if nt == nil {
-				ss.log.Warn("target removed by a reload: its streams are closed", keyTarget, ts[i].name)
-				if err := ss.dropTargets(ts, dropped); err != nil {
-					return
-				}
-				continue
-			}
-			wcancel()
-			wwg.Wait()
-			ts[i] = nt
-			waitAllDiscovered(ctx, []*target{nt}, s.config().Limits.DialTimeout)
-			for j, t := range ts {
-				from[j] = t.Changed()
-			}
-			watch()
-			// Every topology again: a change while the watchers were
-			// down is not lost.
-			if err := sendTopologies(); err != nil {
-				return
-			}
-			ss.log.Info("target changed by a reload: new topology sent", keyTarget, nt.name, "nodes", len(nt.Info().Nodes))
-		case f, ok := <-frames:
-			if !ok {
-				return
-			}
-			switch f.typ {
-			case control.FramePing:
-				if err := ss.writeFrame(control.FramePong, nil); err != nil {
-					return
-				}
-			case control.FrameRefresh:
-				refreshTarget(ts, f.payload).requestRefresh()
-			default:
-				ss.log.Warn("unexpected control frame", "type", f.typ)
+	for ss.controlStep(ctx, cs, frames) == nil {
+	}
+}
+
+// errControlDone ends the control loop without a write failing.
+var errControlDone = errors.New("control stream done")
+
+// controlStep waits for one event of the control loop and handles it.
+func (ss *session) controlStep(ctx context.Context, cs *ctrlState, frames <-chan frame) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-ss.judgedOK:
+		return ss.dropTargets(cs.ts, cs.dropped)
+	case t := <-cs.changed:
+		if cs.dropped[t.name] {
+			return nil
+		}
+		info := t.Info()
+		return ss.writeFrame(control.FrameTopology, &info)
+	case <-cs.reloaded:
+		cs.reloaded = ss.srv.reloaded()
+		return ss.addReloaded(ctx, cs)
+	case i := <-cs.retired:
+		return ss.followRetired(ctx, cs, i)
+	case f, ok := <-frames:
+		if !ok {
+			return errControlDone
+		}
+		switch f.typ {
+		case control.FramePing:
+			return ss.writeFrame(control.FramePong, nil)
+		case control.FrameRefresh:
+			refreshTarget(cs.ts, f.payload).requestRefresh()
+		default:
+			ss.log.Warn("unexpected control frame", "type", f.typ)
+		}
+	}
+	return nil
+}
+
+// sendTopologies sends the topology of every target not dropped.
+func (ss *session) sendTopologies(cs *ctrlState) error {
+	for _, t := range cs.ts {
+		if cs.dropped[t.name] {
+			continue
+		}
+		info := t.Info()
+		if err := ss.writeFrame(control.FrameTopology, &info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addReloaded gives a session that asked for every target those a reload
+// added (the client opens their ports); dropTargets drops those it removed.
+func (ss *session) addReloaded(ctx context.Context, cs *ctrlState) error {
+	s := ss.srv
+	if !cs.hello.All {
+		return nil
+	}
+	var added []*target
+	have := make(map[string]bool, len(cs.ts))
+	for _, t := range cs.ts {
+		have[t.name] = true
+	}
+	for _, n := range ss.helloTargets(cs.hello) {
+		if !have[n] {
+			if t := s.target(n); t != nil {
+				added = append(added, t)
 			}
 		}
 	}
+	if len(added) == 0 {
+		return nil
+	}
+	cs.stopWatch()
+	waitAllDiscovered(ctx, added, s.config().Limits.DialTimeout)
+	cs.ts = append(cs.ts, added...)
+	cs.from = make([]<-chan struct{}, len(cs.ts))
+	for i, t := range cs.ts {
+		cs.from[i] = t.Changed()
+	}
+	names := cs.names()
+	ss.ctrlMu.Lock()
+	ss.target = strings.Join(names, ",")
+	ss.targets = names
+	ss.ctrlMu.Unlock()
+	cs.watch(ctx)
+	if err := ss.sendTopologies(cs); err != nil {
+		return err
+	}
+	for _, t := range added {
+		ss.log.Info("target added by a reload: topology sent", keyTarget, t.name, "nodes", len(t.Info().Nodes))
+	}
+	return nil
+}
+
+// followRetired follows a target that a reload replaced (new settings
+// under the same name). One it removed stays in ts, unserved: the
+// judgement after every reload (revoke.go) ends the session if none of
+// its targets is left.
+func (ss *session) followRetired(ctx context.Context, cs *ctrlState, i int) error {
+	nt := ss.srv.target(cs.ts[i].name)
+	if nt == nil {
+		ss.log.Warn("target removed by a reload: its streams are closed", keyTarget, cs.ts[i].name)
+		return ss.dropTargets(cs.ts, cs.dropped)
+	}
+	cs.stopWatch()
+	cs.ts[i] = nt
+	waitAllDiscovered(ctx, []*target{nt}, ss.srv.config().Limits.DialTimeout)
+	for j, t := range cs.ts {
+		cs.from[j] = t.Changed()
+	}
+	cs.watch(ctx)
+	// Every topology again: a change while the watchers were down is not
+	// lost.
+	if err := ss.sendTopologies(cs); err != nil {
+		return err
+	}
+	ss.log.Info("target changed by a reload: new topology sent", keyTarget, nt.name, "nodes", len(nt.Info().Nodes))
+	return nil
 }
 
 // dropTargets tells the client of every target of ts, not yet in
@@ -736,16 +784,15 @@ type frame struct {
 
 func (ss *session) writeFrame(typ control.FrameType, v any) error {
 	ss.ctrlMu.Lock()
-	defer ss.ctrlMu.Unlock()
-	if ss.ctrl == nil {
+	c := ss.ctrl
+	ss.ctrlMu.Unlock()
+	if c == nil {
 		return tunnel.ErrSessionClosed
 	}
-	_ = ss.ctrl.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	defer ss.ctrl.SetWriteDeadline(time.Time{})
 	if v == nil {
-		return control.WriteFrame(ss.ctrl, typ, nil)
+		return c.Write(typ, nil, 10*time.Second)
 	}
-	return control.WriteJSON(ss.ctrl, typ, v)
+	return c.Write(typ, v, 10*time.Second)
 }
 
 // goAway tells the client that the gateway drains.
@@ -761,47 +808,30 @@ func (ss *session) goAway() {
 	_ = ss.writeFrame(control.FrameGoAway, nil)
 }
 
-// serveStream authorises one stream, dials its node and relays.
-func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming) {
-	s := ss.srv
-	start := time.Now()
-	req, err := in.Request(time.Now().Add(s.config().Limits.HandshakeTimeout))
-	if err != nil {
-		ss.log.Warn("stream refused: malformed open header", keyErr, err)
+// serveIncoming reads the open header of a stream after the first, unless
+// read already (reqErr is not errNoRequest), and serves it. A session's
+// control stream is its first stream: a later one is refused.
+func (ss *session) serveIncoming(ctx context.Context, in tunnel.Incoming, req tunnel.OpenRequest, reqErr error) {
+	if errors.Is(reqErr, errNoRequest) {
+		req, reqErr = in.Request(time.Now().Add(ss.srv.config().Limits.HandshakeTimeout))
+	}
+	if reqErr != nil {
+		ss.log.Warn("stream refused: malformed open header", keyErr, reqErr)
 		in.Reject(tunnel.StatusBadRequest, "malformed open header")
 		return
 	}
 	if req.Kind == tunnel.KindControl {
-		// One control stream per session: the first claims it, on SSH
-		// where several channels may open at once too.
-		if !ss.ctrlClaimed.CompareAndSwap(false, true) {
-			ss.log.Warn("second control stream refused")
-			in.Reject(tunnel.StatusBadRequest, "this session already has a control stream")
-			return
-		}
-		ctrl, err := in.Accept()
-		if err != nil {
-			return
-		}
-		_ = ctrl.SetReadDeadline(time.Now().Add(s.config().Limits.AuthTimeout))
-		typ, payload, err := control.ReadFrame(ctrl)
-		_ = ctrl.SetReadDeadline(time.Time{})
-		if err != nil || typ != control.FrameHello {
-			ctrl.Abort()
-			return
-		}
-		hello, err := decodeHello(payload)
-		if err != nil {
-			ctrl.Abort()
-			return
-		}
-		ss.streams.Add(-1) // the control stream is not a proxied stream
-		defer ss.streams.Add(1)
-		ss.control(ctx, ctrl, hello)
-		ss.waitRevoke() // a revocation in progress writes its frame first
-		ss.sess.Close()
+		ss.log.Warn("second control stream refused")
+		in.Reject(tunnel.StatusBadRequest, "this session already has a control stream, or has none: a control stream is a session's first stream")
 		return
 	}
+	ss.serveStream(ctx, in, req)
+}
+
+// serveStream authorises one stream, dials its node and relays.
+func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunnel.OpenRequest) {
+	s := ss.srv
+	start := time.Now()
 	select {
 	case <-s.draining:
 		in.Reject(tunnel.StatusShutdown, "the gateway is shutting down: reconnect")

@@ -55,7 +55,7 @@ func (s *Server) listenSSH(addr string) (tunnel.Listener, error) {
 
 func (s *Server) sshServerConfig() (*ssh.ServerConfig, error) {
 	conf := &ssh.ServerConfig{
-		MaxAuthTries:              maxHelloTries,
+		MaxAuthTries:              control.MaxHelloTries,
 		PublicKeyCallback:         s.sshOfferedKey,
 		VerifiedPublicKeyCallback: s.sshVerifiedKey,
 		// No SHA-1 (ssh-rsa) nor DSA signatures, as on the other transports.

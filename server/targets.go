@@ -12,7 +12,6 @@ import (
 
 	"github.com/cachetun/cachetun/auth"
 	"github.com/cachetun/cachetun/control"
-	"github.com/cachetun/cachetun/tunnel"
 )
 
 // helloTargets returns the target names a Hello asks for: every allowed
@@ -50,45 +49,33 @@ func (ss *session) helloTargets(h *control.Hello) []string {
 
 // checkHelloTargets refuses a Hello that names a target that does not
 // exist or that the key may not use, or more than control.MaxHelloTargets
-// targets. It reports whether the Hello may go on.
-func (ss *session) checkHelloTargets(ctrl tunnel.Stream, h *control.Hello) bool {
+// targets: it returns the refusal, or nil.
+func (ss *session) checkHelloTargets(h *control.Hello) *control.Refusal {
 	s := ss.srv
 	if len(h.Targets) > control.MaxHelloTargets {
-		ss.log.Warn("too many targets requested", "targets", len(h.Targets))
-		ss.refuse(ctrl, &control.Welcome{Code: control.CodeProtocol,
+		return &control.Refusal{Code: control.CodeProtocol, Log: "too many targets requested",
 			Error: fmt.Sprintf("hello names %d targets, at most %d are allowed", len(h.Targets), control.MaxHelloTargets),
-			Hint:  "connect fewer targets per process"})
-		return false
+			Hint:  "connect fewer targets per process"}
 	}
 	names := ss.helloTargets(h)
 	if h.All && len(names) == 0 {
-		ss.log.Warn("all targets requested, but the key may use none")
-		ss.refuse(ctrl, &control.Welcome{Code: control.CodeTargetDenied,
+		return &control.Refusal{Code: control.CodeTargetDenied, Log: "all targets requested, but the key may use none",
 			Error: fmt.Sprintf("key %s may use no target on this gateway", ss.ident.Fingerprint),
-			Hint:  "ask the operator to extend targets= in authorized_keys"})
-		return false
+			Hint:  "ask the operator to extend targets= in authorized_keys"}
 	}
 	for _, name := range names {
 		if s.target(name) == nil {
-			ss.setEnd("refused", string(control.CodeUnknownTarget))
-			ss.log.Warn("unknown target requested", keyTarget, name)
-			s.metrics.authFailures.WithLabelValues(string(control.CodeUnknownTarget)).Inc()
-			ss.refuse(ctrl, &control.Welcome{Code: control.CodeUnknownTarget,
+			return &control.Refusal{Code: control.CodeUnknownTarget, Log: "unknown target requested",
 				Error: fmt.Sprintf("target %q is not configured on this gateway", name),
-				Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()})
-			return false
+				Hint:  "check the target name; targets your key may use: " + ss.allowedTargets()}
 		}
 		if !ss.identity().Allows(name) {
-			ss.setEnd("refused", string(control.CodeTargetDenied))
-			ss.log.Warn("target denied", append(identAttrs(ss.ident), keyTarget, name)...)
-			s.metrics.authFailures.WithLabelValues(string(control.CodeTargetDenied)).Inc()
-			ss.refuse(ctrl, &control.Welcome{Code: control.CodeTargetDenied,
+			return &control.Refusal{Code: control.CodeTargetDenied, Log: "target denied",
 				Error: fmt.Sprintf("key %s may not use target %q", ss.ident.Fingerprint, name),
-				Hint:  "targets your key may use: " + ss.allowedTargets() + "; or ask the operator to extend targets= in authorized_keys"})
-			return false
+				Hint:  "targets your key may use: " + ss.allowedTargets() + "; or ask the operator to extend targets= in authorized_keys"}
 		}
 	}
-	return true
+	return nil
 }
 
 // targetList answers a List Hello: the targets the key may use, with

@@ -1,6 +1,10 @@
 package server
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/cachetun/cachetun/control"
+)
 
 // FuzzHelloTargets: any Hello payload decodes or fails cleanly, asks for
 // no target twice and never more than it names; any Refresh payload picks
@@ -25,7 +29,7 @@ func FuzzHelloTargets(f *testing.F) {
 		if got := refreshTarget(ts, payload); got != ts[0] && got != ts[1] {
 			t.Fatalf("refreshTarget picked %v", got)
 		}
-		h, err := decodeHello(payload)
+		h, err := control.DecodeHello(payload)
 		if err != nil {
 			return
 		}
