@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -77,9 +76,9 @@ func fallbackWorthy(err error) bool {
 func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn, *control.Welcome, error) {
 	dctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
 	defer cancel()
-	port := DefaultPort
-	if transport == TransportSSH {
-		port = DefaultSSHPort
+	port, open := c.transportDialer(transport)
+	if open == nil {
+		return nil, nil, fmt.Errorf("unknown transport %q", transport)
 	}
 	addr := hostPortDefault(server, port)
 	var (
@@ -102,33 +101,12 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 		}
 		return err
 	}
-	var (
-		sess tunnel.Session
-		err  error
-	)
-	switch transport {
-	case TransportQUIC:
-		qc := tunnel.DefaultQUICConfig()
-		qc.LocalAddr = c.opts.LocalAddr
-		// Probed over TCP on the same port: what answers there tells a
-		// wrong port (ssh, a cache) from UDP that is blocked. Within auto's
-		// fallback window (QUICFallback) the probe never fires.
-		sess, err = dialWatched(dctx, transport, addr, !c.reconnecting.Load(), func(ctx context.Context) (tunnel.Session, error) {
-			return tunnel.DialQUIC(ctx, addr, certs.ClientTLSConfig(verify), qc)
-		})
-	case TransportTLS:
-		tc := tunnel.DefaultTLSConfig()
-		tc.LocalAddr = c.opts.LocalAddr
-		sess, err = dialWatched(dctx, transport, addr, !c.reconnecting.Load(), func(ctx context.Context) (tunnel.Session, error) {
-			return tunnel.DialTLS(ctx, addr, certs.ClientTLSConfig(verify), tc)
-		})
-	case TransportSSH:
-		sess, err = dialWatched(dctx, transport, addr, !c.reconnecting.Load(), func(ctx context.Context) (tunnel.Session, error) {
-			return c.dialSSH(ctx, addr, verify)
-		})
-	default:
-		return nil, nil, fmt.Errorf("unknown transport %q", transport)
-	}
+	// Probed over TCP on the same port: what answers there tells a wrong
+	// port (ssh, a cache) from UDP that is blocked. Within auto's fallback
+	// window (QUICFallback) the probe never fires.
+	sess, err := dialWatched(dctx, transport, addr, !c.reconnecting.Load(), func(ctx context.Context) (tunnel.Session, error) {
+		return open(ctx, addr, verify)
+	})
 	if err != nil {
 		hostMu.Lock()
 		seen := hostSeen
@@ -148,6 +126,32 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 	}()
 	cn.ctx = ctx2
 	return cn, w, nil
+}
+
+// sessionDialer opens a transport's session to addr; verify checks the
+// gateway's host key.
+type sessionDialer func(ctx context.Context, addr string, verify func(ssh.PublicKey) error) (tunnel.Session, error)
+
+// transportDialer returns a transport's default port and its dialer (nil:
+// no such transport).
+func (c *Client) transportDialer(transport string) (string, sessionDialer) {
+	switch transport {
+	case TransportQUIC:
+		return DefaultPort, func(ctx context.Context, addr string, verify func(ssh.PublicKey) error) (tunnel.Session, error) {
+			qc := tunnel.DefaultQUICConfig()
+			qc.LocalAddr = c.opts.LocalAddr
+			return tunnel.DialQUIC(ctx, addr, certs.ClientTLSConfig(verify), qc)
+		}
+	case TransportTLS:
+		return DefaultPort, func(ctx context.Context, addr string, verify func(ssh.PublicKey) error) (tunnel.Session, error) {
+			tc := tunnel.DefaultTLSConfig()
+			tc.LocalAddr = c.opts.LocalAddr
+			return tunnel.DialTLS(ctx, addr, certs.ClientTLSConfig(verify), tc)
+		}
+	case TransportSSH:
+		return DefaultSSHPort, c.dialSSH
+	}
+	return "", nil
 }
 
 func hostKeyHint(err error) string {
@@ -187,23 +191,12 @@ func (c *Client) checkHostKey(addr string, k ssh.PublicKey) error {
 	return nil
 }
 
-// maxHelloTries is the gateway's bound on the keys one session may try
-// (server.maxHelloTries, like OpenSSH's MaxAuthTries).
-const maxHelloTries = 6
-
 // refusal is one key the gateway said no to.
-type refusal struct {
-	key  string // where the key came from, with its fingerprint
-	code control.Code
-	msg  string
-	hint string
-}
+type refusal = control.KeyRefused
 
-// authenticate opens the control stream and proves a key by signing the
-// session binding, trying each key until the gateway accepts one. A key
-// refused for itself (unknown, expired, wrong source address, invalid
-// certificate) moves on to the next, as OpenSSH does; a refusal that is
-// not about the key (unknown target, target denied) ends at once.
+// authenticate opens the control stream and sets the session up on it
+// (control.Authenticate): each key in turn proves itself by signing the
+// session binding, unless the transport authenticated it already.
 func (c *Client) authenticate(ctx context.Context, cn *conn) (*control.Welcome, error) {
 	ctrl, err := cn.sess.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: c.opts.Target})
 	if err != nil {
@@ -214,72 +207,33 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*control.Welcome, 
 		_ = ctrl.SetDeadline(dl)
 		defer ctrl.SetDeadline(time.Time{})
 	}
-	hello := c.hello()
-	signers, names := c.signers, c.keys.names
-	if cn.sess.Transport() == TransportSSH {
-		// The SSH handshake authenticated the key.
-		signers, names = []ssh.Signer{nil}, []string{""}
+	keys := make([]control.Key, len(c.signers))
+	for i, s := range c.signers {
+		keys[i] = control.Key{Name: c.keys.names[i], Signer: s}
 	}
+	w, err := control.Authenticate(ctrl, cn.sess, c.hello(), keys, c.log)
 	var (
-		refused  []refusal
-		unusable []string // keys that could not sign
+		se *tunnel.StatusError
+		rv *control.RevokedError
+		sr *control.SessionRefusedError
+		kr *control.KeysRefusedError
 	)
-	for i, s := range signers {
-		if len(refused) == maxHelloTries {
-			unusable = append(unusable, fmt.Sprintf("%d more keys not tried: the gateway allows %d per connection", len(signers)-i, maxHelloTries))
-			break
-		}
-		if s != nil {
-			sig, err := auth.SignBinding(s, cn.sess.Binding())
-			if err != nil {
-				c.log.Warn("sign with key", "key", names[i], "err", err)
-				unusable = append(unusable, names[i]+": "+err.Error())
-				continue
-			}
-			hello.PublicKey = s.PublicKey().Marshal()
-			hello.SigFormat, hello.SigBlob, hello.SigRest = sig.Format, sig.Blob, sig.Rest
-		}
-		if err := control.WriteJSON(ctrl, control.FrameHello, &hello); err != nil {
-			if len(refused) > 0 {
-				break // the gateway closed the session after a refusal
-			}
-			return nil, fmt.Errorf("send hello: %w", err)
-		}
-		typ, payload, err := control.ReadServerFrame(ctrl)
-		if err != nil {
-			var se *tunnel.StatusError
-			if errors.As(err, &se) {
-				return nil, &control.Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, se.Message)}
-			}
-			if len(refused) > 0 {
-				break // the gateway closed the session after a refusal
-			}
-			return nil, fmt.Errorf("read welcome: %w", err)
-		}
-		if typ == control.FrameRevoked { // a judgement raced the welcome
-			return nil, revokedError(payload)
-		}
-		if typ != control.FrameWelcome {
-			return nil, fmt.Errorf("read welcome: unexpected frame type %d", typ)
-		}
-		var w control.Welcome
-		if err := json.Unmarshal(payload, &w); err != nil {
-			return nil, fmt.Errorf("decode welcome: %w", err)
-		}
-		if w.OK && (w.Target != nil || c.opts.List) {
-			return &w, nil
-		}
-		if !w.Code.KeyRefusal() {
-			return nil, sessionRefusal(&w)
-		}
-		c.log.Debug("key refused: trying the next one", "key", names[i], "code", w.Code, "err", w.Error)
-		refused = append(refused, refusal{key: names[i], code: w.Code, msg: w.Error, hint: w.Hint})
-	}
-	if len(refused) == 0 {
-		return nil, &control.Error{Err: fmt.Errorf("%w: no key could sign: %s", ErrNoKey, strings.Join(unusable, "; ")),
+	switch {
+	case err == nil:
+		return w, nil
+	case errors.As(err, &se):
+		return nil, &control.Error{Err: fmt.Errorf("%w: %s", ErrAuthFailed, se.Message)}
+	case errors.As(err, &rv): // a judgement raced the welcome
+		return nil, revokedError(rv.Payload)
+	case errors.As(err, &sr):
+		return nil, sessionRefusal(sr.Welcome)
+	case errors.As(err, &kr) && len(kr.Refused) == 0:
+		return nil, &control.Error{Err: fmt.Errorf("%w: no key could sign: %s", ErrNoKey, strings.Join(kr.Unusable, "; ")),
 			Hint: "pass -i with an unencrypted ed25519 key, or add the key to ssh-agent"}
+	case errors.As(err, &kr):
+		return nil, keysRefused(kr.Refused, kr.Unusable)
 	}
-	return nil, keysRefused(refused, unusable)
+	return nil, err
 }
 
 // Errors of a refusal that is about the session, not the key.
@@ -312,17 +266,17 @@ func sessionRefusal(w *control.Welcome) error {
 func keysRefused(refused []refusal, unusable []string) error {
 	var tried []string
 	for _, r := range refused {
-		tried = append(tried, r.key+": "+r.msg)
+		tried = append(tried, r.Key+": "+r.Error)
 	}
 	tried = append(tried, unusable...)
 	err := fmt.Errorf("%w: the gateway refused %d key(s): %s", ErrAuthFailed, len(refused), strings.Join(tried, "; "))
 	var hints []string
 	seen := map[control.Code]bool{}
 	for _, r := range refused {
-		if seen[r.code] {
+		if seen[r.Code] {
 			continue
 		}
-		seen[r.code] = true
+		seen[r.Code] = true
 		if h := refusalHint(r); h != "" {
 			hints = append(hints, h)
 		}
@@ -346,10 +300,10 @@ func finalRefusal(err error) bool {
 }
 
 func refusalHint(r refusal) string {
-	switch r.code {
+	switch r.Code {
 	case control.CodeUnknownKey:
-		if r.hint != "" {
-			return r.hint
+		if r.Hint != "" {
+			return r.Hint
 		}
 		return "ask the gateway's operator to add your public key (the .pub line) to its authorized_keys, or pass -i with a key it knows"
 	case control.CodeKeyExpired:
@@ -359,12 +313,12 @@ func refusalHint(r refusal) string {
 	case control.CodeCertInvalid:
 		return "get a new certificate from your certificate authority (it may have expired or not name this gateway's principals)"
 	case control.CodeKeyRestricted:
-		if r.hint != "" {
-			return r.hint // a certificate without permit-port-forwarding: its CA's to fix
+		if r.Hint != "" {
+			return r.Hint // a certificate without permit-port-forwarding: its CA's to fix
 		}
 		return "the key's line in the gateway's authorized_keys forbids port forwarding (restrict, no-port-forwarding): ask the gateway's operator, or pass -i with another key"
 	}
-	return r.hint
+	return r.Hint
 }
 
 // dialSSH is in ssh.go.
