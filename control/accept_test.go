@@ -20,8 +20,10 @@ import (
 // needs only bytes and deadlines.
 type pipeStream struct{ net.Conn }
 
-func (p pipeStream) CloseWrite() error { return p.Close() }
-func (p pipeStream) Abort()            { p.Close() }
+func (p pipeStream) CloseWrite() error   { return p.Close() }
+func (p pipeStream) Abort()              { p.Close() }
+func (p pipeStream) WaitReadable() error { return tunnel.ErrNoWait }
+func (p pipeStream) FlushOpen() error    { return nil }
 
 // pipeSession is the client's tunnel.Session of the test: a binding, and
 // whether the transport authenticated the client.
