@@ -153,8 +153,10 @@ func (c *Client) Ready() <-chan struct{} { return c.up }
 // conn is one authenticated session with its control stream.
 type conn struct {
 	sess tunnel.Session
-	// ctx ends with the session, so relays of a dead session end at once.
+	// ctx ends with the session (noteSession watches it), so relays of
+	// a dead session end at once.
 	ctx    context.Context
+	cancel context.CancelFunc
 	ctrl   tunnel.Stream
 	server string
 	ctrlMu sync.Mutex // serialises control writes
@@ -427,6 +429,7 @@ func (c *Client) noteSession(cn *conn) {
 	go func() {
 		defer c.wg.Done()
 		<-cn.sess.Done()
+		cn.cancel()
 		c.mu.Lock()
 		delete(c.conns, cn)
 		c.mu.Unlock()

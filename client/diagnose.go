@@ -84,6 +84,8 @@ func probe(ctx context.Context, addr string) serverKind {
 	defer c.Close()
 	dl, _ := ctx.Deadline()
 	_ = c.SetDeadline(dl)
+	// A cancelled probe (the dial it watches is done) ends at once.
+	defer context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })()
 	_, _ = c.Write([]byte("PING\r\n"))
 	buf := make([]byte, 64)
 	n, _ := io.ReadAtLeast(c, buf, 4)
@@ -112,6 +114,13 @@ func dialWatched(ctx context.Context, transport, addr string, watch bool, dial f
 	timer := time.NewTimer(probeAfter)
 	defer timer.Stop()
 	probed := make(chan serverKind, 1)
+	probing := false // a probe runs and has not reported
+	defer func() {   // the probe ends with dctx: wait for it
+		if probing {
+			cancel()
+			<-probed
+		}
+	}()
 	var verdict error
 	for {
 		select {
@@ -121,8 +130,10 @@ func dialWatched(ctx context.Context, transport, addr string, watch bool, dial f
 			}
 			return r.s, r.err
 		case <-timer.C:
+			probing = true
 			go func() { probed <- probe(dctx, addr) }()
 		case k := <-probed:
+			probing = false
 			if e := wrongServer(transport, addr, k); e != nil && verdict == nil {
 				verdict = e
 				cancel()

@@ -119,12 +119,8 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 		sess.Close()
 		return nil, nil, err
 	}
-	ctx2, cancel2 := context.WithCancel(context.Background())
-	go func() {
-		<-sess.Done()
-		cancel2()
-	}()
-	cn.ctx = ctx2
+	// Run's watcher of the session (noteSession) ends ctx with it.
+	cn.ctx, cn.cancel = context.WithCancel(context.Background())
 	return cn, w, nil
 }
 
