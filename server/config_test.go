@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"reflect"
 	"testing"
 	"time"
@@ -62,12 +63,75 @@ func TestConfig_ValidateBadChangesNothing(t *testing.T) {
 
 func deepCopyConfig(c *Config) *Config {
 	cp := *c
+	if c.Targets == nil {
+		return &cp
+	}
 	cp.Targets = make(map[string]*Target, len(c.Targets))
 	for n, t := range c.Targets {
+		if t == nil {
+			cp.Targets[n] = nil
+			continue
+		}
 		tc := *t
 		tc.Nodes = append([]string(nil), t.Nodes...)
 		tc.Networks = append([]string(nil), t.Networks...)
 		cp.Targets[n] = &tc
 	}
 	return &cp
+}
+
+// Every check of Validate names the field that is wrong, one section at a
+// time; the config is still left as it was.
+func TestConfig_ValidateNamesTheField(t *testing.T) {
+	cases := []struct {
+		field string
+		bad   func(c *Config)
+	}{
+		{"listen", func(c *Config) { c.Listen = Listen{} }},
+		{"listen.quic", func(c *Config) { c.Listen.QUIC = "nope" }},
+		{"listen.ssh", func(c *Config) { c.Listen.TLS, c.Listen.SSH = ":5000", ":5000" }},
+		{"log_format", func(c *Config) { c.LogFormat = "xml" }},
+		{"host_key", func(c *Config) { c.HostKey = "" }},
+		{"authorized_keys", func(c *Config) { c.AuthorizedKeys = "" }},
+		{"targets", func(c *Config) { c.Targets = nil }},
+		{"targets.r", func(c *Config) { c.Targets["r"] = nil }},
+		{"targets.a b", func(c *Config) { c.Targets["a b"] = c.Targets["r"] }},
+		{"targets.r.type", func(c *Config) { c.Targets["r"].Type = "" }},
+		{"targets.r.type", func(c *Config) { c.Targets["r"].Type = "mongo" }},
+		{"targets.r.nodes", func(c *Config) { c.Targets["r"].Nodes = nil }},
+		{"targets.r.nodes[0]", func(c *Config) { c.Targets["r"].Nodes = []string{"nope"} }},
+		{"targets.r.refresh", func(c *Config) { c.Targets["r"].Refresh = -time.Second }},
+		{"targets.r.discovery", func(c *Config) { c.Targets["r"].Discovery = DiscoveryElastiCache }},
+		{"targets.m.discovery", func(c *Config) { c.Targets["m"].Discovery = "dns" }},
+		{"targets.r.networks", func(c *Config) { c.Targets["r"].Networks = []string{"10.0.0.0/8"} }},
+		{"targets.c.networks[0]", func(c *Config) { c.Targets["c"].Networks = []string{"nonsense"} }},
+		{"targets.m.auth", func(c *Config) { c.Targets["m"].Auth = &UpstreamAuth{PasswordFile: "/p"} }},
+		{"targets.r.auth.password_file", func(c *Config) { c.Targets["r"].Auth = &UpstreamAuth{} }},
+		{"limits.dial_timeout", func(c *Config) { c.Limits.DialTimeout = 0 }},
+		{"limits.idle_timeout", func(c *Config) { c.Limits.IdleTimeout = -time.Second }},
+		{"limits.max_sessions", func(c *Config) { c.Limits.MaxSessions = 0 }},
+	}
+	for _, tc := range cases {
+		cfg, err := ParseConfig([]byte(pureConfig))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.bad(cfg)
+		before := deepCopyConfig(cfg)
+		err = cfg.Validate()
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != tc.field {
+			t.Errorf("want an error for %s, got %v (field %q)", tc.field, err, fieldOf(ce))
+		}
+		if !reflect.DeepEqual(before, cfg) {
+			t.Errorf("%s: Validate changed the config", tc.field)
+		}
+	}
+}
+
+func fieldOf(ce *ConfigError) string {
+	if ce == nil {
+		return ""
+	}
+	return ce.Field
 }
