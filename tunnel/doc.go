@@ -15,7 +15,8 @@
 // Six files, read in this order, follow one application connection from
 // the laptop's local port to the cache and back; none is entered twice.
 // The session it travels on is already up and authenticated (the control
-// stream: client/dial.go, server/session.go's authenticate).
+// stream: control.Authenticate from client/dial.go, control.Accept from
+// server/session.go's setUp).
 //
 //  1. Local accept, stream open (client/proxy.go). acceptLoop accepts on
 //     the node's local port; serveLocal opens a stream with
