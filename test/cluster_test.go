@@ -149,9 +149,6 @@ func TestCluster(t *testing.T) {
 		t.Run("RedisBenchmark", func(t *testing.T) { testClusterRedisBenchmark(t, c) })
 		t.Run("FailoverAndMigration", func(t *testing.T) { testClusterChanges(t, env, c, transport) })
 		t.Cleanup(func() { assertNoSecret(t, c, env.Password) })
-		if transport == transports[0] { // a few seconds of load: once is enough
-			t.Run("PipelinedGET", func(t *testing.T) { testClusterPipelinedGET(t, env, c, transport) })
-		}
 	})
 	if log := env.Gateway.Log.String(); strings.Contains(log, env.Password) {
 		t.Fatal("the gateway's log holds the cluster password")
@@ -633,34 +630,6 @@ func testClusterChanges(t *testing.T, env *clusterEnv, c *connect, transport str
 	}
 }
 
-// testClusterPipelinedGET compares pipelined GET throughput through the
-// cluster target (every reply framed by the RESP rewriter) with the same
-// node as a plain redis target (bytes copied), with redis-benchmark -P 16.
-func testClusterPipelinedGET(t *testing.T, env *clusterEnv, c *connect, transport string) {
-	if raceEnabled {
-		t.Skip("throughput is measured without the race detector (go test ./test/ -run TestCluster/quic/PipelinedGET, or -bench BenchmarkCluster_PipelinedGET)")
-	}
-	plain := mustConnect(t, env.Gateway, transport, "node0", env.Key)
-	key := "{" + testenv.KeyInSlot(firstSlot(t, env.Node0)) + "}:bench"
-	if err := env.Node0.Client(t).Set(context.Background(), key, strings.Repeat("x", 64), 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	// The machine is shared (2 cores in CI, with the gateway, the client
-	// and redis on them): a ratio below the bar is measured once more
-	// before it counts.
-	for attempt := 1; ; attempt++ {
-		ratio, plainRPS, clusterRPS := pipelinedGETRatio(t, plain.Local(t, env.Node0.Addr), c.Local(t, env.Node0.Addr), key)
-		t.Logf("pipelined GET over %s (redis-benchmark -P 16 -c 4 -n 40000, 7 pairs): best plain redis target %.0f req/s, best redis-cluster target %.0f req/s, median ratio %.2f", transport, plainRPS, clusterRPS, ratio)
-		switch {
-		case ratio >= 0.9:
-			return
-		case attempt == 2:
-			t.Errorf("pipelined GET through the cluster target is %.2fx the plain target, want >= 0.9x", ratio)
-			return
-		}
-	}
-}
-
 // firstSlot returns the first slot that r serves.
 func firstSlot(t testing.TB, r *testenv.Redis) int {
 	t.Helper()
@@ -677,51 +646,6 @@ func firstSlot(t testing.TB, r *testenv.Redis) int {
 	}
 	t.Fatalf("%s serves no slot", r.Addr)
 	return 0
-}
-
-// pipelinedGETRatio runs redis-benchmark against both addresses in
-// adjacent pairs, alternating which goes first, and returns the median of
-// the pairs' ratios (robust to load bursts from other processes) and the
-// best rate of each.
-func pipelinedGETRatio(t testing.TB, plainAddr, clusterAddr, key string) (ratio, plainRPS, clusterRPS float64) {
-	t.Helper()
-	var ratios []float64
-	for i := range 7 {
-		var p, c float64
-		if i%2 == 0 {
-			p = redisBenchmarkGET(t, plainAddr, key)
-			c = redisBenchmarkGET(t, clusterAddr, key)
-		} else {
-			c = redisBenchmarkGET(t, clusterAddr, key)
-			p = redisBenchmarkGET(t, plainAddr, key)
-		}
-		ratios = append(ratios, c/p)
-		plainRPS, clusterRPS = max(plainRPS, p), max(clusterRPS, c)
-	}
-	slices.Sort(ratios)
-	return ratios[len(ratios)/2], plainRPS, clusterRPS
-}
-
-var rpsRE = regexp.MustCompile(`([0-9.]+) requests per second`)
-
-// redisBenchmarkGET runs redis-benchmark -P 16 GET key against addr and
-// returns requests per second.
-func redisBenchmarkGET(t testing.TB, addr, key string) float64 {
-	t.Helper()
-	bin := testenv.RequireBinary(t, "redis-benchmark")
-	host, port, _ := net.SplitHostPort(addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, bin, "-h", host, "-p", port, "-P", "16", "-c", "4", "-n", "40000", "-q", "GET", key).CombinedOutput()
-	if err != nil {
-		t.Fatalf("redis-benchmark: %v: %s", err, out)
-	}
-	m := rpsRE.FindAllStringSubmatch(string(out), -1)
-	if len(m) == 0 {
-		t.Fatalf("redis-benchmark printed no rate: %s", out)
-	}
-	rps, _ := strconv.ParseFloat(m[len(m)-1][1], 64)
-	return rps
 }
 
 // BenchmarkCluster_PipelinedGET measures pipelined GETs (16 per round
