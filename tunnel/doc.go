@@ -13,9 +13,13 @@
 // # The path of one proxied connection
 //
 // Six files, read in this order, follow one application connection from
-// the laptop's local port to the cache and back; none is entered twice.
-// The session it travels on is already up and authenticated (the control
-// stream: control.Authenticate from client/dial.go, control.Accept from
+// the laptop's local port to the cache and back; none is entered twice:
+// each step reads its function top to bottom, and what it calls in a file
+// further down the list is read there. Three small leaves are named but
+// need no reading: each transport's OpenStream, the header codec
+// (proto.go) and mayOpen (server/permit.go). The session the connection
+// travels on is already up and authenticated (the control stream:
+// control.Authenticate from client/dial.go, control.Accept from
 // server/session.go's setUp).
 //
 //  1. Local accept, stream open (client/proxy.go). acceptLoop accepts on
@@ -33,13 +37,15 @@
 //     WaitReadable reads the gateway's status. On the gateway,
 //     framedIncoming.Request reads the header, Accept answers OK with the
 //     first reply (statusStream), Reject refuses.
-//  3. Authorise (server/session.go, serveStream). The gateway reads the
-//     request (Incoming.Request), resolves target and node (resolve) and
-//     checks the key's targets= and permitopen= (Allows, mayOpen in
-//     permit.go).
-//  4. Upstream dial (server/target.go, target.dial): TLS and AUTH as the
-//     target is configured. Back in serveStream, Incoming.Accept and
+//  3. Authorise (server/session.go, serveIncoming then serveStream). The
+//     gateway reads the request (Incoming.Request), resolves target and
+//     node (resolve),
+//     checks the key's targets= and permitopen= (Allows, mayOpen), dials
+//     the node (target.dial), answers (Incoming.Accept) and calls
 //     Relay(ctx, upstream, stream, nil, IdleTimeout(...)).
+//  4. Upstream dial (server/target.go, Server.resolve and target.dial):
+//     which configured target and node the request names, and the
+//     connection to it with TLS and AUTH as the target is configured.
 //  5. Relay (tunnel/relay.go, Relay). The same code on both ends: one copy
 //     loop (copyLoop) per direction over a source that takes a pooled
 //     64 KiB buffer only while data moves: the connection's raw

@@ -30,12 +30,12 @@ type pendingWrite struct {
 	pending atomic.Bool
 	mu      sync.Mutex // guards b; held while b is being written
 	b       []byte
-	sent    chan struct{} // closed once b has gone out or was dropped
+	gone    sync.Cond // broadcast when b has gone out or was dropped; L is &mu
 }
 
 func (pw *pendingWrite) set(b []byte) {
 	pw.b = b
-	pw.sent = make(chan struct{})
+	pw.gone.L = &pw.mu
 	pw.pending.Store(true)
 }
 
@@ -45,16 +45,21 @@ func (pw *pendingWrite) takeLocked() []byte {
 	if b != nil {
 		pw.b = nil
 		pw.pending.Store(false)
-		close(pw.sent)
+		pw.gone.Broadcast()
 	}
 	return b
 }
 
-// wait blocks until the pending bytes have gone out (or were dropped).
+// wait blocks until the pending bytes have been written (or dropped).
 func (pw *pendingWrite) wait() {
-	if pw.pending.Load() {
-		<-pw.sent
+	if !pw.pending.Load() {
+		return
 	}
+	pw.mu.Lock()
+	for pw.b != nil {
+		pw.gone.Wait()
+	}
+	pw.mu.Unlock()
 }
 
 // writeWith writes the pending bytes, then p, as one write when p is small.

@@ -52,19 +52,15 @@ type Rewriter interface {
 	CopyReplies(dst io.Writer, src io.Reader) (int64, error)
 }
 
-// RelayOption configures one Relay.
-type RelayOption func(*relayConfig)
+// RelayOption is an option of Relay; IdleTimeout is the only one.
+type RelayOption interface{ relayOption() }
 
-type relayConfig struct {
-	idle time.Duration
-}
+// IdleTimeout cuts a relay that moved no byte in either direction for
+// that long (the result then has Idle set); 0 or less means no idle
+// timeout, the default.
+type IdleTimeout time.Duration
 
-// IdleTimeout cuts a relay that moved no byte in either direction for d
-// (the result then has Idle set); d <= 0 means no idle timeout, the
-// default.
-func IdleTimeout(d time.Duration) RelayOption {
-	return func(c *relayConfig) { c.idle = d }
-}
+func (IdleTimeout) relayOption() {}
 
 type closeWriter interface{ CloseWrite() error }
 
@@ -78,16 +74,16 @@ type closeWriter interface{ CloseWrite() error }
 // or alone (st.FlushOpen) as soon as conn has nothing to send; the stream
 // is read only once the header is out (see Stream.WaitReadable).
 func Relay(ctx context.Context, conn net.Conn, st Stream, rw Rewriter, opts ...RelayOption) RelayResult {
-	var cfg relayConfig
+	var idle time.Duration
 	for _, o := range opts {
-		o(&cfg)
+		if d, ok := o.(IdleTimeout); ok {
+			idle = time.Duration(d)
+		}
 	}
+	r := new(relayState) // one allocation for the state both goroutines share
 	var (
-		res      RelayResult
-		errOnce  sync.Once
-		lastAt   atomic.Int64
+		res      = &r.res
 		last     *atomic.Int64 // nil without an idle timeout: no clock reads per copy
-		idleCut  atomic.Bool
 		abortAll = func() {
 			st.Abort()
 			if tc, ok := conn.(*net.TCPConn); ok {
@@ -97,33 +93,32 @@ func Relay(ctx context.Context, conn net.Conn, st Stream, rw Rewriter, opts ...R
 		}
 	)
 	fail := func(err error) {
-		errOnce.Do(func() {
+		r.errOnce.Do(func() {
 			res.Err = err
 			abortAll()
 		})
 	}
-	if cfg.idle > 0 {
-		last = &lastAt
+	if idle > 0 {
+		last = &r.lastAt
 		last.Store(time.Now().UnixNano())
 		var t *time.Timer
 		check := func() {
 			since := time.Since(time.Unix(0, last.Load()))
-			if since >= cfg.idle {
-				idleCut.Store(true)
+			if since >= idle {
+				r.idleCut.Store(true)
 				fail(errIdle)
 				return
 			}
-			t.Reset(cfg.idle - since)
+			t.Reset(idle - since)
 		}
-		t = time.AfterFunc(cfg.idle, check)
+		t = time.AfterFunc(idle, check)
 		defer t.Stop()
 	}
 	// upClean and downClean: that direction relayed everything to its end.
 	// A ctx cut after both (the client read the end and closed its session
 	// at once, as doctor's probes do) cut nothing: the stream is not reset.
-	var upClean, downClean atomic.Bool
 	stop := context.AfterFunc(ctx, func() {
-		if upClean.Load() && downClean.Load() {
+		if r.upClean.Load() && r.downClean.Load() {
 			return
 		}
 		fail(context.Cause(ctx))
@@ -135,7 +130,7 @@ func Relay(ctx context.Context, conn net.Conn, st Stream, rw Rewriter, opts ...R
 	downDone := make(chan struct{})
 	go func() {
 		defer close(downDone)
-		n, err := copyDown(rw, conn, st, last)
+		n, err := copyDown(rw, conn, st, last, &r.down)
 		res.StreamToConn = n
 		if err != nil {
 			fail(err)
@@ -149,13 +144,13 @@ func Relay(ctx context.Context, conn net.Conn, st Stream, rw Rewriter, opts ...R
 		} else {
 			_ = conn.Close()
 		}
-		downClean.Store(true)
+		r.downClean.Store(true)
 	}()
-	n, err := copyUp(rw, st, conn, last)
+	n, err := copyUp(rw, st, conn, last, &r.up)
 	res.ConnToStream = n
 	if err == nil {
 		// Before the FIN leaves: the peer may act on it at once.
-		upClean.Store(true)
+		r.upClean.Store(true)
 		err = st.CloseWrite()
 	}
 	if err != nil {
@@ -164,17 +159,30 @@ func Relay(ctx context.Context, conn net.Conn, st Stream, rw Rewriter, opts ...R
 	<-downDone
 	// Seal res.Err: a late fail (idle timer, ctx) either finished before
 	// this returns or does nothing.
-	errOnce.Do(func() {})
-	res.Idle = idleCut.Load()
+	r.errOnce.Do(func() {})
+	res.Idle = r.idleCut.Load()
 	_ = st.Close()
 	_ = conn.Close()
-	return res
+	return *res
+}
+
+// relayState is what the two directions of a relay share.
+type relayState struct {
+	res     RelayResult
+	errOnce sync.Once // guards res.Err and the abort
+	lastAt  atomic.Int64
+	idleCut atomic.Bool
+	// upClean and downClean: that direction relayed everything to its
+	// end.
+	upClean, downClean atomic.Bool
+	up                 connSource
+	down               streamSource
 }
 
 var errIdle = errors.New("idle timeout")
 
 // copyUp copies conn to the stream.
-func copyUp(rw Rewriter, st Stream, conn net.Conn, last *atomic.Int64) (int64, error) {
+func copyUp(rw Rewriter, st Stream, conn net.Conn, last *atomic.Int64, cs *connSource) (int64, error) {
 	if rw != nil {
 		// A rewriter reads ahead and may wait for a whole request: the
 		// header goes out alone now.
@@ -184,7 +192,8 @@ func copyUp(rw Rewriter, st Stream, conn net.Conn, last *atomic.Int64) (int64, e
 		return rw.CopyRequests(st, activity(newFastConn(conn), last))
 	}
 	if rc := rawConn(conn); rc != nil {
-		return copyLoop(st, newConnSource(rc, st.FlushOpen), last)
+		cs.init(rc, st)
+		return copyLoop(st, cs, last)
 	}
 	if err := st.FlushOpen(); err != nil {
 		return 0, err
@@ -193,12 +202,13 @@ func copyUp(rw Rewriter, st Stream, conn net.Conn, last *atomic.Int64) (int64, e
 }
 
 // copyDown copies the stream to conn.
-func copyDown(rw Rewriter, conn net.Conn, st Stream, last *atomic.Int64) (int64, error) {
+func copyDown(rw Rewriter, conn net.Conn, st Stream, last *atomic.Int64, ss *streamSource) (int64, error) {
 	conn = newFastConn(conn) // writes only; Close and CloseWrite stay the caller's
 	if rw != nil {
 		return rw.CopyReplies(conn, activity(st, last))
 	}
-	return copyLoop(conn, &streamSource{st: st}, last)
+	ss.st = st
+	return copyLoop(conn, ss, last)
 }
 
 // source is what copyLoop reads from.
@@ -308,45 +318,34 @@ func (h *holdingSource) release() {
 // connSource reads a socket through its raw descriptor, each read(2)
 // inside RawConn.Read: the buffer is taken from the pool only when
 // read(2) runs and goes back before the goroutine parks, so a relay
-// waiting for data holds none. Before it first waits, it calls beforeWait
-// (the stream's FlushOpen: the open header then goes out alone rather than
-// wait for the first bytes); a first read with data skips it (the header
-// goes out with the data).
+// waiting for data holds none. Before it first waits, it calls the
+// FlushOpen of the stream it copies to (the open header then goes out
+// alone rather than wait for the first bytes); a first read with data
+// skips it (the header goes out with the data).
 type connSource struct {
-	rc         syscall.RawConn
-	fn         func(fd uintptr) bool // step, one closure for the whole copy
-	beforeWait func() error
-	bp         *[]byte
-	n          int
-	err        error
-	waitFirst  bool // step returned to call beforeWait
+	rc    syscall.RawConn
+	fn    func(fd uintptr) bool // step, one closure for the whole copy
+	flush Stream                // nil once FlushOpen is no longer due
+	bp    *[]byte
+	n     int
+	err   error
 }
 
-func newConnSource(rc syscall.RawConn, beforeWait func() error) *connSource {
-	c := &connSource{rc: rc, beforeWait: beforeWait}
+// init readies c to read rc and copy to dst.
+func (c *connSource) init(rc syscall.RawConn, dst Stream) {
+	c.rc, c.flush = rc, dst
 	c.fn = c.step
-	return c
 }
 
 func (c *connSource) next() ([]byte, error) {
-	for {
-		c.n, c.err = 0, nil
-		if err := c.rc.Read(c.fn); err != nil {
-			return nil, err
-		}
-		if !c.waitFirst {
-			if c.n > 0 {
-				return (*c.bp)[:c.n], c.err
-			}
-			return nil, c.err
-		}
-		c.waitFirst = false
-		f := c.beforeWait
-		c.beforeWait = nil
-		if err := f(); err != nil {
-			return nil, err
-		}
+	c.n, c.err = 0, nil
+	if err := c.rc.Read(c.fn); err != nil {
+		return nil, err
 	}
+	if c.n > 0 {
+		return (*c.bp)[:c.n], c.err
+	}
+	return nil, c.err
 }
 
 // step reads once: false (park until readable) when read(2) says EAGAIN,
@@ -365,9 +364,14 @@ func (c *connSource) step(fd uintptr) bool {
 	switch {
 	case err == syscall.EAGAIN:
 		c.release()
-		if c.beforeWait != nil {
-			c.waitFirst = true
-			return true
+		if st := c.flush; st != nil {
+			// Here rather than after a return from RawConn.Read: that
+			// would need one more read(2) before parking.
+			c.flush = nil
+			if err := st.FlushOpen(); err != nil {
+				c.err = err
+				return true
+			}
 		}
 		return false
 	case err != nil:
@@ -376,7 +380,7 @@ func (c *connSource) step(fd uintptr) bool {
 		c.err = io.EOF
 	default:
 		c.n = n
-		c.beforeWait = nil // the first bytes carry what was pending
+		c.flush = nil // the first bytes carry what was pending
 	}
 	return true
 }

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 	"time"
+
+	"github.com/cachetun/cachetun/tunnel"
 )
 
 // TestRelay_ServerSpeaksFirst: an upstream that talks before the client
@@ -69,4 +72,81 @@ func TestRelay_ManySmallWrites(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestRelay_IdleHoldsNoBuffers: relays waiting for data hold no copy
+// buffer. 64 proxied connections each relay one request and its reply and
+// then sit idle; with the heap measured after two collections (which
+// empty the buffer pool), they may grow it by less than one 64 KiB relay
+// buffer per connection, 4 MiB. Relays that held their buffers while
+// waiting would hold four per connection (two on each end), 16 MiB. SSH
+// is not held to it: an SSH channel cannot wait without reading
+// (Stream.WaitReadable returns ErrNoWait), so its relays hold a buffer.
+func TestRelay_IdleHoldsNoBuffers(t *testing.T) {
+	const (
+		conns = 64
+		bound = conns * 64 << 10
+	)
+	for _, tr := range []string{"quic", "tls"} {
+		t.Run(tr, func(t *testing.T) {
+			tunnel.VerifyNoLeaks(t)
+			// The upstream echoes with a small buffer of its own, so
+			// that what the heap holds is the relays'.
+			c := startChain(t, newPair(t, tr), func(nc net.Conn) {
+				buf := make([]byte, 16)
+				for {
+					n, err := nc.Read(buf)
+					if n > 0 {
+						if _, werr := nc.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			})
+			ping := func(nc net.Conn) {
+				t.Helper()
+				_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := nc.Write([]byte("ping")); err != nil {
+					t.Fatal(err)
+				}
+				got := make([]byte, 4)
+				if _, err := io.ReadFull(nc, got); err != nil || string(got) != "ping" {
+					t.Fatalf("echo: %q, %v", got, err)
+				}
+			}
+			warm := c.dial(t) // the session's first stream, out of the count
+			defer warm.Close()
+			ping(warm)
+			before := heapInuse()
+			var ncs []net.Conn
+			defer func() {
+				for _, nc := range ncs {
+					nc.Close()
+				}
+			}()
+			for range conns {
+				nc := c.dial(t)
+				ncs = append(ncs, nc)
+				ping(nc)
+			}
+			growth := int64(heapInuse()) - int64(before)
+			t.Logf("%s: %d idle relayed connections grew the heap by %d KiB (bound %d KiB)", tr, conns, growth>>10, bound>>10)
+			if growth >= bound {
+				t.Fatalf("%d idle connections grew the heap by %d KiB, bound %d KiB: idle relays hold copy buffers", conns, growth>>10, bound>>10)
+			}
+		})
+	}
+}
+
+// heapInuse returns the heap in use after two collections, which empty
+// sync.Pools.
+func heapInuse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse
 }
