@@ -38,6 +38,7 @@ import (
 
 type options struct {
 	bin        string
+	baseBin    string // -base-bin: a second cachetun binary, run side by side
 	out        string
 	rounds     int
 	paths      []string
@@ -53,12 +54,14 @@ type options struct {
 }
 
 type bench struct {
-	opts  options
-	ctx   context.Context
-	dir   string
-	bin   string
-	tools map[string]string
-	log   *log.Logger
+	opts options
+	ctx  context.Context
+	dir  string
+	bin  string
+	// baseBin is -base-bin made absolute; empty without it.
+	baseBin string
+	tools   map[string]string
+	log     *log.Logger
 
 	mu      sync.Mutex // guards the following
 	procs   []*proc
@@ -90,6 +93,7 @@ func run() int {
 	var o options
 	var paths string
 	flag.StringVar(&o.bin, "bin", "", "cachetun binary (default: go build ./cmd/cachetun into the temp dir)")
+	flag.StringVar(&o.baseBin, "base-bin", "", "a second cachetun binary (say, main before a change): each cachetun path also runs with it, interleaved in the same rounds, as \"cachetun T"+baseSuffix+"\"")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "markdown file whose bench section is rewritten (empty: print only)")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (medians need 3 or more)")
 	flag.StringVar(&paths, "paths", strings.Join(allPaths, ","), "comma-separated paths to compare")
@@ -123,6 +127,9 @@ func run() int {
 			return 2
 		}
 		o.paths = append(o.paths, p)
+	}
+	if o.baseBin != "" {
+		o.paths = addBasePaths(o.paths)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
@@ -378,6 +385,9 @@ func (b *bench) shorten(argv []string) string {
 		if a == b.bin {
 			a = "cachetun"
 		}
+		if a == b.baseBin && a != "" {
+			a = "cachetun" + baseSuffix
+		}
 		for name, path := range b.tools {
 			if a == path {
 				a = name
@@ -460,8 +470,18 @@ func (b *bench) findTools() error {
 	return nil
 }
 
-// buildCachetun uses -bin or builds ./cmd/cachetun.
+// buildCachetun uses -bin or builds ./cmd/cachetun; -base-bin must exist.
 func (b *bench) buildCachetun() error {
+	if b.opts.baseBin != "" {
+		p, err := filepath.Abs(b.opts.baseBin)
+		if err != nil {
+			return err
+		}
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("base cachetun binary (-base-bin): %w", err)
+		}
+		b.baseBin = p
+	}
 	if b.opts.bin != "" {
 		p, err := filepath.Abs(b.opts.bin)
 		if err != nil {

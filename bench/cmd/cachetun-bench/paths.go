@@ -31,6 +31,35 @@ var allPaths = []string{pathDirect, pathSocat, pathNutcracker, pathSSHL, pathQUI
 // cachetunTransport maps a cachetun path to its transport.
 var cachetunTransport = map[string]string{pathQUIC: "quic", pathTLS: "tls", pathSSH: "ssh"}
 
+// baseSuffix names the paths of -base-bin: "cachetun quic @base" is
+// "cachetun quic" run with the base binary, in the same rounds.
+const baseSuffix = " @base"
+
+// addBasePaths adds a base path after each cachetun path, to paths and to
+// the table order.
+func addBasePaths(paths []string) []string {
+	var out []string
+	for _, p := range paths {
+		out = append(out, p)
+		if tr, ok := cachetunTransport[p]; ok {
+			out = append(out, p+baseSuffix)
+			cachetunTransport[p+baseSuffix] = tr
+		}
+	}
+	var order []string
+	for _, p := range allPaths {
+		order = append(order, p)
+		if _, ok := cachetunTransport[p+baseSuffix]; ok {
+			order = append(order, p+baseSuffix)
+		}
+	}
+	allPaths = order
+	return out
+}
+
+// isBase reports whether a path runs the -base-bin binary.
+func isBase(path string) bool { return strings.HasSuffix(path, baseSuffix) }
+
 // benchPath is one way from redis-benchmark to the redis-server.
 type benchPath struct {
 	name string
@@ -97,7 +126,8 @@ func (b *bench) setupPath(name, tag string) (*benchPath, error) {
 		return b.setupNutcracker(tag)
 	case pathSSHL:
 		return b.setupSSHL(tag)
-	case pathQUIC, pathTLS, pathSSH:
+	}
+	if _, ok := cachetunTransport[name]; ok {
 		return b.setupCachetun(name, tag)
 	}
 	return nil, fmt.Errorf("unknown path %q", name)
@@ -370,6 +400,12 @@ func (b *bench) setupCachetun(name, tag string) (*benchPath, error) {
 		return nil, err
 	}
 	tr := cachetunTransport[name]
+	bin := b.bin
+	if isBase(name) {
+		// Its own files and process names: the two gateways of a
+		// transport run side by side.
+		bin, tag = b.baseBin, "-base"+tag
+	}
 	dir := b.ctDir
 	var srv *proc
 	var srvAddr, metrics, spprof string
@@ -413,7 +449,7 @@ metrics: "%s"
 			return nil, err
 		}
 		spprof = net.JoinHostPort("127.0.0.1", strconv.Itoa(pport))
-		srv, err = b.spawn("cachetun-server-"+tr+tag, []string{b.bin, "--pprof", spprof, "server", "--config", conf})
+		srv, err = b.spawn("cachetun-server-"+tr+tag, []string{bin, "--pprof", spprof, "server", "--config", conf})
 		if err != nil {
 			return nil, err
 		}
@@ -435,7 +471,7 @@ metrics: "%s"
 		return nil, err
 	}
 	cpprof := net.JoinHostPort("127.0.0.1", strconv.Itoa(cport))
-	conn, err := b.spawn("cachetun-connect-"+tr+tag, []string{b.bin, "--pprof", cpprof, "connect", "bench",
+	conn, err := b.spawn("cachetun-connect-"+tr+tag, []string{bin, "--pprof", cpprof, "connect", "bench",
 		"--server", srvAddr, "--transport", tr, "-i", filepath.Join(dir, "client_ed25519"),
 		"--known-hosts", filepath.Join(dir, "known_hosts-"+tr+tag), "--accept-new-host-key", "--local-port", "0"})
 	if err != nil {

@@ -36,6 +36,9 @@ func (b *bench) gatherFacts() {
 	f.nutcracker = firstLine(cmdOut(b.tools["nutcracker"], "--version"))
 	f.ssh = firstLine(cmdOut(b.tools["ssh"], "-V"))
 	f.cachetun = firstLine(cmdOut(b.bin, "version"))
+	if b.baseBin != "" {
+		f.cachetun += " (paths \"" + strings.TrimSpace(baseSuffix) + "\": " + firstLine(cmdOut(b.baseBin, "version")) + ")"
+	}
 	f.rmemMax = strings.TrimSpace(readFile("/proc/sys/net/core/rmem_max"))
 	f.wmemMax = strings.TrimSpace(readFile("/proc/sys/net/core/wmem_max"))
 	f.gomaxprocs = os.Getenv("GOMAXPROCS")
@@ -195,6 +198,18 @@ func (b *bench) report() string {
 		b.table(&w, paths, func(m metric, p string) string { return fmtValue(median(b.series(m.key, p)), m.unit) })
 		pf("\n### Ratio to `ssh -L` (median of per-round ratios; above 1 is faster for rates, below 1 is faster for latencies)\n\n")
 		b.table(&w, paths, func(m metric, p string) string { return fmtRatio(ratio(b.series(m.key, p), b.series(m.key, pathSSHL))) })
+		if b.baseBin != "" {
+			pf("\n### Ratio to the base binary (-base-bin; median of per-round ratios; each cachetun path against its `%s` twin)\n\n", strings.TrimSpace(baseSuffix))
+			var ctp []string
+			for _, p := range paths {
+				if _, ok := cachetunTransport[p]; ok && !isBase(p) {
+					ctp = append(ctp, p)
+				}
+			}
+			b.table(&w, ctp, func(m metric, p string) string {
+				return fmtRatio(ratio(b.series(m.key, p), b.series(m.key, p+baseSuffix)))
+			})
+		}
 		pf("\n### Ratio to direct\n\n")
 		b.table(&w, paths, func(m metric, p string) string {
 			return fmtRatio(ratio(b.series(m.key, p), b.series(m.key, pathDirect)))
