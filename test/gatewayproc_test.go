@@ -48,6 +48,14 @@ type gatewayProcOpts struct {
 	Env []string
 	// Args are added to `cachetun server --config PATH`.
 	Args []string
+	// Wrap is put before the binary, e.g. {"ip", "netns", "exec", NS}
+	// to run the gateway in a network namespace (ip netns exec execs the
+	// binary, so the PID, signals and /proc are still the gateway's).
+	Wrap []string
+	// Listen and SSHListen, when set, are the listen addresses (the
+	// QUIC+TLS one and the SSH one) instead of free loopback ports: a
+	// gateway in a namespace listens on that namespace's address.
+	Listen, SSHListen string
 }
 
 // gatewayProc is a real `cachetun server` process on loopback ports: the
@@ -67,6 +75,8 @@ type gatewayProc struct {
 	log    *procLog
 	exited chan struct{}
 	err    error // of Wait, set before exited is closed
+	// restarting keeps the log across a Restart.
+	restarting bool
 }
 
 // procLog collects the process's stderr, line by line, for waiting on.
@@ -112,6 +122,18 @@ func startGatewayProc(t testing.TB, o gatewayProcOpts) *gatewayProc {
 	}
 	g.HostKey = pub
 	g.WriteAuthorizedKeys(t, o.Authorized)
+	for attempt := 0; o.Listen != ""; attempt++ {
+		g.Addr, g.SSHAddr = o.Listen, o.SSHListen
+		if o.NoSSH {
+			g.SSHAddr = ""
+		}
+		g.WriteConfig(t, o)
+		if err := g.start(t, bin); err != nil {
+			t.Fatalf("start gateway process: %v\n%s", err, g.Log())
+		}
+		t.Cleanup(func() { g.Stop(t) })
+		return g
+	}
 	for attempt := 0; ; attempt++ {
 		g.Addr = freeTCPUDPPort(t)
 		g.SSHAddr = ""
@@ -178,8 +200,12 @@ func (g *gatewayProc) WriteAuthorizedKeys(t testing.TB, lines []string) {
 
 func (g *gatewayProc) start(t testing.TB, bin string) error {
 	t.Helper()
-	g.log = &procLog{t: t}
-	cmd := exec.Command(bin, append([]string{"server", "--config", g.ConfigPath}, g.opts.Args...)...)
+	if g.log == nil || !g.restarting {
+		g.log = &procLog{t: t}
+	}
+	g.restarting = false
+	argv := append(append(slices.Clone(g.opts.Wrap), bin, "server", "--config", g.ConfigPath), g.opts.Args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(append(os.Environ(), "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true"), g.opts.Env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -215,6 +241,23 @@ func (g *gatewayProc) start(t testing.TB, bin string) error {
 		_ = cmd.Process.Kill()
 		<-g.exited
 		return fmt.Errorf("gateway not ready within 30s")
+	}
+}
+
+// Restart starts the gateway again on the same configuration and ports
+// after it exited (Stop, or a signal the test sent and waited for); it
+// returns once the new process logs "gateway ready".
+func (g *gatewayProc) Restart(t testing.TB) {
+	t.Helper()
+	select {
+	case <-g.exited:
+	default:
+		t.Fatal("restart gateway: the old process is still running")
+	}
+	g.log.add("--- restarted by the test ---")
+	g.restarting = true // keep the log: one log across restarts
+	if err := g.start(t, cachetunBinary(t)); err != nil {
+		t.Fatalf("restart gateway process: %v\n%s", err, g.Log())
 	}
 }
 
