@@ -118,7 +118,7 @@ type clientStream struct {
 }
 
 func newClientStream(s Stream, req OpenRequest) (*clientStream, error) {
-	hdr, err := AppendHeader(make([]byte, 0, 6+len(req.Target)+len(req.Node)), req)
+	hdr, err := AppendHeader(make([]byte, 0, 7+len(req.Target)+len(req.Node)+32), req)
 	if err != nil {
 		s.Abort()
 		return nil, err

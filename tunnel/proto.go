@@ -1,17 +1,39 @@
 package tunnel
 
-// The cachetun wire protocol, version 1. See PROTOCOL.md for the flow.
+// The cachetun wire protocol, version 2. See PROTOCOL.md for the flow.
 //
 // Every stream of a QUIC or TLS+yamux session starts with an open header
-// written by the client:
+// written by the client. Version 1:
 //
 //	magic    [2]byte  "CT"
-//	version  uint8    ProtoVersion
+//	version  uint8    1
 //	kind     uint8    KindControl or KindProxy
 //	tlen     uint8    length of target
 //	nlen     uint8    length of node
 //	target   [tlen]byte
 //	node     [nlen]byte  upstream node address "host:port" (empty for control)
+//
+// Version 2 (only to a gateway whose Welcome offered resumption) adds a
+// flags byte after the kind and, for a resumable stream, its id and token;
+// kind KindResume re-attaches a held stream and carries the client's
+// receive counter:
+//
+//	magic    [2]byte  "CT"
+//	version  uint8    2
+//	kind     uint8    KindControl, KindProxy or KindResume
+//	flags    uint8    FlagResumable, the only value: version 2 is for
+//	                  resumable streams (and resumes) only
+//	tlen     uint8
+//	nlen     uint8
+//	target   [tlen]byte
+//	node     [nlen]byte
+//	id       uint64   big-endian, when FlagResumable
+//	token    [16]byte when FlagResumable
+//	recv     uint64   big-endian, KindResume only
+//
+// The gateway answers a KindResume open with a status; after an OK its
+// first 8 bytes on the stream are its own receive counter (big-endian),
+// then the replay of what the client had not acknowledged.
 //
 // The client may write payload right behind the header without waiting,
 // and must not wait: the server answers every header with a status before
@@ -37,8 +59,18 @@ import (
 	"io"
 )
 
-// ProtoVersion is the version byte of the open header.
-const ProtoVersion = 1
+// ProtoVersion is the highest version of the open header this build
+// speaks; ProtoVersion1 is the version of a header without resumption,
+// which every gateway reads (AppendHeader writes it unless the request is
+// resumable).
+const (
+	ProtoVersion  = 2
+	ProtoVersion1 = 1
+)
+
+// FlagResumable marks a version 2 open header whose stream may be resumed
+// on another session (see Resumable).
+const FlagResumable byte = 1
 
 // BindingLabel is the TLS exporter label used for channel binding.
 const BindingLabel = "EXPORTER-cachetun-binding"
@@ -56,6 +88,9 @@ const (
 	KindControl byte = 1
 	// KindProxy is one proxied connection to one node of a target.
 	KindProxy byte = 2
+	// KindResume re-attaches a resumable stream held by the gateway to
+	// this session (version 2 only).
+	KindResume byte = 3
 )
 
 var headerMagic = [2]byte{'C', 'T'}
@@ -116,7 +151,21 @@ type OpenRequest struct {
 	Kind   byte
 	Target string
 	Node   string
+	// Resumable (version 2) asks for a stream that may be resumed on
+	// another session; ID names it among the client's streams and Token
+	// proves it at the resume open. Required with KindResume.
+	Resumable bool
+	ID        uint64
+	Token     ResumeToken
+	// Recv, in a KindResume open, is the bytes of the stream the client
+	// has delivered to its application.
+	Recv uint64
 }
+
+// ResumeToken is the secret of a resumable stream, chosen at random by the
+// client; only a resume open on a session of the same key that carries it
+// re-attaches the stream.
+type ResumeToken [16]byte
 
 // Errors of the codec.
 var (
@@ -124,40 +173,96 @@ var (
 	ErrBadVersion = errors.New("unsupported protocol version")
 	ErrBadKind    = errors.New("unknown stream kind")
 	ErrTooLong    = errors.New("field too long")
+	ErrBadFlags   = errors.New("unknown or inconsistent open header flags")
 )
 
-// AppendHeader appends the encoded open header of r to b.
+// AppendHeader appends the encoded open header of r to b: version 1
+// unless r is resumable (or a resume), version 2 then.
 func AppendHeader(b []byte, r OpenRequest) ([]byte, error) {
 	if len(r.Target) > 255 || len(r.Node) > 255 {
 		return b, fmt.Errorf("encode open header: %w", ErrTooLong)
 	}
-	b = append(b, headerMagic[0], headerMagic[1], ProtoVersion, r.Kind, byte(len(r.Target)), byte(len(r.Node)))
+	if (r.Kind == KindResume && !r.Resumable) || (r.Kind == KindControl && r.Resumable) {
+		return b, fmt.Errorf("encode open header: %w: only proxy streams and resumes are resumable", ErrBadFlags)
+	}
+	if !r.Resumable {
+		b = append(b, headerMagic[0], headerMagic[1], ProtoVersion1, r.Kind, byte(len(r.Target)), byte(len(r.Node)))
+		b = append(b, r.Target...)
+		return append(b, r.Node...), nil
+	}
+	b = append(b, headerMagic[0], headerMagic[1], ProtoVersion, r.Kind, FlagResumable, byte(len(r.Target)), byte(len(r.Node)))
 	b = append(b, r.Target...)
-	return append(b, r.Node...), nil
+	b = append(b, r.Node...)
+	b = binary.BigEndian.AppendUint64(b, r.ID)
+	b = append(b, r.Token[:]...)
+	if r.Kind == KindResume {
+		b = binary.BigEndian.AppendUint64(b, r.Recv)
+	}
+	return b, nil
 }
 
-// ReadHeader reads exactly one open header from r and nothing more, so
-// early payload behind it stays unread.
+// ReadHeader reads exactly one open header (version 1 or 2) from r and
+// nothing more, so early payload behind it stays unread.
 func ReadHeader(r io.Reader) (OpenRequest, error) {
-	var fixed [6]byte
-	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+	var fixed [7]byte
+	if _, err := io.ReadFull(r, fixed[:3]); err != nil {
 		return OpenRequest{}, fmt.Errorf("read open header: %w", err)
 	}
 	if fixed[0] != headerMagic[0] || fixed[1] != headerMagic[1] {
 		return OpenRequest{}, fmt.Errorf("read open header: %w", ErrBadMagic)
 	}
-	if fixed[2] != ProtoVersion {
-		return OpenRequest{}, fmt.Errorf("read open header: %w: got %d, want %d", ErrBadVersion, fixed[2], ProtoVersion)
+	var req OpenRequest
+	var tlen, nlen int
+	switch fixed[2] {
+	case ProtoVersion1:
+		if _, err := io.ReadFull(r, fixed[3:6]); err != nil {
+			return OpenRequest{}, fmt.Errorf("read open header: %w", err)
+		}
+		req.Kind, tlen, nlen = fixed[3], int(fixed[4]), int(fixed[5])
+		if req.Kind != KindControl && req.Kind != KindProxy {
+			return OpenRequest{}, fmt.Errorf("read open header: %w %d", ErrBadKind, req.Kind)
+		}
+	case ProtoVersion:
+		if _, err := io.ReadFull(r, fixed[3:7]); err != nil {
+			return OpenRequest{}, fmt.Errorf("read open header: %w", err)
+		}
+		req.Kind, tlen, nlen = fixed[3], int(fixed[5]), int(fixed[6])
+		flags := fixed[4]
+		switch {
+		case req.Kind != KindControl && req.Kind != KindProxy && req.Kind != KindResume:
+			return OpenRequest{}, fmt.Errorf("read open header: %w %d", ErrBadKind, req.Kind)
+		case flags != FlagResumable:
+			// Version 2 is the header of resumable streams only: every
+			// other stream keeps version 1.
+			return OpenRequest{}, fmt.Errorf("read open header: %w: 0x%02x, want 0x%02x", ErrBadFlags, flags, FlagResumable)
+		case req.Kind == KindControl:
+			return OpenRequest{}, fmt.Errorf("read open header: %w: a control stream is not resumable", ErrBadFlags)
+		}
+		req.Resumable = true
+	default:
+		return OpenRequest{}, fmt.Errorf("read open header: %w: got %d, want %d or %d", ErrBadVersion, fixed[2], ProtoVersion1, ProtoVersion)
 	}
-	kind := fixed[3]
-	if kind != KindControl && kind != KindProxy {
-		return OpenRequest{}, fmt.Errorf("read open header: %w %d", ErrBadKind, kind)
-	}
-	rest := make([]byte, int(fixed[4])+int(fixed[5]))
+	rest := make([]byte, tlen+nlen)
 	if _, err := io.ReadFull(r, rest); err != nil {
 		return OpenRequest{}, fmt.Errorf("read open header: %w", err)
 	}
-	return OpenRequest{Kind: kind, Target: string(rest[:fixed[4]]), Node: string(rest[fixed[4]:])}, nil
+	req.Target, req.Node = string(rest[:tlen]), string(rest[tlen:])
+	if req.Resumable {
+		var tail [8 + 16 + 8]byte
+		n := 8 + 16
+		if req.Kind == KindResume {
+			n += 8
+		}
+		if _, err := io.ReadFull(r, tail[:n]); err != nil {
+			return OpenRequest{}, fmt.Errorf("read open header: %w", err)
+		}
+		req.ID = binary.BigEndian.Uint64(tail[:8])
+		copy(req.Token[:], tail[8:24])
+		if req.Kind == KindResume {
+			req.Recv = binary.BigEndian.Uint64(tail[24:32])
+		}
+	}
+	return req, nil
 }
 
 // AppendStatus appends an encoded status reply to b.

@@ -15,6 +15,9 @@ func TestProto_HeaderRoundTrip(t *testing.T) {
 		{Kind: KindProxy, Target: "prod-redis", Node: "10.0.1.231:6379"},
 		{Kind: KindProxy, Target: strings.Repeat("t", 255), Node: strings.Repeat("n", 255)},
 		{Kind: KindProxy},
+		{Kind: KindProxy, Target: "prod-redis", Node: "10.0.1.231:6379", Resumable: true, ID: 1<<63 | 5, Token: ResumeToken{1, 2, 3, 15: 0xff}},
+		{Kind: KindResume, Resumable: true, ID: 0, Recv: 1<<64 - 1},
+		{Kind: KindResume, Resumable: true, ID: 42, Token: ResumeToken{9}, Recv: 8 << 20},
 	} {
 		b, err := AppendHeader(nil, req)
 		if err != nil {
@@ -40,15 +43,25 @@ func TestProto_HeaderErrors(t *testing.T) {
 	if _, err := AppendHeader(nil, OpenRequest{Kind: KindProxy, Target: strings.Repeat("x", 256)}); !errors.Is(err, ErrTooLong) {
 		t.Fatalf("long target: got %v, want ErrTooLong", err)
 	}
+	if _, err := AppendHeader(nil, OpenRequest{Kind: KindResume}); !errors.Is(err, ErrBadFlags) {
+		t.Fatalf("resume without Resumable: got %v, want ErrBadFlags", err)
+	}
 	cases := map[string]struct {
 		in   []byte
 		want error
 	}{
-		"bad magic":   {[]byte("GET / HTTP/1.1\r\n"), ErrBadMagic},
-		"bad version": {[]byte{'C', 'T', 9, 2, 0, 0}, ErrBadVersion},
-		"bad kind":    {[]byte{'C', 'T', 1, 7, 0, 0}, ErrBadKind},
-		"truncated":   {[]byte{'C', 'T', 1, 2, 5, 0, 'a'}, io.ErrUnexpectedEOF},
-		"empty":       {nil, io.EOF},
+		"bad magic":              {[]byte("GET / HTTP/1.1\r\n"), ErrBadMagic},
+		"bad version":            {[]byte{'C', 'T', 9, 2, 0, 0}, ErrBadVersion},
+		"bad kind":               {[]byte{'C', 'T', 1, 7, 0, 0}, ErrBadKind},
+		"truncated":              {[]byte{'C', 'T', 1, 2, 5, 0, 'a'}, io.ErrUnexpectedEOF},
+		"empty":                  {nil, io.EOF},
+		"v2 no flags":            {[]byte{'C', 'T', 2, 2, 0, 0, 0}, ErrBadFlags},
+		"v2 unknown flag":        {[]byte{'C', 'T', 2, 2, 3, 0, 0}, ErrBadFlags},
+		"v2 resumable control":   {[]byte{'C', 'T', 2, 1, 1, 0, 0}, ErrBadFlags},
+		"v2 bad kind":            {[]byte{'C', 'T', 2, 9, 1, 0, 0}, ErrBadKind},
+		"v1 resume kind":         {[]byte{'C', 'T', 1, 3, 0, 0}, ErrBadKind},
+		"v2 truncated id":        {[]byte{'C', 'T', 2, 2, 1, 0, 0, 1, 2, 3}, io.ErrUnexpectedEOF},
+		"v2 resume without recv": {append([]byte{'C', 'T', 2, 3, 1, 0, 0}, make([]byte, 28)...), io.ErrUnexpectedEOF},
 	}
 	for name, tc := range cases {
 		if _, err := ReadHeader(bytes.NewReader(tc.in)); !errors.Is(err, tc.want) {
@@ -82,6 +95,12 @@ func FuzzReadHeader(f *testing.F) {
 	f.Add(seed(OpenRequest{Kind: KindControl, Target: "prod"}))
 	f.Add(seed(OpenRequest{Kind: KindProxy, Target: "prod", Node: "10.0.1.1:6379"}))
 	f.Add([]byte{'C', 'T', 1, 2, 255, 255})
+	f.Add(seed(OpenRequest{Kind: KindProxy, Target: "prod", Node: "10.0.1.1:6379", Resumable: true, ID: 1, Token: ResumeToken{7}}))
+	f.Add(seed(OpenRequest{Kind: KindResume, Resumable: true, ID: 1<<64 - 1, Recv: 1 << 40}))
+	f.Add([]byte{'C', 'T', 2, 3, 1, 255, 255})
+	f.Add([]byte{'C', 'T', 2, 2, 0, 0, 0})
+	f.Add([]byte{'C', 'T', 2, 1, 1, 0, 0})
+	f.Add([]byte{'C', 'T', 3, 2, 1, 0, 0})
 	f.Add([]byte("CT"))
 	f.Add([]byte("*1\r\n$4\r\nPING\r\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {

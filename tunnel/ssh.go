@@ -307,7 +307,7 @@ func (s *sshSession) OpenStream(ctx context.Context, req OpenRequest) (Stream, e
 	if req.Kind == KindControl {
 		typ = ChannelControl
 	}
-	hdr, err := AppendHeader(make([]byte, 0, 6+len(req.Target)+len(req.Node)), req)
+	hdr, err := AppendHeader(make([]byte, 0, 7+len(req.Target)+len(req.Node)+32), req)
 	if err != nil {
 		return nil, err
 	}
@@ -429,7 +429,7 @@ func (in *sshIncoming) Request(time.Time) (OpenRequest, error) {
 	if in.nc.ChannelType() == ChannelControl {
 		want = KindControl
 	}
-	if req.Kind != want {
+	if req.Kind != want && (want != KindProxy || req.Kind != KindResume) {
 		return OpenRequest{}, fmt.Errorf("read open header: %w %d on a %s channel", ErrBadKind, req.Kind, in.nc.ChannelType())
 	}
 	return req, nil

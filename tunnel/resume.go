@@ -1,0 +1,852 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A Resumable is a stream that outlives the session it was opened on: it
+// runs over a sequence of underlying streams, one per session, and when a
+// session dies it detaches and waits (at most its grace) for Attach with
+// the stream of a new session. Nothing is lost, duplicated or reordered:
+//
+//   - sent counts the bytes the application wrote, recv the bytes Read
+//     delivered to it. Each end tells the other its recv: in acks (the
+//     link's Ack frames, batched) while attached, and in the resume
+//     handshake.
+//   - Written bytes stay in a replay buffer until the peer acknowledges
+//     them. The buffer is bounded (ResumableConfig.Buffer, and a
+//     ResumeBudget shared by many streams): a Write that would exceed a
+//     bound blocks until acks free room. Attach drops what the peer's recv
+//     says it has and replays the rest on the new stream.
+//   - An underlying stream's EOF or error is not final (on SSH a dying
+//     connection ends its channels with a plain EOF): Read returns io.EOF
+//     only once the peer's Fin has come over the link and recv has reached
+//     its offset; a peer's Reset fails the stream. A local CloseWrite sends
+//     Fin (again after every Attach), Abort sends Reset.
+//   - Bytes read from an underlying stream after it was detached are
+//     dropped uncounted: the peer replays them.
+//
+// The relay relays a Resumable like any Stream. A Resumable is safe for
+// one reader and one writer at a time, as every Stream.
+
+// DefaultResumeBuffer is the replay buffer of one resumable stream.
+const DefaultResumeBuffer = 4 << 20
+
+// AckUrgent is how many received bytes, not yet acknowledged, make a
+// Resumable ask its link for an ack at once rather than batched.
+const AckUrgent = 512 << 10
+
+// AckDelay is how long a link may batch acks.
+const AckDelay = 50 * time.Millisecond
+
+// resumeChunk is the allocation unit of a replay buffer.
+const resumeChunk = 16 << 10
+
+var resumeChunks = sync.Pool{New: func() any { b := make([]byte, resumeChunk); return &b }}
+
+// Errors of a Resumable.
+var (
+	// ErrResumeExpired: the stream was not re-attached within its grace.
+	ErrResumeExpired = errors.New("stream not resumed within its grace")
+	// ErrPeerReset: the peer aborted the stream (its Reset).
+	ErrPeerReset = errors.New("stream reset by the peer")
+	// ErrResumeOffset: the peer's counter does not fit what was sent.
+	ErrResumeOffset = errors.New("resume offset out of range")
+	errAborted      = errors.New("stream aborted")
+)
+
+// ResumeLink is what a Resumable needs of the session it is attached to
+// besides the stream: the control stream, which carries its acks, Fin and
+// Reset to the peer (package control implements it). Its methods must not
+// block on the Resumable.
+type ResumeLink interface {
+	// Ack asks for r's receive counter (r.TakeAck) to be sent to the
+	// peer: within AckDelay, or at once when urgent.
+	Ack(r *Resumable, urgent bool)
+	// Fin tells the peer that the stream's write side ended after offset
+	// bytes.
+	Fin(id, offset uint64)
+	// Reset tells the peer that the stream was aborted.
+	Reset(id uint64)
+}
+
+// ResumableConfig configures a Resumable.
+type ResumableConfig struct {
+	ID    uint64
+	Token ResumeToken
+	// Buffer bounds the replay buffer; 0: DefaultResumeBuffer.
+	Buffer int
+	// Budget, when set, bounds the replay memory of every stream that
+	// shares it; a Write waits for it as for Buffer.
+	Budget *ResumeBudget
+	// Grace is how long the stream waits detached before it fails both
+	// ways with ErrResumeExpired; 0: it fails at once when detached.
+	Grace time.Duration
+	// OnEnd, when set, is called once, in its own goroutine or the
+	// caller's, when the stream is final (closed, aborted, reset, expired).
+	OnEnd func(r *Resumable, err error)
+}
+
+// Resumable is a stream that can be moved from one session to another;
+// see the top of this file.
+type Resumable struct {
+	cfg     ResumableConfig
+	bound   int
+	dead    atomic.Bool // final: wakes budget waiters
+	endOnce sync.Once
+
+	wmu sync.Mutex // serialises writes to the underlying stream: Write, CloseWrite, Attach's replay
+
+	mu        sync.Mutex
+	cond      sync.Cond
+	cur       Stream // nil while detached
+	link      ResumeLink
+	gen       uint64 // counts attachments and detachments
+	curBad    bool   // a write to cur failed: buffer only until the next Attach
+	readEnded bool   // cur's read side ended (EOF or error)
+	replaying bool   // Attach replays from buf: free nothing
+	sent      uint64
+	acked     uint64
+	recv      uint64
+	reported  uint64
+	ackAsked  bool
+	reserved  int
+	buf       replayBuf
+	hasFin    bool
+	finAt     uint64
+	localFin  bool
+	err       error // final
+	grace     *time.Timer
+	rdl, wdl  time.Time
+	dlTimer   *time.Timer
+}
+
+// NewResumable returns a Resumable attached to st (its first underlying
+// stream, opened or accepted with the request's Resumable set) and link.
+func NewResumable(cfg ResumableConfig, st Stream, link ResumeLink) *Resumable {
+	r := &Resumable{cfg: cfg, bound: cfg.Buffer, cur: st, link: link}
+	if r.bound <= 0 {
+		r.bound = DefaultResumeBuffer
+	}
+	r.cond.L = &r.mu
+	return r
+}
+
+// ID returns the stream's id.
+func (r *Resumable) ID() uint64 { return r.cfg.ID }
+
+// Token returns the stream's resume token.
+func (r *Resumable) Token() ResumeToken { return r.cfg.Token }
+
+// Recv returns the bytes Read has delivered: what the resume handshake
+// tells the peer. Call it while the stream is detached.
+func (r *Resumable) Recv() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.recv
+}
+
+// Buffered returns the bytes held for replay (written, not acknowledged).
+func (r *Resumable) Buffered() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.buf.n
+}
+
+// Detached reports whether the stream waits for Attach.
+func (r *Resumable) Detached() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur == nil && r.err == nil
+}
+
+// Err returns the error that made the stream final, or nil.
+func (r *Resumable) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+// TakeAck returns the stream's id and receive counter for an ack and
+// notes it as reported (the link calls it when it sends the ack).
+func (r *Resumable) TakeAck() (id, recv uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reported, r.ackAsked = r.recv, false
+	return r.cfg.ID, r.recv
+}
+
+// Acked is the peer's ack: it has received n bytes of the stream. Acked
+// bytes leave the replay buffer. An n beyond what was sent is a protocol
+// error.
+func (r *Resumable) Acked(n uint64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n > r.sent {
+		return fmt.Errorf("ack stream %d: %w: %d acked, %d sent", r.cfg.ID, ErrResumeOffset, n, r.sent)
+	}
+	r.ackLocked(n)
+	return nil
+}
+
+func (r *Resumable) ackLocked(n uint64) {
+	if n <= r.acked {
+		return
+	}
+	r.acked = n
+	if !r.replaying {
+		r.trimLocked()
+	}
+	r.cond.Broadcast()
+}
+
+// trimLocked frees the acknowledged bytes of the buffer.
+func (r *Resumable) trimLocked() {
+	drop := int(r.buf.n - int(r.sent-r.acked))
+	if drop > 0 {
+		r.buf.drop(drop)
+		r.cfg.Budget.release(drop)
+	}
+}
+
+// PeerFin is the peer's Fin: its write side ended after offset bytes.
+func (r *Resumable) PeerFin(offset uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.hasFin {
+		r.hasFin, r.finAt = true, offset
+		r.cond.Broadcast()
+	}
+}
+
+// PeerReset is the peer's Reset: the stream fails both ways.
+func (r *Resumable) PeerReset() {
+	r.mu.Lock()
+	r.failLocked(ErrPeerReset)
+	r.mu.Unlock()
+	r.notifyEnd()
+}
+
+// Detach lets go of the current underlying stream (aborting it), as when
+// its session died: Read and Write wait (Write up to the buffer's bound)
+// for Attach, at most the grace. Detaching a detached or final stream does
+// nothing.
+func (r *Resumable) Detach() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.detachLocked()
+}
+
+func (r *Resumable) detachLocked() {
+	if r.cur == nil || r.err != nil {
+		return
+	}
+	r.cur.Abort()
+	r.cur, r.link = nil, nil
+	r.gen++
+	r.curBad, r.readEnded = false, false
+	gen := r.gen
+	r.grace = time.AfterFunc(r.cfg.Grace, func() { r.expire(gen) })
+	r.cond.Broadcast()
+}
+
+func (r *Resumable) expire(gen uint64) {
+	r.mu.Lock()
+	if r.cur != nil || r.gen != gen || r.err != nil {
+		r.mu.Unlock()
+		return
+	}
+	r.failLocked(fmt.Errorf("%w (%s)", ErrResumeExpired, r.cfg.Grace))
+	r.mu.Unlock()
+	r.notifyEnd()
+}
+
+// Attach continues the stream on st, the stream of a new session whose
+// resume handshake told that the peer has received peerRecv bytes: the
+// bytes it lacks are written to st first, then the stream goes on, and a
+// local Fin is sent again. A stream still attached is detached first (the
+// client moved to a new session before the gateway noticed the old one
+// die). On a final stream, or with a peerRecv that does not fit, st is
+// aborted and the error returned.
+func (r *Resumable) Attach(st Stream, peerRecv uint64, link ResumeLink) error {
+	r.Detach()
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	r.mu.Lock()
+	if r.err != nil {
+		err := r.err
+		r.mu.Unlock()
+		st.Abort()
+		return err
+	}
+	if peerRecv < r.acked || peerRecv > r.sent {
+		err := fmt.Errorf("attach stream %d: %w: the peer has %d, %d acked, %d sent", r.cfg.ID, ErrResumeOffset, peerRecv, r.acked, r.sent)
+		r.failLocked(err)
+		r.mu.Unlock()
+		st.Abort()
+		r.notifyEnd()
+		return err
+	}
+	if r.grace != nil {
+		r.grace.Stop()
+		r.grace = nil
+	}
+	r.ackLocked(peerRecv)
+	r.trimLocked()
+	replay := r.buf.slices()
+	r.cur, r.link = st, link
+	r.gen++
+	gen := r.gen
+	r.curBad, r.readEnded, r.replaying = false, false, true
+	r.reported = r.recv // the handshake told the peer
+	if !r.rdl.IsZero() {
+		_ = st.SetReadDeadline(r.rdl)
+	}
+	if !r.wdl.IsZero() {
+		_ = st.SetWriteDeadline(r.wdl)
+	}
+	fin, sent := r.localFin, r.sent
+	r.mu.Unlock()
+	bad := false
+	for _, b := range replay {
+		if _, err := st.Write(b); err != nil {
+			bad = true
+			break
+		}
+	}
+	if fin && !bad {
+		_ = st.CloseWrite()
+	}
+	r.mu.Lock()
+	r.replaying = false
+	r.trimLocked()
+	if r.err != nil { // failed during the replay: free what it pinned
+		r.cfg.Budget.release(r.buf.n)
+		r.buf.drop(r.buf.n)
+	}
+	if bad && r.gen == gen {
+		r.curBad = true
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if fin {
+		link.Fin(r.cfg.ID, sent)
+	}
+	return nil
+}
+
+// Read reads what the peer wrote, waiting while detached.
+func (r *Resumable) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r.mu.Lock()
+	for {
+		if err := r.readErrLocked(); err != nil {
+			r.mu.Unlock()
+			return 0, err
+		}
+		if r.cur == nil || r.readEnded {
+			r.cond.Wait()
+			continue
+		}
+		cur, gen := r.cur, r.gen
+		r.mu.Unlock()
+		n, err := cur.Read(p)
+		r.mu.Lock()
+		if gen != r.gen {
+			continue // read from a detached stream: the peer replays it
+		}
+		if n > 0 {
+			r.recv += uint64(n)
+			link, urgent, ask := r.link, r.recv-r.reported >= AckUrgent, !r.ackAsked
+			if link != nil && (urgent || ask) {
+				r.ackAsked = true
+			} else {
+				link = nil
+			}
+			r.mu.Unlock()
+			if link != nil {
+				link.Ack(r, urgent)
+			}
+			return n, nil
+		}
+		if err != nil {
+			if rerr := r.curReadErrLocked(err); rerr != nil {
+				r.mu.Unlock()
+				r.notifyEnd()
+				return 0, rerr
+			}
+		}
+	}
+}
+
+// readErrLocked is what a Read returns without reading: the final error,
+// io.EOF once the peer's Fin is reached, a passed deadline.
+func (r *Resumable) readErrLocked() error {
+	switch {
+	case r.err != nil:
+		return r.err
+	case r.hasFin && r.recv >= r.finAt:
+		return io.EOF
+	case !r.rdl.IsZero() && !time.Now().Before(r.rdl):
+		return os.ErrDeadlineExceeded
+	}
+	return nil
+}
+
+// curReadErrLocked handles an error of the current stream's Read or
+// WaitReadable: a refusal of the open is final, a deadline of ours is
+// returned, anything else ends only this stream's read side (the link's
+// Fin, Reset or a detach decides what follows).
+func (r *Resumable) curReadErrLocked(err error) error {
+	var se *StatusError
+	switch {
+	case errors.As(err, &se):
+		r.failLocked(err)
+		return err
+	case errors.Is(err, os.ErrDeadlineExceeded) && !r.rdl.IsZero() && !time.Now().Before(r.rdl):
+		return err
+	}
+	r.readEnded = true
+	return nil
+}
+
+// WaitReadable waits until a Read would not block, while detached too.
+// Over a transport that cannot wait (SSH) it returns ErrNoWait.
+func (r *Resumable) WaitReadable() error {
+	r.mu.Lock()
+	for {
+		if err := r.readErrLocked(); err != nil {
+			r.mu.Unlock()
+			if err == io.EOF {
+				return io.EOF
+			}
+			return err
+		}
+		if r.cur == nil || r.readEnded {
+			r.cond.Wait()
+			continue
+		}
+		cur, gen := r.cur, r.gen
+		r.mu.Unlock()
+		err := cur.WaitReadable()
+		r.mu.Lock()
+		if gen != r.gen {
+			continue
+		}
+		switch {
+		case err == nil:
+			r.mu.Unlock()
+			return nil
+		case errors.Is(err, ErrNoWait):
+			r.mu.Unlock()
+			return ErrNoWait
+		}
+		if rerr := r.curReadErrLocked(err); rerr != nil {
+			r.mu.Unlock()
+			r.notifyEnd()
+			return rerr
+		}
+	}
+}
+
+// maxPiece bounds what one step of Write reserves and copies.
+const maxPiece = 64 << 10
+
+// Write buffers p for replay and writes it to the current stream; while
+// detached it only buffers. It blocks while the buffer or the budget is
+// full.
+func (r *Resumable) Write(p []byte) (int, error) {
+	total := 0
+	for len(p) > 0 {
+		k := min(len(p), maxPiece, r.bound)
+		if err := r.reserve(k); err != nil {
+			return total, err
+		}
+		r.wmu.Lock()
+		r.mu.Lock()
+		r.reserved -= k
+		if r.err != nil || r.localFin {
+			err := r.writeErrLocked()
+			r.mu.Unlock()
+			r.wmu.Unlock()
+			r.cfg.Budget.release(k)
+			return total, err
+		}
+		r.buf.append(p[:k])
+		r.sent += uint64(k)
+		cur, gen, bad := r.cur, r.gen, r.curBad
+		r.mu.Unlock()
+		if cur != nil && !bad {
+			if _, err := cur.Write(p[:k]); err != nil {
+				r.mu.Lock()
+				if gen == r.gen {
+					r.curBad = true
+				}
+				r.mu.Unlock()
+			}
+		}
+		r.wmu.Unlock()
+		total += k
+		p = p[k:]
+	}
+	return total, nil
+}
+
+func (r *Resumable) writeErrLocked() error {
+	if r.err != nil {
+		return r.err
+	}
+	return fmt.Errorf("write stream %d: %w", r.cfg.ID, net.ErrClosed)
+}
+
+// reserve waits until k more bytes fit the buffer and the budget.
+func (r *Resumable) reserve(k int) error {
+	r.mu.Lock()
+	for {
+		switch {
+		case r.err != nil || r.localFin:
+			err := r.writeErrLocked()
+			r.mu.Unlock()
+			return err
+		case !r.wdl.IsZero() && !time.Now().Before(r.wdl):
+			r.mu.Unlock()
+			return os.ErrDeadlineExceeded
+		}
+		if r.buf.n+r.reserved+k <= r.bound {
+			break
+		}
+		r.cond.Wait()
+	}
+	r.reserved += k
+	r.mu.Unlock()
+	if !r.cfg.Budget.acquire(k, r.dead.Load) {
+		r.mu.Lock()
+		r.reserved -= k
+		err := r.writeErrLocked()
+		r.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// CloseWrite ends the write side: the peer reads io.EOF once it has every
+// byte, after the Fin sent over the link.
+func (r *Resumable) CloseWrite() error {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	r.mu.Lock()
+	if r.err != nil {
+		err := r.err
+		r.mu.Unlock()
+		return err
+	}
+	if r.localFin {
+		r.mu.Unlock()
+		return nil
+	}
+	r.localFin = true
+	cur, link, bad, sent := r.cur, r.link, r.curBad, r.sent
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if cur != nil {
+		if !bad {
+			_ = cur.CloseWrite()
+		}
+		link.Fin(r.cfg.ID, sent)
+	}
+	return nil
+}
+
+// Close releases the stream. After both ends' Fins it is a clean end;
+// before, it is an Abort (the peer is told with Reset).
+func (r *Resumable) Close() error {
+	r.mu.Lock()
+	clean := r.localFin && r.hasFin && r.recv >= r.finAt
+	if r.err != nil {
+		r.mu.Unlock()
+		return nil
+	}
+	if !clean {
+		r.mu.Unlock()
+		r.Abort()
+		return nil
+	}
+	cur := r.cur
+	r.cur = nil
+	r.failLocked(net.ErrClosed)
+	r.mu.Unlock()
+	if cur != nil {
+		_ = cur.Close()
+	}
+	r.notifyEnd()
+	return nil
+}
+
+// Abort resets the stream: the peer is told with Reset, both ways fail.
+func (r *Resumable) Abort() {
+	r.mu.Lock()
+	if r.err != nil {
+		r.mu.Unlock()
+		return
+	}
+	link := r.link
+	r.failLocked(errAborted)
+	r.mu.Unlock()
+	if link != nil {
+		link.Reset(r.cfg.ID)
+	}
+	r.notifyEnd()
+}
+
+// Fail ends the stream both ways with err without telling the peer (its
+// end is cut by the same cause: a revocation, a drain).
+func (r *Resumable) Fail(err error) {
+	r.mu.Lock()
+	r.failLocked(err)
+	r.mu.Unlock()
+	r.notifyEnd()
+}
+
+// failLocked makes the stream final with err: the current stream is
+// aborted, the buffer freed, every waiter woken.
+func (r *Resumable) failLocked(err error) {
+	if r.err != nil {
+		return
+	}
+	r.err = err
+	r.dead.Store(true)
+	if r.cur != nil {
+		r.cur.Abort()
+		r.cur = nil
+	}
+	r.link = nil
+	if r.grace != nil {
+		r.grace.Stop()
+		r.grace = nil
+	}
+	if r.dlTimer != nil {
+		r.dlTimer.Stop()
+	}
+	if !r.replaying {
+		r.cfg.Budget.release(r.buf.n)
+		r.buf.drop(r.buf.n)
+	}
+	r.cond.Broadcast()
+	r.cfg.Budget.wake()
+}
+
+func (r *Resumable) notifyEnd() {
+	r.mu.Lock()
+	err := r.err
+	r.mu.Unlock()
+	if err == nil || r.cfg.OnEnd == nil {
+		return
+	}
+	r.endOnce.Do(func() { r.cfg.OnEnd(r, err) })
+}
+
+// FlushOpen sends the current stream's open header, if still unsent.
+func (r *Resumable) FlushOpen() error {
+	r.mu.Lock()
+	cur := r.cur
+	r.mu.Unlock()
+	if cur == nil {
+		return nil
+	}
+	return cur.FlushOpen()
+}
+
+// SetDeadline sets both deadlines.
+func (r *Resumable) SetDeadline(t time.Time) error {
+	_ = r.SetReadDeadline(t)
+	return r.SetWriteDeadline(t)
+}
+
+// SetReadDeadline sets the read deadline, kept across attachments.
+func (r *Resumable) SetReadDeadline(t time.Time) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rdl = t
+	r.armDeadlineLocked(t)
+	if r.cur != nil {
+		return r.cur.SetReadDeadline(t)
+	}
+	return nil
+}
+
+// SetWriteDeadline sets the write deadline, kept across attachments.
+func (r *Resumable) SetWriteDeadline(t time.Time) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.wdl = t
+	r.armDeadlineLocked(t)
+	if r.cur != nil {
+		return r.cur.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+// armDeadlineLocked wakes waiters when t passes.
+func (r *Resumable) armDeadlineLocked(t time.Time) {
+	if t.IsZero() {
+		return
+	}
+	if r.dlTimer != nil {
+		r.dlTimer.Stop()
+	}
+	r.dlTimer = time.AfterFunc(time.Until(t), func() {
+		r.mu.Lock()
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+}
+
+// replayBuf holds the unacknowledged bytes in pooled chunks: the first
+// chunk's bytes before off are gone.
+type replayBuf struct {
+	chunks []*[]byte
+	off    int // start in chunks[0]
+	n      int // bytes held
+}
+
+func (b *replayBuf) append(p []byte) {
+	for len(p) > 0 {
+		end := (b.off + b.n) % resumeChunk
+		if end == 0 && (b.off+b.n)/resumeChunk == len(b.chunks) {
+			b.chunks = append(b.chunks, resumeChunks.Get().(*[]byte))
+		}
+		last := *b.chunks[len(b.chunks)-1]
+		k := copy(last[end:], p)
+		b.n += k
+		p = p[k:]
+	}
+}
+
+func (b *replayBuf) drop(k int) {
+	b.n -= k
+	b.off += k
+	for len(b.chunks) > 0 && (b.off >= resumeChunk || b.n == 0) {
+		resumeChunks.Put(b.chunks[0])
+		b.chunks[0] = nil
+		b.chunks = b.chunks[1:]
+		if b.off >= resumeChunk {
+			b.off -= resumeChunk
+		} else {
+			b.off = 0
+		}
+	}
+	if len(b.chunks) == 0 {
+		b.chunks, b.off = nil, 0
+	}
+}
+
+// slices returns the held bytes in order, referencing the chunks.
+func (b *replayBuf) slices() [][]byte {
+	var out [][]byte
+	left, off := b.n, b.off
+	for _, c := range b.chunks {
+		if left == 0 {
+			break
+		}
+		k := min(resumeChunk-off, left)
+		out = append(out, (*c)[off:off+k])
+		left -= k
+		off = 0
+	}
+	return out
+}
+
+// ResumeBudget bounds the replay memory of many Resumables: one for the
+// gateway and one per key under it (Child). A nil budget bounds nothing.
+type ResumeBudget struct {
+	root   *budgetRoot
+	parent *ResumeBudget
+	limit  int
+	used   int
+}
+
+type budgetRoot struct {
+	mu   sync.Mutex
+	cond sync.Cond
+}
+
+// NewResumeBudget returns a budget of limit bytes.
+func NewResumeBudget(limit int) *ResumeBudget {
+	root := &budgetRoot{}
+	root.cond.L = &root.mu
+	return &ResumeBudget{root: root, limit: limit}
+}
+
+// Child returns a budget of limit bytes whose use counts against b too.
+func (b *ResumeBudget) Child(limit int) *ResumeBudget {
+	return &ResumeBudget{root: b.root, parent: b, limit: limit}
+}
+
+// Used returns the bytes held under b.
+func (b *ResumeBudget) Used() int {
+	if b == nil {
+		return 0
+	}
+	b.root.mu.Lock()
+	defer b.root.mu.Unlock()
+	return b.used
+}
+
+func (b *ResumeBudget) fitsLocked(n int) bool {
+	for x := b; x != nil; x = x.parent {
+		if x.used+n > x.limit {
+			return false
+		}
+	}
+	return true
+}
+
+// acquire waits until n bytes fit b and its parents, or stop says to
+// give up (false).
+func (b *ResumeBudget) acquire(n int, stop func() bool) bool {
+	if b == nil {
+		return true
+	}
+	b.root.mu.Lock()
+	defer b.root.mu.Unlock()
+	for !b.fitsLocked(n) {
+		if stop() {
+			return false
+		}
+		b.root.cond.Wait()
+	}
+	for x := b; x != nil; x = x.parent {
+		x.used += n
+	}
+	return true
+}
+
+func (b *ResumeBudget) release(n int) {
+	if b == nil || n == 0 {
+		return
+	}
+	b.root.mu.Lock()
+	for x := b; x != nil; x = x.parent {
+		x.used -= n
+	}
+	b.root.cond.Broadcast()
+	b.root.mu.Unlock()
+}
+
+func (b *ResumeBudget) wake() {
+	if b == nil {
+		return
+	}
+	b.root.mu.Lock()
+	b.root.cond.Broadcast()
+	b.root.mu.Unlock()
+}

@@ -1,0 +1,352 @@
+package tunnel_test
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// testLink stands in for the control stream of one session (package
+// control carries the real frames): it hands acks, Fins and Resets to
+// the peer's Resumable in its own goroutine, until the session is cut.
+type testLink struct {
+	peer  *atomic.Pointer[tunnel.Resumable]
+	mu    sync.Mutex // guards dead and wg's additions
+	dead  atomic.Bool
+	wg    sync.WaitGroup
+	noAck bool
+}
+
+// do runs f in its own goroutine unless the link was cut.
+func (l *testLink) do(f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.dead.Load() {
+		l.wg.Go(f)
+	}
+}
+
+func newTestLink(peer *atomic.Pointer[tunnel.Resumable]) *testLink { return &testLink{peer: peer} }
+
+func (l *testLink) Ack(r *tunnel.Resumable, urgent bool) {
+	if l.noAck {
+		return
+	}
+	l.do(func() {
+		if !urgent {
+			time.Sleep(tunnel.AckDelay) // the batching delay of a real link
+		}
+		if l.dead.Load() {
+			return
+		}
+		_, n := r.TakeAck()
+		if p := l.peer.Load(); p != nil {
+			_ = p.Acked(n)
+		}
+	})
+}
+
+func (l *testLink) Fin(_, offset uint64) {
+	l.do(func() {
+		if p := l.peer.Load(); p != nil && !l.dead.Load() {
+			p.PeerFin(offset)
+		}
+	})
+}
+
+func (l *testLink) Reset(uint64) {
+	l.do(func() {
+		if p := l.peer.Load(); p != nil && !l.dead.Load() {
+			p.PeerReset()
+		}
+	})
+}
+
+func (l *testLink) cut() {
+	l.mu.Lock()
+	l.dead.Store(true)
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
+// pseudo returns n pseudo-random bytes of seed.
+func pseudo(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	rng := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
+	_, _ = rng.Read(b)
+	return b
+}
+
+// writeAll writes data in pseudo-random pieces, then half-closes.
+func writeAll(w *tunnel.Resumable, data []byte, seed uint64) error {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	for len(data) > 0 {
+		k := min(len(data), 1+rng.IntN(100<<10))
+		if _, err := w.Write(data[:k]); err != nil {
+			return err
+		}
+		data = data[k:]
+	}
+	return w.CloseWrite()
+}
+
+// readAll reads until io.EOF, noting progress in got.
+func readAll(r *tunnel.Resumable, got *atomic.Int64) ([]byte, error) {
+	var out bytes.Buffer
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		out.Write(buf[:n])
+		got.Add(int64(n))
+		if err == io.EOF {
+			return out.Bytes(), nil
+		}
+		if err != nil {
+			return out.Bytes(), err
+		}
+	}
+}
+
+// TestResumable_SurvivesSessionDeath moves a stream carrying 8 MiB of
+// pseudo-random bytes each way from one session to another, the first one
+// closed mid-transfer, and checks that each side read exactly what the
+// other wrote: nothing lost, duplicated or reordered. The replay buffer
+// is 1 MiB, so the writers block on it while the stream is detached.
+func TestResumable_SurvivesSessionDeath(t *testing.T) {
+	const size = 8 << 20
+	forEachTransport(t, func(t *testing.T, p pair) {
+		cst, sst := streamPair(t, p)
+		var cPeer, sPeer atomic.Pointer[tunnel.Resumable] // each link's peer
+		clink, slink := newTestLink(&cPeer), newTestLink(&sPeer)
+		cfg := tunnel.ResumableConfig{ID: 7, Buffer: 1 << 20, Grace: 30 * time.Second}
+		cr := tunnel.NewResumable(cfg, cst, clink)
+		sr := tunnel.NewResumable(cfg, sst, slink)
+		cPeer.Store(sr)
+		sPeer.Store(cr)
+		up, down := pseudo(1, size), pseudo(2, size)
+
+		var cGot, sGot atomic.Int64
+		type result struct {
+			b   []byte
+			err error
+		}
+		cRead, sRead := make(chan result, 1), make(chan result, 1)
+		wErr := make(chan error, 2)
+		go func() { b, err := readAll(cr, &cGot); cRead <- result{b, err} }()
+		go func() { b, err := readAll(sr, &sGot); sRead <- result{b, err} }()
+		go func() { wErr <- writeAll(cr, up, 3) }()
+		go func() { wErr <- writeAll(sr, down, 4) }()
+
+		waitFor(t, 20*time.Second, "2 MiB each way on the first session", func() bool {
+			return cGot.Load() >= 2<<20 && sGot.Load() >= 2<<20
+		})
+		p.client.Close()
+		p.server.Close()
+		clink.cut()
+		slink.cut()
+		cr.Detach()
+		sr.Detach()
+		if !cr.Detached() || !sr.Detached() {
+			t.Fatal("streams not detached after the session closed")
+		}
+		if got := cr.Buffered(); got > 1<<20 {
+			t.Fatalf("client replay buffer holds %d bytes, bound 1 MiB", got)
+		}
+
+		p2 := newPair(t, p.transport)
+		cst2, sst2 := streamPair(t, p2)
+		clink2, slink2 := newTestLink(&cPeer), newTestLink(&sPeer)
+		cRecv, sRecv := cr.Recv(), sr.Recv() // what each resume handshake carries
+		if err := sr.Attach(sst2, cRecv, slink2); err != nil {
+			t.Fatalf("server Attach: %v", err)
+		}
+		if err := cr.Attach(cst2, sRecv, clink2); err != nil {
+			t.Fatalf("client Attach: %v", err)
+		}
+		c := within(t, cRead, 60*time.Second, "client read to the end")
+		s := within(t, sRead, 60*time.Second, "server read to the end")
+		for i := 0; i < 2; i++ {
+			if err := within(t, wErr, 10*time.Second, "writers done"); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+		}
+		if c.err != nil || s.err != nil {
+			t.Fatalf("read errors: client %v, server %v", c.err, s.err)
+		}
+		if len(c.b) != size || !bytes.Equal(c.b, down) {
+			t.Fatalf("client read %d bytes, want the %d the server wrote (equal: %v)", len(c.b), size, bytes.Equal(c.b, down))
+		}
+		if len(s.b) != size || !bytes.Equal(s.b, up) {
+			t.Fatalf("server read %d bytes, want the %d the client wrote (equal: %v)", len(s.b), size, bytes.Equal(s.b, up))
+		}
+		_ = cr.Close()
+		_ = sr.Close()
+		if cr.Err() == nil || errors.Is(cr.Err(), tunnel.ErrPeerReset) {
+			t.Fatalf("client stream after a clean close: err %v", cr.Err())
+		}
+		clink2.cut()
+		slink2.cut()
+	})
+}
+
+// TestResumable_WriteBlocksWhenBufferFull: a Write beyond the replay
+// buffer (64 KiB) waits for the peer's ack, and one beyond a shared
+// budget (96 KiB for two streams of 64 KiB) waits for the other stream's.
+func TestResumable_WriteBlocksWhenBufferFull(t *testing.T) {
+	p := newPair(t, "tls")
+	cst, sst := streamPair(t, p)
+	cst2, sst2 := streamPair(t, p)
+	var none atomic.Pointer[tunnel.Resumable]
+	link := &testLink{peer: &none, noAck: true}
+	budget := tunnel.NewResumeBudget(96 << 10)
+	cfg := tunnel.ResumableConfig{ID: 1, Buffer: 64 << 10, Budget: budget, Grace: time.Minute}
+	w := tunnel.NewResumable(cfg, cst, link)
+	cfg.ID = 2
+	w2 := tunnel.NewResumable(cfg, cst2, link)
+	t.Cleanup(func() { w.Abort(); w2.Abort() })
+	if _, err := w.Write(make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(sst, make([]byte, 64<<10)); err != nil {
+		t.Fatalf("peer read: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := w.Write([]byte("x")); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("Write past a full buffer returned (%v) without an ack", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := w.Acked(32 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := within(t, done, 5*time.Second, "Write after the ack"); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Buffered(); got != 32<<10+1 {
+		t.Fatalf("buffered %d after ack of 32 KiB, want %d", got, 32<<10+1)
+	}
+	// The budget: w holds 32 KiB + 1; w2 may take 96 KiB - that.
+	room := 96<<10 - (32<<10 + 1)
+	if _, err := w2.Write(make([]byte, room)); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, err := w2.Write([]byte("y")); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("Write past the budget returned (%v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if got := budget.Used(); got != 96<<10 {
+		t.Fatalf("budget used %d, want %d", got, 96<<10)
+	}
+	if err := w.Acked(32<<10 + 1); err != nil { // the other stream frees room
+		t.Fatal(err)
+	}
+	if err := within(t, done, 5*time.Second, "Write after the budget freed"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Acked(1 << 30); !errors.Is(err, tunnel.ErrResumeOffset) {
+		t.Fatalf("ack beyond sent: %v, want ErrResumeOffset", err)
+	}
+	w.Abort()
+	w2.Abort()
+	if got := budget.Used(); got != 0 {
+		t.Fatalf("budget used %d after both streams ended, want 0", got)
+	}
+	_ = sst2
+}
+
+// TestResumable_GraceExpiry: a stream not re-attached within its grace
+// fails both ways, with ErrResumeExpired, and says so once through OnEnd.
+func TestResumable_GraceExpiry(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, p pair) {
+		cst, sst := streamPair(t, p)
+		var peer atomic.Pointer[tunnel.Resumable]
+		link := newTestLink(&peer)
+		ended := make(chan error, 2)
+		cfg := tunnel.ResumableConfig{ID: 3, Grace: 100 * time.Millisecond,
+			OnEnd: func(_ *tunnel.Resumable, err error) { ended <- err }}
+		cr := tunnel.NewResumable(cfg, cst, link)
+		sr := tunnel.NewResumable(cfg, sst, link)
+		rd := make(chan error, 2)
+		go func() { _, err := cr.Read(make([]byte, 10)); rd <- err }()
+		go func() { _, err := sr.Read(make([]byte, 10)); rd <- err }()
+		p.client.Close()
+		cr.Detach()
+		sr.Detach()
+		for i := 0; i < 2; i++ {
+			if err := within(t, rd, 10*time.Second, "Read ends at grace"); !errors.Is(err, tunnel.ErrResumeExpired) {
+				t.Fatalf("Read after grace: %v, want ErrResumeExpired", err)
+			}
+			if err := within(t, ended, 5*time.Second, "OnEnd"); !errors.Is(err, tunnel.ErrResumeExpired) {
+				t.Fatalf("OnEnd: %v", err)
+			}
+		}
+		if _, err := cr.Write([]byte("late")); !errors.Is(err, tunnel.ErrResumeExpired) {
+			t.Fatalf("Write after grace: %v, want ErrResumeExpired", err)
+		}
+		p3 := newPair(t, p.transport)
+		c3, _ := streamPair(t, p3)
+		if err := cr.Attach(c3, 0, link); !errors.Is(err, tunnel.ErrResumeExpired) {
+			t.Fatalf("Attach after grace: %v", err)
+		}
+		link.cut()
+	})
+}
+
+// TestResumable_ResetAndFin: an underlying EOF is not the end of a
+// Resumable; the peer's Fin is, and its Reset fails the stream.
+func TestResumable_ResetAndFin(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, p pair) {
+		cst, sst := streamPair(t, p)
+		var cPeer, sPeer atomic.Pointer[tunnel.Resumable]
+		clink, slink := newTestLink(&cPeer), newTestLink(&sPeer)
+		cfg := tunnel.ResumableConfig{ID: 4, Grace: time.Minute}
+		cr := tunnel.NewResumable(cfg, cst, clink)
+		sr := tunnel.NewResumable(cfg, sst, slink)
+		cPeer.Store(sr)
+		sPeer.Store(cr)
+		// The underlying stream ends without a Fin: the reader waits.
+		_ = sst.CloseWrite()
+		rd := make(chan error, 1)
+		go func() { _, err := cr.Read(make([]byte, 10)); rd <- err }()
+		select {
+		case err := <-rd:
+			t.Fatalf("Read returned %v at an underlying EOF without Fin", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+		sr.PeerFin(0) // as if the server's Fin arrived: the end
+		cr.PeerFin(0)
+		if err := within(t, rd, 5*time.Second, "Read after Fin"); err != io.EOF {
+			t.Fatalf("Read after Fin: %v, want io.EOF", err)
+		}
+		// Reset: the server aborts, the client's writes fail.
+		sr.Abort()
+		waitFor(t, 5*time.Second, "client reset", func() bool { return errors.Is(cr.Err(), tunnel.ErrPeerReset) })
+		if _, err := cr.Write([]byte("x")); !errors.Is(err, tunnel.ErrPeerReset) {
+			t.Fatalf("Write after peer reset: %v", err)
+		}
+		clink.cut()
+		slink.cut()
+	})
+}
+
+// waitFor polls cond until it holds, at most d.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
