@@ -40,6 +40,20 @@ func (c *Conn) Write(typ FrameType, v any, timeout time.Duration) error {
 	return c.write(typ, v, timeout, false)
 }
 
+// WriteRaw writes one frame with payload as it is (the binary frames of
+// link.go), within timeout.
+func (c *Conn) WriteRaw(typ FrameType, payload []byte, timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	_ = c.st.SetWriteDeadline(time.Now().Add(timeout))
+	err := WriteFrame(c.st, typ, payload)
+	_ = c.st.SetWriteDeadline(time.Time{})
+	return err
+}
+
 // Final writes one frame as Write does, then closes the write side: no
 // frame follows it.
 func (c *Conn) Final(typ FrameType, v any, timeout time.Duration) error {

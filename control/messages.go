@@ -24,6 +24,9 @@ type Hello struct {
 	SigFormat string `json:"sig_format,omitempty"`
 	SigBlob   []byte `json:"sig_blob,omitempty"`
 	SigRest   []byte `json:"sig_rest,omitempty"`
+	// Resume says that the client can resume streams on a new session
+	// (protocol version 2): a gateway that can answers ResumeGraceMS.
+	Resume bool `json:"resume,omitempty"`
 }
 
 // MaxHelloTargets bounds the targets one Hello may name.
@@ -51,6 +54,10 @@ type Welcome struct {
 	Targets []TargetInfo `json:"targets,omitempty"`
 	// Allowed answers a Hello with List.
 	Allowed []TargetSummary `json:"allowed,omitempty"`
+	// ResumeGraceMS, answering a Hello with Resume, says that the gateway
+	// holds a resumable stream that long after its session died; 0 (an
+	// older gateway, or resumption off): plain streams only.
+	ResumeGraceMS int64 `json:"resume_grace_ms,omitempty"`
 }
 
 // Revoked is the payload of FrameRevoked: why the gateway ended the

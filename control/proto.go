@@ -26,6 +26,7 @@ package control
 //	  FramePing                             -> <- FramePong (either side asks)
 //	                                        <- FrameGoAway  (draining: reconnect)
 //	                                        <- FrameRevoked (access revoked: final)
+//	  FrameAck, FrameFin, FrameReset        <-> (resumable streams, link.go)
 //
 // The gateway serves no proxy stream and dials nothing before a Hello
 // verified (on SSH the transport's key check stands in for the signature).
@@ -52,6 +53,11 @@ import (
 //	   payload naming the target; FrameRevoked; client frames bounded to
 //	   MaxFrameSize = 64 KiB (1 MiB before); TargetInfo.Removed and
 //	   Reason (a target of a session of several taken away by a reload).
+//	2: resumable streams. Hello.Resume and Welcome.ResumeGraceMS
+//	   negotiate them; only then does the client send version 2 open
+//	   headers (resumable proxy streams and KindResume), and both ends
+//	   FrameAck, FrameFin and FrameReset. Every other stream keeps the
+//	   version 1 header, so either peer may be older.
 const ProtocolVersion = tunnel.ProtoVersion
 
 // FrameType is the first byte of a control frame.
@@ -87,6 +93,14 @@ const (
 	// server closes the session right after; a client that does not know
 	// the frame just sees the session end.
 	FrameRevoked FrameType = 8
+	// FrameAck: either side, binary (link.go): the receive counters of
+	// resumable streams, batched.
+	FrameAck FrameType = 9
+	// FrameFin: either side, binary: a resumable stream's write side
+	// ended after that many bytes.
+	FrameFin FrameType = 10
+	// FrameReset: either side, binary: a resumable stream was aborted.
+	FrameReset FrameType = 11
 )
 
 // MaxFrameSize bounds one control frame that a client sends (Hello,

@@ -22,13 +22,14 @@ func TestWire_FrameNumbers(t *testing.T) {
 	}{
 		{FrameHello, 1}, {FrameWelcome, 2}, {FrameTopology, 3}, {FramePing, 4},
 		{FramePong, 5}, {FrameGoAway, 6}, {FrameRefresh, 7}, {FrameRevoked, 8},
+		{FrameAck, 9}, {FrameFin, 10}, {FrameReset, 11},
 	} {
 		if byte(tc.typ) != tc.want {
 			t.Errorf("frame type %d, want %d", tc.typ, tc.want)
 		}
 	}
-	if ProtocolVersion != 1 {
-		t.Errorf("ProtocolVersion = %d, want 1", ProtocolVersion)
+	if ProtocolVersion != 2 {
+		t.Errorf("ProtocolVersion = %d, want 2", ProtocolVersion)
 	}
 }
 
@@ -42,9 +43,10 @@ func TestWire_ProtocolTable(t *testing.T) {
 	want := map[string]FrameType{
 		"Hello": FrameHello, "Welcome": FrameWelcome, "Topology": FrameTopology, "Ping": FramePing,
 		"Pong": FramePong, "GoAway": FrameGoAway, "Refresh": FrameRefresh, "Revoked": FrameRevoked,
+		"Ack": FrameAck, "Fin": FrameFin, "Reset": FrameReset,
 	}
 	got := map[string]FrameType{}
-	row := regexp.MustCompile(`(?m)^\| (\d) (\w+)(?: / (\d) (\w+))? \|`)
+	row := regexp.MustCompile(`(?m)^\| (\d+) (\w+)(?: / (\d+) (\w+))? \|`)
 	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
 		for i := 1; i+1 < len(m) && m[i] != ""; i += 2 {
 			n, _ := strconv.Atoi(m[i])
@@ -78,6 +80,8 @@ func TestWire_JSON(t *testing.T) {
 			Allowed: []TargetSummary{{Name: "a", Type: "redis", Nodes: 1}}},
 			`{"ok":true,"server":"s","session":"id","Target":{"name":"a","type":"redis-cluster","nodes":[{"addr":"10.0.1.1:6379","id":"07c3","role":"master","slots":"0-5460"}],"version":2},"allowed":[{"name":"a","type":"redis","nodes":1}]}`},
 		{Revoked{Code: CodeTargetDenied, Error: "e"}, `{"code":"target_denied","error":"e"}`},
+		{Hello{Target: "a", Resume: true}, `{"client":"","target":"a","resume":true}`},
+		{Welcome{OK: true, ResumeGraceMS: 120000}, `{"ok":true,"Target":null,"resume_grace_ms":120000}`},
 		{Refresh{Target: "a"}, `{"target":"a"}`},
 	} {
 		b, err := json.Marshal(tc.v)

@@ -1,0 +1,155 @@
+package control
+
+import (
+	"bytes"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+func TestLink_FrameRoundTrip(t *testing.T) {
+	acks := []AckEntry{{ID: 1, Recv: 2}, {ID: 1<<64 - 1, Recv: 1<<64 - 1}, {}}
+	got, err := DecodeAck(AppendAck(nil, acks))
+	if err != nil || len(got) != 3 || got[1] != acks[1] {
+		t.Fatalf("ack round trip: %v, %v", got, err)
+	}
+	if id, off, err := DecodeFin(AppendFin(nil, 7, 8<<20)); err != nil || id != 7 || off != 8<<20 {
+		t.Fatalf("fin round trip: %d %d %v", id, off, err)
+	}
+	if id, err := DecodeReset(AppendReset(nil, 9)); err != nil || id != 9 {
+		t.Fatalf("reset round trip: %d %v", id, err)
+	}
+	for name, p := range map[string][]byte{
+		"empty":          nil,
+		"count too big":  {0xff, 0xff},
+		"short entry":    {0, 1, 1, 2, 3},
+		"trailing bytes": append(AppendAck(nil, acks[:1]), 0),
+	} {
+		if _, err := DecodeAck(p); !errors.Is(err, ErrBadResumeFrame) {
+			t.Errorf("DecodeAck %s: %v, want ErrBadResumeFrame", name, err)
+		}
+	}
+	if _, _, err := DecodeFin(make([]byte, 15)); !errors.Is(err, ErrBadResumeFrame) {
+		t.Errorf("short fin: %v", err)
+	}
+	if _, err := DecodeReset(make([]byte, 9)); !errors.Is(err, ErrBadResumeFrame) {
+		t.Errorf("long reset: %v", err)
+	}
+}
+
+// FuzzResumeFrames: the binary payloads of FrameAck, FrameFin and
+// FrameReset come from the peer; decoding never panics, never allocates
+// more entries than MaxAcksPerFrame, and round-trips what it accepts.
+func FuzzResumeFrames(f *testing.F) {
+	f.Add(AppendAck(nil, []AckEntry{{ID: 1, Recv: 5}}))
+	f.Add(AppendAck(nil, nil))
+	f.Add([]byte{0xff, 0xff})                   // 65535 entries declared, none there
+	f.Add([]byte{0x04, 0x01})                   // MaxAcksPerFrame + 1
+	f.Add(AppendFin(nil, 1<<64-1, 1<<64-1))     // extreme offsets
+	f.Add(AppendReset(nil, 0))                  // id 0
+	f.Add(append(AppendReset(nil, 3), 0, 0, 0)) // trailing bytes
+	f.Fuzz(func(t *testing.T, p []byte) {
+		if acks, err := DecodeAck(p); err == nil {
+			if len(acks) > MaxAcksPerFrame || !bytes.Equal(AppendAck(nil, acks), p) {
+				t.Fatalf("ack: %d entries, round trip differs", len(acks))
+			}
+		}
+		if id, off, err := DecodeFin(p); err == nil && !bytes.Equal(AppendFin(nil, id, off), p) {
+			t.Fatal("fin round trip differs")
+		}
+		if id, err := DecodeReset(p); err == nil && !bytes.Equal(AppendReset(nil, id), p) {
+			t.Fatal("reset round trip differs")
+		}
+		l := NewLink(func(FrameType, []byte) error { return nil })
+		for _, typ := range []FrameType{FrameAck, FrameFin, FrameReset} {
+			_, _ = l.Handle(typ, p) // no stream attached: nothing to reach
+		}
+	})
+}
+
+// recorder records the frames a Link writes.
+type recorder struct {
+	mu     sync.Mutex
+	frames []FrameType
+	acks   []AckEntry
+}
+
+func (r *recorder) write(typ FrameType, p []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.frames = append(r.frames, typ)
+	if typ == FrameAck {
+		a, err := DecodeAck(p)
+		if err != nil {
+			return err
+		}
+		r.acks = append(r.acks, a...)
+	}
+	return nil
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.frames)
+}
+
+// nopStream is enough of a tunnel.Stream for a Resumable that is never
+// read or written here.
+type nopStream struct{ tunnel.Stream }
+
+func (nopStream) Abort() {}
+
+// TestLink_BatchesAndDispatches: acks of several streams go out in one
+// frame within AckDelay; Fin and Reset at once; the peer's frames reach
+// the stream they name, and only while it is attached.
+func TestLink_BatchesAndDispatches(t *testing.T) {
+	rec := &recorder{}
+	l := NewLink(rec.write)
+	a := tunnel.NewResumable(tunnel.ResumableConfig{ID: 1, Grace: time.Minute}, nopStream{}, l)
+	b := tunnel.NewResumable(tunnel.ResumableConfig{ID: 2, Grace: time.Minute}, nopStream{}, l)
+	l.Add(a)
+	l.Add(b)
+	l.Ack(a, false)
+	l.Ack(b, false)
+	deadline := time.Now().Add(5 * time.Second)
+	for rec.count() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	rec.mu.Lock()
+	if len(rec.frames) != 1 || rec.frames[0] != FrameAck || len(rec.acks) != 2 {
+		t.Fatalf("frames %v acks %v, want one FrameAck of 2 streams", rec.frames, rec.acks)
+	}
+	rec.mu.Unlock()
+	l.Fin(1, 10)
+	l.Reset(2)
+	for rec.count() < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if rec.count() != 3 {
+		t.Fatalf("Fin and Reset not written: %v", rec.frames)
+	}
+	if ok, err := l.Handle(FrameFin, AppendFin(nil, 1, 0)); !ok || err != nil {
+		t.Fatalf("Handle fin: %v %v", ok, err)
+	}
+	if ok, err := l.Handle(FrameAck, AppendAck(nil, []AckEntry{{ID: 1, Recv: 1}})); !ok || !errors.Is(err, tunnel.ErrResumeOffset) {
+		t.Fatalf("ack beyond sent: %v %v, want ErrResumeOffset", ok, err)
+	}
+	if ok, _ := l.Handle(FramePing, nil); ok {
+		t.Fatal("Handle took a ping")
+	}
+	if _, err := l.Handle(FrameReset, AppendReset(nil, 2)); err != nil || !errors.Is(b.Err(), tunnel.ErrPeerReset) {
+		t.Fatalf("reset: %v, stream err %v", err, b.Err())
+	}
+	got := l.DetachAll()
+	if len(got) != 2 || !a.Detached() {
+		t.Fatalf("DetachAll returned %d streams, a detached %v", len(got), a.Detached())
+	}
+	if _, err := l.Handle(FrameReset, AppendReset(nil, 1)); err != nil || a.Err() != nil {
+		t.Fatalf("a frame after DetachAll reached the stream: %v %v", err, a.Err())
+	}
+	a.Abort()
+}
