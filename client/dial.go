@@ -136,6 +136,7 @@ func (c *Client) transportDialer(transport string) (string, sessionDialer) {
 		return DefaultPort, func(ctx context.Context, addr string, verify func(ssh.PublicKey) error) (tunnel.Session, error) {
 			qc := tunnel.DefaultQUICConfig()
 			qc.LocalAddr = c.opts.LocalAddr
+			qc.Logger = c.log
 			return tunnel.DialQUIC(ctx, addr, certs.ClientTLSConfig(verify), qc)
 		}
 	case TransportTLS:

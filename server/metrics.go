@@ -111,6 +111,7 @@ type metrics struct {
 	discoveryRounds   *prometheus.CounterVec // target, result
 	discoveryRejected *prometheus.CounterVec // target, reason
 	reloads           *prometheus.CounterVec // result
+	quicSendErrors    *prometheus.CounterVec // errno
 }
 
 func newMetrics(keyLabel bool, version string) *metrics {
@@ -171,6 +172,10 @@ func newMetrics(keyLabel bool, version string) *metrics {
 			Name: "cachetun_config_reloads_total",
 			Help: "Reloads of server.yaml and authorized_keys (SIGHUP) by result: ok, error (the old configuration stays)."},
 			[]string{"result"}),
+		quicSendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cachetun_quic_send_errors_total",
+			Help: "QUIC packets the gateway could not send, by errno (ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, ENETDOWN, ENOBUFS, EPERM): each is taken as lost and sent again; the connection stays open."},
+			[]string{"errno"}),
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "cachetun_build_info",
@@ -178,12 +183,30 @@ func newMetrics(keyLabel bool, version string) *metrics {
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	m.reg.MustRegister(m.sessions, m.sessionsTotal, m.streams, m.streamsTotal, m.streamsResumed,
 		m.bytes, m.dialErrors, m.dialSeconds, m.authFailures, m.discoveryRounds, m.discoveryRejected,
-		m.reloads, buildInfo,
+		m.reloads, m.quicSendErrors, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r) // both series from the start, so rate() sees the first error
 	}
+	for _, e := range tunnel.QUICSendErrnos() {
+		m.quicSendErrors.WithLabelValues(e)
+	}
 	return m
+}
+
+// quicSendErrorCounter returns QUICConfig.OnSendError for the gateway's
+// listener: it counts in cachetun_quic_send_errors_total without a label
+// lookup per packet.
+func (m *metrics) quicSendErrorCounter() func(errno string) {
+	counters := make(map[string]prometheus.Counter)
+	for _, e := range tunnel.QUICSendErrnos() {
+		counters[e] = m.quicSendErrors.WithLabelValues(e)
+	}
+	return func(errno string) {
+		if c, ok := counters[errno]; ok {
+			c.Inc()
+		}
+	}
 }
 
 // labels appends the key label's value to lv when the key label is on.

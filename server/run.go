@@ -300,6 +300,8 @@ func (s *Server) listenQUIC(addr string, tlsConf *tls.Config) (tunnel.Listener, 
 	qc.MaxStreams = int64(s.config().Limits.MaxStreamsPerSession)
 	qc.StatelessResetKey = s.statelessResetKey()
 	qc.Admission = s.transportAdmission("quic")
+	qc.Logger = s.log
+	qc.OnSendError = s.metrics.quicSendErrorCounter()
 	return tunnel.ListenQUIC(addr, tlsConf, qc)
 }
 

@@ -1,10 +1,14 @@
 package tunnel
 
 import (
+	"context"
+	"log/slog"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlogwriter"
 	"go.uber.org/goleak"
 )
 
@@ -60,3 +64,38 @@ func VerifyNoLeaks(t testing.TB) {
 // IgnoreQUICListen: quic-go's Transport.listen goroutine ends only when
 // its UDP socket's read returns, after Transport.Close.
 var IgnoreQUICListen = goleak.IgnoreTopFunction("github.com/quic-go/quic-go.(*Transport).listen")
+
+// SetQUICTracer sets the qlog tracer of the connections made with c.
+func SetQUICTracer(c *QUICConfig, f func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace) {
+	c.tracer = f
+}
+
+// SetQUICPacketConn makes the transports of c hand quic-go wrap(udp)
+// instead of the wrapper that takes transient send errors as loss.
+func SetQUICPacketConn(c *QUICConfig, wrap func(*net.UDPConn) net.PacketConn) {
+	c.packetConnFor = wrap
+}
+
+// QUICState returns quic-go's state of the connection of a QUIC session.
+func QUICState(s Session) quic.ConnectionState { return s.(*quicSession).c.ConnectionState() }
+
+// NewLossyUDPConn wraps c as the QUIC transports do; onError and log
+// receive what it takes as loss; now is its clock (nil: time.Now).
+func NewLossyUDPConn(c *net.UDPConn, log *slog.Logger, onError func(string), now func() time.Time) quic.OOBCapablePacketConn {
+	errs := newSendErrors(log, onError)
+	if now != nil {
+		errs.now = now
+	}
+	return newLossyUDPConn(c, errs)
+}
+
+// SendErrorLogInterval is the least time between two log lines of one
+// errno.
+const SendErrorLogInterval = sendErrorLogInterval
+
+// QUICCloseCause returns why the connection of a QUIC session ended (nil
+// while it is open).
+func QUICCloseCause(s Session) error { return context.Cause(s.(*quicSession).c.Context()) }
+
+// TransientSendErrno reports whether err is a send error taken as loss.
+var TransientSendErrno = transientSendErrno

@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlogwriter"
 )
 
 // QUIC application error codes (connection level).
@@ -39,6 +41,18 @@ type QUICConfig struct {
 	// LocalAddr, on a client, is the local IP address to dial from (as
 	// ssh -b); empty lets the system choose.
 	LocalAddr string
+	// Logger gets a warning, at most once per 10 s per errno, when packets
+	// cannot be sent for a reason the connection survives (QUICSendErrnos:
+	// no route, no address, a local firewall); nil logs nothing.
+	Logger *slog.Logger
+	// OnSendError, when set, is called for every packet that could not be
+	// sent for one of those reasons, with the errno's name. It runs on
+	// quic-go's send path and must not block.
+	OnSendError func(errno string)
+
+	// Tests only (export_test.go).
+	tracer        func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace
+	packetConnFor func(*net.UDPConn) net.PacketConn // replaces the wrapper
 }
 
 // DefaultQUICConfig returns the defaults; why these numbers:
@@ -63,7 +77,17 @@ func (c QUICConfig) quic() *quic.Config {
 		MaxStreamReceiveWindow:         16 << 20,
 		InitialConnectionReceiveWindow: 2 << 20,
 		MaxConnectionReceiveWindow:     64 << 20,
+		Tracer:                         c.tracer,
 	}
+}
+
+// packetConn is what quic-go gets to send and receive on: udp, wrapped so
+// that transient send errors are packet loss (quicconn.go).
+func (c QUICConfig) packetConn(udp *net.UDPConn) net.PacketConn {
+	if c.packetConnFor != nil {
+		return c.packetConnFor(udp)
+	}
+	return newLossyUDPConn(udp, newSendErrors(c.Logger, c.OnSendError))
 }
 
 // ListenQUIC listens on the UDP address addr. tlsConf must carry the
@@ -78,7 +102,7 @@ func ListenQUIC(addr string, tlsConf *tls.Config, cfg QUICConfig) (Listener, err
 	if err != nil {
 		return nil, fmt.Errorf("listen quic on %q: %w", addr, err)
 	}
-	tr := &quic.Transport{Conn: udp}
+	tr := &quic.Transport{Conn: cfg.packetConn(udp)}
 	if adm := cfg.Admission; adm != nil {
 		tr.VerifySourceAddress = adm.RequireRetry
 		tr.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
@@ -170,26 +194,26 @@ func (l *quicListener) Close() error {
 
 // DialQUIC opens a QUIC session to addr.
 func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, cfg QUICConfig) (Session, error) {
-	if cfg.LocalAddr == "" {
-		c, err := quic.DialAddr(ctx, addr, tlsConf, cfg.quic())
-		if err != nil {
-			return nil, err
+	laddr := &net.UDPAddr{IP: net.IPv4zero} // what quic.DialAddr binds
+	if cfg.LocalAddr != "" {
+		ip := net.ParseIP(cfg.LocalAddr)
+		if ip == nil {
+			return nil, fmt.Errorf("local address %q is not an IP address", cfg.LocalAddr)
 		}
-		return newQUICSession(c)
-	}
-	ip := net.ParseIP(cfg.LocalAddr)
-	if ip == nil {
-		return nil, fmt.Errorf("local address %q is not an IP address", cfg.LocalAddr)
+		laddr = &net.UDPAddr{IP: ip}
 	}
 	raddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
 	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
+	udp, err := net.ListenUDP("udp", laddr)
 	if err != nil {
+		if cfg.LocalAddr == "" {
+			return nil, fmt.Errorf("open quic client socket: %w", err)
+		}
 		return nil, fmt.Errorf("bind quic client to %s: %w", cfg.LocalAddr, err)
 	}
-	tr := &quic.Transport{Conn: udp}
+	tr := &quic.Transport{Conn: cfg.packetConn(udp)}
 	c, err := tr.Dial(ctx, raddr, tlsConf, cfg.quic())
 	if err != nil {
 		tr.Close()
