@@ -86,7 +86,9 @@ func NewLossyUDPConn(c *net.UDPConn, log *slog.Logger, onError func(string), now
 	if now != nil {
 		errs.now = now
 	}
-	return newLossyUDPConn(c, errs)
+	l := newLossyUDPConn(c, errs)
+	l.lossy.Store(true)
+	return l
 }
 
 // SendErrorLogInterval is the least time between two log lines of one

@@ -82,12 +82,17 @@ func (c QUICConfig) quic() *quic.Config {
 }
 
 // packetConn is what quic-go gets to send and receive on: udp, wrapped so
-// that transient send errors are packet loss (quicconn.go).
-func (c QUICConfig) packetConn(udp *net.UDPConn) net.PacketConn {
+// that transient send errors are packet loss (quicconn.go). A client's
+// conn starts passing them on, so that a dial with no network fails at
+// once as before (and the client falls back or retries) rather than wait
+// for the handshake timeout; DialQUIC turns it lossy once connected.
+func (c QUICConfig) packetConn(udp *net.UDPConn, client bool) net.PacketConn {
 	if c.packetConnFor != nil {
 		return c.packetConnFor(udp)
 	}
-	return newLossyUDPConn(udp, newSendErrors(c.Logger, c.OnSendError))
+	pc := newLossyUDPConn(udp, newSendErrors(c.Logger, c.OnSendError))
+	pc.lossy.Store(!client)
+	return pc
 }
 
 // ListenQUIC listens on the UDP address addr. tlsConf must carry the
@@ -102,7 +107,7 @@ func ListenQUIC(addr string, tlsConf *tls.Config, cfg QUICConfig) (Listener, err
 	if err != nil {
 		return nil, fmt.Errorf("listen quic on %q: %w", addr, err)
 	}
-	tr := &quic.Transport{Conn: cfg.packetConn(udp)}
+	tr := &quic.Transport{Conn: cfg.packetConn(udp, false)}
 	if adm := cfg.Admission; adm != nil {
 		tr.VerifySourceAddress = adm.RequireRetry
 		tr.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
@@ -213,12 +218,16 @@ func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, cfg QUICCon
 		}
 		return nil, fmt.Errorf("bind quic client to %s: %w", cfg.LocalAddr, err)
 	}
-	tr := &quic.Transport{Conn: cfg.packetConn(udp)}
+	pc := cfg.packetConn(udp, true)
+	tr := &quic.Transport{Conn: pc}
 	c, err := tr.Dial(ctx, raddr, tlsConf, cfg.quic())
 	if err != nil {
 		tr.Close()
 		udp.Close()
 		return nil, err
+	}
+	if l, ok := pc.(*lossyUDPConn); ok {
+		l.lossy.Store(true)
 	}
 	s, err := newQUICSession(c)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +25,8 @@ import (
 // discovery, isSendMsgSizeErr), EIO from a GSO batch (send_conn.go falls
 // back to one packet per sendmsg, isGSOError), EPERM on a socket's first
 // packet (golang/go#63322, which the retry below covers as well).
+// A client's conn takes errors as loss only once its connection is
+// established: a dial with no network still fails at once.
 //
 // The wrapper must keep every interface quic-go looks for (sys_conn.go
 // wrapConn, sys_conn_oob.go newConn), or quic-go silently falls back to a
@@ -34,6 +37,7 @@ type lossyUDPConn struct {
 	*net.UDPConn
 	batch *ipv4.PacketConn
 	errs  *sendErrors
+	lossy atomic.Bool // take transient errors as loss; false passes them on
 }
 
 var _ quic.OOBCapablePacketConn = (*lossyUDPConn)(nil)
@@ -43,6 +47,8 @@ var _ interface {
 	ReadBatch(ms []ipv4.Message, flags int) (int, error)
 } = (*lossyUDPConn)(nil)
 
+// newLossyUDPConn wraps c; it takes transient errors as loss once
+// c.lossy is set.
 func newLossyUDPConn(c *net.UDPConn, errs *sendErrors) *lossyUDPConn {
 	return &lossyUDPConn{UDPConn: c, batch: ipv4.NewPacketConn(c), errs: errs}
 }
@@ -60,7 +66,7 @@ func (c *lossyUDPConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (int, int, 
 		return n, oobn, nil
 	}
 	name, ok := transientSendErrno(err)
-	if !ok {
+	if !ok || !c.lossy.Load() {
 		return n, oobn, err
 	}
 	if name == "EPERM" {
@@ -85,7 +91,7 @@ func (c *lossyUDPConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		return n, nil
 	}
 	name, ok := transientSendErrno(err)
-	if !ok {
+	if !ok || !c.lossy.Load() {
 		return n, err
 	}
 	c.errs.lost(name, addr)

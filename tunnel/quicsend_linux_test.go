@@ -291,6 +291,54 @@ func TestQUIC_SurvivesSendErrors(t *testing.T) {
 			}
 		})
 	}
+	t.Run("dial_with_no_address_fails_at_once", func(t *testing.T) {
+		// A dial is not a connection yet: with no network it fails with
+		// the send error at once, as it did before the wrapper, so the
+		// client falls back or retries instead of waiting out the 5 s
+		// handshake timeout.
+		nsA, nsB := newNetns(t), newNetns(t)
+		vethPair(t, nsA, "va", nsB, "vb")
+		run(t, "ip", "-n", nsB, "addr", "add", sendErrServerIP+"/24", "dev", "vb")
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sconf, err := certs.ServerTLSConfig(priv, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ln tunnel.Listener
+		inNetns(t, nsB, func() { ln, err = tunnel.ListenQUIC(sendErrServerIP+":0", sconf, tunnel.DefaultQUICConfig()) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		var cliErrs errnoCounts
+		ccfg := tunnel.DefaultQUICConfig()
+		ccfg.OnSendError = cliErrs.add
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		start := time.Now()
+		var s tunnel.Session
+		inNetns(t, nsA, func() {
+			s, err = tunnel.DialQUIC(ctx, ln.Addr().String(), certs.ClientTLSConfig(func(ssh.PublicKey) error { return nil }), ccfg)
+		})
+		took := time.Since(start)
+		if err == nil {
+			s.Close()
+			t.Fatal("dialled with no address")
+		}
+		// quic-go reports the send error as a local INTERNAL_ERROR (the
+		// errno is only in its text).
+		var te *quic.TransportError
+		if !errors.As(err, &te) || te.ErrorCode != quic.InternalError || te.Remote || took > 2*time.Second {
+			t.Fatalf("dial with no address: %v after %v; want a local INTERNAL_ERROR (the send error) within 2 s (handshake timeout %v)", err, took, ccfg.HandshakeTimeout)
+		}
+		if n := cliErrs.get("ENETUNREACH"); n != 0 {
+			t.Errorf("the failed dial counted %d packets as lost, want 0", n)
+		}
+		t.Logf("dial with no address failed after %v: %v", took.Round(time.Millisecond), err)
+	})
 	t.Run("control_without_workaround_session_dies", func(t *testing.T) {
 		nsA, e, _, st := setup(t, false)
 		noAddress.start(t, nsA)
