@@ -71,9 +71,17 @@ type Options struct {
 	LocalAddr string
 	// Dial bounds one dial and authentication attempt.
 	DialTimeout time.Duration
-	// Ping is the control-stream ping period; a session that answers
-	// nothing for 3 periods is dropped.
+	// Ping is the control-stream keepalive period; a ping unanswered
+	// within min(Ping, 5 s) ends the session, so an idle dead session is
+	// noticed within 15 s by default (liveness.go).
 	Ping time.Duration
+	// DeadAfter is how long a stream may wait for an answer (to its open
+	// or to a write) before the client probes the session (profile
+	// dead_after, default 2 s); ProbeTimeout is how long the probe may go
+	// unanswered before the session is declared dead and replaced
+	// (default 1 s).
+	DeadAfter    time.Duration
+	ProbeTimeout time.Duration
 
 	Logger *slog.Logger
 	// Out receives the listener table, one line per node.
@@ -122,7 +130,13 @@ type Client struct {
 	// reconnecting is set once the first session is up: later dials do
 	// not probe a silent server (diagnose.go, probeAfter).
 	reconnecting atomic.Bool
-	hosts        *auth.HostKeyChecker
+	// quicDoubt is set when a QUIC session was declared dead: auto then
+	// waits less for QUIC before TLS (UDP may have stopped passing).
+	quicDoubt atomic.Bool
+	hosts     *auth.HostKeyChecker
+	// avoid is the listed gateway of the session that ended last: the
+	// next connect tries it after the others (failover).
+	avoid atomic.Pointer[string]
 
 	mu        sync.Mutex    // guards the following
 	cur       *conn         // current session, nil while reconnecting
@@ -159,6 +173,8 @@ type conn struct {
 	cancel context.CancelFunc
 	ctrl   tunnel.Stream
 	server string
+	listed string     // the entry of Options.Servers it was dialled from
+	live   *liveness  // dead-path detection (liveness.go)
 	ctrlMu sync.Mutex // serialises control writes
 }
 
@@ -241,7 +257,9 @@ func (o *Options) setDefaults() {
 	setDuration(&o.WaitForSession, 10*time.Second)
 	setDuration(&o.QUICFallback, 1500*time.Millisecond)
 	setDuration(&o.DialTimeout, 10*time.Second)
-	setDuration(&o.Ping, 15*time.Second)
+	setDuration(&o.Ping, 10*time.Second)
+	setDuration(&o.DeadAfter, 2*time.Second)
+	setDuration(&o.ProbeTimeout, time.Second)
 	setString := func(s *string, def string) {
 		if *s == "" {
 			*s = def
@@ -273,6 +291,8 @@ func (o *Options) validate() error {
 		return usage(errors.New("no target name"), "pass --target NAME or set target: in the profile")
 	case len(o.Targets) > control.MaxHelloTargets:
 		return usage(fmt.Errorf("%d targets in one connect, at most %d", len(o.Targets), control.MaxHelloTargets), "split them over several processes")
+	case o.DeadAfter < 0 || o.ProbeTimeout < 0:
+		return usage(fmt.Errorf("dead_after %s or probe timeout %s is negative", o.DeadAfter, o.ProbeTimeout), "use a positive duration such as 2s, or leave it unset")
 	case o.LocalPort != nil && (*o.LocalPort < 0 || *o.LocalPort > 65535):
 		return usage(fmt.Errorf("local port %d out of range", *o.LocalPort), "use 1-65535, or 0 for ports the system picks")
 	}
@@ -317,6 +337,9 @@ func (c *Client) Run(ctx context.Context) error {
 		if final != nil {
 			c.emit(Event{Kind: EventRevoked, Server: cn.server, Transport: cn.sess.Transport(), Error: final.Error()})
 			return final
+		}
+		if len(c.opts.Servers) > 1 {
+			c.avoid.Store(&cn.listed) // fail over: the other gateways first
 		}
 		c.log.Warn("session to gateway lost: reconnecting; local ports stay open", "server", cn.server, "reason", lost)
 		c.emit(Event{Kind: EventReconnecting, Server: cn.server, Transport: cn.sess.Transport(), Error: lost})
@@ -459,14 +482,18 @@ func (c *Client) session(ctx context.Context) (*conn, error) {
 		c.mu.Lock()
 		cn, ready := c.cur, c.ready
 		c.mu.Unlock()
+		var doubt <-chan struct{}
 		if cn != nil {
 			select {
 			case <-cn.sess.Done():
 			default:
-				return cn, nil
+				if doubt = cn.live.pending(); doubt == nil {
+					return cn, nil
+				}
 			}
 		}
 		select {
+		case <-doubt: // the probe was answered, or the session is dead
 		case <-ready:
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -479,18 +506,26 @@ func (c *Client) session(ctx context.Context) (*conn, error) {
 // errGoAway: the gateway drains; open new streams on a new session.
 var errGoAway = errors.New("gateway is draining (goaway)")
 
-// serveControl reads control frames until the session ends; it pings the
-// gateway and drops a session that stays silent. It returns why the
-// session ended, and a final error (ErrRevoked) when the gateway's verdict
-// forbids reconnecting.
+// serveControl reads control frames until the session ends. It pings the
+// gateway every Ping (keepalive), probes at once when a stream stalls
+// (liveness.go), and declares the session dead when a ping goes
+// unanswered. It returns why the session ended, and a final error
+// (ErrRevoked) when the gateway's verdict forbids reconnecting.
 func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
+	live := cn.live
 	frames := make(chan error, 1)
+	heard := make(chan struct{}, 1)
 	go func() {
 		for {
 			typ, payload, err := control.ReadServerFrame(cn.ctrl)
 			if err != nil {
 				frames <- err
 				return
+			}
+			live.noteHeard()
+			select {
+			case heard <- struct{}{}:
+			default:
 			}
 			switch typ {
 			case control.FramePong:
@@ -514,12 +549,32 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 				frames <- revokedError(payload)
 				return
 			}
-			_ = cn.ctrl.SetReadDeadline(time.Now().Add(3 * c.opts.Ping))
 		}
 	}()
-	_ = cn.ctrl.SetReadDeadline(time.Now().Add(3 * c.opts.Ping))
+	defer live.settle(true) // new streams waiting on a probe look again
 	tick := time.NewTicker(c.opts.Ping)
 	defer tick.Stop()
+	// The scan looks for stalled streams; due fires at the deadline of
+	// the probe in flight.
+	scan := time.NewTicker(c.opts.DeadAfter / 4)
+	defer scan.Stop()
+	due := time.NewTimer(time.Hour)
+	due.Stop()
+	defer due.Stop()
+	ping := func(suspect bool, wait time.Duration, reason string) {
+		p, fresh := live.sent(suspect, wait, reason)
+		due.Reset(time.Until(p.deadline))
+		if !fresh {
+			return // the ping in flight answers this one too
+		}
+		cn.ctrlMu.Lock()
+		_ = cn.ctrl.SetWriteDeadline(time.Now().Add(wait))
+		err := control.WriteFrame(cn.ctrl, control.FramePing, nil)
+		cn.ctrlMu.Unlock()
+		if err != nil {
+			c.declareDead(cn, "ping not sent within "+wait.String()+": "+err.Error())
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -535,20 +590,33 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 			if errors.Is(err, ErrRevoked) {
 				return err.Error(), err
 			}
+			if dead, why := live.deadReason(); dead {
+				return errDeadPath.Error() + ": " + why, nil
+			}
 			return err.Error(), nil
 		case <-cn.sess.Done():
 			cn.ctrl.Abort()
 			if err := <-frames; errors.Is(err, ErrRevoked) {
 				return err.Error(), err
 			}
+			if dead, why := live.deadReason(); dead {
+				return errDeadPath.Error() + ": " + why, nil
+			}
 			return "session closed", nil
+		case <-heard:
+			live.settle(false)
+		case wish := <-live.kick:
+			ping(wish.suspect, c.opts.ProbeTimeout, wish.reason)
 		case <-tick.C:
-			cn.ctrlMu.Lock()
-			_ = cn.ctrl.SetWriteDeadline(time.Now().Add(c.opts.Ping))
-			err := control.WriteFrame(cn.ctrl, control.FramePing, nil)
-			cn.ctrlMu.Unlock()
-			if err != nil {
-				cn.sess.Close()
+			ping(false, min(c.opts.Ping, keepaliveWait), "keepalive")
+		case <-scan.C:
+			if why := live.scan(); why != "" {
+				ping(true, c.opts.ProbeTimeout, why)
+			}
+		case <-due.C:
+			live.settle(false) // a stream's bytes answer a probe too
+			if p := live.overdue(); p != nil {
+				c.declareDead(cn, fmt.Sprintf("no answer within %s to a ping sent because %s", p.deadline.Sub(p.sent).Round(time.Millisecond), p.reason))
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -32,6 +33,9 @@ type Profile struct {
 	Identity  string  `yaml:"identity"`
 	LocalPort *int    `yaml:"local_port"`
 	Bind      string  `yaml:"bind"`
+	// DeadAfter is how long a stream may wait for an answer before the
+	// session is probed (Options.DeadAfter); 0: the default, 2 s.
+	DeadAfter time.Duration `yaml:"dead_after"`
 }
 
 // Servers decodes from a YAML string or list of strings.

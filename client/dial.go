@@ -21,9 +21,10 @@ import (
 // authenticates, with the gateway's Welcome.
 func (c *Client) connect(ctx context.Context) (*conn, *control.Welcome, error) {
 	var errs []error
-	for _, server := range c.opts.Servers {
+	for _, server := range c.serverOrder() {
 		cn, w, err := c.connectOne(ctx, server)
 		if err == nil {
+			cn.listed = server
 			return cn, w, nil
 		}
 		if ctx.Err() != nil {
@@ -39,14 +40,45 @@ func (c *Client) connect(ctx context.Context) (*conn, *control.Welcome, error) {
 	return nil, nil, errors.Join(errs...)
 }
 
+// serverOrder is the order connect tries the listed gateways in: as
+// listed, except that the one whose session ended last goes last, so that
+// a gateway that died or drains is not waited for while another is listed.
+func (c *Client) serverOrder() []string {
+	avoid := c.avoid.Load()
+	if avoid == nil {
+		return c.opts.Servers
+	}
+	order := make([]string, 0, len(c.opts.Servers))
+	var last []string
+	for _, s := range c.opts.Servers {
+		if s == *avoid {
+			last = append(last, s)
+			continue
+		}
+		order = append(order, s)
+	}
+	return append(order, last...)
+}
+
+// quicDoubtFallback is how long auto waits for QUIC after a QUIC session
+// was declared dead (UDP may have stopped passing) before it tries TLS.
+const quicDoubtFallback = 500 * time.Millisecond
+
 // connectOne dials one gateway with the configured transport (auto: QUIC,
 // then TLS when QUIC gets no answer) and authenticates.
 func (c *Client) connectOne(ctx context.Context, server string) (*conn, *control.Welcome, error) {
 	switch c.opts.Transport {
 	case TransportAuto:
-		qctx, cancel := context.WithTimeout(ctx, c.opts.QUICFallback)
+		wait := c.opts.QUICFallback
+		if c.quicDoubt.Load() {
+			wait = min(wait, quicDoubtFallback)
+		}
+		qctx, cancel := context.WithTimeout(ctx, wait)
 		cn, w, err := c.dialAuth(qctx, TransportQUIC, server)
 		cancel()
+		if err == nil {
+			c.quicDoubt.Store(false)
+		}
 		if err == nil || !fallbackWorthy(err) || ctx.Err() != nil {
 			return cn, w, err
 		}
@@ -113,7 +145,7 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 		hostMu.Unlock()
 		return nil, nil, hostVerdict(explainDial(transport, addr, err, seen))
 	}
-	cn := &conn{sess: sess, server: addr}
+	cn := &conn{sess: sess, server: addr, live: newLiveness(c.opts.DeadAfter, c.opts.ProbeTimeout)}
 	w, err := c.authenticate(dctx, cn)
 	if err != nil {
 		sess.Close()

@@ -58,6 +58,11 @@ func (c *Client) serveLocal(nc net.Conn, v *targetView, node string) {
 		nc.Close()
 		return
 	}
+	// Make sure the gateway is still there (liveness.go); the stream does
+	// not wait for the answer.
+	cn.live.want("a stream was opened", false)
+	w := cn.watch()
+	defer w.unwatch()
 	octx, cancel := context.WithTimeout(ctx, c.opts.WaitForSession)
 	st, err := cn.sess.OpenStream(octx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: v.name, Node: node})
 	cancel()
@@ -66,7 +71,9 @@ func (c *Client) serveLocal(nc net.Conn, v *targetView, node string) {
 		nc.Close()
 		return
 	}
-	res := tunnel.Relay(cn.ctx, nc, st, v.rewriter(node))
+	w.Stream = st
+	w.mark.Store(0) // opened; its first write or FlushOpen marks it again
+	res := tunnel.Relay(cn.ctx, nc, w, v.rewriter(node))
 	var se *tunnel.StatusError
 	if errors.As(res.Err, &se) {
 		log.Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)

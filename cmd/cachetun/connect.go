@@ -92,6 +92,7 @@ func (c *ConnectCmd) profileOptions(profile string) (client.Options, error) {
 		Identity:         p.Identity,
 		LocalPort:        p.LocalPort,
 		Bind:             p.Bind,
+		DeadAfter:        p.DeadAfter,
 		KnownHosts:       cfg.KnownHosts,
 		AcceptNewHostKey: c.AcceptNewHostKey,
 	}

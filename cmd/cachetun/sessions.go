@@ -54,7 +54,7 @@ func (c *ConnectCmd) sessions() ([]client.Options, error) {
 			return nil, err
 		}
 		t := client.TargetOptions{Name: opts.Target, Profile: opts.Profile, LocalPort: opts.LocalPort}
-		key := strings.Join([]string{strings.Join(opts.Servers, ","), opts.Transport, opts.Identity, opts.KnownHosts, opts.Bind}, "\x00")
+		key := strings.Join([]string{strings.Join(opts.Servers, ","), opts.Transport, opts.Identity, opts.KnownHosts, opts.Bind, opts.DeadAfter.String()}, "\x00")
 		i := indexOf(keys, key)
 		if i < 0 {
 			opts.LocalPort = nil // per target
