@@ -192,6 +192,27 @@ func (b *netBed) Loss(p float64) (undo func()) {
 	return b.iptables("-m", "statistic", "--mode", "random", "--probability", fmt.Sprintf("%.4f", p), "-j", "DROP")
 }
 
+// Dropped returns how many packets the INPUT DROP rules have dropped in
+// the laptop and in the gateway namespace: proof that an event's rules
+// match the traffic.
+func (b *netBed) Dropped() (laptop, gateway int64) {
+	b.t.Helper()
+	count := func(ns string) int64 {
+		var n int64
+		for _, line := range strings.Split(b.mustIn(ns, "iptables", "-w", "5", "-L", "INPUT", "-v", "-x", "-n"), "\n") {
+			f := strings.Fields(line)
+			if len(f) > 2 && f[2] == "DROP" {
+				var pkts int64
+				if _, err := fmt.Sscan(f[0], &pkts); err == nil {
+					n += pkts
+				}
+			}
+		}
+		return n
+	}
+	return count(b.Laptop), count(b.Gateway)
+}
+
 // BlackHole drops everything both ways, with no error to any sender,
 // until undo.
 func (b *netBed) BlackHole() (undo func()) {
@@ -629,20 +650,22 @@ var netTransports = []struct{ Name, Flag string }{
 }
 
 // Connect starts `cachetun connect cache` in the laptop namespace over
-// transport (a netTransports name), listing every gateway in order.
+// transport (a netTransports name), listing every gateway in order. Each
+// transport has its own local port (16379 + its column), so the three
+// clients can run side by side through one event.
 func (r *netRig) Connect(t testing.TB, transport string) *netConnect {
 	t.Helper()
-	flag := transport
-	for _, tr := range netTransports {
+	flag, port := transport, netLocalPort+len(netTransports)
+	for i, tr := range netTransports {
 		if tr.Name == transport {
-			flag = tr.Flag
+			flag, port = tr.Flag, netLocalPort+i
 		}
 	}
 	var servers []string
 	for _, g := range r.Gateways {
 		servers = append(servers, g.ServerAddr(transport))
 	}
-	c := r.StartConnect(t, flag, "cache", r.Key, r.KnownHosts, netLocalPort, servers...)
+	c := r.StartConnect(t, flag, "cache", r.Key, r.KnownHosts, port, servers...)
 	if want := "via " + transport; !strings.Contains(c.Output(), want) {
 		t.Fatalf("cachetun connect did not start %s:\n%s", want, c.Output())
 	}
@@ -723,6 +746,39 @@ func (h *heldConn) Receive(timeout time.Duration) bool {
 // Request sends one INCR and reads its reply.
 func (h *heldConn) Request(timeout time.Duration) bool {
 	return h.Send() && h.Receive(timeout)
+}
+
+// Pipeline sends n INCRs in one write and reads their n replies, all
+// within timeout: each must be the next count.
+func (h *heldConn) Pipeline(n int, timeout time.Duration) bool {
+	if h.err != "" {
+		return false
+	}
+	deadline := time.Now().Add(timeout)
+	var b strings.Builder
+	for range n {
+		fmt.Fprintf(&b, "*2\r\n$4\r\nINCR\r\n$%d\r\n%s\r\n", len(h.key), h.key)
+	}
+	// Write and read at once: a big batch must not wait on its own
+	// replies filling the socket buffers.
+	werr := make(chan error, 1)
+	go func() {
+		_ = h.c.SetWriteDeadline(deadline)
+		_, err := h.c.Write([]byte(b.String()))
+		werr <- err
+	}()
+	for range n {
+		h.sent = true
+		if !h.Receive(time.Until(deadline)) {
+			<-werr
+			return false
+		}
+	}
+	if err := <-werr; err != nil {
+		h.err = fmt.Sprintf("send: %v", err)
+		return false
+	}
+	return true
 }
 
 // Kept reports whether the connection is still the same one with every
