@@ -82,6 +82,10 @@ type Options struct {
 	// (default 1 s).
 	DeadAfter    time.Duration
 	ProbeTimeout time.Duration
+	// NoResume turns stream resumption off: the Hello does not ask for
+	// it and streams are plain, as with a client before protocol 2
+	// (tests and tools use it).
+	NoResume bool
 
 	Logger *slog.Logger
 	// Out receives the listener table, one line per node.
@@ -151,6 +155,8 @@ type Client struct {
 
 	open atomic.Int64 // local connections being relayed
 
+	resume resumeState // resumable streams; guarded by mu
+
 	wg sync.WaitGroup // accept loops, local connections, refresh requests, session watchers
 
 	started atomic.Bool     // Run was called
@@ -176,6 +182,10 @@ type conn struct {
 	listed string     // the entry of Options.Servers it was dialled from
 	live   *liveness  // dead-path detection (liveness.go)
 	ctrlMu sync.Mutex // serialises control writes
+	// link carries the acks of resumable streams (nil: the gateway
+	// offered no resumption); grace is how long the gateway holds them.
+	link  *control.Link
+	grace time.Duration
 }
 
 type localListener struct {
@@ -225,6 +235,7 @@ func New(opts Options) (*Client, error) {
 		removed:   make(map[string]bool),
 		usedPorts: make(map[int]bool),
 		conns:     make(map[*conn]struct{}),
+		resume:    resumeState{ids: make(map[uint64]*localStream)},
 	}
 	for _, t := range opts.Targets {
 		c.addViewLocked(t)
@@ -320,6 +331,7 @@ func (c *Client) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.linkSession(cn, welcome)
 	c.noteSession(cn)
 	if err := c.applyWelcome(welcome, true); err != nil {
 		return err
@@ -329,8 +341,14 @@ func (c *Client) Run(ctx context.Context) error {
 	c.emit(Event{Kind: EventUp, Server: cn.server, Transport: cn.sess.Transport(), Targets: c.Endpoints()})
 	for {
 		c.setConn(cn)
+		c.resumeOn(cn) // the streams the last session left
 		lost, final := c.serveControl(ctx, cn)
 		c.setConn(nil)
+		select {
+		case <-cn.sess.Done(): // not after GoAway: that session serves its streams on
+			c.detachStreams(cn)
+		default:
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -410,6 +428,7 @@ func (c *Client) reconnect(ctx context.Context) (*conn, error) {
 	for attempt := 1; ; attempt++ {
 		cn, welcome, err := c.connect(ctx)
 		if err == nil {
+			c.linkSession(cn, welcome)
 			c.noteSession(cn)
 			if err := c.applyWelcome(welcome, false); err != nil {
 				c.log.Error("apply topology", "err", err)
@@ -453,6 +472,7 @@ func (c *Client) noteSession(cn *conn) {
 		defer c.wg.Done()
 		<-cn.sess.Done()
 		cn.cancel()
+		c.detachStreams(cn) // e.g. a session left after GoAway, or declared dead
 		c.mu.Lock()
 		delete(c.conns, cn)
 		c.mu.Unlock()
@@ -528,6 +548,13 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 			default:
 			}
 			switch typ {
+			case control.FrameAck, control.FrameFin, control.FrameReset:
+				if cn.link == nil {
+					break
+				}
+				if _, err := cn.link.Handle(typ, payload); err != nil {
+					c.log.Warn("bad resume frame from the gateway", "type", typ, "err", err)
+				}
 			case control.FramePong:
 			case control.FrameTopology:
 				var info control.TargetInfo

@@ -64,19 +64,38 @@ func (c *Client) serveLocal(nc net.Conn, v *targetView, node string) {
 	w := cn.watch()
 	defer w.unwatch()
 	octx, cancel := context.WithTimeout(ctx, c.opts.WaitForSession)
-	st, err := cn.sess.OpenStream(octx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: v.name, Node: node})
+	var (
+		st    tunnel.Stream
+		rctx  = cn.ctx // a plain stream ends with its session
+		resum *localStream
+	)
+	if cn.link != nil {
+		// A resumable stream outlives its session: only Run's end cuts it.
+		if resum, err = c.openResumable(octx, cn, w, v.name, node); err == nil {
+			st, rctx = resum.r, ctx
+		}
+	} else {
+		st, err = cn.sess.OpenStream(octx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: v.name, Node: node})
+	}
 	cancel()
 	if err != nil {
 		log.Warn("closing local connection: open stream", "err", err)
 		nc.Close()
 		return
 	}
-	w.Stream = st
-	w.mark.Store(0) // opened; its first write or FlushOpen marks it again
-	res := tunnel.Relay(cn.ctx, nc, w, v.rewriter(node))
+	if resum == nil {
+		w.Stream = st
+		w.mark.Store(0) // opened; its first write or FlushOpen marks it again
+		st = w
+	}
+	res := tunnel.Relay(rctx, nc, st, v.rewriter(node))
 	var se *tunnel.StatusError
-	if errors.As(res.Err, &se) {
+	switch {
+	case errors.As(res.Err, &se):
 		log.Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)
+		return
+	case errors.Is(res.Err, tunnel.ErrResumeExpired):
+		log.Warn("closing local connection: its stream was not resumed within the gateway's grace", "stream", resum.r.ID(), "grace", cn.grace)
 		return
 	}
 	log.Debug("connection closed", "bytes_up", res.ConnToStream, "bytes_down", res.StreamToConn, "err", res.Err)

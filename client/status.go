@@ -141,7 +141,8 @@ func WriteTable(w io.Writer, transport, server string, targets []TargetEndpoints
 // hello is the Hello of this client without a key proof: its targets, or
 // all of them, or a listing.
 func (c *Client) hello() control.Hello {
-	h := control.Hello{Client: "cachetun " + c.opts.Version, Target: c.opts.Target, All: c.opts.All, List: c.opts.List}
+	h := control.Hello{Client: "cachetun " + c.opts.Version, Target: c.opts.Target, All: c.opts.All, List: c.opts.List,
+		Resume: !c.opts.NoResume && !c.opts.List}
 	if len(c.opts.Targets) > 1 {
 		c.mu.Lock()
 		for _, t := range c.opts.Targets {

@@ -111,13 +111,17 @@ func NewLink(write func(typ FrameType, payload []byte) error) *Link {
 	return &Link{write: write, streams: make(map[uint64]*tunnel.Resumable), pending: make(map[*tunnel.Resumable]struct{})}
 }
 
-// Add attaches r to the link: the peer's frames for r's id reach it.
-func (l *Link) Add(r *tunnel.Resumable) {
+// Add attaches r to the link: the peer's frames for r's id reach it. It
+// reports false when the link has ended (DetachAll): r is not added, and
+// the caller detaches it.
+func (l *Link) Add(r *tunnel.Resumable) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.closed {
-		l.streams[r.ID()] = r
+	if l.closed {
+		return false
 	}
+	l.streams[r.ID()] = r
+	return true
 }
 
 // Remove forgets r (it ended, or moved to another session).
@@ -205,6 +209,9 @@ func (l *Link) kickLocked(d time.Duration) {
 		l.due = due
 	}
 }
+
+// Flush writes what is pending now (before the session is closed).
+func (l *Link) Flush() { l.flush() }
 
 // flush writes what is pending: the acks, then the Fins and Resets.
 func (l *Link) flush() {

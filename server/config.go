@@ -11,6 +11,7 @@ import (
 
 	"github.com/cachetun/cachetun/control"
 	"github.com/cachetun/cachetun/internal/yamlx"
+	"github.com/cachetun/cachetun/tunnel"
 )
 
 // Config is the gateway's configuration, /etc/cachetun/server.yaml.
@@ -61,6 +62,16 @@ type Limits struct {
 	// whole gateway. Beyond either a connection is closed at once.
 	UnauthenticatedPerSource int `yaml:"unauthenticated_per_source"`
 	MaxUnauthenticated       int `yaml:"max_unauthenticated"`
+	// ResumeGrace is how long a resumable stream is held, upstream
+	// connection open, after its session died, for the client to resume
+	// it on a new session; 0 turns resumption off (tunnel/PROTOCOL.md,
+	// "Resumable streams"). ResumeBuffer bounds one stream's replay
+	// buffer, ResumeMemoryPerKey and ResumeMemory those of all the streams
+	// of a key and of the gateway (bytes).
+	ResumeGrace        time.Duration `yaml:"resume_grace"`
+	ResumeBuffer       int           `yaml:"resume_buffer"`
+	ResumeMemoryPerKey int           `yaml:"resume_memory_per_key"`
+	ResumeMemory       int           `yaml:"resume_memory"`
 }
 
 // Target types.
@@ -148,6 +159,10 @@ func DefaultConfig() *Config {
 			// 8 covers a NAT of a few laptops reconnecting at once.
 			UnauthenticatedPerSource: 8,
 			MaxUnauthenticated:       128,
+			ResumeGrace:              2 * time.Minute,
+			ResumeBuffer:             tunnel.DefaultResumeBuffer,
+			ResumeMemoryPerKey:       64 << 20,
+			ResumeMemory:             512 << 20,
 		},
 	}
 }
@@ -346,6 +361,15 @@ func (l Limits) validate() error {
 	}
 	if l.IdleTimeout < 0 {
 		return badField("limits.idle_timeout", "must be positive, or 0 for none")
+	}
+	if l.ResumeGrace < 0 {
+		return badField("limits.resume_grace", "must be positive, or 0 to turn stream resumption off")
+	}
+	if l.ResumeBuffer < 64<<10 {
+		return badField("limits.resume_buffer", "must be at least 65536 (bytes; default 4194304)")
+	}
+	if l.ResumeMemoryPerKey < l.ResumeBuffer || l.ResumeMemory < l.ResumeMemoryPerKey {
+		return badField("limits.resume_memory_per_key", "must be at least limits.resume_buffer and at most limits.resume_memory")
 	}
 	for field, n := range map[string]int{
 		"limits.max_streams_per_session": l.MaxStreamsPerSession, "limits.max_sessions_per_key": l.MaxSessionsPerKey,

@@ -110,6 +110,9 @@ func TestConfig_ValidateNamesTheField(t *testing.T) {
 		{"limits.dial_timeout", func(c *Config) { c.Limits.DialTimeout = 0 }},
 		{"limits.idle_timeout", func(c *Config) { c.Limits.IdleTimeout = -time.Second }},
 		{"limits.max_sessions", func(c *Config) { c.Limits.MaxSessions = 0 }},
+		{"limits.resume_grace", func(c *Config) { c.Limits.ResumeGrace = -time.Second }},
+		{"limits.resume_buffer", func(c *Config) { c.Limits.ResumeBuffer = 1000 }},
+		{"limits.resume_memory_per_key", func(c *Config) { c.Limits.ResumeMemoryPerKey = c.Limits.ResumeMemory + 1 }},
 	}
 	for _, tc := range cases {
 		cfg, err := ParseConfig([]byte(pureConfig))

@@ -215,6 +215,7 @@ func (s *Server) Reload(path string) error {
 	s.ready.invalidate()
 	s.signalReloaded() // --all sessions take new targets
 	s.rejudgeAll()
+	s.resume.judgeHeld(ak, s.log)
 	s.metrics.reloads.WithLabelValues("ok").Inc()
 	for _, name := range added {
 		s.log.Info("reload: target added", keyTarget, name, "type", set.get(name).cfg.Type)
@@ -274,6 +275,8 @@ func (s *Server) keepRestartFields(old, cfg *Config, path string) {
 		{"limits.auth_failures_per_minute", ol.AuthFailuresPerMinute, nl.AuthFailuresPerMinute, func() { nl.AuthFailuresPerMinute = ol.AuthFailuresPerMinute }},
 		{"limits.unauthenticated_per_source", ol.UnauthenticatedPerSource, nl.UnauthenticatedPerSource, func() { nl.UnauthenticatedPerSource = ol.UnauthenticatedPerSource }},
 		{"limits.max_unauthenticated", ol.MaxUnauthenticated, nl.MaxUnauthenticated, func() { nl.MaxUnauthenticated = ol.MaxUnauthenticated }},
+		{"limits.resume_memory", ol.ResumeMemory, nl.ResumeMemory, func() { nl.ResumeMemory = ol.ResumeMemory }},
+		{"limits.resume_memory_per_key", ol.ResumeMemoryPerKey, nl.ResumeMemoryPerKey, func() { nl.ResumeMemoryPerKey = ol.ResumeMemoryPerKey }},
 	} {
 		if f.was != f.now {
 			warn(f.name, f.was, f.now)

@@ -206,6 +206,7 @@ func (s *Server) drain(ctx context.Context) {
 	case <-s.life.closing:
 		s.drainCut()
 	}
+	s.resume.endAll()
 	s.closeAll()
 	s.wg.Wait()
 	s.closeListeners()
@@ -221,6 +222,7 @@ func (s *Server) drainCut() {
 func (s *Server) Close() {
 	s.life.closeOnce.Do(func() { close(s.life.closing) })
 	s.stopTaking()
+	s.resume.endAll()
 	s.closeAll()
 	s.wg.Wait()
 	s.closeListeners()

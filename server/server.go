@@ -85,8 +85,9 @@ type Server struct {
 	listeners map[tunnel.Listener]struct{}
 	perKey    map[string]int
 
-	streams streamGauge // open streams of every session
-	life    lifecycle   // Run, Drain and Close (run.go)
+	streams streamGauge  // open streams of every session
+	resume  *resumeTable // resumable streams, attached or held
+	life    lifecycle    // Run, Drain and Close (run.go)
 
 	adm   *admission    // unauthenticated connections per source
 	fails *failureTable // failed authentications per source
@@ -126,6 +127,7 @@ func New(cfg *Config, log *slog.Logger) (*Server, error) {
 		adm:        newAdmission(cfg.Limits.UnauthenticatedPerSource, cfg.Limits.MaxUnauthenticated),
 		fails:      newFailureTable(cfg.Limits.AuthFailuresPerMinute),
 		metrics:    newMetrics(cfg.MetricsKeyLabel, cmp.Or(cfg.Version, "dev")),
+		resume:     newResumeTable(cfg.Limits),
 	}
 	logConfigWarnings(s.log, cfg)
 	if cfg.HostCert != "" {
@@ -180,6 +182,7 @@ func (s *Server) ReloadKeys() error {
 	logKeyOptionWarnings(s.log, s.config(), ak)
 	s.keys.Store(ak)
 	s.rejudgeAll()
+	s.resume.judgeHeld(ak, s.log)
 	return nil
 }
 

@@ -33,6 +33,9 @@ type session struct {
 	bytesDown atomic.Int64
 
 	// ctx ends the session's work (cancel); wg holds its goroutines.
+	// srvCtx is the server's: resumable relays outlive the session.
+	srvCtx  context.Context
+	link    *control.Link // resumable streams' acks; nil: not negotiated
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -140,9 +143,11 @@ func (s *Server) serveSession(ctx context.Context, ts tunnel.Session, release fu
 		streams: streamCount{total: &s.streams},
 		rejudge: make(chan struct{}, 1), judgedOK: make(chan struct{}, 1), live: make(map[*liveStream]struct{})}
 	ss.log = s.log.With(keySession, ss.id, keyTransport, ts.Transport(), keyRemote, ts.RemoteAddr().String())
+	ss.srvCtx = ctx
 	ss.ctx, ss.cancel = context.WithCancel(ctx)
 	defer ss.down(ctx) // after the goroutines: the session end line
 	defer ss.wg.Wait()
+	defer ss.holdStreams() // resumable streams wait for a resume
 	defer ss.cancel()
 
 	check, ok := ss.keyCheck()
@@ -427,7 +432,14 @@ func (ss *session) Admit(ctx context.Context, h *control.Hello) (*control.Welcom
 	for i, t := range cs.ts {
 		infos[i] = t.Info()
 	}
-	return &control.Welcome{OK: true, Server: server, Target: &infos[0], Targets: infos}, nil
+	w := &control.Welcome{OK: true, Server: server, Target: &infos[0], Targets: infos}
+	if grace := resumeGraceMS(s.config().Limits); h.Resume && grace > 0 {
+		ss.ctrlMu.Lock()
+		ss.link = ss.newLink(ss.ctrl)
+		ss.ctrlMu.Unlock()
+		w.ResumeGraceMS = grace
+	}
+	return w, nil
 }
 
 // openTargets waits for the first discovery of the Hello's targets, judges
@@ -645,6 +657,14 @@ func (ss *session) controlStep(ctx context.Context, cs *ctrlState, frames <-chan
 			return ss.writeFrame(control.FramePong, nil)
 		case control.FrameRefresh:
 			refreshTarget(cs.ts, f.payload).requestRefresh()
+		case control.FrameAck, control.FrameFin, control.FrameReset:
+			if ss.link == nil {
+				ss.log.Warn("resume frame on a session without resumption", "type", f.typ)
+				return nil
+			}
+			if _, err := ss.link.Handle(f.typ, f.payload); err != nil {
+				ss.log.Warn("bad resume frame", "type", f.typ, keyErr, err)
+			}
 		default:
 			ss.log.Warn("unexpected control frame", "type", f.typ)
 		}
@@ -825,6 +845,15 @@ func (ss *session) serveIncoming(ctx context.Context, in tunnel.Incoming, req tu
 		in.Reject(tunnel.StatusBadRequest, "this session already has a control stream, or has none: a control stream is a session's first stream")
 		return
 	}
+	if req.Kind == tunnel.KindResume {
+		ss.serveResume(in, req)
+		return
+	}
+	if req.Resumable && ss.link == nil {
+		ss.log.Warn("stream refused: resumable without resumption negotiated")
+		in.Reject(tunnel.StatusBadRequest, "resumable stream on a session that did not negotiate resumption (Hello resume)")
+		return
+	}
 	ss.serveStream(ctx, in, req)
 }
 
@@ -886,6 +915,10 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunn
 	st, err := in.Accept()
 	if err != nil {
 		up.Close()
+		return
+	}
+	if req.Resumable {
+		ss.serveResumable(st, up, t, node, req, log, start)
 		return
 	}
 	active := m.streams.WithLabelValues(transport, t.name)
