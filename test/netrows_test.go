@@ -22,8 +22,9 @@ var netRowReady = map[string]bool{
 	"Loss/quic": true, "Loss/tls": true, "Loss/ssh": true,
 	// QUIC migrates; TLS and SSH need stream resumption.
 	"AddressChange/quic": true, "AddressChange/tls": false, "AddressChange/ssh": false,
-	// QUIC needs send errors treated as loss; TLS and SSH resumption.
-	"NoAddress/quic": false, "NoAddress/tls": false, "NoAddress/ssh": false,
+	// QUIC takes the send errors as loss (tunnel/quicconn.go); TLS and
+	// SSH need resumption.
+	"NoAddress/quic": true, "NoAddress/tls": false, "NoAddress/ssh": false,
 	// TLS's keepalive ends the session: resumption.
 	// Kept at the phase the test uses (see TestNet_BlackHole).
 	"BlackHole/quic": true, "BlackHole/tls": true, "BlackHole/ssh": true,
