@@ -433,7 +433,8 @@ func (b *bench) runIdle(p *benchPath, n int) (*idleResult, error) {
 var (
 	goroutineTotal = regexp.MustCompile(`goroutine profile: total (\d+)`)
 	promGoroutines = regexp.MustCompile(`(?m)^go_goroutines (\d+)`)
-	promStreams    = regexp.MustCompile(`(?m)^cachetun_streams (\d+)`)
+	// cachetun_streams is labelled by transport and target: sum the series.
+	promStreams = regexp.MustCompile(`(?m)^cachetun_streams(?:\{[^}]*\})? ([0-9.e+]+)$`)
 )
 
 // goroutines returns the goroutine counts of connect (pprof) and server
@@ -462,11 +463,30 @@ func (b *bench) serverStreams(p *benchPath) int {
 	if err != nil {
 		return -1
 	}
-	if m := promStreams.FindSubmatch(body); m != nil {
-		n, _ := strconv.Atoi(string(m[1]))
-		return n
+	return streamsGauge(body)
+}
+
+// streamsGauge sums the series of cachetun_streams in a /metrics body; -1
+// when the body has no such gauge.
+func streamsGauge(body []byte) int {
+	ms := promStreams.FindAllSubmatch(body, -1)
+	if ms == nil {
+		// No series yet: the gauge has no labelled child before the
+		// first stream, so a gateway that served none shows none.
+		if strings.Contains(string(body), "# TYPE cachetun_streams gauge") {
+			return 0
+		}
+		return -1
 	}
-	return -1
+	var n float64
+	for _, m := range ms {
+		v, err := strconv.ParseFloat(string(m[1]), 64)
+		if err != nil {
+			return -1
+		}
+		n += v
+	}
+	return int(n)
 }
 
 // saveIdleProfiles writes heap and goroutine profiles of connect and
