@@ -417,13 +417,14 @@ func (c *Client) Dial(ctx context.Context) (tunnel.Session, *control.Welcome, er
 	return cn.sess, w, nil
 }
 
-// reconnect retries with capped, jittered exponential backoff until a
-// session is up or ctx ends (nil, nil). A refusal of the key or target
+// reconnect retries with capped, jittered exponential backoff (at most
+// fastRetryMax at first) until a session is up or ctx ends (nil, nil). A refusal of the key or target
 // (the access was revoked while the session was down, or the gateway's
 // FrameRevoked did not arrive) is final: it returns that error, wrapped
 // in ErrRevoked.
 func (c *Client) reconnect(ctx context.Context) (*conn, error) {
 	c.reconnecting.Store(true)
+	start := time.Now()
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		cn, welcome, err := c.connect(ctx)
@@ -456,9 +457,22 @@ func (c *Client) reconnect(ctx context.Context) (*conn, error) {
 			return nil, nil
 		case <-time.After(sleep):
 		}
-		backoff = min(backoff*2, 10*time.Second)
+		limit := 10 * time.Second
+		if time.Since(start) < fastRetryFor {
+			limit = fastRetryMax
+		}
+		backoff = min(backoff*2, limit)
 	}
 }
+
+// A reconnect retries at least every fastRetryMax for its first
+// fastRetryFor (a gateway restarting, or draining and then restarting,
+// is back within that: the local port works again within about a second
+// of it listening), then backs off up to 10 s.
+const (
+	fastRetryFor = 30 * time.Second
+	fastRetryMax = time.Second
+)
 
 // noteSession records a session Run opened: the table shows its gateway
 // and transport, and stop closes it. It is forgotten when it ends.
