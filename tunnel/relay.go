@@ -136,6 +136,11 @@ func Relay(ctx context.Context, conn net.Conn, st Stream, rw Rewriter, opts ...R
 			fail(err)
 			return
 		}
+		// Before the FIN leaves, as for the other direction: the peer may
+		// answer it at once (a cache closes on EOF), its close travel back
+		// and the client close its session before this goroutine runs
+		// again; that ctx cut must find this direction clean.
+		r.downClean.Store(true)
 		if cw, ok := conn.(closeWriter); ok {
 			if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
 				fail(err)
@@ -144,7 +149,6 @@ func Relay(ctx context.Context, conn net.Conn, st Stream, rw Rewriter, opts ...R
 		} else {
 			_ = conn.Close()
 		}
-		r.downClean.Store(true)
 	}()
 	n, err := copyUp(rw, st, conn, last, &r.up)
 	res.ConnToStream = n
