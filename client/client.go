@@ -656,8 +656,11 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 			}
 		case <-due.C:
 			live.settle(false) // a stream's bytes answer a probe too
-			if p := live.overdue(); p != nil {
+			p, recheck := live.overdue()
+			if p != nil {
 				c.declareDead(cn, fmt.Sprintf("no answer within %s to a ping sent because %s", p.deadline.Sub(p.sent).Round(time.Millisecond), p.reason))
+			} else if !recheck.IsZero() {
+				due.Reset(time.Until(recheck))
 			}
 		}
 	}

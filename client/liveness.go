@@ -62,6 +62,7 @@ type pingProbe struct {
 	heardAt  uint64        // liveness.heard when it was sent
 	deadline time.Time     // no byte heard by then: the session is dead
 	suspect  bool          // sent for a stalled stream, not as a keepalive
+	extended bool          // its deadline was moved once (overdue)
 	reason   string        // why it was sent
 	done     chan struct{} // closed when answered, or the session ended
 }
@@ -162,15 +163,24 @@ func (l *liveness) scan() string {
 }
 
 // overdue returns the probe in flight if its deadline has passed with
-// nothing heard since it was sent.
-func (l *liveness) overdue() *pingProbe {
+// nothing heard since it was sent. A deadline seen late (by more than a
+// quarter of ProbeTimeout: this process did not run, on a loaded machine
+// or a laptop waking up, and the answer may be unread) is moved once, to
+// ProbeTimeout from now: then recheck is when to look again.
+func (l *liveness) overdue() (dead *pingProbe, recheck time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	p := l.probe
-	if p == nil || time.Now().Before(p.deadline) || l.heard.Load() != p.heardAt {
-		return nil
+	now := time.Now()
+	if p == nil || now.Before(p.deadline) || l.heard.Load() != p.heardAt {
+		return nil, time.Time{}
 	}
-	return p
+	if !p.extended && now.Sub(p.deadline) > l.probeWait/4 {
+		p.extended = true
+		p.deadline = now.Add(l.probeWait)
+		return nil, p.deadline
+	}
+	return p, time.Time{}
 }
 
 func (l *liveness) add(w *watchedStream) {

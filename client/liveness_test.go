@@ -12,7 +12,7 @@ import (
 // new streams wait; a stall is probed once.
 func TestLiveness_ProbeVerdicts(t *testing.T) {
 	l := newLiveness(2*time.Second, time.Second)
-	if l.pending() != nil || l.overdue() != nil || l.settle(false) {
+	if dead, _ := l.overdue(); l.pending() != nil || dead != nil || l.settle(false) {
 		t.Fatal("a fresh session is in doubt")
 	}
 	p, fresh := l.sent(false, 5*time.Second, "keepalive")
@@ -29,11 +29,19 @@ func TestLiveness_ProbeVerdicts(t *testing.T) {
 	if l.pending() == nil {
 		t.Fatal("a suspect probe must make new streams wait")
 	}
-	if l.overdue() != p {
+	if dead, _ := l.overdue(); dead != p {
 		t.Fatal("an unanswered probe past its deadline is not overdue")
 	}
+	p.deadline = time.Now().Add(-time.Second) // seen 1s late: moved once
+	if dead, recheck := l.overdue(); dead != nil || time.Until(recheck) < 900*time.Millisecond {
+		t.Fatalf("a deadline seen 1s late: dead %v, recheck in %s; want it moved by ProbeTimeout", dead != nil, time.Until(recheck))
+	}
+	p.deadline = time.Now().Add(-time.Second)
+	if dead, _ := l.overdue(); dead != p {
+		t.Fatal("a deadline is moved more than once")
+	}
 	l.noteHeard()
-	if l.overdue() != nil || !l.settle(false) {
+	if dead, _ := l.overdue(); dead != nil || !l.settle(false) {
 		t.Fatal("a byte heard after the probe must answer it")
 	}
 	select {
