@@ -76,8 +76,9 @@ func requireRoot(t testing.TB) {
 func newNetBed(t testing.TB) *netBed {
 	t.Helper()
 	requireRoot(t)
+	sweepStaleNetBeds(t)
 	n := int(netBedSeq.Add(1))
-	id := fmt.Sprintf("%d-%d", os.Getpid()%100000, n)
+	id := fmt.Sprintf("%d-%d", os.Getpid(), n)
 	b := &netBed{
 		t:          t,
 		Laptop:     "ctn-laptop-" + id,
@@ -106,6 +107,42 @@ func newNetBed(t testing.TB) *netBed {
 	b.mu.Unlock()
 	b.must("ip", "-n", b.Laptop, "addr", "add", b.LaptopIP()+"/24", "dev", b.LaptopDev)
 	return b
+}
+
+// sweepStaleNetBeds deletes the namespaces of test processes that no
+// longer run (killed by a timeout before their cleanups ran): their
+// names carry the creating process's PID.
+func sweepStaleNetBeds(t testing.TB) {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		name := f[0]
+		var role string
+		var pid, n int
+		rest, ok := strings.CutPrefix(name, "ctn-")
+		if !ok {
+			continue
+		}
+		role, rest, _ = strings.Cut(rest, "-")
+		if role != "laptop" && role != "gw" {
+			continue
+		}
+		if _, err := fmt.Sscanf(rest, "%d-%d", &pid, &n); err != nil || pid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			continue // still running: its own cleanup deletes it
+		}
+		if err := exec.Command("ip", "netns", "del", name).Run(); err == nil {
+			t.Logf("deleted the stale network namespace %s (its test process %d is gone)", name, pid)
+		}
+	}
 }
 
 func (b *netBed) newLaptopIPLocked() string {
