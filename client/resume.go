@@ -127,6 +127,9 @@ func (c *Client) detachStreams(cn *conn) {
 		return
 	}
 	held := make([]*localStream, 0, len(rs))
+	for _, r := range rs {
+		r.Detach()
+	}
 	c.mu.Lock()
 	for _, r := range rs {
 		if ls := c.resume.ids[r.ID()]; ls != nil {

@@ -141,11 +141,14 @@ func (l *Link) Len() int {
 	return len(l.streams)
 }
 
-// DetachAll ends the link, as its session died: every stream attached to
-// it detaches (tunnel.Resumable.Detach) and is returned, for a resume on
-// the next session. Nothing is written after.
+// DetachAll ends the link, as its session died, and returns every
+// stream attached to it, for the caller to detach
+// (tunnel.Resumable.Detach) and resume on the next session: the caller
+// knows whether a stream has moved on to another session meanwhile.
+// Nothing is written after.
 func (l *Link) DetachAll() []*tunnel.Resumable {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.closed = true
 	if l.timer != nil {
 		l.timer.Stop()
@@ -157,10 +160,6 @@ func (l *Link) DetachAll() []*tunnel.Resumable {
 	clear(l.streams)
 	clear(l.pending)
 	l.queue = nil
-	l.mu.Unlock()
-	for _, r := range out {
-		r.Detach()
-	}
 	return out
 }
 

@@ -145,8 +145,11 @@ func TestLink_BatchesAndDispatches(t *testing.T) {
 		t.Fatalf("reset: %v, stream err %v", err, b.Err())
 	}
 	got := l.DetachAll()
-	if len(got) != 2 || !a.Detached() {
-		t.Fatalf("DetachAll returned %d streams, a detached %v", len(got), a.Detached())
+	if len(got) != 2 {
+		t.Fatalf("DetachAll returned %d streams, want 2", len(got))
+	}
+	if l.Add(a) {
+		t.Fatal("Add after DetachAll succeeded")
 	}
 	if _, err := l.Handle(FrameReset, AppendReset(nil, 1)); err != nil || a.Err() != nil {
 		t.Fatalf("a frame after DetachAll reached the stream: %v %v", err, a.Err())

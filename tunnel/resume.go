@@ -248,7 +248,7 @@ func (r *Resumable) detachLocked() {
 	if r.cur == nil || r.err != nil {
 		return
 	}
-	r.cur.Abort()
+	abortAsync(r.cur)
 	r.cur, r.link = nil, nil
 	r.gen++
 	r.curBad, r.readEnded = false, false
@@ -625,7 +625,7 @@ func (r *Resumable) failLocked(err error) {
 	r.err = err
 	r.dead.Store(true)
 	if r.cur != nil {
-		r.cur.Abort()
+		abortAsync(r.cur)
 		r.cur = nil
 	}
 	r.link = nil
@@ -643,6 +643,12 @@ func (r *Resumable) failLocked(err error) {
 	r.cond.Broadcast()
 	r.cfg.Budget.wake()
 }
+
+// abortAsync aborts st without waiting: on a transport whose session just
+// died the abort may wait for its writer (yamux sends its FIN through the
+// session's send queue, for up to its write timeout), and a Resumable
+// never waits for its old stream under its lock.
+func abortAsync(st Stream) { go st.Abort() }
 
 func (r *Resumable) notifyEnd() {
 	r.mu.Lock()
