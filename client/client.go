@@ -381,6 +381,7 @@ func (c *Client) Done() <-chan struct{} { return c.done }
 // stop waits for those goroutines.
 func (c *Client) stop() {
 	c.closeListeners()
+	c.goodbye()
 	c.mu.Lock()
 	for cn := range c.conns {
 		cn.sess.Close()
@@ -619,6 +620,7 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 	for {
 		select {
 		case <-ctx.Done():
+			c.goodbye() // the gateway must hold none of our streams
 			cn.sess.Close()
 			<-frames
 			return "stopped", nil

@@ -224,3 +224,45 @@ func (c *Client) holdLater(cn *conn, ls *localStream) {
 	}
 	c.holdStream(ls)
 }
+
+// goodbye ends every resumable stream at the gateway before Run closes
+// its sessions: a client that stops takes its connections with it, so the
+// gateway must hold nothing for a resume. The Resets go out on each
+// control stream, which is then half-closed (the gateway reads them in
+// order, then ends the session); it waits for the gateway at most 1 s.
+func (c *Client) goodbye() {
+	c.mu.Lock()
+	streams := make([]*localStream, 0, len(c.resume.ids))
+	for _, ls := range c.resume.ids {
+		if ls.r != nil {
+			streams = append(streams, ls)
+		}
+	}
+	conns := make([]*conn, 0, len(c.conns))
+	for cn := range c.conns {
+		if cn.link != nil {
+			conns = append(conns, cn)
+		}
+	}
+	c.mu.Unlock()
+	if len(streams) == 0 {
+		return
+	}
+	for _, ls := range streams {
+		ls.r.Abort()
+	}
+	for _, cn := range conns {
+		cn.link.Flush()
+		cn.ctrlMu.Lock()
+		_ = cn.ctrl.CloseWrite()
+		cn.ctrlMu.Unlock()
+	}
+	deadline := time.After(time.Second)
+	for _, cn := range conns {
+		select {
+		case <-cn.sess.Done():
+		case <-deadline:
+			return
+		}
+	}
+}
