@@ -325,8 +325,14 @@ func (c *Client) Run(ctx context.Context) error {
 		return ErrRunning
 	}
 	defer close(c.done)
-	c.runCtx = ctx
+	// Run's own context ends before stop waits: local connections whose
+	// streams are held for resumption follow Run's ctx, so a Run that
+	// returns for any reason (a revocation, a refused reconnect) cuts
+	// them at once instead of waiting out their grace.
+	ctx, cancel := context.WithCancel(ctx)
 	defer c.stop()
+	defer cancel()
+	c.runCtx = ctx
 	cn, welcome, err := c.connect(ctx)
 	if err != nil {
 		return err
@@ -550,49 +556,7 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 	live := cn.live
 	frames := make(chan error, 1)
 	heard := make(chan struct{}, 1)
-	go func() {
-		for {
-			typ, payload, err := control.ReadServerFrame(cn.ctrl)
-			if err != nil {
-				frames <- err
-				return
-			}
-			live.noteHeard()
-			select {
-			case heard <- struct{}{}:
-			default:
-			}
-			switch typ {
-			case control.FrameAck, control.FrameFin, control.FrameReset:
-				if cn.link == nil {
-					break
-				}
-				if _, err := cn.link.Handle(typ, payload); err != nil {
-					c.log.Warn("bad resume frame from the gateway", "type", typ, "err", err)
-				}
-			case control.FramePong:
-			case control.FrameTopology:
-				var info control.TargetInfo
-				if err := json.Unmarshal(payload, &info); err != nil {
-					frames <- fmt.Errorf("bad topology frame: %w", err)
-					return
-				}
-				if info.Removed {
-					c.removeTarget(info.Name, info.Reason)
-					break
-				}
-				if err := c.applyTopology(info, false); err != nil {
-					c.log.Error("apply topology", "err", err)
-				}
-			case control.FrameGoAway:
-				frames <- errGoAway
-				return
-			case control.FrameRevoked:
-				frames <- revokedError(payload)
-				return
-			}
-		}
-	}()
+	go func() { frames <- c.readControl(cn, heard) }()
 	defer live.settle(true) // new streams waiting on a probe look again
 	tick := time.NewTicker(c.opts.Ping)
 	defer tick.Stop()
@@ -630,22 +594,10 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 			if ctx.Err() == nil && !errors.Is(err, errGoAway) {
 				cn.sess.Close()
 			}
-			if errors.Is(err, ErrRevoked) {
-				return err.Error(), err
-			}
-			if dead, why := live.deadReason(); dead {
-				return errDeadPath.Error() + ": " + why, nil
-			}
-			return err.Error(), nil
+			return sessionEnd(live, err, err.Error())
 		case <-cn.sess.Done():
 			cn.ctrl.Abort()
-			if err := <-frames; errors.Is(err, ErrRevoked) {
-				return err.Error(), err
-			}
-			if dead, why := live.deadReason(); dead {
-				return errDeadPath.Error() + ": " + why, nil
-			}
-			return "session closed", nil
+			return sessionEnd(live, <-frames, "session closed")
 		case <-heard:
 			live.settle(false)
 		case wish := <-live.kick:
@@ -666,6 +618,69 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 			}
 		}
 	}
+}
+
+// readControl reads the gateway's frames until one ends the session (or
+// the stream fails) and returns why; every frame is a sign of life
+// (heard).
+func (c *Client) readControl(cn *conn, heard chan<- struct{}) error {
+	for {
+		typ, payload, err := control.ReadServerFrame(cn.ctrl)
+		if err != nil {
+			return err
+		}
+		cn.live.noteHeard()
+		select {
+		case heard <- struct{}{}:
+		default:
+		}
+		if err := c.handleFrame(cn, typ, payload); err != nil {
+			return err
+		}
+	}
+}
+
+// handleFrame acts on one frame from the gateway; an error ends the
+// session (GoAway, Revoked, a frame that does not parse).
+func (c *Client) handleFrame(cn *conn, typ control.FrameType, payload []byte) error {
+	switch typ {
+	case control.FrameAck, control.FrameFin, control.FrameReset:
+		if cn.link == nil {
+			return nil
+		}
+		if _, err := cn.link.Handle(typ, payload); err != nil {
+			c.log.Warn("bad resume frame from the gateway", "type", typ, "err", err)
+		}
+	case control.FrameTopology:
+		var info control.TargetInfo
+		if err := json.Unmarshal(payload, &info); err != nil {
+			return fmt.Errorf("bad topology frame: %w", err)
+		}
+		if info.Removed {
+			c.removeTarget(info.Name, info.Reason)
+			return nil
+		}
+		if err := c.applyTopology(info, false); err != nil {
+			c.log.Error("apply topology", "err", err)
+		}
+	case control.FrameGoAway:
+		return errGoAway
+	case control.FrameRevoked:
+		return revokedError(payload)
+	}
+	return nil // FramePong and frames this client does not know
+}
+
+// sessionEnd says why a session ended: the gateway's revocation (final),
+// the dead-path verdict, or what: the reader's error or the session's end.
+func sessionEnd(live *liveness, err error, what string) (string, error) {
+	if errors.Is(err, ErrRevoked) {
+		return err.Error(), err
+	}
+	if dead, why := live.deadReason(); dead {
+		return errDeadPath.Error() + ": " + why, nil
+	}
+	return what, nil
 }
 
 // revokedError turns a FrameRevoked payload into the final error. The
