@@ -318,7 +318,16 @@ func (ss *session) serveResume(in tunnel.Incoming, req tunnel.OpenRequest) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.detachLocked() // the old session may not have noticed its end yet
+	// The old session may not have noticed its end yet (a black hole): the
+	// client left it, so it is closed, which also releases a read blocked
+	// on the stream there (an SSH channel's Read returns only when its
+	// connection ends).
+	if old := h.owner; old != nil && old != ss {
+		old.log.Info("session closed: its client resumed a stream on a new session", "stream", req.ID, "new_session", ss.id)
+		old.setEnd("replaced", "the client resumed its streams on a new session")
+		go old.sess.Close()
+	}
+	h.detachLocked()
 	h.r.Detach()
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], h.r.Recv())

@@ -35,6 +35,7 @@ type cutPath struct {
 	Addr         string
 	tcpTo, udpTo string
 	gen          atomic.Int64
+	holeGen      atomic.Int64 // flows of an older generation pass nothing, silently
 	blocked      atomic.Bool
 	tcp          net.Listener
 	udp          *net.UDPConn
@@ -83,6 +84,10 @@ func (p *cutPath) Cut() {
 	}
 }
 
+// Hole makes what is open now a black hole: nothing passes, nothing is
+// closed, while new connections and flows pass.
+func (p *cutPath) Hole() { p.holeGen.Store(p.gen.Add(1)) }
+
 // Block refuses new connections and flows from now on.
 func (p *cutPath) Block() { p.blocked.Store(true) }
 
@@ -115,14 +120,25 @@ func (p *cutPath) acceptTCP() {
 		p.conns[c], p.conns[up] = g, g
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(up, c)
-		go p.pipe(c, up)
+		go p.pipe(up, c, g)
+		go p.pipe(c, up, g)
 	}
 }
 
-func (p *cutPath) pipe(dst, src net.Conn) {
+func (p *cutPath) pipe(dst, src net.Conn, g int64) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && g >= p.holeGen.Load() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	if tc, ok := dst.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
 	}
@@ -167,7 +183,7 @@ func (p *cutPath) serveUDP() {
 					if err != nil {
 						return
 					}
-					if f.gen < p.gen.Load() {
+					if f.gen < p.gen.Load() || f.gen < p.holeGen.Load() {
 						continue // cut
 					}
 					_, _ = p.udp.WriteToUDP(b[:n], back)
@@ -252,8 +268,10 @@ func cacheTarget(r *testenv.Redis) map[string]string {
 }
 
 // TestResume_SubscribeAcrossCut: a SUBSCRIBE through cachetun connect
-// keeps its connection while the session under it is killed (the TCP
-// connection closed, or on QUIC the UDP flow dropped), and after the
+// keeps its connection while the session under it is killed (cut: the TCP
+// connection closed, or on QUIC the UDP flow dropped; hole: nothing passes
+// any more and nothing is closed, so the gateway's old session lives on
+// until the resume replaces it), and after the
 // client's new session resumes the stream, the subscriber has every one
 // of 400 numbered messages published before, during and after the cut,
 // exactly once and in order, on quic, tls and ssh, against the gateway
@@ -267,15 +285,19 @@ func TestResume_SubscribeAcrossCut(t *testing.T) {
 	g := startGatewayProc(t, gatewayProcOpts{Targets: cacheTarget(r), Authorized: []string{k.Line}})
 	pub := goredis.NewClient(&goredis.Options{Addr: r.Addr})
 	t.Cleanup(func() { pub.Close() })
-	for _, tr := range []string{"quic", "tls", "ssh"} {
-		t.Run(tr, func(t *testing.T) {
+	for _, tc := range []struct{ tr, mode string }{
+		{"quic", "cut"}, {"tls", "cut"}, {"ssh", "cut"},
+		{"quic", "hole"}, {"tls", "hole"}, {"ssh", "hole"},
+	} {
+		tr := tc.tr
+		t.Run(tr+"/"+tc.mode, func(t *testing.T) {
 			udp := ""
 			if tr == "quic" {
 				udp = g.Addr
 			}
 			p := newCutPath(t, g.ServerAddr(tr), udp)
 			c := mustConnect(t, pathEndpoint{p.Addr, writeKnownHosts(t, g.HostKey, p.Addr)}, tr, "cache", k)
-			channel := "ch-" + tr
+			channel := "ch-" + tr + "-" + tc.mode
 			sub, br := subscribe(t, c.Local(t, r.Addr), channel)
 			const n = 400
 			got := make(chan []string, 1)
@@ -299,7 +321,11 @@ func TestResume_SubscribeAcrossCut(t *testing.T) {
 					t.Fatalf("publish %d: %v", i, err)
 				}
 				if i == n/4 {
-					p.Cut()
+					if tc.mode == "hole" {
+						p.Hole() // the gateway's old session lives on
+					} else {
+						p.Cut()
+					}
 				}
 				time.Sleep(5 * time.Millisecond) // paces the publisher over the cut
 			}
