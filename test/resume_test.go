@@ -9,9 +9,12 @@ package test
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +27,7 @@ import (
 	"github.com/cachetun/cachetun/client"
 	"github.com/cachetun/cachetun/server"
 	"github.com/cachetun/cachetun/test/testenv"
+	"github.com/cachetun/cachetun/tunnel"
 )
 
 // cutPath forwards one loopback port, TCP and UDP, to a gateway's. Cut
@@ -496,4 +500,134 @@ func TestResume_MemoryBound1000(t *testing.T) {
 	if loaded-base > bound || held-base > bound {
 		t.Fatalf("RSS grew by %d MiB (loaded) / %d MiB (held), bound %d MiB", (loaded-base)>>20, (held-base)>>20, bound>>20)
 	}
+}
+
+// dialRaw opens an authenticated session of key k to g with the client
+// package's Dial (resumption asked for), for tests that open streams
+// themselves.
+func dialRaw(t *testing.T, g *gateway, k key) tunnel.Session {
+	t.Helper()
+	zero := 0
+	cl, err := client.New(client.Options{Servers: []string{g.ServerAddr("tls")}, Target: "cache", Transport: "tls",
+		Identity: k.Path, LocalPort: &zero, KnownHosts: g.KnownHosts(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess, w, err := cl.Dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.ResumeGraceMS <= 0 {
+		t.Fatalf("the gateway's Welcome offers no resumption: %+v", w)
+	}
+	t.Cleanup(func() { sess.Close() })
+	return sess
+}
+
+// resumeStatus sends a resume open of id with token on sess and returns
+// the gateway's answer: its receive counter, or the refusal.
+func resumeStatus(t *testing.T, sess tunnel.Session, id uint64, token tunnel.ResumeToken) (uint64, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := sess.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindResume, Resumable: true, ID: id, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Abort()
+	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var b [8]byte
+	if _, err := io.ReadFull(st, b[:]); err != nil {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(b[:]), nil
+}
+
+// TestResume_ProofAndRevocation: only the key that opened a held stream,
+// with its token, resumes it; every other resume open gets the same
+// refusal, whether or not the id exists; and a reload that removes the
+// key ends its held streams at once (the upstream connection closes).
+func TestResume_ProofAndRevocation(t *testing.T) {
+	r := testenv.StartRedis(t)
+	alice, bob := newKey(t, "alice"), newKey(t, "bob")
+	g := startGateway(t, redisTarget(r), []string{alice.Line, bob.Line})
+	base := r.ConnectedClients(t)
+
+	// Session A opens resumable stream 42, sends PING, then dies.
+	a := dialRaw(t, g, alice)
+	token := tunnel.ResumeToken{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := a.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "cache", Node: r.Addr, Resumable: true, ID: 42, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write([]byte("PING\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 7)
+	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(st, b); err != nil || string(b) != "+PONG\r\n" {
+		t.Fatalf("PING on a resumable stream: %q, %v", b, err)
+	}
+	a.Close()
+	waitFor(t, 10*time.Second, "the stream held", func() bool { return strings.Contains(g.Log.String(), "resumable streams held for a resume") })
+	if n := r.ConnectedClients(t); n != base+1 {
+		t.Fatalf("redis has %d clients, want the held stream's upstream connection (%d)", n, base+1)
+	}
+
+	refused := func(what string, sess tunnel.Session, id uint64, tok tunnel.ResumeToken) string {
+		t.Helper()
+		_, err := resumeStatus(t, sess, id, tok)
+		var se *tunnel.StatusError
+		if !errors.As(err, &se) || se.Code != tunnel.StatusDenied {
+			t.Fatalf("%s: %v, want status denied", what, err)
+		}
+		return se.Message
+	}
+	b1 := dialRaw(t, g, alice)
+	wrong := token
+	wrong[0] ^= 1
+	m1 := refused("alice, wrong token", b1, 42, wrong)
+	m2 := refused("alice, unknown id", b1, 4242, token)
+	m3 := refused("bob, right id and token", dialRaw(t, g, bob), 42, token)
+	if m1 != m2 || m2 != m3 {
+		t.Fatalf("refusals differ (they must not tell whether the id exists): %q, %q, %q", m1, m2, m3)
+	}
+	// The opening key with the token resumes it: the gateway had received
+	// the 6 bytes of PING.
+	if recv, err := resumeStatus(t, b1, 42, token); err != nil || recv != 6 {
+		t.Fatalf("resume by its key: recv %d, %v; want 6", recv, err)
+	}
+
+	// A held stream of a key the reload removes ends at once.
+	c := dialRaw(t, g, bob)
+	st2, err := c.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "cache", Node: r.Addr, Resumable: true, ID: 7, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st2.Write([]byte("PING\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = st2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(st2, b); err != nil {
+		t.Fatal(err)
+	}
+	before := r.ConnectedClients(t)
+	c.Close()
+	waitFor(t, 10*time.Second, "bob's stream held", func() bool {
+		return strings.Count(g.Log.String(), "resumable streams held for a resume") >= 2
+	})
+	if err := os.WriteFile(g.Config.AuthorizedKeys, []byte(alice.Line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Srv.ReloadKeys(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "bob's held stream closed by the reload", func() bool {
+		return strings.Contains(g.Log.String(), "held stream closed: its key is no longer authorized")
+	})
+	waitFor(t, 10*time.Second, "redis to drop bob's upstream connection", func() bool { return r.ConnectedClients(t) == before-1 })
 }
