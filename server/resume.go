@@ -68,13 +68,6 @@ func newResumeTable(l Limits) *resumeTable {
 		perKey: make(map[string]*tunnel.ResumeBudget)}
 }
 
-// count returns the streams in the table.
-func (rt *resumeTable) count() int {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	return len(rt.m)
-}
-
 // add records a new resumable stream; false if the key already has one
 // with that id, or the table is closed.
 func (rt *resumeTable) add(h *heldStream, perKey int) (*tunnel.ResumeBudget, bool) {

@@ -54,6 +54,11 @@
 //     (holdingSource). A Rewriter, when given, copies instead. The first
 //     time the local connection has nothing to send, connSource calls
 //     the stream's FlushOpen.
+//     When the session negotiated resumption (control's Hello resume),
+//     both ends relay a Resumable (resume.go) instead: the same Stream
+//     over the transport's stream, with counters, a replay buffer and
+//     attach/detach, so the relay outlives the session (client/resume.go,
+//     server/resume.go; PROTOCOL.md, "Resumable streams").
 //  6. Raw socket I/O (tunnel/rawio_linux.go): readFD, the read(2) of
 //     connSource, and fastConn, the connection writes of the relay, both
 //     without the scheduler's syscall bookkeeping (readfd_unix.go and
