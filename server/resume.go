@@ -60,23 +60,29 @@ type resumeTable struct {
 	m      map[resumeKey]*heldStream
 	budget *tunnel.ResumeBudget
 	perKey map[string]*tunnel.ResumeBudget
-	closed bool // the gateway drains or stopped: no new ones
+	keyN   map[string]int // streams per key, attached or held
+	closed bool           // the gateway drains or stopped: no new ones
 }
 
 func newResumeTable(l Limits) *resumeTable {
 	return &resumeTable{m: make(map[resumeKey]*heldStream), budget: tunnel.NewResumeBudget(l.ResumeMemory),
-		perKey: make(map[string]*tunnel.ResumeBudget)}
+		perKey: make(map[string]*tunnel.ResumeBudget), keyN: make(map[string]int)}
 }
 
 // add records a new resumable stream; false if the key already has one
-// with that id, or the table is closed.
-func (rt *resumeTable) add(h *heldStream, perKey int) (*tunnel.ResumeBudget, bool) {
+// with that id, or maxStreams (attached or held), or the table is closed.
+// A key's sessions bound its attached streams, but not those held after
+// sessions died: without maxStreams a client that opens streams and drops
+// its session again and again would hold upstream connections without
+// bound for resume_grace.
+func (rt *resumeTable) add(h *heldStream, perKey, maxStreams int) (*tunnel.ResumeBudget, bool) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	if _, dup := rt.m[h.key]; dup || rt.closed {
+	if _, dup := rt.m[h.key]; dup || rt.closed || rt.keyN[h.key.fp] >= maxStreams {
 		return nil, false
 	}
 	rt.m[h.key] = h
+	rt.keyN[h.key.fp]++
 	b := rt.perKey[h.key.fp]
 	if b == nil {
 		b = rt.budget.Child(perKey)
@@ -90,6 +96,9 @@ func (rt *resumeTable) remove(h *heldStream) {
 	defer rt.mu.Unlock()
 	if rt.m[h.key] == h {
 		delete(rt.m, h.key)
+		if rt.keyN[h.key.fp]--; rt.keyN[h.key.fp] <= 0 {
+			delete(rt.keyN, h.key.fp)
+		}
 	}
 }
 
@@ -155,6 +164,7 @@ func (rt *resumeTable) judgeHeld(ak *auth.AuthorizedKeys, log *slog.Logger) {
 // acks, a revocation of the session cuts it. h.mu is held.
 func (h *heldStream) attachLocked(ss *session) {
 	h.owner = ss
+	ss.streams.n.Add(1) // counts against max_streams_per_session while attached
 	h.live = &liveStream{t: h.t, node: h.node, cancel: h.cancel}
 	ss.liveMu.Lock()
 	ss.live[h.live] = struct{}{}
@@ -172,6 +182,7 @@ func (h *heldStream) detachLocked() {
 		return
 	}
 	h.owner = nil
+	ss.streams.n.Add(-1)
 	ss.liveMu.Lock()
 	delete(ss.live, h.live)
 	ss.liveMu.Unlock()
@@ -222,11 +233,11 @@ func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node
 	lim := s.config().Limits
 	h := &heldStream{key: resumeKey{ss.ident.Fingerprint, req.ID}, token: req.Token, ident: ss.identity(),
 		ip: remoteIP(ss.sess.RemoteAddr()), t: t, node: node}
-	budget, ok := s.resume.add(h, lim.ResumeMemoryPerKey)
+	budget, ok := s.resume.add(h, lim.ResumeMemoryPerKey, lim.MaxSessionsPerKey*lim.MaxStreamsPerSession)
 	if !ok {
 		st.Abort()
 		up.Close()
-		log.Warn("resumable stream refused: its id is in use by this key, or the gateway stops", "stream", req.ID)
+		log.Warn("resumable stream refused: its id is in use by this key, the key holds max_sessions_per_key × max_streams_per_session resumable streams, or the gateway stops", "stream", req.ID)
 		return
 	}
 	rctx, cancel := context.WithCancel(ss.srvCtx)

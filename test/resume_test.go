@@ -631,3 +631,36 @@ func TestResume_ProofAndRevocation(t *testing.T) {
 	})
 	waitFor(t, 10*time.Second, "redis to drop bob's upstream connection", func() bool { return r.ConnectedClients(t) == before-1 })
 }
+
+// TestResume_StreamLimit: resumable streams count against
+// max_streams_per_session (4 here) while attached, as plain ones do,
+// although their relays run outside the session.
+func TestResume_StreamLimit(t *testing.T) {
+	r := testenv.StartRedis(t)
+	k := newKey(t, "alice")
+	g := startGateway(t, redisTarget(r), []string{k.Line}, func(c *server.Config) { c.Limits.MaxStreamsPerSession = 4 })
+	sess := dialRaw(t, g, k)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := 1; i <= 5; i++ {
+		st, err := sess.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "cache", Node: r.Addr,
+			Resumable: true, ID: uint64(i), Token: tunnel.ResumeToken{byte(i)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Abort()
+		if _, err := st.Write([]byte("PING\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 7)
+		_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.ReadFull(st, b)
+		var se *tunnel.StatusError
+		switch {
+		case i <= 4 && (err != nil || string(b) != "+PONG\r\n"):
+			t.Fatalf("stream %d: %q, %v", i, b, err)
+		case i == 5 && (!errors.As(err, &se) || se.Code != tunnel.StatusLimit):
+			t.Fatalf("stream 5 of a session limited to 4: %v, want status limit", err)
+		}
+	}
+}
