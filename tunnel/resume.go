@@ -47,7 +47,7 @@ const AckUrgent = 512 << 10
 const AckDelay = 50 * time.Millisecond
 
 // resumeChunk is the allocation unit of a replay buffer.
-const resumeChunk = 16 << 10
+const resumeChunk = 4 << 10
 
 var resumeChunks = sync.Pool{New: func() any { b := make([]byte, resumeChunk); return &b }}
 
