@@ -4,7 +4,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 TESTTIMEOUT ?= 25m
 
-.PHONY: all build test test-short demo bench fuzz vet clean package
+.PHONY: all build test test-short demo bench bench-wan fuzz vet clean package
 
 all: build
 
@@ -30,6 +30,13 @@ demo: build
 
 bench: build
 	$(GO) run ./bench/cmd/cachetun-bench -bin bin/cachetun -out BENCHMARKS.md
+
+# The WAN bench: laptop and gateway namespaces across an emulated link
+# (bench/linkemu). Needs root (namespaces, TUN, iptables). Choose with
+# WANFLAGS, e.g. WANFLAGS='-links 80ms -rounds 1'.
+WANFLAGS ?=
+bench-wan: build
+	$(GO) run ./bench/cmd/cachetun-bench-wan -bin bin/cachetun -out BENCHMARKS.md $(WANFLAGS)
 
 # Run each fuzz target for FUZZTIME.
 FUZZTIME ?= 20s
