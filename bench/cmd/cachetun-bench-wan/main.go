@@ -756,9 +756,13 @@ func (w *wan) bigGet(dial func() (net.Conn, error), n int, key string, size int)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got, err := get(c, bufio.NewReaderSize(c, 256<<10), key, io.Discard, w.bulkCap)
+			var cw countWriter
+			got, err := get(c, bufio.NewReaderSize(c, 256<<10), key, &cw, w.bulkCap)
 			if err == nil && got != size {
 				err = fmt.Errorf("GET %s: %d bytes, want %d", key, got, size)
+			}
+			if err != nil {
+				err = fmt.Errorf("%w (%.1f of %d MiB arrived in %v)", err, float64(cw.n)/(1<<20), size>>20, time.Since(t0).Round(time.Second))
 			}
 			errs[i] = err
 		}()
@@ -769,6 +773,11 @@ func (w *wan) bigGet(dial func() (net.Conn, error), n int, key string, size int)
 	}
 	return float64(n*size) / (1 << 20) / time.Since(t0).Seconds(), nil
 }
+
+// countWriter counts and discards.
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
 
 // bigSet writes a 32 MiB value and returns MiB/s until redis's +OK.
 func (w *wan) bigSet(dial func() (net.Conn, error)) (float64, error) {
