@@ -32,6 +32,11 @@ type localStream struct {
 type resumeState struct {
 	ids     map[uint64]*localStream // every live one, for unique ids
 	pending []*localStream          // detached, waiting for a session
+	// opened: a resumable stream was opened in this Run, so the gateway
+	// may hold or be told of some (goodbye must flush its Resets even when
+	// every stream has ended already: an aborted one queues its Reset
+	// and leaves ids at once).
+	opened bool
 }
 
 // linkSession gives cn a resume link when its Welcome offered
@@ -73,6 +78,7 @@ func (c *Client) openResumable(ctx context.Context, cn *conn, w *watchedStream, 
 		id = mrand.Uint64()
 	}
 	c.resume.ids[id] = ls
+	c.resume.opened = true
 	c.mu.Unlock()
 	st, err := cn.sess.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: target, Node: node,
 		Resumable: true, ID: id, Token: token})
@@ -244,8 +250,9 @@ func (c *Client) goodbye() {
 			conns = append(conns, cn)
 		}
 	}
+	opened := c.resume.opened
 	c.mu.Unlock()
-	if len(streams) == 0 {
+	if !opened {
 		return
 	}
 	for _, ls := range streams {

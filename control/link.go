@@ -103,7 +103,26 @@ type Link struct {
 	timer   *time.Timer
 	due     time.Time
 	closed  bool
+	// early holds the Fins and Resets that came for an id not attached
+	// (yet): a stream's open and its first control frames travel apart,
+	// so a client that opens a stream and ends it at once can have its
+	// Reset read before the gateway has attached the stream. Add applies
+	// them. At most maxEarly ids, the oldest forgotten first.
+	early      map[uint64]earlyEnd
+	earlyOrder []uint64
 }
+
+// earlyEnd is what arrived for a stream before it was attached.
+type earlyEnd struct {
+	fin    bool
+	offset uint64
+	reset  bool
+}
+
+// maxEarly bounds Link.early: a session has at most
+// max_streams_per_session streams opening at once, and frames for
+// streams that ended or moved on also land here until they age out.
+const maxEarly = 256
 
 // NewLink returns a Link that writes its frames with write (the control
 // stream's writer, safe for use with the session's other frames).
@@ -116,12 +135,53 @@ func NewLink(write func(typ FrameType, payload []byte) error) *Link {
 // the caller detaches it.
 func (l *Link) Add(r *tunnel.Resumable) bool {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.closed {
+		l.mu.Unlock()
 		return false
 	}
 	l.streams[r.ID()] = r
+	e, ok := l.early[r.ID()]
+	delete(l.early, r.ID())
+	l.mu.Unlock()
+	if ok {
+		if e.fin {
+			r.PeerFin(e.offset)
+		}
+		if e.reset {
+			r.PeerReset()
+		}
+	}
 	return true
+}
+
+// noteEarlyLocked records a Fin or Reset for an id not attached; l.mu
+// held.
+func (l *Link) noteEarlyLocked(id uint64, f func(*earlyEnd)) {
+	if l.closed {
+		return
+	}
+	if l.early == nil {
+		l.early = make(map[uint64]earlyEnd)
+	}
+	e, ok := l.early[id]
+	if !ok {
+		for len(l.early) >= maxEarly && len(l.earlyOrder) > 0 {
+			delete(l.early, l.earlyOrder[0])
+			l.earlyOrder = l.earlyOrder[1:]
+		}
+		if len(l.earlyOrder) >= 2*maxEarly { // ids attached since: drop them
+			kept := l.earlyOrder[:0]
+			for _, o := range l.earlyOrder {
+				if _, ok := l.early[o]; ok {
+					kept = append(kept, o)
+				}
+			}
+			l.earlyOrder = kept
+		}
+		l.earlyOrder = append(l.earlyOrder, id)
+	}
+	f(&e)
+	l.early[id] = e
 }
 
 // Remove forgets r (it ended, or moved to another session).
@@ -160,6 +220,7 @@ func (l *Link) DetachAll() []*tunnel.Resumable {
 	clear(l.streams)
 	clear(l.pending)
 	l.queue = nil
+	l.early, l.earlyOrder = nil, nil
 	return out
 }
 
@@ -271,7 +332,7 @@ func (l *Link) Handle(typ FrameType, payload []byte) (handled bool, err error) {
 		if err != nil {
 			return true, err
 		}
-		if r := l.stream(id); r != nil {
+		if r := l.streamOrEarly(id, func(e *earlyEnd) { e.fin, e.offset = true, off }); r != nil {
 			r.PeerFin(off)
 		}
 	case FrameReset:
@@ -279,13 +340,25 @@ func (l *Link) Handle(typ FrameType, payload []byte) (handled bool, err error) {
 		if err != nil {
 			return true, err
 		}
-		if r := l.stream(id); r != nil {
+		if r := l.streamOrEarly(id, func(e *earlyEnd) { e.reset = true }); r != nil {
 			r.PeerReset()
 		}
 	default:
 		return false, nil
 	}
 	return true, nil
+}
+
+// streamOrEarly returns the stream attached as id, or records what came
+// for it (note) until it is attached.
+func (l *Link) streamOrEarly(id uint64, note func(*earlyEnd)) *tunnel.Resumable {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r := l.streams[id]; r != nil {
+		return r
+	}
+	l.noteEarlyLocked(id, note)
+	return nil
 }
 
 func (l *Link) stream(id uint64) *tunnel.Resumable {

@@ -156,3 +156,44 @@ func TestLink_BatchesAndDispatches(t *testing.T) {
 	}
 	a.Abort()
 }
+
+// TestLink_EarlyReset: a Reset (or Fin) read before its stream is
+// attached, as when a client opens a stream and stops at once, reaches the
+// stream when it is attached; what is kept for unknown ids is bounded.
+func TestLink_EarlyReset(t *testing.T) {
+	l := NewLink((&recorder{}).write)
+	if _, err := l.Handle(FrameReset, AppendReset(nil, 7)); err != nil {
+		t.Fatal(err)
+	}
+	r := tunnel.NewResumable(tunnel.ResumableConfig{ID: 7, Grace: time.Minute}, nopStream{}, l)
+	defer r.Abort()
+	if !l.Add(r) {
+		t.Fatal("Add failed")
+	}
+	if !errors.Is(r.Err(), tunnel.ErrPeerReset) {
+		t.Fatalf("stream err %v after an early Reset, want ErrPeerReset", r.Err())
+	}
+	// Frames for ids never attached age out: at most maxEarly are kept,
+	// and the order list stays bounded too.
+	for id := uint64(1000); id < 1000+10*maxEarly; id++ {
+		if _, err := l.Handle(FrameFin, AppendFin(nil, id, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.mu.Lock()
+	n, order := len(l.early), len(l.earlyOrder)
+	l.mu.Unlock()
+	if n > maxEarly || order > 2*maxEarly {
+		t.Fatalf("early holds %d ids (order %d), want at most %d (%d)", n, order, maxEarly, 2*maxEarly)
+	}
+	// An attached stream clears its entry; later ids still work.
+	s := tunnel.NewResumable(tunnel.ResumableConfig{ID: 1000 + 10*maxEarly - 1, Grace: time.Minute}, nopStream{}, l)
+	defer s.Abort()
+	l.Add(s)
+	l.mu.Lock()
+	_, still := l.early[s.ID()]
+	l.mu.Unlock()
+	if still {
+		t.Fatal("the attached stream's early entry was kept")
+	}
+}
