@@ -176,6 +176,58 @@ const (
 	sendErrServerIP  = "10.213.7.2"
 )
 
+// sendErrEvent is one way of making the client's sends fail.
+type sendErrEvent struct {
+	name   string
+	errno  string        // what the client's sends fail with
+	outage time.Duration // how long they fail
+	start  func(t *testing.T, nsA string)
+	end    func(t *testing.T, nsA string)
+	after  func(t *testing.T, e quicEnds) // more checks once it ended
+}
+
+// survivesSendError holds a stream open across ev: a request written
+// during the outage is answered after it, on the same session.
+func survivesSendError(t *testing.T, ev sendErrEvent, setup func(*testing.T, bool) (string, quicEnds, *errnoCounts, tunnel.Stream)) {
+	nsA, e, cliErrs, st := setup(t, true)
+	ev.start(t, nsA)
+	began := time.Now()
+	if _, err := st.Write([]byte("during")); err != nil {
+		t.Fatalf("write during the outage: %v", err)
+	}
+	if !waitUntil(ev.outage, func() bool { return cliErrs.get(ev.errno) > 0 }) {
+		t.Fatalf("no send failed with %s within %s: the event did not happen (counts: %v)", ev.errno, ev.outage, cliErrs)
+	}
+	time.Sleep(time.Until(began.Add(ev.outage))) // the outage lasts this long by design
+	select {
+	case <-e.client.Done():
+		t.Fatalf("the client session ended during the outage")
+	default:
+	}
+	ev.end(t, nsA)
+	ended := time.Now()
+	// The data of "during" was lost at every send; quic-go's probe
+	// timer (exponential backoff) sends it again.
+	if err := readBack(st, "during", 15*time.Second); err != nil {
+		t.Fatalf("the request sent during the outage was not answered after it: %v", err)
+	}
+	t.Logf("%s: sends failed with %s (%d packets) for %s; the request sent during it was answered %s after its end",
+		ev.name, ev.errno, cliErrs.get(ev.errno), ev.outage, time.Since(ended).Round(time.Millisecond))
+	if err := roundTrip(st, "after", 5*time.Second); err != nil {
+		t.Fatalf("echo after the outage: %v", err)
+	}
+	if ev.after != nil {
+		ev.after(t, e)
+	}
+	select {
+	case <-e.client.Done():
+		t.Fatal("client session ended")
+	case <-e.server.Done():
+		t.Fatal("server session ended")
+	default:
+	}
+}
+
 // TestQUIC_SurvivesSendErrors holds a QUIC session and an open stream
 // between a client in one network namespace and a server in another while
 // the client's sends fail: its only address is removed for 4 s (sendmsg
@@ -189,15 +241,7 @@ func TestQUIC_SurvivesSendErrors(t *testing.T) {
 	if _, err := exec.LookPath("iptables"); err != nil {
 		t.Fatal("iptables is not installed (it is in .ci/run's package list)")
 	}
-	type event struct {
-		name   string
-		errno  string        // what the client's sends fail with
-		outage time.Duration // how long they fail
-		start  func(t *testing.T, nsA string)
-		end    func(t *testing.T, nsA string)
-		after  func(t *testing.T, e quicEnds) // more checks once it ended
-	}
-	noAddress := event{
+	noAddress := sendErrEvent{
 		name: "no_address_4s", errno: "ENETUNREACH", outage: 4 * time.Second,
 		start: func(t *testing.T, nsA string) {
 			run(t, "ip", "-n", nsA, "addr", "del", sendErrClientIP+"/24", "dev", "va")
@@ -213,7 +257,7 @@ func TestQUIC_SurvivesSendErrors(t *testing.T) {
 			}
 		},
 	}
-	udpDropped := event{
+	udpDropped := sendErrEvent{
 		name: "udp_output_drop_3s", errno: "EPERM", outage: 3 * time.Second,
 		start: func(t *testing.T, nsA string) {
 			run(t, "ip", "netns", "exec", nsA, "iptables", "-I", "OUTPUT", "-p", "udp", "-j", "DROP")
@@ -250,46 +294,8 @@ func TestQUIC_SurvivesSendErrors(t *testing.T) {
 		t.Cleanup(func() { t.Logf("send errors taken as loss: client %v; server %v", &cliErrs, &srvErrs) })
 		return nsA, e, &cliErrs, st
 	}
-	for _, ev := range []event{noAddress, udpDropped} {
-		t.Run(ev.name, func(t *testing.T) {
-			nsA, e, cliErrs, st := setup(t, true)
-			ev.start(t, nsA)
-			began := time.Now()
-			if _, err := st.Write([]byte("during")); err != nil {
-				t.Fatalf("write during the outage: %v", err)
-			}
-			if !waitUntil(ev.outage, func() bool { return cliErrs.get(ev.errno) > 0 }) {
-				t.Fatalf("no send failed with %s within %s: the event did not happen (counts: %v)", ev.errno, ev.outage, cliErrs)
-			}
-			time.Sleep(time.Until(began.Add(ev.outage))) // the outage lasts this long by design
-			select {
-			case <-e.client.Done():
-				t.Fatalf("the client session ended during the outage")
-			default:
-			}
-			ev.end(t, nsA)
-			ended := time.Now()
-			// The data of "during" was lost at every send; quic-go's probe
-			// timer (exponential backoff) sends it again.
-			if err := readBack(st, "during", 15*time.Second); err != nil {
-				t.Fatalf("the request sent during the outage was not answered after it: %v", err)
-			}
-			t.Logf("%s: sends failed with %s (%d packets) for %s; the request sent during it was answered %s after its end",
-				ev.name, ev.errno, cliErrs.get(ev.errno), ev.outage, time.Since(ended).Round(time.Millisecond))
-			if err := roundTrip(st, "after", 5*time.Second); err != nil {
-				t.Fatalf("echo after the outage: %v", err)
-			}
-			if ev.after != nil {
-				ev.after(t, e)
-			}
-			select {
-			case <-e.client.Done():
-				t.Fatal("client session ended")
-			case <-e.server.Done():
-				t.Fatal("server session ended")
-			default:
-			}
-		})
+	for _, ev := range []sendErrEvent{noAddress, udpDropped} {
+		t.Run(ev.name, func(t *testing.T) { survivesSendError(t, ev, setup) })
 	}
 	t.Run("dial_with_no_address_fails_at_once", func(t *testing.T) {
 		// A dial is not a connection yet: with no network it fails with
