@@ -542,9 +542,9 @@ func (w *wan) runLink(l link) error {
 			}
 			res, err := w.runPath(p)
 			if err != nil {
-				w.log.Printf("  round %d %s: %v", r+1, p, err)
+				w.log.Printf("  round %d %s: %s", r+1, p, strings.ReplaceAll(err.Error(), "\n", "; "))
 				if w.errs[l.name][p] == "" {
-					w.errs[l.name][p] = err.Error()
+					w.errs[l.name][p] = strings.ReplaceAll(err.Error(), "\n", "; ")
 				}
 			}
 			if w.results[l.name][p] == nil {

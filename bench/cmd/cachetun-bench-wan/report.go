@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -53,6 +54,8 @@ func (w *wan) report() string {
 	fmt.Fprintln(&sb, "counts from starting the tunnel process (for direct: from the first dial). The 32 MiB and 8 × 8 MiB transfers count")
 	fmt.Fprintln(&sb, "from the request to the last byte (GET) or to redis's +OK (SET).")
 	fmt.Fprintln(&sb)
+	fmt.Fprintf(&sb, "Versions: %s; %s; %s; %s.\n\n", firstLine(w.bin, "version"), firstLine("redis-server", "--version"),
+		firstLine("ssh", "-V"), runtime.Version())
 	for _, l := range w.links {
 		res := w.results[l.name]
 		if res == nil {
@@ -101,6 +104,13 @@ func (w *wan) report() string {
 	}
 	fmt.Fprintln(&sb, sectionEnd)
 	return sb.String()
+}
+
+// firstLine returns the first line of a command's output.
+func firstLine(name string, args ...string) string {
+	out, _ := exec.Command(name, args...).CombinedOutput()
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return line
 }
 
 func kernel() string {
