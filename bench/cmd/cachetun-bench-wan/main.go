@@ -80,15 +80,11 @@ var workloadGroups = map[string][]string{
 	"big": {wGetBig, wSetBig}, "bulk8": {wBulk8},
 }
 
-// lowerIsBetter marks latency workloads.
-var lowerIsBetter = map[string]bool{wFirst: true, wNewConn: true, wGet50p: true}
-
 type link struct {
-	name  string
-	rtt   time.Duration
-	rate  int64 // bits/s
-	loss  float64
-	queue time.Duration
+	name string
+	rtt  time.Duration
+	rate int64 // bits/s
+	loss float64
 }
 
 func (l link) String() string {
