@@ -266,14 +266,6 @@ func (w *watchedStream) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (w *watchedStream) WaitReadable() error {
-	err := w.Stream.WaitReadable()
-	if err == nil {
-		w.heard()
-	}
-	return err
-}
-
 func (w *watchedStream) FlushOpen() error {
 	w.waiting()
 	return w.Stream.FlushOpen()
