@@ -112,6 +112,7 @@ type metrics struct {
 	discoveryRejected *prometheus.CounterVec // target, reason
 	reloads           *prometheus.CounterVec // result
 	quicSendErrors    *prometheus.CounterVec // errno
+	quicRefreshes     prometheus.Counter
 }
 
 func newMetrics(keyLabel bool, version string) *metrics {
@@ -176,6 +177,9 @@ func newMetrics(keyLabel bool, version string) *metrics {
 			Name: "cachetun_quic_send_errors_total",
 			Help: "QUIC packets the gateway could not send, by errno (ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, ENETDOWN, ENOBUFS, EPERM): each is taken as lost and sent again; the connection stays open."},
 			[]string{"errno"}),
+		quicRefreshes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cachetun_quic_window_refreshes_total",
+			Help: "Times the gateway asked a QUIC client to move to a new path because the gateway's congestion window had stalled far below what the path carries (a quic-go slow-start exit; see tunnel/quicwindow.go)."}),
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "cachetun_build_info",
@@ -183,7 +187,7 @@ func newMetrics(keyLabel bool, version string) *metrics {
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	m.reg.MustRegister(m.sessions, m.sessionsTotal, m.streams, m.streamsTotal, m.streamsResumed,
 		m.bytes, m.dialErrors, m.dialSeconds, m.authFailures, m.discoveryRounds, m.discoveryRejected,
-		m.reloads, m.quicSendErrors, buildInfo,
+		m.reloads, m.quicSendErrors, m.quicRefreshes, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r) // both series from the start, so rate() sees the first error

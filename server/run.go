@@ -304,6 +304,7 @@ func (s *Server) listenQUIC(addr string, tlsConf *tls.Config) (tunnel.Listener, 
 	qc.Admission = s.transportAdmission("quic")
 	qc.Logger = s.log
 	qc.OnSendError = s.metrics.quicSendErrorCounter()
+	qc.OnWindowRefresh = s.metrics.quicRefreshes.Inc
 	return tunnel.ListenQUIC(addr, tlsConf, qc)
 }
 

@@ -222,6 +222,7 @@ func TestMetrics_AfterTraffic(t *testing.T) {
 		{"cachetun_config_reloads_total", map[string]string{"result": "error"}, 0},
 		{"cachetun_quic_send_errors_total", map[string]string{"errno": "ENETUNREACH"}, 0},
 		{"cachetun_quic_send_errors_total", map[string]string{"errno": "EPERM"}, 0},
+		{"cachetun_quic_window_refreshes_total", nil, 0},
 	}
 	// Stream and session counts land when the stream ends; wait for them.
 	waitFor(t, 10*time.Second, "every series", func() bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -101,3 +102,33 @@ func QUICCloseCause(s Session) error { return context.Cause(s.(*quicSession).c.C
 
 // TransientSendErrno reports whether err is a send error taken as loss.
 var TransientSendErrno = transientSendErrno
+
+// RefreshQUICPath makes a QUIC client session switch to a new path, as it
+// does when its congestion window stalls, with no least gap between two
+// switches; it returns the switches done so far.
+func RefreshQUICPath(s Session) int64 {
+	p := s.(*quicSession).paths
+	p.mu.Lock()
+	p.minGap = 0
+	p.mu.Unlock()
+	p.refresh()
+	return p.count.Load()
+}
+
+// QUICPathRefreshes returns the path switches of a QUIC client session.
+func QUICPathRefreshes(s Session) int64 { return s.(*quicSession).paths.count.Load() }
+
+// AskQUICRefresh makes a QUIC server session ask its client to refresh.
+func AskQUICRefresh(s Session) { s.(*quicSession).asker.request() }
+
+// StallWatch exposes the stall detector to tests.
+type StallWatch = stallWatch
+
+// NewStallWatch returns a detector that sees writing stream writes.
+func NewStallWatch(writing *atomic.Int32) *StallWatch { return &stallWatch{writing: writing} }
+
+// Sample feeds one reading to w.
+func (w *StallWatch) Sample(now time.Time, st quic.ConnectionStats) bool { return w.sample(now, st) }
+
+// RefreshEvery is the least time between two refreshes a watch asks for.
+const RefreshEvery = refreshEvery

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlog"
 	"github.com/quic-go/quic-go/qlogwriter"
 )
 
@@ -49,6 +51,10 @@ type QUICConfig struct {
 	// sent for one of those reasons, with the errno's name. It runs on
 	// quic-go's send path and must not block.
 	OnSendError func(errno string)
+	// OnWindowRefresh, when set, is called each time the congestion window
+	// is refreshed (quicwindow.go): on a client when it switched to a new
+	// path, on a server when it asked its client to.
+	OnWindowRefresh func()
 
 	// Tests only (export_test.go).
 	tracer        func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace
@@ -67,6 +73,10 @@ func DefaultQUICConfig() QUICConfig {
 }
 
 func (c QUICConfig) quic() *quic.Config {
+	tracer := c.tracer
+	if tracer == nil && os.Getenv("QLOGDIR") != "" {
+		tracer = qlog.DefaultConnectionTracer
+	}
 	return &quic.Config{
 		HandshakeIdleTimeout:           c.HandshakeTimeout,
 		MaxIdleTimeout:                 c.IdleTimeout,
@@ -77,7 +87,7 @@ func (c QUICConfig) quic() *quic.Config {
 		MaxStreamReceiveWindow:         16 << 20,
 		InitialConnectionReceiveWindow: 2 << 20,
 		MaxConnectionReceiveWindow:     64 << 20,
-		Tracer:                         c.tracer,
+		Tracer:                         tracer,
 	}
 }
 
@@ -131,14 +141,15 @@ func ListenQUIC(addr string, tlsConf *tls.Config, cfg QUICConfig) (Listener, err
 		udp.Close()
 		return nil, fmt.Errorf("listen quic on %q: %w", addr, err)
 	}
-	return &quicListener{tr: tr, ln: ln, udp: udp}, nil
+	return &quicListener{tr: tr, ln: ln, udp: udp, onRefresh: cfg.OnWindowRefresh}, nil
 }
 
 type quicListener struct {
-	tr   *quic.Transport
-	ln   *quic.Listener
-	udp  *net.UDPConn
-	once sync.Once
+	onRefresh func() // QUICConfig.OnWindowRefresh
+	tr        *quic.Transport
+	ln        *quic.Listener
+	udp       *net.UDPConn
+	once      sync.Once
 }
 
 func (l *quicListener) Accept(ctx context.Context) (Session, error) {
@@ -157,6 +168,8 @@ func (l *quicListener) Accept(ctx context.Context) (Session, error) {
 		return nil, err
 	}
 	s.gateUntilAuthenticated()
+	s.asker = &serverRefresh{c: c, done: l.onRefresh}
+	go watchWindow(c, s.writers, s.asker.request)
 	return s, nil
 }
 
@@ -220,7 +233,9 @@ func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, cfg QUICCon
 	}
 	pc := cfg.packetConn(udp, true)
 	tr := &quic.Transport{Conn: pc}
-	c, err := tr.Dial(ctx, raddr, tlsConf, cfg.quic())
+	qconf := cfg.quic()
+	qconf.MaxIncomingUniStreams = 1 // the gateway's window refresh requests (quicwindow.go)
+	c, err := tr.Dial(ctx, raddr, tlsConf, qconf)
 	if err != nil {
 		tr.Close()
 		udp.Close()
@@ -235,13 +250,19 @@ func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, cfg QUICCon
 		udp.Close()
 		return nil, err
 	}
-	context.AfterFunc(c.Context(), func() { tr.Close(); udp.Close() })
+	s.paths = &clientPaths{c: c, laddr: laddr, cfg: cfg, minGap: refreshEvery / 5}
+	go watchWindow(c, s.writers, s.paths.refresh)
+	go s.paths.listenRequests()
+	context.AfterFunc(c.Context(), func() { s.paths.close(); tr.Close(); udp.Close() })
 	return s, nil
 }
 
 type quicSession struct {
 	c       *quic.Conn
 	binding []byte
+	writers *writers
+	paths   *clientPaths   // client only
+	asker   *serverRefresh // server only
 
 	// Server only, until Authenticated: the first stream the client opens
 	// is the control stream; every later one is reset as it arrives, so
@@ -302,7 +323,7 @@ func newQUICSession(c *quic.Conn) (*quicSession, error) {
 		c.CloseWithError(quicCodeShutdown, "no channel binding")
 		return nil, fmt.Errorf("export channel binding: %w", err)
 	}
-	return &quicSession{c: c, binding: b}, nil
+	return &quicSession{c: c, binding: b, writers: newWriters()}, nil
 }
 
 func (s *quicSession) OpenStream(ctx context.Context, req OpenRequest) (Stream, error) {
@@ -310,7 +331,7 @@ func (s *quicSession) OpenStream(ctx context.Context, req OpenRequest) (Stream, 
 	if err != nil {
 		return nil, err
 	}
-	return newClientStream(&quicStream{s: qs}, req)
+	return newClientStream(&quicStream{s: qs, w: s.writers}, req)
 }
 
 func (s *quicSession) AcceptStream(ctx context.Context) (Incoming, error) {
@@ -332,7 +353,7 @@ func (s *quicSession) AcceptStream(ctx context.Context) (Incoming, error) {
 			go s.resetUntilAuthenticated()
 		})
 	}
-	return &framedIncoming{s: &quicStream{s: qs}}, nil
+	return &framedIncoming{s: &quicStream{s: qs, w: s.writers}}, nil
 }
 
 func (s *quicSession) Binding() []byte       { return s.binding }
@@ -359,15 +380,20 @@ func peerStopped(err error) bool {
 // send side (unless already reset) and CancelRead on the receive side.
 type quicStream struct {
 	s       *quic.Stream
-	scratch [1]byte // WaitReadable's Peek; used by the reader only
+	w       *writers // the connection's (quicwindow.go)
+	scratch [1]byte  // WaitReadable's Peek; used by the reader only
 
 	mu sync.Mutex // guards the following
 	wroteFIN,
 	aborted bool
 }
 
-func (q *quicStream) Read(p []byte) (int, error)         { return q.s.Read(p) }
-func (q *quicStream) Write(p []byte) (int, error)        { return q.s.Write(p) }
+func (q *quicStream) Read(p []byte) (int, error) { return q.s.Read(p) }
+func (q *quicStream) Write(p []byte) (int, error) {
+	q.w.begin()
+	defer q.w.end()
+	return q.s.Write(p)
+}
 func (q *quicStream) SetDeadline(t time.Time) error      { return q.s.SetDeadline(t) }
 func (q *quicStream) SetReadDeadline(t time.Time) error  { return q.s.SetReadDeadline(t) }
 func (q *quicStream) SetWriteDeadline(t time.Time) error { return q.s.SetWriteDeadline(t) }
