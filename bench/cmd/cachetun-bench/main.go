@@ -34,6 +34,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cachetun/cachetun/bench/internal/sshdenv"
 )
 
 type options struct {
@@ -69,11 +71,11 @@ type bench struct {
 	wcmds   map[string]string
 	configs []namedConfig // config files of the first instance of each path
 
-	redis          *proc
-	redisAddr      string
-	sshDir, ctDir  string
-	createdRunSSHD bool
-	facts          facts
+	redis     *proc
+	redisAddr string
+	sshd      *sshdenv.Env // the private sshd's keys, once made
+	ctDir     string
+	facts     facts
 
 	// results[metric][path] = one value per round
 	results map[string]map[string][]float64
@@ -410,9 +412,7 @@ func (b *bench) cleanup() {
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].stop(3 * time.Second)
 	}
-	if b.createdRunSSHD {
-		_ = os.Remove("/run/sshd") // only if still empty
-	}
+	b.sshd.Close()
 	if b.dir != "" {
 		if b.opts.keep {
 			b.log.Printf("kept %s", b.dir)

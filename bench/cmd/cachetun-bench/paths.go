@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cachetun/cachetun/bench/internal/sshdenv"
 )
 
 // Path names, in the order of the tables.
@@ -209,38 +211,18 @@ func (b *bench) setupNutcracker(tag string) (*benchPath, error) {
 	})
 }
 
-// sshKeys creates, once, the host key, client key, authorized_keys and
-// known_hosts material of the private sshd.
+// sshKeys creates, once, the host key, client key and authorized_keys of
+// the private sshd (bench/internal/sshdenv, shared with the WAN bench).
 func (b *bench) sshKeys() error {
-	if b.sshDir != "" {
+	if b.sshd != nil {
 		return nil
 	}
-	dir := filepath.Join(b.dir, "sshd")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for _, k := range []string{"host_ed25519", "client_ed25519"} {
-		argv := []string{b.tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", "cachetun-bench", "-f", filepath.Join(dir, k)}
-		b.record("setup", argv)
-		if out, err := exec.CommandContext(b.ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
-			return fmt.Errorf("ssh-keygen: %v: %s", err, out)
-		}
-	}
-	pub, err := os.ReadFile(filepath.Join(dir, "client_ed25519.pub"))
+	e, err := sshdenv.Setup(b.ctx, filepath.Join(b.dir, "sshd"), b.tools["ssh-keygen"], "cachetun-bench",
+		func(argv []string) { b.record("setup", argv) })
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600); err != nil {
-		return err
-	}
-	// sshd refuses to start without its privilege separation directory.
-	if _, err := os.Stat("/run/sshd"); os.IsNotExist(err) {
-		if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-			return fmt.Errorf("create /run/sshd for sshd: %w", err)
-		}
-		b.createdRunSSHD = true
-	}
-	b.sshDir = dir
+	b.sshd = e
 	return nil
 }
 
@@ -252,41 +234,19 @@ func (b *bench) setupSSHL(tag string) (*benchPath, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir := b.sshDir
 	var sshd *proc
 	var sshdPort int
 	for attempt := 0; ; attempt++ {
 		if sshdPort, err = freePort(false); err != nil {
 			return nil, err
 		}
-		conf := filepath.Join(dir, "sshd_config"+tag)
-		cfg := fmt.Sprintf(`# private sshd of cachetun-bench: key-only, loopback only
-Port %d
-ListenAddress 127.0.0.1
-HostKey %s
-PidFile none
-UsePAM no
-StrictModes no
-PubkeyAuthentication yes
-AuthenticationMethods publickey
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AuthorizedKeysFile %s
-PermitRootLogin prohibit-password
-AllowTcpForwarding local
-AllowAgentForwarding no
-X11Forwarding no
-PermitTTY no
-PrintMotd no
-UseDNS no
-MaxStartups 100:30:200
-LogLevel INFO
-`, sshdPort, filepath.Join(dir, "host_ed25519"), filepath.Join(dir, "authorized_keys"))
-		if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+		conf := filepath.Join(b.sshd.Dir, "sshd_config"+tag)
+		cfg, err := b.sshd.WriteConfig(conf, "private sshd of cachetun-bench: key-only, loopback only", "127.0.0.1", sshdPort)
+		if err != nil {
 			return nil, err
 		}
 		b.recordConfig("sshd_config", tag, cfg)
-		sshd, err = b.spawn("sshd"+tag, []string{b.tools["sshd"], "-D", "-e", "-f", conf})
+		sshd, err = b.spawn("sshd"+tag, sshdenv.SSHDArgs(b.tools["sshd"], conf))
 		if err != nil {
 			return nil, err
 		}
@@ -306,23 +266,11 @@ LogLevel INFO
 			return nil, err
 		}
 	}
-	hostPub, err := os.ReadFile(filepath.Join(dir, "host_ed25519.pub"))
-	if err != nil {
+	kh := filepath.Join(b.sshd.Dir, "known_hosts"+tag)
+	if err := b.sshd.WriteKnownHosts(kh, "127.0.0.1", sshdPort); err != nil {
 		return nil, err
 	}
-	kh := filepath.Join(dir, "known_hosts"+tag)
-	f := strings.Fields(string(hostPub))
-	if err := os.WriteFile(kh, []byte(fmt.Sprintf("[127.0.0.1]:%d %s %s\n", sshdPort, f[0], f[1])), 0o600); err != nil {
-		return nil, err
-	}
-	sshArgs := func(extra ...string) []string {
-		a := []string{b.tools["ssh"], "-F", "/dev/null", "-p", strconv.Itoa(sshdPort),
-			"-i", filepath.Join(dir, "client_ed25519"), "-o", "IdentitiesOnly=yes",
-			"-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + kh,
-			"-o", "GlobalKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-			"-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15"}
-		return append(a, extra...)
-	}
+	sshArgs := func(extra ...string) []string { return b.sshd.ClientArgs(b.tools["ssh"], sshdPort, kh, extra...) }
 	if b.facts.sshCipher == "" {
 		b.facts.sshCipher = b.sshCipher(sshArgs("-v", u.Username+"@127.0.0.1", "true"))
 	}
