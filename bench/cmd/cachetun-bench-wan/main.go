@@ -26,12 +26,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	"net"
 	"os"
@@ -45,6 +43,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cachetun/cachetun/bench/internal/sshdenv"
 	"github.com/cachetun/cachetun/bench/linkemu"
 )
 
@@ -114,6 +113,17 @@ const (
 	localPort = 16379 // the tunnels' local port in the laptop namespace
 )
 
+// The defaults keep a full run (6 links, 5 paths, 2 rounds) under 15
+// minutes on a 2-core machine: GET -c 50 for 2 s per path (-n 50 / RTT ×
+// 2 s: 500 requests at 200 ms, 5,000 at 20 ms), and a transfer still
+// under way after 3 s (15 RTT at 200 ms, past slow start) is cut and
+// counts what had arrived. With 40 s, QUIC's transfers at 1 % loss alone
+// took 2 minutes per path and round.
+const (
+	defaultGet50   = 2 * time.Second
+	defaultBulkCap = 3 * time.Second
+)
+
 type wan struct {
 	ctx       context.Context
 	log       *log.Logger
@@ -126,13 +136,19 @@ type wan struct {
 	get50Dur  time.Duration
 	bulkCap   time.Duration
 	procs     []*exec.Cmd
-	mu        sync.Mutex
+	sshd      *sshdenv.Env
+	// redisBenchmark is the redis-benchmark binary (GET -c 50).
+	redisBenchmark string
+	mu             sync.Mutex
 	// results[link][path][workload] = one value per round
 	results map[string]map[string]map[string][]float64
 	errs    map[string]map[string]string
-	links   []link
-	rounds  int
-	started time.Time
+	// cuts[link][path][workload] = how far each cut transfer got
+	cuts      map[string]map[string]map[string][]string
+	redisAddr string
+	links     []link
+	rounds    int
+	started   time.Time
 }
 
 func main() {
@@ -155,8 +171,8 @@ func run() int {
 	}
 	flag.StringVar(&links, "links", strings.Join(names, ","), "comma-separated links")
 	flag.StringVar(&workloads, "workloads", "first,newconn,get50,big,bulk8", "comma-separated workload groups")
-	flag.DurationVar(&get50, "get50-duration", 3*time.Second, "length of each GET -c 50 run")
-	flag.DurationVar(&bulkCap, "bulk-timeout", 40*time.Second, "give up a bulk transfer after this long (the cell shows it as a bound)")
+	flag.DurationVar(&get50, "get50-duration", defaultGet50, "length of each GET -c 50 run")
+	flag.DurationVar(&bulkCap, "bulk-timeout", defaultBulkCap, "cut a transfer (32 MiB GET and SET, 8 × 8 MiB GETs) still under way after this long: its cell is what had arrived by then divided by the time, marked *")
 	flag.DurationVar(&timeout, "timeout", 30*time.Minute, "abort the whole run after this long")
 	flag.BoolVar(&keep, "keep", false, "keep the temp dir (logs, configs)")
 	flag.Parse()
@@ -165,7 +181,8 @@ func run() int {
 		return 2
 	}
 	w := &wan{log: log.New(os.Stderr, "", log.Ltime), rounds: rounds, get50Dur: get50, bulkCap: bulkCap,
-		results: map[string]map[string]map[string][]float64{}, errs: map[string]map[string]string{}, started: time.Now()}
+		results: map[string]map[string]map[string][]float64{}, errs: map[string]map[string]string{},
+		cuts: map[string]map[string]map[string][]string{}, started: time.Now()}
 	for _, p := range splitList(paths) {
 		p = strings.ReplaceAll(p, "ssh-L", pathSSHL)
 		if strings.HasPrefix(p, "cachetun-") {
@@ -216,7 +233,13 @@ func run() int {
 		defer os.RemoveAll(dir)
 	}
 	w.bin = bin
+	typical, most := estimate(w.links, w.paths, w.workloads, w.rounds, w.get50Dur, w.bulkCap)
+	w.log.Printf("%d link(s) × %d path(s) × %d round(s): about %v expected, at most %v if every transfer is cut at %v",
+		len(w.links), len(w.paths), w.rounds, typical.Round(time.Second), most.Round(time.Second), w.bulkCap)
 	err = w.main()
+	defer func() {
+		w.log.Printf("took %v (about %v was expected)", time.Since(w.started).Round(time.Second), typical.Round(time.Second))
+	}()
 	w.cleanup()
 	if err != nil {
 		log.Printf("cachetun-bench-wan: error: %v", err)
@@ -252,6 +275,15 @@ func (w *wan) main() error {
 		}
 	} else if abs, err := filepath.Abs(w.bin); err == nil {
 		w.bin = abs
+	}
+	for _, t := range []string{"redis-server", "redis-benchmark", "ssh", "ssh-keygen", "iptables", "ip"} {
+		p, err := exec.LookPath(t)
+		if err != nil {
+			return fmt.Errorf("%s not found in PATH (Debian: apt-get install redis-server redis-tools openssh-client openssh-server iptables iproute2)", t)
+		}
+		if t == "redis-benchmark" {
+			w.redisBenchmark = p
+		}
 	}
 	id := strconv.Itoa(os.Getpid())
 	w.laptop, w.gateway = "wan-laptop-"+id, "wan-gw-"+id
@@ -340,6 +372,7 @@ func (w *wan) cleanup() {
 	for i := len(procs) - 1; i >= 0; i-- {
 		stop(procs[i])
 	}
+	w.sshd.Close()
 	for _, ns := range []string{w.laptop, w.gateway} {
 		if ns != "" {
 			if err := linkemu.DelNetns(ns); err != nil {
@@ -358,6 +391,7 @@ func (w *wan) startGatewaySide() error {
 		return err
 	}
 	redisAddr := "127.0.0.1:" + strconv.Itoa(redisPort)
+	w.redisAddr = redisAddr
 	if err := w.waitFor(10*time.Second, "redis-server", func() bool {
 		c, err := dialIn(w.gateway, redisAddr, time.Second)
 		if err != nil {
@@ -369,21 +403,16 @@ func (w *wan) startGatewaySide() error {
 		return err
 	}
 	// The values the GETs fetch, written on the gateway's loopback.
-	c, err := dialIn(w.gateway, redisAddr, time.Second)
-	if err != nil {
-		return err
-	}
-	r := bufio.NewReader(c)
+	rdb := newClient(w.gateway, redisAddr, 30*time.Second)
+	defer rdb.Close()
 	for _, kv := range []struct {
 		k string
 		n int
 	}{{"wan:small", 3}, {"wan:big", bigSize}, {"wan:bulk", bulkSize}} {
-		if err := set(c, r, kv.k, kv.n, 30*time.Second); err != nil {
-			c.Close()
+		if err := setValue(w.ctx, rdb.Client, kv.k, kv.n); err != nil {
 			return fmt.Errorf("load %s: %w", kv.k, err)
 		}
 	}
-	c.Close()
 
 	if slices.Contains(w.paths, pathSSHL) {
 		if err := w.startSSHD(); err != nil {
@@ -412,63 +441,32 @@ func (w *wan) waitFor(d time.Duration, what string, cond func() bool) error {
 	return nil
 }
 
+// startSSHD starts the private sshd of the ssh -L path
+// (bench/internal/sshdenv, as the loopback bench's) in the gateway
+// namespace on every address.
 func (w *wan) startSSHD() error {
-	dir := filepath.Join(w.dir, "sshd")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	e, err := sshdenv.Setup(w.ctx, filepath.Join(w.dir, "sshd"), "", "cachetun-bench-wan", nil)
+	if err != nil {
 		return err
 	}
-	for _, k := range []string{"host_ed25519", "client_ed25519"} {
-		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cachetun-bench-wan", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
-			return fmt.Errorf("ssh-keygen: %w: %s", err, out)
+	w.sshd = e
+	conf := filepath.Join(e.Dir, "sshd_config")
+	if _, err := e.WriteConfig(conf, "private sshd of cachetun-bench-wan, in its gateway namespace", "0.0.0.0", sshdPort); err != nil {
+		return err
+	}
+	if _, err := w.spawn(w.gateway, "sshd", nil, sshdenv.SSHDArgs("", conf)...); err != nil {
+		return err
+	}
+	if err := e.WriteKnownHosts(filepath.Join(e.Dir, "known_hosts"), gatewayIP, sshdPort); err != nil {
+		return err
+	}
+	return w.waitFor(10*time.Second, "sshd to listen", func() bool {
+		c, err := dialIn(w.gateway, "127.0.0.1:"+strconv.Itoa(sshdPort), time.Second)
+		if err == nil {
+			c.Close()
 		}
-	}
-	pub, err := os.ReadFile(filepath.Join(dir, "client_ed25519.pub"))
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600); err != nil {
-		return err
-	}
-	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-		return err
-	}
-	conf := filepath.Join(dir, "sshd_config")
-	cfg := fmt.Sprintf(`# private sshd of cachetun-bench-wan, in its gateway namespace
-Port %d
-ListenAddress 0.0.0.0
-HostKey %s
-PidFile none
-UsePAM no
-StrictModes no
-PubkeyAuthentication yes
-AuthenticationMethods publickey
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AuthorizedKeysFile %s
-PermitRootLogin prohibit-password
-AllowTcpForwarding local
-X11Forwarding no
-PermitTTY no
-PrintMotd no
-UseDNS no
-MaxStartups 100:30:200
-`, sshdPort, filepath.Join(dir, "host_ed25519"), filepath.Join(dir, "authorized_keys"))
-	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
-		return err
-	}
-	sshd, err := exec.LookPath("sshd")
-	if err != nil {
-		sshd = "/usr/sbin/sshd"
-	}
-	if _, err := w.spawn(w.gateway, "sshd", nil, sshd, "-D", "-e", "-f", conf); err != nil {
-		return err
-	}
-	hostPub, err := os.ReadFile(filepath.Join(dir, "host_ed25519.pub"))
-	if err != nil {
-		return err
-	}
-	f := strings.Fields(string(hostPub))
-	return os.WriteFile(filepath.Join(dir, "known_hosts"), []byte(gatewayIP+" "+f[0]+" "+f[1]+"\n"), 0o600)
+		return err == nil
+	})
 }
 
 func (w *wan) startCachetunServer(redisAddr string) error {
@@ -531,12 +529,15 @@ func (w *wan) runLink(l link) error {
 	w.log.Printf("link %s (%s)", l.name, l)
 	w.results[l.name] = map[string]map[string][]float64{}
 	w.errs[l.name] = map[string]string{}
+	w.cuts[l.name] = map[string]map[string][]string{}
 	for r := 0; r < w.rounds; r++ {
 		for _, p := range w.paths {
 			if w.ctx.Err() != nil {
 				return w.ctx.Err()
 			}
-			res, err := w.runPath(p)
+			t0 := time.Now()
+			res, cuts, err := w.runPath(l, p)
+			took := time.Since(t0)
 			if err != nil {
 				w.log.Printf("  round %d %s: %s", r+1, p, strings.ReplaceAll(err.Error(), "\n", "; "))
 				if w.errs[l.name][p] == "" {
@@ -546,14 +547,22 @@ func (w *wan) runLink(l link) error {
 			if w.results[l.name][p] == nil {
 				w.results[l.name][p] = map[string][]float64{}
 			}
+			if w.cuts[l.name][p] == nil {
+				w.cuts[l.name][p] = map[string][]string{}
+			}
 			var parts []string
 			for _, k := range allWorkloads {
 				if v, ok := res[k]; ok {
 					w.results[l.name][p][k] = append(w.results[l.name][p][k], v)
-					parts = append(parts, fmt.Sprintf("%s=%.1f", shortName[k], v))
+					part := fmt.Sprintf("%s=%.1f", shortName[k], v)
+					if note, ok := cuts[k]; ok {
+						w.cuts[l.name][p][k] = append(w.cuts[l.name][p][k], note)
+						part += "(cut: " + note + ")"
+					}
+					parts = append(parts, part)
 				}
 			}
-			w.log.Printf("  round %d %-14s %s", r+1, p, strings.Join(parts, " "))
+			w.log.Printf("  round %d %-14s %s (%.1fs)", r+1, p, strings.Join(parts, " "), took.Seconds())
 		}
 	}
 	c := emu.AtoB()
@@ -564,22 +573,17 @@ func (w *wan) runLink(l link) error {
 
 // runPath starts one path's tunnel (none for direct), runs the workloads
 // through it and stops it.
-func (w *wan) runPath(p string) (map[string]float64, error) {
-	res := map[string]float64{}
+func (w *wan) runPath(l link, p string) (res map[string]float64, cuts map[string]string, err error) {
+	res, cuts = map[string]float64{}, map[string]string{}
 	addr := "127.0.0.1:" + strconv.Itoa(localPort)
 	start := time.Now()
 	var tunnel *exec.Cmd
-	var err error
 	switch p {
 	case pathDirect:
 		addr = net.JoinHostPort(gatewayIP, strconv.Itoa(redisPort))
 	case pathSSHL:
-		dir := filepath.Join(w.dir, "sshd")
-		tunnel, err = w.spawn(w.laptop, "ssh-L", nil, "ssh", "-F", "/dev/null", "-p", strconv.Itoa(sshdPort),
-			"-i", filepath.Join(dir, "client_ed25519"), "-o", "IdentitiesOnly=yes",
-			"-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile="+filepath.Join(dir, "known_hosts"),
-			"-o", "GlobalKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
-			"-N", "-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", localPort, redisPort), "root@"+gatewayIP)
+		tunnel, err = w.spawn(w.laptop, "ssh-L", nil, w.sshd.ClientArgs("", sshdPort, filepath.Join(w.sshd.Dir, "known_hosts"),
+			"-N", "-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", localPort, redisPort), "root@"+gatewayIP)...)
 	default:
 		tr := strings.TrimPrefix(p, "cachetun ")
 		dir := filepath.Join(w.dir, "cachetun")
@@ -596,18 +600,24 @@ func (w *wan) runPath(p string) (map[string]float64, error) {
 			"--accept-new-host-key", "--local-port", strconv.Itoa(localPort))
 	}
 	if err != nil {
-		return res, err
+		return res, cuts, err
 	}
-	defer stop(tunnel)
+	defer func() {
+		t0 := time.Now()
+		stop(tunnel)
+		if d := time.Since(t0); d > 500*time.Millisecond {
+			w.log.Printf("  %s took %v to stop", p, d.Round(10*time.Millisecond))
+		}
+	}()
 	dial := func() (net.Conn, error) { return dialIn(w.laptop, addr, 10*time.Second) }
 	// The first reply: dial until the local port answers, then PING.
 	var first time.Duration
 	for {
 		if w.ctx.Err() != nil {
-			return res, w.ctx.Err()
+			return res, cuts, w.ctx.Err()
 		}
 		if time.Since(start) > 30*time.Second {
-			return res, fmt.Errorf("no reply through %s within 30 s (logs in %s)", p, w.dir)
+			return res, cuts, fmt.Errorf("no reply through %s within 30 s (logs in %s)", p, w.dir)
 		}
 		c, err := dialIn(w.laptop, addr, 10*time.Second)
 		if err != nil {
@@ -625,8 +635,7 @@ func (w *wan) runPath(p string) (map[string]float64, error) {
 	if slices.Contains(w.workloads, wFirst) {
 		res[wFirst] = ms(first)
 	}
-	// A workload that fails (a bulk transfer past -bulk-timeout on a lossy
-	// link, say) leaves its cell empty; the others still run.
+	// A workload that fails leaves its cell empty; the others still run.
 	var errs []error
 	if slices.Contains(w.workloads, wNewConn) {
 		var ds []float64
@@ -648,149 +657,59 @@ func (w *wan) runPath(p string) (map[string]float64, error) {
 		}
 	}
 	if slices.Contains(w.workloads, wGet50) {
-		if ops, p99, err := w.get50(dial); err != nil {
+		if ops, p99, err := w.get50(addr, l.rtt); err != nil {
 			errs = append(errs, fmt.Errorf("GET -c 50: %w", err))
 		} else {
 			res[wGet50], res[wGet50p] = ops, p99
 		}
 	}
-	if slices.Contains(w.workloads, wGetBig) {
-		if v, err := w.bigGet(dial, 1, "wan:big", bigSize); err != nil {
-			errs = append(errs, fmt.Errorf("GET of 32 MiB: %w", err))
-		} else {
-			res[wGetBig] = v
+	// A transfer still under way at -bulk-timeout is cut: its cell is what
+	// had arrived by then, divided by the bound, and marked.
+	if !slices.ContainsFunc(w.workloads, func(k string) bool { return k == wGetBig || k == wSetBig || k == wBulk8 }) {
+		return res, cuts, errors.Join(errs...)
+	}
+	getC, setC, bulkC, err := w.transferClients(addr)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("transfers: %w", err))
+		return res, cuts, errors.Join(errs...)
+	}
+	defer func() {
+		for _, c := range append([]*oneConn{getC, setC}, bulkC...) {
+			c.Close()
 		}
-		if v, err := w.bigSet(dial); err != nil {
-			errs = append(errs, fmt.Errorf("SET of 32 MiB: %w", err))
-		} else {
-			res[wSetBig] = v
+	}()
+	for _, t := range []struct {
+		k   string
+		run func() (transfer, error)
+	}{
+		{wGetBig, func() (transfer, error) { return w.bigGet([]*oneConn{getC}, "wan:big", bigSize) }},
+		{wSetBig, func() (transfer, error) { return w.bigSet(setC, w.redisAddr) }},
+		{wBulk8, func() (transfer, error) { return w.bigGet(bulkC, "wan:bulk", bulkSize) }},
+	} {
+		if !slices.Contains(w.workloads, t.k) {
+			continue
+		}
+		v, err := t.run()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", strings.TrimSuffix(t.k, " (MiB/s)"), err))
+			continue
+		}
+		res[t.k] = v.rate
+		if v.cut {
+			cuts[t.k] = v.note
 		}
 	}
-	if slices.Contains(w.workloads, wBulk8) {
-		if v, err := w.bigGet(dial, bulkConns, "wan:bulk", bulkSize); err != nil {
-			errs = append(errs, fmt.Errorf("8 parallel GETs: %w", err))
-		} else {
-			res[wBulk8] = v
-		}
-	}
-	return res, errors.Join(errs...)
+	return res, cuts, errors.Join(errs...)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// get50 runs GET of a 3-byte value on 50 connections for get50Dur and
-// returns ops/s and the p99 latency in ms.
-func (w *wan) get50(dial func() (net.Conn, error)) (float64, float64, error) {
-	conns := make([]net.Conn, getConns)
-	for i := range conns {
-		c, err := dial()
-		if err != nil {
-			for _, c := range conns[:i] {
-				c.Close()
-			}
-			return 0, 0, err
-		}
-		conns[i] = c
-	}
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	end := time.Now().Add(w.get50Dur)
-	lat := make([][]time.Duration, getConns)
-	errs := make([]error, getConns)
-	var wg sync.WaitGroup
-	t0 := time.Now()
-	for i, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := bufio.NewReader(c)
-			for time.Now().Before(end) {
-				s := time.Now()
-				if _, err := get(c, r, "wan:small", io.Discard, 10*time.Second); err != nil {
-					errs[i] = err
-					return
-				}
-				lat[i] = append(lat[i], time.Since(s))
-			}
-		}()
-	}
-	wg.Wait()
-	el := time.Since(t0)
-	if err := errors.Join(errs...); err != nil {
-		return 0, 0, err
-	}
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
-	if len(all) == 0 {
-		return 0, 0, errors.New("no GET completed")
-	}
-	slices.Sort(all)
-	return float64(len(all)) / el.Seconds(), ms(all[(len(all)*99)/100]), nil
-}
-
-// bigGet fetches key (size bytes) on n parallel connections and returns
-// the aggregate MiB/s from the request to the last byte.
-func (w *wan) bigGet(dial func() (net.Conn, error), n int, key string, size int) (float64, error) {
-	conns := make([]net.Conn, n)
-	for i := range conns {
-		c, err := dial()
-		if err != nil {
-			return 0, err
-		}
-		defer c.Close()
-		conns[i] = c
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, n)
-	t0 := time.Now()
-	for i, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var cw countWriter
-			got, err := get(c, bufio.NewReaderSize(c, 256<<10), key, &cw, w.bulkCap)
-			if err == nil && got != size {
-				err = fmt.Errorf("GET %s: %d bytes, want %d", key, got, size)
-			}
-			if err != nil {
-				err = fmt.Errorf("%w (%.1f of %d MiB arrived in %v)", err, float64(cw.n)/(1<<20), size>>20, time.Since(t0).Round(time.Second))
-			}
-			errs[i] = err
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return 0, err
-	}
-	return float64(n*size) / (1 << 20) / time.Since(t0).Seconds(), nil
-}
-
-// countWriter counts and discards.
-type countWriter struct{ n int64 }
-
-func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
-
-// bigSet writes a 32 MiB value and returns MiB/s until redis's +OK.
-func (w *wan) bigSet(dial func() (net.Conn, error)) (float64, error) {
-	c, err := dial()
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	t0 := time.Now()
-	if err := set(c, bufio.NewReader(c), "wan:set", bigSize, w.bulkCap); err != nil {
-		return 0, err
-	}
-	return float64(bigSize) / (1 << 20) / time.Since(t0).Seconds(), nil
-}
-
-// dialIn makes a TCP connection from inside namespace ns.
+// dialIn makes a TCP connection from inside namespace ns ("": this
+// process's own, as the tests use).
 func dialIn(ns, addr string, timeout time.Duration) (c net.Conn, err error) {
+	if ns == "" {
+		return net.DialTimeout("tcp", addr, timeout)
+	}
 	err = linkemu.InNetns(ns, func() error {
 		d := net.Dialer{Timeout: timeout}
 		var err error

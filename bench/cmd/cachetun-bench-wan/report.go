@@ -49,10 +49,13 @@ func (w *wan) report() string {
 	fmt.Fprintf(&sb, "Run %s, %d round(s) interleaved, %s on %d CPUs (%s), took %v. The laptop and gateway are network namespaces joined by\n",
 		w.started.UTC().Format("2006-01-02 15:04 UTC"), w.rounds, runtime.GOOS, runtime.NumCPU(), kernel(), time.Since(w.started).Round(time.Second))
 	fmt.Fprintln(&sb, "bench/linkemu (TUN devices, a user-space pump per direction: half the RTT of delay each way, the rate, a 60 ms tail-drop")
-	fmt.Fprintln(&sb, "queue, random loss each way); redis-server in the gateway namespace. The client is the bench's own (Go, RESP) in the")
-	fmt.Fprintln(&sb, "laptop namespace. Cells: median, then (× ssh -L / × direct); for the ms columns lower is better. The first reply")
-	fmt.Fprintln(&sb, "counts from starting the tunnel process (for direct: from the first dial). The 32 MiB and 8 × 8 MiB transfers count")
-	fmt.Fprintln(&sb, "from the request to the last byte (GET) or to redis's +OK (SET).")
+	fmt.Fprintln(&sb, "queue, random loss each way); redis-server in the gateway namespace, the clients in the laptop namespace: GET -c 50 is")
+	fmt.Fprintf(&sb, "redis-benchmark (`-c 50 -n` 50 / RTT × %v, its 50 connects inside the timed run), the transfers are go-redis, and\n", w.get50Dur)
+	fmt.Fprintln(&sb, "the first reply and new connection + PING are a bare TCP connect and an inline PING (go-redis would add HELLO's round")
+	fmt.Fprintln(&sb, "trip). Cells: median, then (× ssh -L / × direct); for the ms columns lower is better. The first reply counts from")
+	fmt.Fprintln(&sb, "starting the tunnel process (for direct: from the first dial). The 32 MiB and 8 × 8 MiB transfers count from the")
+	fmt.Fprintf(&sb, "request to the last byte (GET) or to redis's +OK (SET), on connections opened before; one still under way after %v is\n", w.bulkCap)
+	fmt.Fprintln(&sb, "cut: its cell, marked \\*, is what had arrived by then (for SET: what redis had received) divided by that time.")
 	fmt.Fprintln(&sb)
 	fmt.Fprintf(&sb, "Versions: %s; %s; %s; %s.\n\n", firstLine(w.bin, "version"), firstLine("redis-server", "--version"),
 		firstLine("ssh", "-V"), runtime.Version())
@@ -82,6 +85,9 @@ func (w *wan) report() string {
 				}
 				m := median(v)
 				cell := format(m)
+				if len(w.cuts[l.name][p][k]) > 0 {
+					cell += `\*`
+				}
 				var rs []string
 				for _, ref := range []string{pathSSHL, pathDirect} {
 					if rv := res[ref][k]; len(rv) > 0 && median(rv) > 0 && ref != p {
@@ -95,6 +101,14 @@ func (w *wan) report() string {
 			fmt.Fprintln(&sb)
 		}
 		fmt.Fprintln(&sb)
+		for _, p := range w.paths {
+			for _, k := range cols {
+				if notes := w.cuts[l.name][p][k]; len(notes) > 0 {
+					fmt.Fprintf(&sb, "- \\* %s, %s: cut at %v in %d of %d round(s), the cell is what had arrived / the time (%s)\n",
+						p, k, w.bulkCap, len(notes), len(res[p][k]), strings.Join(notes, "; "))
+				}
+			}
+		}
 		for _, p := range w.paths {
 			if e := w.errs[l.name][p]; e != "" {
 				fmt.Fprintf(&sb, "- %s failed a workload in some round (an empty cell or fewer rounds behind it): %s\n", p, e)
