@@ -12,13 +12,16 @@
 //   - cachetun quic, tls and ssh: the real binaries, server in the
 //     gateway namespace, connect in the laptop namespace.
 //
-// The workloads run in this process, from sockets made in the laptop
-// namespace, with a small RESP client: the time from starting the tunnel
-// to the first reply, a new connection + PING, GET with 50 connections
-// (ops/s and p99), GET and SET of a 32 MiB value, and 8 parallel GETs of
-// an 8 MiB value. Rounds are interleaved (every path once per round);
-// tables hold medians with ratios to ssh -L and to direct. Its section of
-// BENCHMARKS.md lies between its own markers.
+// The workloads run from the laptop namespace: the time from starting the
+// tunnel to the first reply and a new connection + PING (a bare TCP
+// connect and an inline PING), GET with 50 connections (redis-benchmark:
+// ops/s and p99), and, through go-redis, GET and SET of a 32 MiB value
+// and 8 parallel GETs of an 8 MiB value, each cut at -bulk-timeout (see
+// redis.go). Rounds are interleaved (every path once per round); tables
+// hold medians with ratios to ssh -L and to direct. Its section of
+// BENCHMARKS.md lies between its own markers. The run prints its expected
+// length first (estimate.go; a full run is meant to stay under 15
+// minutes on 2 cores) and what it took last.
 //
 // Needs root (namespaces, TUN, iptables). make bench-wan runs
 //
