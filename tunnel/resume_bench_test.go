@@ -1,0 +1,230 @@
+package tunnel_test
+
+// Benchmarks of what resumption costs on top of a plain stream: per
+// stream (BenchmarkResumable_OpenClose against BenchmarkOpenStream) and
+// per byte (BenchmarkResumable_Bulk: a Resumable alone, on a stream that
+// discards, and BenchmarkResumable_BulkPair through a transport).
+//
+//	go test -run '^$' -bench 'Resumable|OpenStream' -benchmem -count 6 ./tunnel/
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cachetun/cachetun/tunnel"
+)
+
+// linkPair joins two Resumables, each end's acks, Fins and Resets handed
+// to the other at once in the caller's goroutine: the cheapest link there
+// is, so that a benchmark measures the Resumable's own cost (package
+// control has the real link and its benchmark).
+type linkPair struct {
+	mu   sync.Mutex
+	c, s *tunnel.Resumable
+}
+
+// end is one side's ResumeLink: toServer links the client's Resumable.
+type pairEnd struct {
+	p        *linkPair
+	toServer bool
+}
+
+func (e pairEnd) peer() *tunnel.Resumable {
+	e.p.mu.Lock()
+	defer e.p.mu.Unlock()
+	if e.toServer {
+		return e.p.s
+	}
+	return e.p.c
+}
+
+func (e pairEnd) Ack(r *tunnel.Resumable, _ bool) {
+	if p := e.peer(); p != nil {
+		_, n := r.TakeAck()
+		_ = p.Acked(n)
+	}
+}
+
+func (e pairEnd) Fin(_, offset uint64) {
+	if p := e.peer(); p != nil {
+		p.PeerFin(offset)
+	}
+}
+
+func (e pairEnd) Reset(uint64) {
+	if p := e.peer(); p != nil {
+		p.PeerReset()
+	}
+}
+
+// BenchmarkResumable_OpenClose is BenchmarkOpenStream with a Resumable at
+// each end, as the client and the gateway run one: open, a request
+// behind the header, the reply, both Fins, a clean close at both ends.
+// The gateway's Resumables share a budget, as under one key.
+func BenchmarkResumable_OpenClose(b *testing.B) {
+	for _, tr := range allTransports {
+		b.Run(tr, func(b *testing.B) {
+			p := newPair(b, tr)
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			defer func() {
+				cancel()
+				p.client.Close()
+				p.server.Close()
+				wg.Wait()
+			}()
+			budget := tunnel.NewResumeBudget(64 << 20).Child(16 << 20)
+			pairs := make(chan *linkPair, 1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					in, err := p.server.AcceptStream(ctx)
+					if err != nil {
+						return
+					}
+					req, err := in.Request(time.Now().Add(5 * time.Second))
+					if err != nil {
+						in.Reject(tunnel.StatusBadRequest, "bad header")
+						continue
+					}
+					st, err := in.Accept()
+					if err != nil {
+						continue
+					}
+					lp := <-pairs
+					sr := tunnel.NewResumable(tunnel.ResumableConfig{ID: req.ID, Token: req.Token, Budget: budget, Grace: time.Minute}, st, pairEnd{lp, false})
+					lp.mu.Lock()
+					lp.s = sr
+					lp.mu.Unlock()
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						defer sr.Close()
+						buf := make([]byte, 64)
+						n, err := sr.Read(buf)
+						if err != nil {
+							return
+						}
+						_, _ = sr.Write(buf[:n])
+						_ = sr.CloseWrite()
+						_, _ = sr.Read(buf) // io.EOF: the client's Fin
+					}()
+				}
+			}()
+			msg := []byte("*1\r\n$4\r\nPING\r\n")
+			reply := make([]byte, len(msg))
+			var id uint64
+			b.ReportAllocs()
+			sc, ops := startSyscalls(), 0
+			for b.Loop() {
+				id++
+				st, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "bench",
+					Node: "10.0.0.1:6379", Resumable: true, ID: id})
+				if err != nil {
+					b.Fatal(err)
+				}
+				lp := &linkPair{}
+				cr := tunnel.NewResumable(tunnel.ResumableConfig{ID: id, Grace: time.Minute}, st, pairEnd{lp, true})
+				lp.c = cr
+				pairs <- lp
+				if _, err := cr.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(cr, reply); err != nil {
+					b.Fatal(err)
+				}
+				_ = cr.CloseWrite()
+				if _, err := cr.Read(reply); err != io.EOF {
+					b.Fatalf("read after the reply: %v, want io.EOF", err)
+				}
+				_ = cr.Close()
+				ops++
+			}
+			sc.report(b, ops)
+		})
+	}
+}
+
+// discardStream is a Stream that takes every write and reads nothing:
+// what a Resumable writes to, with no transport under it.
+type discardStream struct{ n int64 }
+
+func (d *discardStream) Write(p []byte) (int, error)    { d.n += int64(len(p)); return len(p), nil }
+func (*discardStream) Read([]byte) (int, error)         { select {} }
+func (*discardStream) Close() error                     { return nil }
+func (*discardStream) CloseWrite() error                { return nil }
+func (*discardStream) Abort()                           {}
+func (*discardStream) SetDeadline(time.Time) error      { return nil }
+func (*discardStream) SetReadDeadline(time.Time) error  { return nil }
+func (*discardStream) SetWriteDeadline(time.Time) error { return nil }
+func (*discardStream) WaitReadable() error              { select {} }
+func (*discardStream) FlushOpen() error                 { return nil }
+
+// nopLink is a ResumeLink that sends nothing.
+type nopLink struct{}
+
+func (nopLink) Ack(*tunnel.Resumable, bool) {}
+func (nopLink) Fin(uint64, uint64)          {}
+func (nopLink) Reset(uint64)                {}
+
+// BenchmarkResumable_Bulk: the per-byte cost of a Resumable alone. Each
+// op writes 1 MiB in the relay's 64 KiB pieces to a stream that discards
+// it, and the peer acknowledges every 512 KiB (AckUrgent), so the replay
+// buffer (4 MiB, under a shared budget) never fills.
+func BenchmarkResumable_Bulk(b *testing.B) {
+	const piece, perOp = 64 << 10, 1 << 20
+	budget := tunnel.NewResumeBudget(64 << 20).Child(16 << 20)
+	d := &discardStream{}
+	r := tunnel.NewResumable(tunnel.ResumableConfig{ID: 1, Budget: budget, Grace: time.Minute}, d, nopLink{})
+	defer r.Fail(errors.New("done"))
+	buf := make([]byte, piece)
+	b.SetBytes(perOp)
+	b.ReportAllocs()
+	var sent uint64
+	for b.Loop() {
+		for range perOp / piece {
+			if _, err := r.Write(buf); err != nil {
+				b.Fatal(err)
+			}
+			sent += piece
+			if sent%tunnel.AckUrgent == 0 {
+				if err := r.Acked(sent); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	}
+	if d.n != int64(sent) {
+		b.Fatalf("the stream got %d bytes, want %d", d.n, sent)
+	}
+}
+
+// BenchmarkResumable_BulkParallel is BenchmarkResumable_Bulk on many
+// streams at once under one budget, as a gateway's streams of one key.
+func BenchmarkResumable_BulkParallel(b *testing.B) {
+	const piece = 64 << 10
+	budget := tunnel.NewResumeBudget(1 << 30).Child(512 << 20)
+	b.SetBytes(piece)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		r := tunnel.NewResumable(tunnel.ResumableConfig{ID: 1, Budget: budget, Grace: time.Minute}, &discardStream{}, nopLink{})
+		defer r.Fail(errors.New("done"))
+		buf := make([]byte, piece)
+		var sent uint64
+		for pb.Next() {
+			if _, err := r.Write(buf); err != nil {
+				b.Error(err)
+				return
+			}
+			sent += piece
+			if sent%tunnel.AckUrgent == 0 {
+				_ = r.Acked(sent)
+			}
+		}
+	})
+}
