@@ -46,11 +46,11 @@ func (c *Client) linkSession(cn *conn, w *control.Welcome) {
 		return
 	}
 	cn.grace = time.Duration(w.ResumeGraceMS) * time.Millisecond
-	cn.link = control.NewLink(func(typ control.FrameType, p []byte) error {
+	cn.link = control.NewLink(func(frames []byte) error {
 		cn.ctrlMu.Lock()
 		defer cn.ctrlMu.Unlock()
 		_ = cn.ctrl.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		err := control.WriteFrame(cn.ctrl, typ, p)
+		_, err := cn.ctrl.Write(frames)
 		_ = cn.ctrl.SetWriteDeadline(time.Time{})
 		return err
 	})

@@ -54,6 +54,20 @@ func (c *Conn) WriteRaw(typ FrameType, payload []byte, timeout time.Duration) er
 	return err
 }
 
+// WriteFrames writes frames, one or more whole frames already encoded
+// (a Link's), as they are, within timeout.
+func (c *Conn) WriteFrames(frames []byte, timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	_ = c.st.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := c.st.Write(frames)
+	_ = c.st.SetWriteDeadline(time.Time{})
+	return err
+}
+
 // Final writes one frame as Write does, then closes the write side: no
 // frame follows it.
 func (c *Conn) Final(typ FrameType, v any, timeout time.Duration) error {

@@ -90,19 +90,24 @@ func DecodeReset(p []byte) (uint64, error) {
 // it implements tunnel.ResumeLink (acks batched for at most
 // tunnel.AckDelay, urgent ones and Fins and Resets at once, all written by
 // one goroutine at a time, never the caller's), and Handle gives the
-// peer's frames to the streams attached to it.
+// peer's frames to the streams attached to it. Everything pending when a
+// flush runs goes out in one write: under a new connection per request
+// the Fins of many streams share one frame of the transport (one TLS
+// record, one QUIC or yamux frame) instead of one each.
 type Link struct {
-	write func(typ FrameType, payload []byte) error
+	write func(frames []byte) error
 
 	flushMu sync.Mutex // one flush at a time: frames go out in order
+	wbuf    []byte     // the frames of the flush in progress; flushMu
 
-	mu      sync.Mutex
-	streams map[uint64]*tunnel.Resumable
-	pending map[*tunnel.Resumable]struct{}
-	queue   [][2][]byte // Fin and Reset frames: type, payload
-	timer   *time.Timer
-	due     time.Time
-	closed  bool
+	mu       sync.Mutex
+	streams  map[uint64]*tunnel.Resumable
+	pending  map[*tunnel.Resumable]struct{}
+	queue    []byte // Fin and Reset frames, encoded, in order
+	timer    *time.Timer
+	due      time.Time
+	flushing bool // a flusher goroutine runs: it takes what is queued before it ends
+	closed   bool
 	// early holds the Fins and Resets that came for an id not attached
 	// (yet): a stream's open and its first control frames travel apart,
 	// so a client that opens a stream and ends it at once can have its
@@ -124,10 +129,20 @@ type earlyEnd struct {
 // streams that ended or moved on also land here until they age out.
 const maxEarly = 256
 
-// NewLink returns a Link that writes its frames with write (the control
-// stream's writer, safe for use with the session's other frames).
-func NewLink(write func(typ FrameType, payload []byte) error) *Link {
+// NewLink returns a Link that writes its frames with write: frames is one
+// or more whole control frames (WriteFrame's encoding), to be written to
+// the control stream as they are, after any other frame written there
+// (write is safe for use with the session's other frames) and not
+// retained after write returns.
+func NewLink(write func(frames []byte) error) *Link {
 	return &Link{write: write, streams: make(map[uint64]*tunnel.Resumable), pending: make(map[*tunnel.Resumable]struct{})}
+}
+
+// AppendFrame appends one control frame, as WriteFrame writes it, to b.
+func AppendFrame(b []byte, typ FrameType, payload []byte) []byte {
+	b = append(b, byte(typ))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
+	return append(b, payload...)
 }
 
 // Add attaches r to the link: the peer's frames for r's id reach it. It
@@ -212,6 +227,7 @@ func (l *Link) DetachAll() []*tunnel.Resumable {
 	l.closed = true
 	if l.timer != nil {
 		l.timer.Stop()
+		l.timer = nil
 	}
 	out := make([]*tunnel.Resumable, 0, len(l.streams))
 	for _, r := range l.streams {
@@ -233,19 +249,23 @@ func (l *Link) Ack(r *tunnel.Resumable, urgent bool) {
 	}
 	l.pending[r] = struct{}{}
 	if urgent {
-		l.kickLocked(0)
+		l.kickLocked()
 	} else {
-		l.kickLocked(tunnel.AckDelay)
+		l.armLocked(tunnel.AckDelay)
 	}
 }
 
 // Fin implements tunnel.ResumeLink.
 func (l *Link) Fin(id, offset uint64) {
-	l.enqueue(FrameFin, AppendFin(nil, id, offset))
+	var p [16]byte
+	l.enqueue(FrameFin, AppendFin(p[:0], id, offset))
 }
 
 // Reset implements tunnel.ResumeLink.
-func (l *Link) Reset(id uint64) { l.enqueue(FrameReset, AppendReset(nil, id)) }
+func (l *Link) Reset(id uint64) {
+	var p [8]byte
+	l.enqueue(FrameReset, AppendReset(p[:0], id))
+}
 
 func (l *Link) enqueue(typ FrameType, payload []byte) {
 	l.mu.Lock()
@@ -253,16 +273,16 @@ func (l *Link) enqueue(typ FrameType, payload []byte) {
 	if l.closed {
 		return
 	}
-	l.queue = append(l.queue, [2][]byte{{byte(typ)}, payload})
-	l.kickLocked(0)
+	l.queue = AppendFrame(l.queue, typ, payload)
+	l.kickLocked()
 }
 
-// kickLocked has flush run within d.
-func (l *Link) kickLocked(d time.Duration) {
+// armLocked has a flush run within d (the acks' batching).
+func (l *Link) armLocked(d time.Duration) {
 	due := time.Now().Add(d)
 	switch {
 	case l.timer == nil:
-		l.timer = time.AfterFunc(d, l.flush)
+		l.timer = time.AfterFunc(d, l.timerFired)
 		l.due = due
 	case due.Before(l.due):
 		l.timer.Reset(d)
@@ -270,43 +290,87 @@ func (l *Link) kickLocked(d time.Duration) {
 	}
 }
 
-// Flush writes what is pending now (before the session is closed).
-func (l *Link) Flush() { l.flush() }
+func (l *Link) timerFired() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.timer = nil
+	if !l.closed {
+		l.kickLocked()
+	}
+}
 
-// flush writes what is pending: the acks, then the Fins and Resets.
-func (l *Link) flush() {
+// kickLocked has a flush run now: a flusher goroutine is started unless
+// one runs, which then takes what was queued meanwhile in its next write.
+func (l *Link) kickLocked() {
+	if l.flushing {
+		return
+	}
+	l.flushing = true
+	go l.flusher()
+}
+
+// flusher writes what is pending until nothing is.
+func (l *Link) flusher() {
+	for l.flushOnce(true) {
+	}
+}
+
+// Flush writes what is pending now (before the session is closed).
+func (l *Link) Flush() { l.flushOnce(false) }
+
+// flushOnce writes what is pending in one write: the acks, then the Fins
+// and Resets. The flusher (flusher true) is told whether to go on: false
+// once it found nothing pending, and then it no longer runs.
+func (l *Link) flushOnce(flusher bool) bool {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
 	l.mu.Lock()
-	l.timer = nil
-	if l.closed {
+	if l.closed || (len(l.pending) == 0 && len(l.queue) == 0) {
+		if flusher {
+			l.flushing = false
+		}
 		l.mu.Unlock()
-		return
+		return false
+	}
+	if l.timer != nil { // this write carries the acks it waited for
+		l.timer.Stop()
+		l.timer = nil
 	}
 	acks := make([]*tunnel.Resumable, 0, len(l.pending))
 	for r := range l.pending {
 		acks = append(acks, r)
 	}
 	clear(l.pending)
+	b := l.wbuf[:0]
 	queue := l.queue
 	l.queue = nil
 	l.mu.Unlock()
-	var batch []AckEntry
-	for i, r := range acks {
-		id, recv := r.TakeAck()
-		batch = append(batch, AckEntry{ID: id, Recv: recv})
-		if len(batch) == MaxAcksPerFrame || i == len(acks)-1 {
-			if l.write(FrameAck, AppendAck(nil, batch)) != nil {
-				return // the session is dying: its streams detach
-			}
-			batch = batch[:0]
+	for len(acks) > 0 {
+		n := min(len(acks), MaxAcksPerFrame)
+		at := len(b)
+		b = append(b, byte(FrameAck), 0, 0, 0, 0, byte(n>>8), byte(n))
+		for _, r := range acks[:n] {
+			id, recv := r.TakeAck()
+			b = binary.BigEndian.AppendUint64(b, id)
+			b = binary.BigEndian.AppendUint64(b, recv)
 		}
+		binary.BigEndian.PutUint32(b[at+1:], uint32(len(b)-at-5))
+		acks = acks[n:]
 	}
-	for _, f := range queue {
-		if l.write(FrameType(f[0][0]), f[1]) != nil {
-			return
+	b = append(b, queue...)
+	err := l.write(b)
+	if cap(b) <= 64<<10 { // a burst's buffer is not kept
+		l.wbuf = b[:0]
+	}
+	if err != nil { // the session is dying: its streams detach
+		if flusher {
+			l.mu.Lock()
+			l.flushing = false
+			l.mu.Unlock()
 		}
+		return false
 	}
+	return true
 }
 
 // Handle gives a frame from the peer to the streams it names, when it is

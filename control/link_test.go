@@ -63,7 +63,7 @@ func FuzzResumeFrames(f *testing.F) {
 		if id, err := DecodeReset(p); err == nil && !bytes.Equal(AppendReset(nil, id), p) {
 			t.Fatal("reset round trip differs")
 		}
-		l := NewLink(func(FrameType, []byte) error { return nil })
+		l := NewLink(func([]byte) error { return nil })
 		for _, typ := range []FrameType{FrameAck, FrameFin, FrameReset} {
 			_, _ = l.Handle(typ, p) // no stream attached: nothing to reach
 		}
@@ -75,18 +75,27 @@ type recorder struct {
 	mu     sync.Mutex
 	frames []FrameType
 	acks   []AckEntry
+	writes int
 }
 
-func (r *recorder) write(typ FrameType, p []byte) error {
+func (r *recorder) write(frames []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.frames = append(r.frames, typ)
-	if typ == FrameAck {
-		a, err := DecodeAck(p)
+	r.writes++
+	rd := bytes.NewReader(frames)
+	for rd.Len() > 0 {
+		typ, p, err := ReadFrame(rd)
 		if err != nil {
 			return err
 		}
-		r.acks = append(r.acks, a...)
+		r.frames = append(r.frames, typ)
+		if typ == FrameAck {
+			a, err := DecodeAck(p)
+			if err != nil {
+				return err
+			}
+			r.acks = append(r.acks, a...)
+		}
 	}
 	return nil
 }
@@ -195,5 +204,75 @@ func TestLink_EarlyReset(t *testing.T) {
 	l.mu.Unlock()
 	if still {
 		t.Fatal("the attached stream's early entry was kept")
+	}
+}
+
+// TestLink_CoalescesFrames: Fins queued while a write is on its way all go
+// out in the next write, in order (under a new connection per request, the
+// Fins of many streams share one transport frame instead of one each).
+func TestLink_CoalescesFrames(t *testing.T) {
+	const n = 100
+	release := make(chan struct{})
+	inWrite := make(chan struct{})
+	var mu sync.Mutex
+	var writes [][]uint64 // the Fins' ids, per write
+	l := NewLink(func(b []byte) error {
+		mu.Lock()
+		first := len(writes) == 0
+		mu.Unlock()
+		if first {
+			close(inWrite)
+			<-release
+		}
+		var ids []uint64
+		rd := bytes.NewReader(b)
+		for rd.Len() > 0 {
+			typ, p, err := ReadFrame(rd)
+			if err != nil || typ != FrameFin {
+				t.Errorf("frame %d, %v; want only Fins", typ, err)
+				return err
+			}
+			id, _, err := DecodeFin(p)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		mu.Lock()
+		writes = append(writes, ids)
+		mu.Unlock()
+		return nil
+	})
+	l.Fin(1, 1)
+	<-inWrite
+	for id := uint64(2); id <= n; id++ {
+		l.Fin(id, id)
+	}
+	close(release)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		got := 0
+		for _, w := range writes {
+			got += len(w)
+		}
+		mu.Unlock()
+		if got == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d Fins written after 5 s", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(writes) != 2 || len(writes[0]) != 1 {
+		t.Fatalf("%d writes of %v Fins, want 2: the first alone, then the %d queued meanwhile", len(writes), writes, n-1)
+	}
+	for i, id := range writes[1] {
+		if id != uint64(i+2) {
+			t.Fatalf("second write: Fin %d at %d, want them in order", id, i)
+		}
 	}
 }

@@ -353,8 +353,8 @@ func (ss *session) serveResume(in tunnel.Incoming, req tunnel.OpenRequest) {
 // newLink returns the session's resume link, writing on its control
 // stream.
 func (ss *session) newLink(c *control.Conn) *control.Link {
-	return control.NewLink(func(typ control.FrameType, p []byte) error {
-		return c.WriteRaw(typ, p, 10*time.Second)
+	return control.NewLink(func(frames []byte) error {
+		return c.WriteFrames(frames, 10*time.Second)
 	})
 }
 
