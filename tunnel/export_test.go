@@ -132,3 +132,11 @@ func (w *StallWatch) Sample(now time.Time, st quic.ConnectionStats) bool { retur
 
 // RefreshEvery is the least time between two refreshes a watch asks for.
 const RefreshEvery = refreshEvery
+
+// SetOwnedWrites turns the relay's hand-over of its buffers to a
+// Resumable (writeOwned) on or off, and returns the undo.
+func SetOwnedWrites(on bool) func() {
+	old := ownWrites
+	ownWrites = on
+	return func() { ownWrites = old }
+}

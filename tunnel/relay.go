@@ -231,6 +231,13 @@ type source interface {
 // every read in last (when not nil) for the idle timeout.
 func copyLoop(dst io.Writer, src source, last *atomic.Int64) (int64, error) {
 	defer src.release()
+	// A Resumable keeps what it is written until the peer has it: a
+	// socket's buffer is handed over to it rather than copied.
+	ow, _ := dst.(ownedWriter)
+	cs, _ := src.(*connSource)
+	if cs == nil || !ownWrites {
+		ow = nil
+	}
 	var total int64
 	for {
 		b, rerr := src.next()
@@ -238,7 +245,15 @@ func copyLoop(dst io.Writer, src source, last *atomic.Int64) (int64, error) {
 			if last != nil {
 				last.Store(time.Now().UnixNano())
 			}
-			w, werr := dst.Write(b)
+			var w int
+			var werr error
+			if ow != nil && len(b) >= ownMin {
+				if werr = ow.writeOwned(cs.take(), len(b)); werr == nil {
+					w = len(b)
+				}
+			} else {
+				w, werr = dst.Write(b)
+			}
 			total += int64(w)
 			if werr == nil && w != len(b) {
 				werr = io.ErrShortWrite
@@ -387,6 +402,24 @@ func (c *connSource) step(fd uintptr) bool {
 		c.flush = nil // the first bytes carry what was pending
 	}
 	return true
+}
+
+// take hands over the buffer that next returned data in: the caller
+// owns it, and the next read takes another from the pool.
+func (c *connSource) take() *[]byte {
+	bp := c.bp
+	c.bp = nil
+	return bp
+}
+
+// ownWrites: copyLoop hands buffers to an ownedWriter (off only in
+// benchmarks, to compare).
+var ownWrites = true
+
+// ownedWriter is a writer that can keep a relay buffer instead of a copy
+// of what it holds (Resumable.writeOwned): it owns bp from the call on.
+type ownedWriter interface {
+	writeOwned(bp *[]byte, n int) error
 }
 
 func (c *connSource) release() {

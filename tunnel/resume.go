@@ -104,28 +104,29 @@ type Resumable struct {
 
 	wmu sync.Mutex // serialises writes to the underlying stream: Write, CloseWrite, Attach's replay
 
-	mu        sync.Mutex
-	cond      sync.Cond
-	cur       Stream // nil while detached
-	link      ResumeLink
-	gen       uint64 // counts attachments and detachments
-	curBad    bool   // a write to cur failed: buffer only until the next Attach
-	readEnded bool   // cur's read side ended (EOF or error)
-	replaying bool   // Attach replays from buf: free nothing
-	sent      uint64
-	acked     uint64
-	recv      uint64
-	reported  uint64
-	ackAsked  bool
-	reserved  int
-	buf       replayBuf
-	hasFin    bool
-	finAt     uint64
-	localFin  bool
-	err       error // final
-	grace     *time.Timer
-	rdl, wdl  time.Time
-	dlTimer   *time.Timer
+	mu         sync.Mutex
+	cond       sync.Cond
+	cur        Stream // nil while detached
+	link       ResumeLink
+	gen        uint64 // counts attachments and detachments
+	curBad     bool   // a write to cur failed: buffer only until the next Attach
+	readEnded  bool   // cur's read side ended (EOF or error)
+	replaying  bool   // Attach replays from buf: free nothing
+	ownedWrite bool   // Write writes from a chunk of buf: an end frees nothing
+	sent       uint64
+	acked      uint64
+	recv       uint64
+	reported   uint64
+	ackAsked   bool
+	reserved   int
+	buf        replayBuf
+	hasFin     bool
+	finAt      uint64
+	localFin   bool
+	err        error // final
+	grace      *time.Timer
+	rdl, wdl   time.Time
+	dlTimer    *time.Timer
 }
 
 // NewResumable returns a Resumable attached to st (its first underlying
@@ -211,8 +212,7 @@ func (r *Resumable) ackLocked(n uint64) {
 func (r *Resumable) trimLocked() {
 	drop := int(r.buf.n - int(r.sent-r.acked))
 	if drop > 0 {
-		r.buf.drop(drop)
-		r.cfg.Budget.release(drop)
+		r.cfg.Budget.release(r.buf.drop(drop))
 	}
 }
 
@@ -328,8 +328,7 @@ func (r *Resumable) Attach(st Stream, peerRecv uint64, link ResumeLink) error {
 	r.replaying = false
 	r.trimLocked()
 	if r.err != nil { // failed during the replay: free what it pinned
-		r.cfg.Budget.release(r.buf.n)
-		r.buf.drop(r.buf.n)
+		r.cfg.Budget.release(r.buf.drop(r.buf.n))
 	}
 	if bad && r.gen == gen {
 		r.curBad = true
@@ -468,37 +467,90 @@ func (r *Resumable) Write(p []byte) (int, error) {
 	total := 0
 	for len(p) > 0 {
 		k := min(len(p), maxPiece, r.bound)
-		if err := r.reserve(k); err != nil {
+		if err := r.writePiece(p[:k], nil); err != nil {
 			return total, err
 		}
-		r.wmu.Lock()
-		r.mu.Lock()
-		r.reserved -= k
-		if r.err != nil || r.localFin {
-			err := r.writeErrLocked()
-			r.mu.Unlock()
-			r.wmu.Unlock()
-			r.cfg.Budget.release(k)
-			return total, err
-		}
-		r.buf.append(p[:k])
-		r.sent += uint64(k)
-		cur, gen, bad := r.cur, r.gen, r.curBad
-		r.mu.Unlock()
-		if cur != nil && !bad {
-			if _, err := cur.Write(p[:k]); err != nil {
-				r.mu.Lock()
-				if gen == r.gen {
-					r.curBad = true
-				}
-				r.mu.Unlock()
-			}
-		}
-		r.wmu.Unlock()
 		total += k
 		p = p[k:]
 	}
 	return total, nil
+}
+
+// ownMin is the least a relay write hands over its buffer for
+// (writeOwned) rather than have it copied: an owned buffer is charged
+// its capacity, so it holds at least half of what it is charged.
+const ownMin = relayBufSize / 2
+
+// writeOwned is Write of (*bp)[:n] for the relay: the replay buffer keeps
+// bp itself instead of a copy (bp is the Resumable's from now: it goes
+// back to relayBufs once acknowledged), and is charged its capacity.
+func (r *Resumable) writeOwned(bp *[]byte, n int) error {
+	if n < ownMin || cap(*bp) > min(maxPiece, r.bound) {
+		_, err := r.Write((*bp)[:n])
+		relayBufs.Put(bp)
+		return err
+	}
+	return r.writePiece((*bp)[:n], bp)
+}
+
+// writePiece buffers and writes one piece: b copied, or, with bp (b's
+// buffer), b kept in bp.
+func (r *Resumable) writePiece(b []byte, bp *[]byte) error {
+	charge := len(b)
+	if bp != nil {
+		charge = cap(*bp)
+	}
+	if err := r.reserve(charge); err != nil {
+		if bp != nil {
+			relayBufs.Put(bp)
+		}
+		return err
+	}
+	r.wmu.Lock()
+	r.mu.Lock()
+	r.reserved -= charge
+	if r.err != nil || r.localFin {
+		err := r.writeErrLocked()
+		r.mu.Unlock()
+		r.wmu.Unlock()
+		r.cfg.Budget.release(charge)
+		if bp != nil {
+			relayBufs.Put(bp)
+		}
+		return err
+	}
+	if bp != nil {
+		r.buf.appendOwned(bp, len(b))
+		// b is written from the replay buffer itself: an end of the
+		// stream must not free it meanwhile (the pool would hand it to
+		// another stream while this write still reads it). An ack may:
+		// what the peer acknowledged, the transport has read.
+		r.ownedWrite = true
+	} else {
+		r.buf.append(b)
+	}
+	r.sent += uint64(len(b))
+	cur, gen, bad := r.cur, r.gen, r.curBad
+	r.mu.Unlock()
+	var werr error
+	if cur != nil && !bad {
+		_, werr = cur.Write(b)
+	}
+	if werr != nil || bp != nil {
+		r.mu.Lock()
+		if werr != nil && gen == r.gen {
+			r.curBad = true
+		}
+		if bp != nil {
+			r.ownedWrite = false
+			if r.err != nil && !r.replaying { // ended during the write: free what it pinned
+				r.cfg.Budget.release(r.buf.drop(r.buf.n))
+			}
+		}
+		r.mu.Unlock()
+	}
+	r.wmu.Unlock()
+	return nil
 }
 
 func (r *Resumable) writeErrLocked() error {
@@ -521,7 +573,7 @@ func (r *Resumable) reserve(k int) error {
 			r.mu.Unlock()
 			return os.ErrDeadlineExceeded
 		}
-		if r.buf.n+r.reserved+k <= r.bound {
+		if r.buf.mem+r.reserved+k <= r.bound {
 			break
 		}
 		r.cond.Wait()
@@ -636,9 +688,8 @@ func (r *Resumable) failLocked(err error) {
 	if r.dlTimer != nil {
 		r.dlTimer.Stop()
 	}
-	if !r.replaying {
-		r.cfg.Budget.release(r.buf.n)
-		r.buf.drop(r.buf.n)
+	if !r.replaying && !r.ownedWrite {
+		r.cfg.Budget.release(r.buf.drop(r.buf.n))
 	}
 	r.cond.Broadcast()
 	r.cfg.Budget.wake()
@@ -716,56 +767,102 @@ func (r *Resumable) armDeadlineLocked(t time.Time) {
 	})
 }
 
-// replayBuf holds the unacknowledged bytes in pooled chunks: the first
-// chunk's bytes before off are gone.
+// replayBuf holds the unacknowledged bytes in order, in chunks: small
+// writes are copied into pooled resumeChunk chunks, a large one written
+// from a relay buffer keeps that buffer (writeOwned). The first chunk's
+// bytes before off are gone.
 type replayBuf struct {
-	chunks []*[]byte
+	chunks []replayChunk
 	off    int // start in chunks[0]
 	n      int // bytes held
+	mem    int // bytes charged: the copied bytes held, and each owned buffer's capacity
+}
+
+// replayChunk is one chunk of a replayBuf: (*b)[:len] holds bytes; an
+// owned one (a relay buffer) is charged its whole capacity and goes back
+// to relayBufs, a copied one is charged its bytes.
+type replayChunk struct {
+	b     *[]byte
+	len   int32 // at most maxPiece
+	owned bool
 }
 
 func (b *replayBuf) append(p []byte) {
+	b.n += len(p)
+	b.mem += len(p)
 	for len(p) > 0 {
-		end := (b.off + b.n) % resumeChunk
-		if end == 0 && (b.off+b.n)/resumeChunk == len(b.chunks) {
-			b.chunks = append(b.chunks, resumeChunks.Get().(*[]byte))
+		if k := len(b.chunks); k == 0 || b.chunks[k-1].owned || b.chunks[k-1].len == resumeChunk {
+			b.grow()
+			b.chunks = append(b.chunks, replayChunk{b: resumeChunks.Get().(*[]byte)})
 		}
-		last := *b.chunks[len(b.chunks)-1]
-		k := copy(last[end:], p)
-		b.n += k
+		last := &b.chunks[len(b.chunks)-1]
+		k := copy((*last.b)[last.len:resumeChunk], p)
+		last.len += int32(k)
 		p = p[k:]
 	}
 }
 
-func (b *replayBuf) drop(k int) {
+// appendOwned adds (*bp)[:n] without a copy: bp is the buffer's now.
+func (b *replayBuf) appendOwned(bp *[]byte, n int) {
+	b.grow()
+	b.chunks = append(b.chunks, replayChunk{b: bp, len: int32(n), owned: true})
+	b.n += n
+	b.mem += cap(*bp)
+}
+
+// grow makes room for a chunk: an empty buffer (its slice was let go)
+// starts with room for a 64 KiB write, not one chunk at a time.
+func (b *replayBuf) grow() {
+	if b.chunks == nil {
+		b.chunks = make([]replayChunk, 0, maxPiece/resumeChunk)
+	}
+}
+
+// drop frees the first k bytes and returns the charge freed: a copied
+// chunk's bytes as they go, an owned buffer's capacity once all of it
+// went.
+func (b *replayBuf) drop(k int) int {
+	freed, gone := 0, 0
 	b.n -= k
-	b.off += k
-	for len(b.chunks) > 0 && (b.off >= resumeChunk || b.n == 0) {
-		resumeChunks.Put(b.chunks[0])
-		b.chunks[0] = nil
-		b.chunks = b.chunks[1:]
-		if b.off >= resumeChunk {
-			b.off -= resumeChunk
-		} else {
-			b.off = 0
+	for gone < len(b.chunks) {
+		c := &b.chunks[gone]
+		left := int(c.len) - b.off
+		if k < left {
+			b.off += k
+			if !c.owned {
+				freed += k
+			}
+			break
 		}
+		k -= left
+		if c.owned {
+			freed += cap(*c.b)
+			relayBufs.Put(c.b)
+		} else {
+			freed += left
+			resumeChunks.Put(c.b)
+		}
+		gone++
+		b.off = 0
 	}
-	if len(b.chunks) == 0 {
+	b.mem -= freed
+	switch {
+	case gone == len(b.chunks): // empty: an idle stream holds no slice
 		b.chunks, b.off = nil, 0
+	case gone > 0: // keep the slice's start, so that appends do not grow it anew
+		n := copy(b.chunks, b.chunks[gone:])
+		clear(b.chunks[n:])
+		b.chunks = b.chunks[:n]
 	}
+	return freed
 }
 
 // slices returns the held bytes in order, referencing the chunks.
 func (b *replayBuf) slices() [][]byte {
-	var out [][]byte
-	left, off := b.n, b.off
+	out := make([][]byte, 0, len(b.chunks))
+	off := b.off
 	for _, c := range b.chunks {
-		if left == 0 {
-			break
-		}
-		k := min(resumeChunk-off, left)
-		out = append(out, (*c)[off:off+k])
-		left -= k
+		out = append(out, (*c.b)[off:int(c.len)])
 		off = 0
 	}
 	return out

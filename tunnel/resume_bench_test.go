@@ -12,6 +12,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -150,19 +151,33 @@ func BenchmarkResumable_OpenClose(b *testing.B) {
 	}
 }
 
-// discardStream is a Stream that takes every write and reads nothing:
+// discardStream is a Stream that takes every write, calling ack (when
+// set) with the total so far, and reads nothing until aborted or closed:
 // what a Resumable writes to, with no transport under it.
-type discardStream struct{ n int64 }
+type discardStream struct {
+	n    atomic.Int64
+	ack  func(total int64)
+	once sync.Once
+	done chan struct{}
+}
 
-func (d *discardStream) Write(p []byte) (int, error)    { d.n += int64(len(p)); return len(p), nil }
-func (*discardStream) Read([]byte) (int, error)         { select {} }
-func (*discardStream) Close() error                     { return nil }
+func newDiscardStream() *discardStream { return &discardStream{done: make(chan struct{})} }
+
+func (d *discardStream) Write(p []byte) (int, error) {
+	n := d.n.Add(int64(len(p)))
+	if d.ack != nil {
+		d.ack(n)
+	}
+	return len(p), nil
+}
+func (d *discardStream) Read([]byte) (int, error)       { <-d.done; return 0, io.EOF }
+func (d *discardStream) WaitReadable() error            { <-d.done; return io.EOF }
+func (d *discardStream) Close() error                   { d.Abort(); return nil }
 func (*discardStream) CloseWrite() error                { return nil }
-func (*discardStream) Abort()                           {}
+func (d *discardStream) Abort()                         { d.once.Do(func() { close(d.done) }) }
 func (*discardStream) SetDeadline(time.Time) error      { return nil }
 func (*discardStream) SetReadDeadline(time.Time) error  { return nil }
 func (*discardStream) SetWriteDeadline(time.Time) error { return nil }
-func (*discardStream) WaitReadable() error              { select {} }
 func (*discardStream) FlushOpen() error                 { return nil }
 
 // nopLink is a ResumeLink that sends nothing.
@@ -179,7 +194,7 @@ func (nopLink) Reset(uint64)                {}
 func BenchmarkResumable_Bulk(b *testing.B) {
 	const piece, perOp = 64 << 10, 1 << 20
 	budget := tunnel.NewResumeBudget(64 << 20).Child(16 << 20)
-	d := &discardStream{}
+	d := newDiscardStream()
 	r := tunnel.NewResumable(tunnel.ResumableConfig{ID: 1, Budget: budget, Grace: time.Minute}, d, nopLink{})
 	defer r.Fail(errors.New("done"))
 	buf := make([]byte, piece)
@@ -199,8 +214,8 @@ func BenchmarkResumable_Bulk(b *testing.B) {
 			}
 		}
 	}
-	if d.n != int64(sent) {
-		b.Fatalf("the stream got %d bytes, want %d", d.n, sent)
+	if d.n.Load() != int64(sent) {
+		b.Fatalf("the stream got %d bytes, want %d", d.n.Load(), sent)
 	}
 }
 
@@ -212,7 +227,7 @@ func BenchmarkResumable_BulkParallel(b *testing.B) {
 	b.SetBytes(piece)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
-		r := tunnel.NewResumable(tunnel.ResumableConfig{ID: 1, Budget: budget, Grace: time.Minute}, &discardStream{}, nopLink{})
+		r := tunnel.NewResumable(tunnel.ResumableConfig{ID: 1, Budget: budget, Grace: time.Minute}, newDiscardStream(), nopLink{})
 		defer r.Fail(errors.New("done"))
 		buf := make([]byte, piece)
 		var sent uint64
@@ -227,4 +242,56 @@ func BenchmarkResumable_BulkParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkResumable_RelayUp: the per-byte cost of a Resumable under the
+// relay, as bulk data from a local connection (or an upstream one, at the
+// gateway) enters it: 1 MiB per op written to a TCP socket, relayed into
+// a Resumable over a stream that discards and acknowledges every 512 KiB.
+// copy: every read copied into the replay buffer; owned: the relay hands
+// its buffer over (the default).
+func BenchmarkResumable_RelayUp(b *testing.B) {
+	for _, mode := range []string{"copy", "owned"} {
+		b.Run(mode, func(b *testing.B) {
+			defer tunnel.SetOwnedWrites(mode == "owned")()
+			const perOp = 1 << 20
+			app, conn := tunnel.TCPPair(b)
+			d := newDiscardStream()
+			budget := tunnel.NewResumeBudget(64 << 20).Child(16 << 20)
+			r := tunnel.NewResumable(tunnel.ResumableConfig{ID: 1, Budget: budget, Grace: time.Minute}, d, nopLink{})
+			var acked int64
+			d.ack = func(n int64) {
+				if n-acked >= tunnel.AckUrgent {
+					acked = n
+					_ = r.Acked(uint64(n))
+				}
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan tunnel.RelayResult, 1)
+			go func() { done <- tunnel.Relay(ctx, conn, r, nil) }()
+			buf := make([]byte, perOp)
+			b.SetBytes(perOp)
+			b.ReportAllocs()
+			sc, ops := startSyscalls(), 0
+			for b.Loop() {
+				if _, err := app.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+				ops++
+			}
+			_ = app.CloseWrite()
+			want := int64(ops * perOp)
+			deadline := time.Now().Add(10 * time.Second)
+			for d.n.Load() < want && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			sc.report(b, ops)
+			cancel()
+			<-done
+			app.Close()
+			if got := d.n.Load(); got != want {
+				b.Fatalf("the stream got %d bytes, want %d", got, want)
+			}
+		})
+	}
 }

@@ -2,6 +2,7 @@ package tunnel_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -348,5 +349,103 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("%s: not within %s", what, d)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// recordStream is a Stream that keeps every byte written to it (copied:
+// the writer's buffer may be reused once Write returns) and reads
+// nothing until aborted.
+type recordStream struct {
+	mu   sync.Mutex
+	got  []byte
+	once sync.Once
+	done chan struct{}
+}
+
+func newRecordStream() *recordStream { return &recordStream{done: make(chan struct{})} }
+
+func (s *recordStream) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got = append(s.got, p...)
+	return len(p), nil
+}
+
+func (s *recordStream) bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.got)
+}
+
+func (s *recordStream) Read([]byte) (int, error)       { <-s.done; return 0, io.EOF }
+func (s *recordStream) WaitReadable() error            { <-s.done; return io.EOF }
+func (s *recordStream) Close() error                   { s.Abort(); return nil }
+func (*recordStream) CloseWrite() error                { return nil }
+func (s *recordStream) Abort()                         { s.once.Do(func() { close(s.done) }) }
+func (*recordStream) SetDeadline(time.Time) error      { return nil }
+func (*recordStream) SetReadDeadline(time.Time) error  { return nil }
+func (*recordStream) SetWriteDeadline(time.Time) error { return nil }
+func (*recordStream) FlushOpen() error                 { return nil }
+
+// TestResumable_RelayHandsOverBuffers: the relay hands its 64 KiB read
+// buffers to a Resumable instead of copying them (writeOwned); each is
+// charged its whole capacity against the stream's bound and the budget,
+// goes back to the pool (and to later reads) only once acknowledged, and
+// the bytes written and replayed stay exactly what the connection sent.
+// 4 MiB of pseudo-random bytes cross a 256 KiB bound, so the relay blocks
+// on it until acks free room; halfway the stream moves to a new
+// underlying stream and replays what was not acknowledged.
+func TestResumable_RelayHandsOverBuffers(t *testing.T) {
+	const size, bound = 4 << 20, 256 << 10
+	data := pseudo(5, size)
+	app, conn := tunnel.TCPPair(t)
+	budget := tunnel.NewResumeBudget(1 << 20)
+	cur := newRecordStream()
+	r := tunnel.NewResumable(tunnel.ResumableConfig{ID: 1, Buffer: bound, Budget: budget, Grace: time.Minute}, cur, nopLink{})
+	done := make(chan tunnel.RelayResult, 1)
+	go func() { done <- tunnel.Relay(context.Background(), conn, r, nil) }()
+	go func() {
+		_, _ = app.Write(data)
+		_ = app.CloseWrite()
+	}()
+	var acked, curStart uint64 // curStart: the offset of cur's first byte
+	moved := false
+	deadline := time.Now().Add(30 * time.Second)
+	for acked < size {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d bytes acknowledged after 30 s", acked, size)
+		}
+		if used, held := budget.Used(), r.Buffered(); used > bound || held > bound {
+			t.Fatalf("budget holds %d, buffer %d bytes: bound %d", used, held, bound)
+		}
+		got := cur.bytes()
+		if end := curStart + uint64(len(got)); end > size || !bytes.Equal(got, data[curStart:end]) {
+			t.Fatalf("the stream got %d bytes from offset %d that differ from what the connection sent", len(got), curStart)
+		}
+		if !moved && acked >= size/2 {
+			r.Detach()
+			next := newRecordStream()
+			if err := r.Attach(next, acked, nopLink{}); err != nil {
+				t.Fatal(err)
+			}
+			cur.Abort()
+			cur, curStart, moved = next, acked, true
+			continue
+		}
+		if has := curStart + uint64(len(got)); has > acked {
+			if err := r.Acked(has); err != nil {
+				t.Fatal(err)
+			}
+			acked = has
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r.Abort() // the relay waits for a Fin that nopLink never brings
+	res := within(t, done, 10*time.Second, "relay end")
+	if res.ConnToStream != size {
+		t.Fatalf("relayed %d bytes, want %d", res.ConnToStream, size)
+	}
+	if got := budget.Used(); got != 0 {
+		t.Fatalf("budget holds %d bytes after the end, want 0", got)
 	}
 }
