@@ -1,0 +1,300 @@
+package test
+
+// Round trips counted: a forwarder on loopback delays every packet (UDP)
+// or chunk (TCP) by half of rttD in each direction, so each round trip of
+// the protocol costs rttD. The time from starting a client to its first
+// reply, and of a new local connection plus PING, divided by rttD, is the
+// number of round trips the protocol needs (loopback's own time is a few
+// milliseconds, far below one rttD).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cachetun/cachetun/client"
+	"github.com/cachetun/cachetun/test/testenv"
+)
+
+// rttD is the round-trip time the forwarder adds.
+const rttD = 200 * time.Millisecond
+
+// delayed is one chunk or datagram due at a time.
+type delayed struct {
+	at time.Time
+	b  []byte
+}
+
+// delayPipe copies src to dst, each chunk delivered d after it was read,
+// in order.
+func delayPipe(dst, src net.Conn, d time.Duration) {
+	q := make(chan delayed, 4096)
+	go func() {
+		defer func() {
+			if tc, ok := dst.(*net.TCPConn); ok {
+				tc.CloseWrite()
+			} else {
+				dst.Close()
+			}
+		}()
+		for p := range q {
+			time.Sleep(time.Until(p.at))
+			if _, err := dst.Write(p.b); err != nil {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			q <- delayed{at: time.Now().Add(d), b: append([]byte(nil), buf[:n]...)}
+		}
+		if err != nil {
+			close(q)
+			return
+		}
+	}
+}
+
+// delayTCP forwards TCP connections to upstream, adding rtt per round
+// trip; it returns its address.
+func delayTCP(t testing.TB, upstream string, rtt time.Duration) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				// The local connect returns at once, so the TCP
+				// handshake is played after it: the client's first
+				// bytes (sent, really, after its SYN and the SYN-ACK,
+				// one RTT) reach the gateway 1.5 RTT after the connect,
+				// when the gateway's accept (the client's ACK) happens
+				// too; the gateway's first bytes reach the client half
+				// an RTT after they were sent, 2 RTT after the connect.
+				time.Sleep(rtt)
+				u, err := net.Dial("tcp", upstream)
+				if err != nil {
+					c.Close()
+					return
+				}
+				t.Cleanup(func() { c.Close(); u.Close() })
+				go delayPipe(u, c, rtt/2)
+				time.Sleep(rtt / 2)
+				go delayPipe(c, u, rtt/2)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// delayUDP forwards datagrams to upstream (one upstream socket per client
+// address), each delayed by rtt/2 per direction; it returns its address.
+func delayUDP(t testing.TB, upstream string, rtt time.Duration) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := net.ResolveUDPAddr("udp", upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	peers := map[string]*net.UDPConn{}
+	t.Cleanup(func() {
+		pc.Close()
+		mu.Lock()
+		for _, u := range peers {
+			u.Close()
+		}
+		mu.Unlock()
+	})
+	later := func(d time.Duration, f func()) { time.AfterFunc(d, f) }
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			b := append([]byte(nil), buf[:n]...)
+			mu.Lock()
+			u := peers[from.String()]
+			if u == nil {
+				u, err = net.DialUDP("udp", nil, up)
+				if err != nil {
+					mu.Unlock()
+					continue
+				}
+				peers[from.String()] = u
+				go func() {
+					rb := make([]byte, 65536)
+					for {
+						n, err := u.Read(rb)
+						if err != nil {
+							return
+						}
+						b := append([]byte(nil), rb[:n]...)
+						later(rtt/2, func() { pc.WriteTo(b, from) })
+					}
+				}()
+			}
+			mu.Unlock()
+			later(rtt/2, func() { u.Write(b) })
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+// delayedGateway is a gateway reached through delay forwarders.
+type delayedGateway struct {
+	g          *gateway
+	quic, tls  string
+	ssh        string
+	knownHosts string
+}
+
+func (d *delayedGateway) ServerAddr(transport string) string {
+	switch transport {
+	case "quic":
+		return d.quic
+	case "ssh":
+		return d.ssh
+	}
+	return d.tls
+}
+
+func (d *delayedGateway) KnownHosts(t testing.TB) string { return d.knownHosts }
+
+func newDelayedGateway(t testing.TB, g *gateway, rtt time.Duration) *delayedGateway {
+	d := &delayedGateway{g: g, quic: delayUDP(t, g.Addr, rtt), tls: delayTCP(t, g.Addr, rtt)}
+	if g.SSHAddr != "" {
+		d.ssh = delayTCP(t, g.SSHAddr, rtt)
+	}
+	d.knownHosts = writeKnownHosts(t, g.HostKey, d.quic, d.tls, d.ssh)
+	return d
+}
+
+// pingOnce dials addr, sends PING and reads +PONG.
+func pingOnce(addr string, timeout time.Duration) error {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 7)
+	n := 0
+	for n < 7 {
+		m, err := c.Read(buf[n:])
+		if err != nil {
+			return err
+		}
+		n += m
+		if n >= 7 || (n > 0 && buf[n-1] == '\n') {
+			break
+		}
+	}
+	if string(buf[:n]) != "+PONG\r\n" {
+		return fmt.Errorf("PING answered %q", buf[:n])
+	}
+	return nil
+}
+
+// TestRTT_FirstReplyAndNewConnection counts the round trips from starting
+// a client to the first reply through its local port (dialled from the
+// start, as a user's redis-cli would be), and of a new local connection
+// plus PING once the session is up. Bounds, in round trips of rttD, each
+// with 0.5 round trip of slack for loopback's own time and scheduling:
+//
+//	first reply: quic 3 (QUIC handshake, Hello/Welcome, stream + PING),
+//	  tls 4 (TCP, TLS 1.3, Hello/Welcome, stream + PING),
+//	  ssh 11 (TCP, versions, key exchange, then x/crypto's service request,
+//	  "none" and publickey query before the signed publickey: 7; control
+//	  channel open, Hello/Welcome, stream channel open, PING);
+//	new connection + PING: quic and tls 1, ssh 2 (channel open, PING).
+func TestRTT_FirstReplyAndNewConnection(t *testing.T) {
+	if testing.Short() {
+		t.Skip("counts round trips over a delayed loopback link")
+	}
+	r := testenv.StartRedis(t)
+	k := newKey(t, "rtt")
+	g := startGateway(t, redisTarget(r), []string{k.Line})
+	d := newDelayedGateway(t, g, rttD)
+	bounds := map[string]struct{ first, newconn float64 }{
+		"quic": {3, 1},
+		"tls":  {4, 1},
+		"ssh":  {11, 2},
+	}
+	forEachTransport(t, func(t *testing.T, transport string) {
+		port := testenv.FreeLoopbackListener(t)
+		lport := port.Addr().(*net.TCPAddr).Port
+		port.Close()
+		local := fmt.Sprintf("127.0.0.1:%d", lport)
+		logger, _ := newTestLogger(t)
+		o := client.Options{
+			Profile: "cache", Target: "cache", Servers: []string{d.ServerAddr(transport)},
+			Transport: transport, Identity: k.Path, LocalPort: &lport, KnownHosts: d.knownHosts,
+			Logger: logger, Ping: 10 * time.Second,
+		}
+		cl, err := client.New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		start := time.Now()
+		go func() { done <- cl.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		var first time.Duration
+		for {
+			if time.Since(start) > 20*time.Second {
+				t.Fatal("no reply within 20 s")
+			}
+			err := pingOnce(local, 10*time.Second)
+			if err == nil {
+				first = time.Since(start)
+				break
+			}
+			var op *net.OpError
+			if !errors.As(err, &op) || op.Op != "dial" {
+				t.Logf("first ping: %v", err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		var worst time.Duration
+		for range 3 {
+			t0 := time.Now()
+			if err := pingOnce(local, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			worst = max(worst, time.Since(t0))
+		}
+		b := bounds[transport]
+		rf, rn := float64(first)/float64(rttD), float64(worst)/float64(rttD)
+		t.Logf("%s: first reply %v = %.2f round trips (bound %.0f); new connection + PING %v = %.2f round trips (bound %.0f)",
+			transport, first.Round(time.Millisecond), rf, b.first, worst.Round(time.Millisecond), rn, b.newconn)
+		if rf > b.first+0.5 {
+			t.Errorf("%s: first reply took %.2f round trips, want at most %.0f", transport, rf, b.first)
+		}
+		if rn > b.newconn+0.5 {
+			t.Errorf("%s: new connection + PING took %.2f round trips, want at most %.0f", transport, rn, b.newconn)
+		}
+	})
+}
