@@ -151,6 +151,9 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 		sess.Close()
 		return nil, nil, err
 	}
+	if op, ok := sess.(tunnel.OpenPayloader); ok && w.OpenPayload {
+		op.EnableOpenPayload() // SSH: a stream's first bytes ride in its channel-open
+	}
 	// Run's watcher of the session (noteSession) ends ctx with it.
 	cn.ctx, cn.cancel = context.WithCancel(context.Background())
 	return cn, w, nil

@@ -58,6 +58,12 @@ type Welcome struct {
 	// holds a resumable stream that long after its session died; 0 (an
 	// older gateway, or resumption off): plain streams only.
 	ResumeGraceMS int64 `json:"resume_grace_ms,omitempty"`
+	// OpenPayload, on SSH, says that the gateway takes a stream's first
+	// payload behind the open header in its channel-open (at most
+	// tunnel.MaxOpenPayload bytes), so that a new connection costs one
+	// round trip as on QUIC and TLS; absent (an older gateway): the
+	// channel-open carries the header alone.
+	OpenPayload bool `json:"open_payload,omitempty"`
 }
 
 // Revoked is the payload of FrameRevoked: why the gateway ended the

@@ -433,6 +433,9 @@ func (ss *session) Admit(ctx context.Context, h *control.Hello) (*control.Welcom
 		infos[i] = t.Info()
 	}
 	w := &control.Welcome{OK: true, Server: server, Target: &infos[0], Targets: infos}
+	if _, ok := ss.sess.(tunnel.OpenPayloader); ok {
+		w.OpenPayload = true // SSH: a stream's first payload may ride in its channel-open
+	}
 	if grace := resumeGraceMS(s.config().Limits); h.Resume && grace > 0 {
 		ss.ctrlMu.Lock()
 		ss.link = ss.newLink(ss.ctrl)

@@ -225,10 +225,11 @@ func pingOnce(addr string, timeout time.Duration) error {
 //
 //	first reply: quic 3 (QUIC handshake, Hello/Welcome, stream + PING),
 //	  tls 4 (TCP, TLS 1.3, Hello/Welcome, stream + PING),
-//	  ssh 11 (TCP, versions, key exchange, then x/crypto's service request,
+//	  ssh 10 (TCP, versions, key exchange, then x/crypto's service request,
 //	  "none" and publickey query before the signed publickey: 7; control
-//	  channel open, Hello/Welcome, stream channel open, PING);
-//	new connection + PING: quic and tls 1, ssh 2 (channel open, PING).
+//	  channel open, Hello/Welcome, stream + PING);
+//	new connection + PING: 1 on every transport (on SSH the PING rides in
+//	  the channel-open, Welcome OpenPayload).
 func TestRTT_FirstReplyAndNewConnection(t *testing.T) {
 	if testing.Short() {
 		t.Skip("counts round trips over a delayed loopback link")
@@ -240,7 +241,7 @@ func TestRTT_FirstReplyAndNewConnection(t *testing.T) {
 	bounds := map[string]struct{ first, newconn float64 }{
 		"quic": {3, 1},
 		"tls":  {4, 1},
-		"ssh":  {11, 2},
+		"ssh":  {10, 1},
 	}
 	forEachTransport(t, func(t *testing.T, transport string) {
 		port := testenv.FreeLoopbackListener(t)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -197,6 +198,9 @@ type sshSession struct {
 	sc       SSHConfig
 	server   bool
 	authInfo any
+	// openPayload: proxy channels open lazily, with their first payload
+	// (sshopen.go); client only, set when the gateway announced it.
+	openPayload atomic.Bool
 	// incoming holds channels the peer opened that AcceptStream has not
 	// returned yet (server only).
 	incoming chan Incoming
@@ -311,6 +315,9 @@ func (s *sshSession) OpenStream(ctx context.Context, req OpenRequest) (Stream, e
 	if err != nil {
 		return nil, err
 	}
+	if req.Kind == KindProxy && s.openPayload.Load() {
+		return newSSHOpening(s, typ, hdr), nil
+	}
 	type result struct {
 		ch   ssh.Channel
 		reqs <-chan *ssh.Request
@@ -401,6 +408,9 @@ func (s *sshSession) Close() error {
 type sshIncoming struct {
 	nc   ssh.NewChannel
 	once sync.Once
+	// early is the payload behind the header in the channel-open of a
+	// ChannelStream (sshopen.go): the accepted stream's first bytes.
+	early []byte
 }
 
 // Request decodes the channel-open payload; it never waits, the payload
@@ -422,8 +432,14 @@ func (in *sshIncoming) Request(time.Time) (OpenRequest, error) {
 	if err != nil {
 		return OpenRequest{}, err
 	}
-	if r.Len() != 0 {
+	switch {
+	case r.Len() == 0:
+	case in.nc.ChannelType() != ChannelStream:
 		return OpenRequest{}, fmt.Errorf("read open header: %d bytes of trailing data", r.Len())
+	case r.Len() > MaxOpenPayload:
+		return OpenRequest{}, fmt.Errorf("read open header: %d bytes of payload in the channel-open, at most %d", r.Len(), MaxOpenPayload)
+	default:
+		in.early = bytes.Clone(extra[len(extra)-r.Len():])
 	}
 	want := KindProxy
 	if in.nc.ChannelType() == ChannelControl {
@@ -441,7 +457,9 @@ func (in *sshIncoming) Accept() (Stream, error) {
 		return nil, err
 	}
 	go ssh.DiscardRequests(reqs) // ends when the channel closes
-	return newSSHStream(ch), nil
+	st := newSSHStream(ch)
+	st.early, in.early = in.early, nil
+	return st, nil
 }
 
 func (in *sshIncoming) Reject(code Status, msg string) {
@@ -476,6 +494,9 @@ func (in *sshIncoming) Reject(code Status, msg string) {
 // net.Conn. After Close or Abort, Read and Write return net.ErrClosed.
 type sshStream struct {
 	ch ssh.Channel
+	// early is what came in the channel-open behind the header (server
+	// only), returned by the first Reads.
+	early []byte
 
 	mu       sync.Mutex // guards the following
 	rd, wd   sshDeadline
@@ -496,6 +517,13 @@ func newSSHStream(ch ssh.Channel) *sshStream { return &sshStream{ch: ch} }
 func (s *sshStream) Read(p []byte) (int, error) {
 	if err := s.begin(&s.rd); err != nil {
 		return 0, err
+	}
+	if len(s.early) > 0 && len(p) > 0 {
+		n := copy(p, s.early)
+		if s.early = s.early[n:]; len(s.early) == 0 {
+			s.early = nil
+		}
+		return n, s.end(&s.rd, nil)
 	}
 	n, err := s.ch.Read(p)
 	return n, s.end(&s.rd, err)

@@ -146,13 +146,15 @@ func TestSSH_OpenRequestValidation(t *testing.T) {
 	cl, srv := e.pair(t, e.ln.Addr().String(), sc)
 	conn := cl.(*sshSession).conn
 	hdr, _ := AppendHeader(nil, OpenRequest{Kind: KindProxy, Target: "cache", Node: "n:1"})
+	ctlHdr, _ := AppendHeader(nil, OpenRequest{Kind: KindControl, Target: "cache"})
 	cases := []struct {
 		name  string
 		typ   string
 		extra []byte
 	}{
 		{"proxy header on control channel", ChannelControl, hdr},
-		{"trailing bytes", ChannelStream, append(hdr[:len(hdr):len(hdr)], 'x')},
+		{"trailing bytes on control channel", ChannelControl, append(ctlHdr[:len(ctlHdr):len(ctlHdr)], 'x')},
+		{"payload over MaxOpenPayload", ChannelStream, append(hdr[:len(hdr):len(hdr)], make([]byte, MaxOpenPayload+1)...)},
 		{"bad magic", ChannelStream, []byte("XX\x01\x02\x00\x00")},
 		{"truncated", ChannelStream, hdr[:4]},
 		{"direct-tcpip garbage", "direct-tcpip", []byte{0, 0, 0, 9, 'x'}},
@@ -468,4 +470,160 @@ func TestSSH_DialRefusesBadHostKey(t *testing.T) {
 		s.Close()
 		t.Fatal("DialSSH authenticated with a key the server does not know")
 	}
+}
+
+// TestSSH_OpenPayload: with EnableOpenPayload a proxy stream opens with
+// its first Write, whose bytes (up to MaxOpenPayload) ride in the
+// channel-open and are the accepted stream's first bytes; the rest follows
+// on the channel. Nothing is opened before the Write, a refusal drops the
+// payload and is the first Read's answer, FlushOpen opens with the header
+// alone, and a stream closed unopened never reaches the server.
+func TestSSH_OpenPayload(t *testing.T) {
+	VerifyNoLeaks(t)
+	sc := sshTestConfig()
+	e := newSSHTestEnv(t, sc)
+	cl, srv := e.pair(t, e.ln.Addr().String(), sc)
+	cl.(OpenPayloader).EnableOpenPayload()
+	req := OpenRequest{Kind: KindProxy, Target: "cache", Node: "n:1"}
+	accept := func() (Incoming, OpenRequest, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		in, err := srv.AcceptStream(ctx)
+		if err != nil {
+			return nil, OpenRequest{}, err
+		}
+		r, err := in.Request(time.Now().Add(time.Second))
+		return in, r, err
+	}
+
+	t.Run("payload in the open, the rest on the channel", func(t *testing.T) {
+		cst, err := cl.OpenStream(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cst.Close()
+		if _, _, err := accept(); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("before the first write the server got a stream (%v), want none", err)
+		}
+		want := make([]byte, MaxOpenPayload+5000)
+		for i := range want {
+			want[i] = byte(i * 7)
+		}
+		wrote := make(chan error, 1)
+		go func() { _, err := cst.Write(want); wrote <- err }()
+		in, r, err := accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Target != "cache" || r.Node != "n:1" {
+			t.Fatalf("request %+v", r)
+		}
+		if got := len(in.(*sshIncoming).early); got != MaxOpenPayload {
+			t.Errorf("payload in the channel-open: %d bytes, want %d", got, MaxOpenPayload)
+		}
+		sst, err := in.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sst.Close()
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(sst, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatal("the server read other bytes than the client wrote")
+		}
+		if err := <-wrote; err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sst.Write([]byte("+PONG\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 7)
+		if _, err := io.ReadFull(cst, buf); err != nil || string(buf) != "+PONG\r\n" {
+			t.Fatalf("client read %q, %v", buf, err)
+		}
+	})
+
+	t.Run("refused: payload dropped, refusal read", func(t *testing.T) {
+		cst, err := cl.OpenStream(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cst.Close()
+		go func() {
+			if in, _, err := accept(); err == nil {
+				in.Reject(StatusDenied, "no")
+			}
+		}()
+		if n, err := cst.Write([]byte("SET k v\r\n")); n != 9 || err != nil {
+			t.Fatalf("write to a refused stream: %d, %v; want it dropped", n, err)
+		}
+		var se *StatusError
+		if _, err := cst.Read(make([]byte, 1)); !errors.As(err, &se) || se.Code != StatusDenied {
+			t.Fatalf("read: %v, want the refusal", err)
+		}
+	})
+
+	t.Run("FlushOpen opens with the header alone", func(t *testing.T) {
+		cst, err := cl.OpenStream(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cst.Close()
+		if err := cst.FlushOpen(); err != nil {
+			t.Fatal(err)
+		}
+		in, _, err := accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(in.(*sshIncoming).early); n != 0 {
+			t.Errorf("payload %d bytes, want none", n)
+		}
+		sst, err := in.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sst.Close()
+		if _, err := cst.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(sst, b); err != nil || b[0] != 'x' {
+			t.Fatalf("server read %q, %v", b, err)
+		}
+	})
+
+	t.Run("closed unopened: nothing reaches the server", func(t *testing.T) {
+		cst, err := cl.OpenStream(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cst.Close()
+		if _, _, err := accept(); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("the server got a stream (%v), want none", err)
+		}
+	})
+
+	t.Run("control stream opens at once", func(t *testing.T) {
+		opened := make(chan error, 1)
+		go func() {
+			st, err := cl.OpenStream(context.Background(), OpenRequest{Kind: KindControl, Target: "cache"})
+			if err == nil {
+				st.Close()
+			}
+			opened <- err
+		}()
+		in, r, err := accept()
+		if err != nil || r.Kind != KindControl {
+			t.Fatalf("control stream: %+v, %v", r, err)
+		}
+		if _, err := in.Accept(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-opened; err != nil {
+			t.Fatal(err)
+		}
+	})
 }
