@@ -155,6 +155,8 @@ type Client struct {
 
 	open atomic.Int64 // local connections being relayed
 
+	early *earlyState // the first node's port opened before the first Welcome (early.go); guarded by mu
+
 	resume resumeState // resumable streams; guarded by mu
 
 	wg sync.WaitGroup // accept loops, local connections, refresh requests, session watchers
@@ -333,6 +335,7 @@ func (c *Client) Run(ctx context.Context) error {
 	defer c.stop()
 	defer cancel()
 	c.runCtx = ctx
+	c.listenEarly()
 	cn, welcome, err := c.connect(ctx)
 	if err != nil {
 		return err
@@ -342,6 +345,7 @@ func (c *Client) Run(ctx context.Context) error {
 	if err := c.applyWelcome(welcome, true); err != nil {
 		return err
 	}
+	c.earlyDone()
 	c.printTable(cn)
 	c.upOnce.Do(func() { close(c.up) })
 	c.emit(Event{Kind: EventUp, Server: cn.server, Transport: cn.sess.Transport(), Targets: c.Endpoints()})
@@ -386,6 +390,12 @@ func (c *Client) Done() <-chan struct{} { return c.done }
 // connections, also those of a session the gateway sent GoAway on), and
 // stop waits for those goroutines.
 func (c *Client) stop() {
+	c.mu.Lock()
+	e := c.early
+	c.mu.Unlock()
+	if e != nil {
+		e.done("") // a start that failed; nothing after a Welcome
+	}
 	c.closeListeners()
 	c.goodbye()
 	c.mu.Lock()
@@ -795,7 +805,11 @@ func (v *targetView) applyLocked(info control.TargetInfo, first bool) error {
 			v.nextPort++
 		}
 		addr := net.JoinHostPort(c.opts.Bind, strconv.Itoa(port))
-		ln, err := listenLocal(c.opts.Bind, port)
+		ln, adopted := c.early.adoptLocked(v, port) // opened before the Welcome
+		var err error
+		if !adopted {
+			ln, err = listenLocal(c.opts.Bind, port)
+		}
 		if err != nil {
 			err = &control.Error{Err: fmt.Errorf("listen on %s for node %s: %w", addr, n.Addr, err), Hint: listenHint(c.opts.Bind, err), Fix: control.FixUser}
 			if first {
@@ -816,6 +830,9 @@ func (v *targetView) applyLocked(info control.TargetInfo, first bool) error {
 		v.listeners[n.Addr] = l
 		v.order = append(v.order, n.Addr)
 		added = append(added, n.Addr)
+		if adopted {
+			continue // its accept loop runs already (early.go)
+		}
 		c.wg.Add(1)
 		go c.acceptLoop(v, l)
 	}

@@ -243,7 +243,13 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*control.Welcome, 
 	for i, s := range c.signers {
 		keys[i] = control.Key{Name: c.keys.names[i], Signer: s}
 	}
-	w, err := control.Authenticate(ctrl, cn.sess, c.hello(), keys, c.log)
+	var sent func()
+	c.mu.Lock()
+	if e := c.early; e != nil && cn.sess.Transport() == TransportTLS {
+		sent = func() { e.helloSent(cn) } // streams may follow the Hello (early.go)
+	}
+	c.mu.Unlock()
+	w, err := control.AuthenticateThen(ctrl, cn.sess, c.hello(), keys, c.log, sent)
 	var (
 		se *tunnel.StatusError
 		rv *control.RevokedError

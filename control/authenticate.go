@@ -66,6 +66,17 @@ func (e *RevokedError) Error() string { return "access revoked during the set-up
 // Hello without proof. The Welcome is accepted when OK and carrying a
 // target, or, for a List Hello, the listing.
 func Authenticate(ctrl io.ReadWriter, sess tunnel.Session, hello Hello, keys []Key, log *slog.Logger) (*Welcome, error) {
+	return AuthenticateThen(ctrl, sess, hello, keys, log, nil)
+}
+
+// AuthenticateThen is Authenticate that calls lastSent (if not nil) once
+// it has written the last Hello it will offer (its last key, or the last
+// the gateway allows), before it reads the answer: a client may open
+// streams right behind that Hello (the gateway reads none of them before
+// it verified the Hello). It is not called behind a Hello that a refusal
+// could make the client follow with another, as the gateway may read that
+// one only after such a stream's data.
+func AuthenticateThen(ctrl io.ReadWriter, sess tunnel.Session, hello Hello, keys []Key, log *slog.Logger, lastSent func()) (*Welcome, error) {
 	if _, ok := sess.(tunnel.PreAuthenticated); ok {
 		keys = []Key{{}} // the transport proved the key
 	}
@@ -88,7 +99,11 @@ func Authenticate(ctrl io.ReadWriter, sess tunnel.Session, hello Hello, keys []K
 			hello.PublicKey = k.Signer.PublicKey().Marshal()
 			hello.SigFormat, hello.SigBlob, hello.SigRest = sig.Format, sig.Blob, sig.Rest
 		}
-		w, err := offer(ctrl, &hello)
+		var sent func()
+		if i == len(keys)-1 || len(refused) == MaxHelloTries-1 {
+			sent = lastSent
+		}
+		w, err := offer(ctrl, &hello, sent)
 		if err != nil {
 			var se *tunnel.StatusError
 			if len(refused) > 0 && !errors.As(err, &se) && !errors.As(err, new(*RevokedError)) && !errors.Is(err, errUnexpected) {
@@ -111,10 +126,13 @@ func Authenticate(ctrl io.ReadWriter, sess tunnel.Session, hello Hello, keys []K
 // errUnexpected marks an answer to a Hello that is no Welcome.
 var errUnexpected = errors.New("unexpected answer")
 
-// offer sends one Hello and reads the answer.
-func offer(ctrl io.ReadWriter, hello *Hello) (*Welcome, error) {
+// offer sends one Hello, calls sent (if not nil), and reads the answer.
+func offer(ctrl io.ReadWriter, hello *Hello, sent func()) (*Welcome, error) {
 	if err := WriteJSON(ctrl, FrameHello, hello); err != nil {
 		return nil, fmt.Errorf("send hello: %w", err)
+	}
+	if sent != nil {
+		sent()
 	}
 	typ, payload, err := ReadServerFrame(ctrl)
 	if err != nil {

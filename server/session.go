@@ -487,6 +487,9 @@ func (ss *session) openTargets(ctx context.Context, h *control.Hello) (*ctrlStat
 
 // Refused logs and counts a refusal of the set-up.
 func (ss *session) Refused(r *control.Refusal) {
+	if d, ok := ss.sess.(tunnel.EarlyDropper); ok && !ss.isUp {
+		d.DropEarly() // streams behind a refused Hello are never served
+	}
 	ss.srv.metrics.authFailures.WithLabelValues(string(r.Code)).Inc()
 	if ss.isUp {
 		ss.setEnd("refused", string(r.Code))

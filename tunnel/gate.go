@@ -28,7 +28,12 @@ import (
 // cost of one atomic load per Read, or until the session is closed.
 //
 // A client that opens a stream before its Hello is answered thus waits for
-// the answer; cachetun clients never do. The wire is unchanged.
+// the answer: a cachetun client opens the first connection's stream right
+// behind its last Hello (client/early.go), and the gateway serves it once
+// the Hello is verified. When the gateway refuses a Hello (DropEarly) the
+// gate discards, from then on, the frames of such streams instead of
+// waiting, so that the next Hello, or the client's end of the session, is
+// read at once; yamux never learns of those streams. The wire is unchanged.
 //
 // The control stream itself is bounded too: yamux raises its window to
 // MaxStreamWindowSize (4 MiB) when the server accepts it, so before
@@ -52,6 +57,8 @@ type preAuthGate struct {
 	isOpen   atomic.Bool
 	closed   chan struct{} // closed by Close
 	shut     sync.Once
+	dropping chan struct{} // closed by DropEarly
+	dropOnce sync.Once
 
 	// Only yamux's receive loop reads, one Read at a time, so the state
 	// below needs no lock.
@@ -73,7 +80,14 @@ const (
 )
 
 func newPreAuthGate(c io.ReadWriteCloser) *preAuthGate {
-	return &preAuthGate{ReadWriteCloser: c, open: make(chan struct{}), closed: make(chan struct{}), hdrOut: yamuxHeaderSize}
+	return &preAuthGate{ReadWriteCloser: c, open: make(chan struct{}), closed: make(chan struct{}), dropping: make(chan struct{}), hdrOut: yamuxHeaderSize}
+}
+
+// DropEarly makes the gate discard, until Authenticated, the frames of the
+// streams it would hold back: the gateway refused a Hello, and a client
+// whose streams followed it is done.
+func (g *preAuthGate) DropEarly() {
+	g.dropOnce.Do(func() { close(g.dropping) })
 }
 
 // Authenticated lets every stream through from now on.
@@ -124,14 +138,26 @@ func (g *preAuthGate) Read(p []byte) (int, error) {
 		g.body -= uint32(n)
 		return n, err
 	}
-	if _, err := io.ReadFull(g.ReadWriteCloser, g.hdr[:]); err != nil {
-		return 0, err
-	}
-	if !g.admit() {
+	for {
+		if _, err := io.ReadFull(g.ReadWriteCloser, g.hdr[:]); err != nil {
+			return 0, err
+		}
+		if g.admit() {
+			break
+		}
 		select {
 		case <-g.open:
 		case <-g.closed:
 			return 0, net.ErrClosed
+		case <-g.dropping:
+		}
+		if g.isOpen.Load() {
+			break
+		}
+		if g.hdr[1] == yamuxTypeData { // only a Data frame has a body
+			if _, err := io.CopyN(io.Discard, g.ReadWriteCloser, int64(binary.BigEndian.Uint32(g.hdr[yamuxLength:]))); err != nil {
+				return 0, err
+			}
 		}
 	}
 	if g.hdr[1] == yamuxTypeData {

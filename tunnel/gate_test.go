@@ -192,3 +192,66 @@ func TestGate_ControlStreamBounded(t *testing.T) {
 	}
 	within(t, p.server.Done(), 10*time.Second, "2 MiB on the control stream before authentication ended the server session")
 }
+
+// TestGate_DropEarly: after DropEarly (the gateway refused a Hello) the
+// TLS gate discards the frames of a stream held before authentication
+// instead of waiting, so what the client sends on the control stream
+// behind it (a next Hello) is read at once; the held stream never reaches
+// the server, while one opened after Authenticated does.
+func TestGate_DropEarly(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, p pair) {
+		d, ok := p.server.(tunnel.EarlyDropper)
+		if !ok {
+			t.Skip("only TLS holds streams back before authentication")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		ctrl, sctrl := gateControlStream(ctx, t, p)
+		acc := make(chan tunnel.Incoming, 4)
+		go func() {
+			for {
+				in, err := p.server.AcceptStream(ctx)
+				if err != nil {
+					return
+				}
+				acc <- in
+			}
+		}()
+		early, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer early.Abort()
+		if _, err := early.Write(bytes.Repeat([]byte("x"), 64<<10)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ctrl.Write([]byte("again")); err != nil {
+			t.Fatal(err)
+		}
+		// Held: the bytes behind the early stream do not arrive.
+		buf := make([]byte, 5)
+		_ = sctrl.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if n, err := io.ReadFull(sctrl, buf); err == nil {
+			t.Fatalf("control bytes behind a held stream arrived before DropEarly: %q", buf[:n])
+		}
+		d.DropEarly()
+		_ = sctrl.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(sctrl, buf); err != nil || string(buf) != "again" {
+			t.Fatalf("control stream after DropEarly: %q %v", buf, err)
+		}
+		p.server.(tunnel.Gated).Authenticated()
+		late, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer late.Close()
+		if _, err := late.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		in := within(t, acc, 5*time.Second, "the stream opened after authentication")
+		req, err := in.Request(time.Now().Add(5 * time.Second))
+		if err != nil || req.Node != "n:2" {
+			t.Fatalf("first stream the server accepted: %+v %v; want n:2 (n:1 was dropped)", req, err)
+		}
+	}, unauthenticated())
+}

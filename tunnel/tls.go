@@ -131,6 +131,14 @@ func (y *yamuxSession) Authenticated() {
 	}
 }
 
+// DropEarly discards the streams held back before authentication (see
+// preAuthGate.DropEarly); server only.
+func (y *yamuxSession) DropEarly() {
+	if y.gate != nil {
+		y.gate.DropEarly()
+	}
+}
+
 func newYamuxSession(s *yamux.Session, tc *tls.Conn) (*yamuxSession, error) {
 	cs := tc.ConnectionState()
 	b, err := cs.ExportKeyingMaterial(BindingLabel, nil, 32)

@@ -124,6 +124,13 @@ type Gated interface {
 	Authenticated()
 }
 
+// EarlyDropper is a server session that holds back the streams a client
+// opened before it authenticated (TLS); DropEarly discards them from now
+// on, for a session whose Hello was refused.
+type EarlyDropper interface {
+	DropEarly()
+}
+
 // Listener accepts sessions of one transport.
 type Listener interface {
 	Accept(ctx context.Context) (Session, error)
