@@ -18,8 +18,9 @@ var pathRTTs = map[string]struct{ first, newConn float64 }{
 // about 6 RTT of redis-benchmark's set-up), the transfers' greeting (4
 // RTT) and the three transfers (32, 32 and 64 MiB) at a share of the
 // link's ceiling (TCP paths reached 40-60 % at 0 % loss, 30-50 % at 1 %),
-// none longer than bulkCap. QUIC at 1 % loss moved about 1 MiB/s, so its
-// transfers count as cut.
+// none longer than bulkCap, and after a cut GET or SET the wait for a
+// quiet link (about an RTT and 0.5 s, at most 2 s). QUIC at 1 % loss
+// moved about 1 MiB/s, so its transfers count as cut.
 func estimate(links []link, paths []string, workloads []string, rounds int, get50Dur, bulkCap time.Duration) (typical, most time.Duration) {
 	sizes := map[string]float64{wGetBig: bigSize, wSetBig: bigSize, wBulk8: bulkConns * bulkSize}
 	var t, m float64
@@ -50,6 +51,12 @@ func estimate(links []link, paths []string, workloads []string, rounds int, get5
 					d = bulkCap.Seconds()
 				}
 				pt += min(d, bulkCap.Seconds())
+				if d > bulkCap.Seconds() && k != wBulk8 {
+					pt += rtt + 0.5 // the wait for a quiet link after a cut
+				}
+				if k != wBulk8 {
+					pm += 2
+				}
 			}
 			t += pt
 			m += pm

@@ -238,7 +238,7 @@ func (w *wan) bigGet(cs []*oneConn, key string, size int) (transfer, error) {
 		return transfer{}, err
 	case cut:
 		return transfer{rate: mib(got) / el.Seconds(), cut: true, bytes: got,
-			note: fmt.Sprintf("%.1f of %d MiB in %v", mib(got), n*size>>20, el.Round(100*time.Millisecond))}, nil
+			note: fmt.Sprintf("%.1f of %d MiB", mib(got), n*size>>20)}, nil
 	}
 	return transfer{rate: mib(int64(n*size)) / el.Seconds()}, nil
 }
@@ -279,7 +279,7 @@ func (w *wan) bigSet(c *oneConn, redisAddr string) (transfer, error) {
 		return transfer{}, fmt.Errorf("SET wan:set: cut at %v, and then %w", el.Round(100*time.Millisecond), qerr)
 	case cut:
 		return transfer{rate: mib(got) / el.Seconds(), cut: true, bytes: got,
-			note: fmt.Sprintf("%.1f of %d MiB in %v", mib(got), bigSize>>20, el.Round(100*time.Millisecond))}, nil
+			note: fmt.Sprintf("%.1f of %d MiB", mib(got), bigSize>>20)}, nil
 	}
 	return transfer{rate: mib(bigSize) / el.Seconds()}, nil
 }

@@ -101,12 +101,16 @@ func (w *wan) report() string {
 			fmt.Fprintln(&sb)
 		}
 		fmt.Fprintln(&sb)
+		// One line per path: what had arrived at each cut, per round cut.
 		for _, p := range w.paths {
+			var parts []string
 			for _, k := range cols {
 				if notes := w.cuts[l.name][p][k]; len(notes) > 0 {
-					fmt.Fprintf(&sb, "- \\* %s, %s: cut at %v in %d of %d round(s), the cell is what had arrived / the time (%s)\n",
-						p, k, w.bulkCap, len(notes), len(res[p][k]), strings.Join(notes, "; "))
+					parts = append(parts, fmt.Sprintf("%s %s", strings.TrimSuffix(k, " (MiB/s)"), strings.Join(notes, ", ")))
 				}
+			}
+			if len(parts) > 0 {
+				fmt.Fprintf(&sb, "- \\* %s, cut at %v (arrived by then, per round cut): %s\n", p, w.bulkCap, strings.Join(parts, "; "))
 			}
 		}
 		for _, p := range w.paths {
