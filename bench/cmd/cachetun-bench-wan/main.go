@@ -117,13 +117,14 @@ const (
 )
 
 // The defaults keep a full run (6 links, 5 paths, 2 rounds) under 15
-// minutes on a 2-core machine: GET -c 50 for 2 s per path (-n 50 / RTT ×
-// 2 s: 500 requests at 200 ms, 5,000 at 20 ms), and a transfer still
+// minutes on a 2-core machine: GET -c 50 for 1.5 s per path (-n 50 / RTT
+// × 1.5 s: 375 requests at 200 ms, 3,750 at 20 ms), and a transfer still
 // under way after 3 s (15 RTT at 200 ms, past slow start) is cut and
 // counts what had arrived. With 40 s, QUIC's transfers at 1 % loss alone
-// took 2 minutes per path and round.
+// took 2 minutes per path and round. With 2 s for GET -c 50 a full run
+// took 14m13s (make bench-wan 14m29s) while the load average was 8-10.
 const (
-	defaultGet50   = 2 * time.Second
+	defaultGet50   = 1500 * time.Millisecond
 	defaultBulkCap = 3 * time.Second
 )
 
