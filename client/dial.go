@@ -136,6 +136,7 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 	// Probed over TCP on the same port: what answers there tells a wrong
 	// port (ssh, a cache) from UDP that is blocked. Within auto's fallback
 	// window (QUICFallback) the probe never fires.
+	start := time.Now()
 	sess, err := dialWatched(dctx, transport, addr, !c.reconnecting.Load(), func(ctx context.Context) (tunnel.Session, error) {
 		return open(ctx, addr, verify)
 	})
@@ -146,11 +147,17 @@ func (c *Client) dialAuth(ctx context.Context, transport, server string) (*conn,
 		return nil, nil, hostVerdict(explainDial(transport, addr, err, seen))
 	}
 	cn := &conn{sess: sess, server: addr, live: newLiveness(c.opts.DeadAfter, c.opts.ProbeTimeout)}
+	handshake := time.Since(start)
 	w, err := c.authenticate(dctx, cn)
 	if err != nil {
 		sess.Close()
 		return nil, nil, err
 	}
+	// Each phase is a whole number of round trips (test/rtt_test.go
+	// counts them): QUIC's handshake 1, TLS's 2 (TCP, TLS), SSH's 7;
+	// the Hello and Welcome 1 (SSH: 2, with the control channel's open).
+	c.log.Debug("session set up", "server", addr, "transport", transport,
+		"handshake", handshake.Round(time.Millisecond), "hello_welcome", (time.Since(start) - handshake).Round(time.Millisecond))
 	if op, ok := sess.(tunnel.OpenPayloader); ok && w.OpenPayload {
 		op.EnableOpenPayload() // SSH: a stream's first bytes ride in its channel-open
 	}
