@@ -23,7 +23,8 @@ package client
 // only from the Welcome. Rewriters pass requests unchanged and only note
 // them, so an early stream sends the first request as it came and, once the
 // Welcome is in, replays it into the target's rewriter without sending it
-// again; replies cannot come before the Welcome.
+// again; replies cannot come before the Welcome, and pass the rewriter
+// only once it has seen that request.
 
 import (
 	"bytes"
@@ -113,14 +114,19 @@ func (e *earlyState) nodeNow() (string, bool) {
 	return e.node, e.node != ""
 }
 
-// helloSent offers cn, whose last Hello is out, to the early connections.
+// helloSent offers cn, whose last Hello is out, to the early connections
+// (in place of a session before it: one listed gateway refused, the
+// client tries the next).
 func (e *earlyState) helloSent(cn *conn) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.cn == nil && !e.over {
-		e.cn = cn
+	if e.over {
+		return
+	}
+	if e.cn == nil {
 		close(e.ready)
 	}
+	e.cn = cn
 }
 
 // adoptLocked hands ln to applyLocked as the listener of node at port, if
@@ -172,6 +178,19 @@ func (c *Client) serveEarly(nc net.Conn, e *earlyState) {
 	e.mu.Lock()
 	cn := e.cn
 	e.mu.Unlock()
+	if cn != nil && isDone(cn.sess.Done()) {
+		// That gateway refused the Hello; another listed one may not:
+		// wait for the Welcome.
+		select {
+		case <-e.applied:
+		case <-ctx.Done():
+		}
+		if node, ok := e.nodeNow(); ok {
+			c.serveLocal(nc, e.v, node)
+			return
+		}
+		cn = nil
+	}
 	if cn == nil || ctx.Err() != nil { // the start failed
 		nc.Close()
 		return
@@ -199,7 +218,7 @@ func (c *Client) serveEarly(nc net.Conn, e *earlyState) {
 		case <-rctx.Done():
 		}
 	}()
-	res := tunnel.Relay(rctx, nc, st, &earlyRewriter{e: e, sess: cn.sess, ctx: rctx})
+	res := tunnel.Relay(rctx, nc, st, &earlyRewriter{e: e, sess: cn.sess, ctx: rctx, replayed: make(chan struct{})})
 	var se *tunnel.StatusError
 	if errors.As(res.Err, &se) {
 		log.Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)
@@ -226,6 +245,9 @@ type earlyRewriter struct {
 	once sync.Once
 	rw   tunnel.Rewriter
 	err  error
+
+	replayed   chan struct{} // closed once the rewriter saw the first request
+	replayOnce sync.Once
 }
 
 // rewriter waits for the Welcome and returns the target's rewriter (nil:
@@ -250,6 +272,7 @@ func (r *earlyRewriter) rewriter() (tunnel.Rewriter, error) {
 }
 
 func (r *earlyRewriter) CopyRequests(dst io.Writer, src io.Reader) (int64, error) {
+	defer r.replayDone()
 	buf := make([]byte, 16<<10)
 	n, rerr := src.Read(buf)
 	var written int64
@@ -260,24 +283,35 @@ func (r *earlyRewriter) CopyRequests(dst io.Writer, src io.Reader) (int64, error
 			return written, err
 		}
 	}
-	if rerr != nil {
-		if rerr == io.EOF {
-			return written, nil
-		}
+	if rerr != nil && rerr != io.EOF {
 		return written, rerr
 	}
 	rw, err := r.rewriter()
 	if err != nil {
 		return written, err
 	}
+	rest := src
+	if rerr == io.EOF {
+		rest = eofReader{}
+	}
 	if rw == nil {
-		m, err := io.Copy(dst, src)
+		r.replayDone()
+		m, err := io.Copy(dst, rest)
 		return written + m, err
 	}
-	sw := &skipWriter{w: dst, skip: n}
-	_, err = rw.CopyRequests(sw, io.MultiReader(bytes.NewReader(buf[:n]), src))
+	if n == 0 {
+		r.replayDone()
+		return rw.CopyRequests(dst, rest)
+	}
+	// The rewriter notes each request before it writes it: once it has
+	// written the replayed bytes (dropped: they went out already), it
+	// knows the requests whose replies are coming.
+	sw := &skipWriter{w: dst, skip: n, done: r.replayDone}
+	_, err = rw.CopyRequests(sw, io.MultiReader(bytes.NewReader(buf[:n]), rest))
 	return written + sw.n, err
 }
+
+func (r *earlyRewriter) replayDone() { r.replayOnce.Do(func() { close(r.replayed) }) }
 
 func (r *earlyRewriter) CopyReplies(dst io.Writer, src io.Reader) (int64, error) {
 	rw, err := r.rewriter()
@@ -287,20 +321,35 @@ func (r *earlyRewriter) CopyReplies(dst io.Writer, src io.Reader) (int64, error)
 	if rw == nil {
 		return io.Copy(dst, src)
 	}
+	// Not before the rewriter has seen the requests that went out before
+	// it existed: it pairs each reply with its request.
+	select {
+	case <-r.replayed:
+	case <-r.ctx.Done():
+		return 0, r.ctx.Err()
+	}
 	return rw.CopyReplies(dst, src)
 }
 
-// skipWriter drops the first skip bytes written (already sent) and
-// counts what it really wrote.
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// skipWriter drops the first skip bytes written (already sent), calls
+// done once it has, and counts what it really wrote.
 type skipWriter struct {
 	w    io.Writer
 	skip int
+	done func()
 	n    int64
 }
 
 func (s *skipWriter) Write(p []byte) (int, error) {
 	k := min(s.skip, len(p))
 	s.skip -= k
+	if s.skip == 0 && s.done != nil {
+		s.done()
+	}
 	if k == len(p) {
 		return len(p), nil
 	}
@@ -320,5 +369,14 @@ func (c *Client) earlyDone() {
 	c.mu.Unlock()
 	if e != nil {
 		e.done(node)
+	}
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }

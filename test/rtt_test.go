@@ -11,11 +11,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/cachetun/cachetun/client"
 	"github.com/cachetun/cachetun/server"
@@ -388,4 +391,110 @@ func TestRTT_EarlyStreamRefusedWithSession(t *testing.T) {
 	if strings.Contains(g.Log.String(), "msg=stream ") {
 		t.Fatal("the gateway served a stream of a refused session")
 	}
+}
+
+// TestRTT_EarlyStreamClusterRewritten: on a Redis Cluster target, a first
+// request sent before the Welcome (on TLS its stream goes right behind
+// the Hello, before the client knows the target's type) still passes the
+// cluster rewriter: CLUSTER SLOTS answers with the client's local ports,
+// not the nodes' addresses, and the connection goes on with a second
+// request.
+func TestRTT_EarlyStreamClusterRewritten(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a Redis Cluster and a delayed link")
+	}
+	cl := testenv.StartCluster(t, 3, 0)
+	k := newKey(t, "rtt")
+	g := startGateway(t, map[string]*server.Target{
+		"prod": {Type: server.TypeRedisCluster, Nodes: []string{cl.Nodes[0].Addr}, Refresh: time.Hour, Networks: loopbackNetworks},
+	}, []string{k.Line}, withoutQUIC)
+	d := newDelayedGateway(t, g, rttD)
+	lport := freePortBlock(t, len(cl.Nodes)) // node i listens on lport+i
+	local := fmt.Sprintf("127.0.0.1:%d", lport)
+	logger, _ := newTestLogger(t)
+	c, err := client.New(client.Options{Profile: "prod", Target: "prod", Servers: []string{d.ServerAddr("tls")},
+		Transport: "tls", Identity: k.Path, LocalPort: &lport, KnownHosts: d.knownHosts, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	var lc net.Conn
+	waitFor(t, 5*time.Second, "the local port before the session", func() bool {
+		lc, err = net.Dial("tcp", local)
+		return err == nil
+	})
+	defer lc.Close()
+	select {
+	case <-c.Ready():
+		t.Fatal("the session was up before the first request: it would not be early")
+	default:
+	}
+	// go-redis's connection set-up (HELLO, CLIENT SETINFO) are the
+	// early requests; the rewriter must have seen them to pair the
+	// replies that follow.
+	var once sync.Once
+	rc := redis.NewClient(&redis.Options{PoolSize: 1, MaxRetries: -1, ReadTimeout: 20 * time.Second, WriteTimeout: 20 * time.Second,
+		Dialer: func(context.Context, string, string) (net.Conn, error) {
+			var conn net.Conn
+			once.Do(func() { conn = lc })
+			if conn == nil {
+				return nil, errors.New("one connection only")
+			}
+			return conn, nil
+		}})
+	defer rc.Close()
+	slots, err := rc.ClusterSlots(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := map[string]bool{}
+	for _, n := range cl.Nodes {
+		nodes[n.Addr] = true
+	}
+	local0 := false
+	for _, s := range slots {
+		for _, n := range s.Nodes {
+			if nodes[n.Addr] {
+				t.Fatalf("CLUSTER SLOTS through the early stream names a node's own address %s: %+v", n.Addr, slots)
+			}
+			local0 = local0 || n.Addr == local
+		}
+	}
+	if !local0 {
+		t.Fatalf("CLUSTER SLOTS through the early stream does not name the local port %s: %+v", local, slots)
+	}
+	if err := rc.Ping(ctx).Err(); err != nil {
+		t.Fatalf("second request: %v", err)
+	}
+}
+
+// freePortBlock returns the first of n consecutive loopback ports that
+// were free a moment ago, below the kernel's ephemeral range (where
+// outgoing connections of a busy machine take every other port).
+func freePortBlock(t testing.TB, n int) int {
+	t.Helper()
+	for try := 0; try < 100; try++ {
+		base := 20000 + mrand.IntN(12000)
+		var ls []net.Listener
+		ok := true
+		for i := 0; i < n; i++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
+			if err != nil {
+				ok = false
+				break
+			}
+			ls = append(ls, l)
+		}
+		for _, l := range ls {
+			l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatalf("no %d consecutive free ports", n)
+	return 0
 }
