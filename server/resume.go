@@ -226,9 +226,10 @@ func (ss *session) holdStreams() {
 }
 
 // serveResumable serves an accepted resumable proxy stream: it records it
-// in the resume table and relays it in the server's goroutine group, so
-// that the relay outlives the session.
-func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node string, req tunnel.OpenRequest, log *slog.Logger, start time.Time) {
+// in the resume table and returns its relay, counted in the server's
+// goroutine group, so that it outlives the session (nil: refused). The
+// caller runs it once it has left the session's group.
+func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node string, req tunnel.OpenRequest, log *slog.Logger, start time.Time) func() {
 	s := ss.srv
 	lim := s.config().Limits
 	h := &heldStream{key: resumeKey{ss.ident.Fingerprint, req.ID}, token: req.Token, ident: ss.identity(),
@@ -238,7 +239,7 @@ func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node
 		st.Abort()
 		up.Close()
 		log.Warn("resumable stream refused: its id is in use by this key, the key holds max_sessions_per_key × max_streams_per_session resumable streams, or the gateway stops", "stream", req.ID)
-		return
+		return nil
 	}
 	rctx, cancel := context.WithCancel(ss.srvCtx)
 	h.cancel = cancel
@@ -259,14 +260,14 @@ func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node
 	if !s.addSession() { // draining: no goroutine joins the group any more
 		h.r.Fail(errDrained)
 		up.Close()
-		return
+		return nil
 	}
 	s.streams.add(1)
 	m := s.metrics
 	transport := ss.sess.Transport()
 	active := m.streams.WithLabelValues(transport, t.name)
 	active.Inc()
-	go func() {
+	return func() {
 		defer s.wg.Done()
 		defer s.streams.add(-1)
 		defer active.Dec()
@@ -296,7 +297,7 @@ func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node
 			attrs = append(attrs, keyErr, res.Err)
 		}
 		log.Info("stream", attrs...)
-	}()
+	}
 }
 
 // serveResume re-attaches a held stream to this session (a KindResume

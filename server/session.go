@@ -354,10 +354,18 @@ func (ss *session) admitStream(in tunnel.Incoming, req tunnel.OpenRequest, reqEr
 		})
 		return true
 	}
-	ss.wg.Go(func() {
-		defer ss.streams.Add(-1)
-		ss.serveIncoming(ss.ctx, in, req, reqErr)
-	})
+	ss.wg.Add(1)
+	go func() {
+		relay := ss.serveIncoming(ss.ctx, in, req, reqErr)
+		ss.streams.Add(-1)
+		ss.wg.Done()
+		// A resumable stream outlives the session: its relay left the
+		// session's group for the server's, and runs here rather than in
+		// a goroutine of its own, on the stack the open already grew.
+		if relay != nil {
+			relay()
+		}
+	}()
 	return true
 }
 
@@ -836,41 +844,44 @@ func (ss *session) goAway() {
 
 // serveIncoming reads the open header of a stream after the first, unless
 // read already (reqErr is not errNoRequest), and serves it. A session's
-// control stream is its first stream: a later one is refused.
-func (ss *session) serveIncoming(ctx context.Context, in tunnel.Incoming, req tunnel.OpenRequest, reqErr error) {
+// control stream is its first stream: a later one is refused. It returns
+// the relay of a resumable stream, to be run outside the session's group
+// (serveResumable), or nil.
+func (ss *session) serveIncoming(ctx context.Context, in tunnel.Incoming, req tunnel.OpenRequest, reqErr error) func() {
 	if errors.Is(reqErr, errNoRequest) {
 		req, reqErr = in.Request(time.Now().Add(ss.srv.config().Limits.HandshakeTimeout))
 	}
 	if reqErr != nil {
 		ss.log.Warn("stream refused: malformed open header", keyErr, reqErr)
 		in.Reject(tunnel.StatusBadRequest, "malformed open header")
-		return
+		return nil
 	}
 	if req.Kind == tunnel.KindControl {
 		ss.log.Warn("second control stream refused")
 		in.Reject(tunnel.StatusBadRequest, "this session already has a control stream, or has none: a control stream is a session's first stream")
-		return
+		return nil
 	}
 	if req.Kind == tunnel.KindResume {
 		ss.serveResume(in, req)
-		return
+		return nil
 	}
 	if req.Resumable && ss.link == nil {
 		ss.log.Warn("stream refused: resumable without resumption negotiated")
 		in.Reject(tunnel.StatusBadRequest, "resumable stream on a session that did not negotiate resumption (Hello resume)")
-		return
+		return nil
 	}
-	ss.serveStream(ctx, in, req)
+	return ss.serveStream(ctx, in, req)
 }
 
-// serveStream authorises one stream, dials its node and relays.
-func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunnel.OpenRequest) {
+// serveStream authorises one stream, dials its node and relays; a
+// resumable stream's relay it returns (serveIncoming).
+func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunnel.OpenRequest) func() {
 	s := ss.srv
 	start := time.Now()
 	select {
 	case <-s.draining:
 		in.Reject(tunnel.StatusShutdown, "the gateway is shutting down: reconnect")
-		return
+		return nil
 	default:
 	}
 	ss.opened.Add(1)
@@ -893,7 +904,7 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunn
 	}
 	if status != tunnel.StatusOK {
 		refuse(status, msg)
-		return
+		return nil
 	}
 	// Registered before the last check, so that a judgement that narrows
 	// targets= either sees this stream or is seen by the check.
@@ -901,11 +912,11 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunn
 	defer done()
 	if !ss.identity().Allows(t.name) {
 		refuse(tunnel.StatusDenied, fmt.Sprintf("key %s may not use target %q", ss.ident.Fingerprint, t.name))
-		return
+		return nil
 	}
 	if err := mayOpen(ss.identity(), t, node); err != nil {
 		refuse(tunnel.StatusDenied, err.Error())
-		return
+		return nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.config().Limits.DialTimeout)
 	dialStart := time.Now()
@@ -915,17 +926,16 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunn
 		m.dialErrors.WithLabelValues(t.name, dialReason(err)).Inc()
 		log.Warn("upstream connection failed", keyErr, err) // our own words, or a sanitised prefix
 		refuse(tunnel.StatusUnreachable, upstreamFailure(node, err))
-		return
+		return nil
 	}
 	m.dialSeconds.WithLabelValues(t.name).Observe(time.Since(dialStart).Seconds())
 	st, err := in.Accept()
 	if err != nil {
 		up.Close()
-		return
+		return nil
 	}
 	if req.Resumable {
-		ss.serveResumable(st, up, t, node, req, log, start)
-		return
+		return ss.serveResumable(st, up, t, node, req, log, start)
 	}
 	active := m.streams.WithLabelValues(transport, t.name)
 	active.Inc()
@@ -959,6 +969,7 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunn
 	// transport has freed it: a client that keeps its side of a finished
 	// stream open holds a slot, not memory.
 	tunnel.Release(st)
+	return nil
 }
 
 // register applies the per-key session limit and records the session.
