@@ -58,41 +58,50 @@ type stallWatch struct {
 
 	since    time.Time // start of the current stall, zero if none
 	cwnd0    uint64    // the window at since
+	sent0    uint64    // BytesSent at since
+	idle     int       // samples in a row with no stream writing
 	lost     uint64    // PacketsLost at the last sample
-	sent     uint64    // BytesSent at the last sample
 	at       time.Time // time of the last sample
 	refreshd time.Time // the last refresh
 }
 
-// sample takes one reading and reports whether to refresh now.
+// sample takes one reading and reports whether to refresh now. A stall is
+// judged over its whole length, not per sample: across a long round trip
+// the window goes out in bursts (three 50 ms samples full, the fourth
+// empty at 200 ms).
 func (w *stallWatch) sample(now time.Time, st quic.ConnectionStats) bool {
 	dt := now.Sub(w.at)
-	sent := st.BytesSent - w.sent
 	lost := st.PacketsLost != w.lost
-	w.at, w.sent, w.lost = now, st.BytesSent, st.PacketsLost
-	rtt, min := st.SmoothedRTT, st.MinRTT
-	if rtt <= 0 || min <= 0 || dt <= 0 || dt > 4*refreshTick {
-		w.since = time.Time{}
-		return false
+	w.at, w.lost = now, st.PacketsLost
+	if w.writing.Load() == 0 {
+		w.idle++
+	} else {
+		w.idle = 0
 	}
-	// A full window per round trip (the pacer sends up to 1.25 of it; the
-	// ACKs the connection sends count too, hence the margin).
-	full := float64(sent) >= 0.6*float64(st.CongestionWindow)*float64(dt)/float64(rtt)
+	rtt, min := st.SmoothedRTT, st.MinRTT
 	queue := rtt > min+max(min/8, 4*time.Millisecond)
-	if lost || queue || !full || w.writing.Load() == 0 || st.CongestionWindow >= refreshMaxWindow {
+	if rtt <= 0 || min <= 0 || dt <= 0 || dt > 4*refreshTick ||
+		lost || queue || w.idle > 1 || st.CongestionWindow >= refreshMaxWindow {
 		w.since = time.Time{}
 		return false
 	}
 	if w.since.IsZero() {
-		w.since, w.cwnd0 = now, st.CongestionWindow
-		return false
-	}
-	if st.CongestionWindow*2 > w.cwnd0*3 { // grew by half: slow start (it doubles per round trip)
-		w.since, w.cwnd0 = now, st.CongestionWindow
+		if w.idle == 0 {
+			w.since, w.cwnd0, w.sent0 = now, st.CongestionWindow, st.BytesSent
+		}
 		return false
 	}
 	stall := now.Sub(w.since)
-	if stall < refreshMinStall || stall < refreshMinRTTs*rtt || now.Sub(w.refreshd) < refreshEvery {
+	if stall < refreshMinStall || stall < refreshMinRTTs*rtt {
+		return false
+	}
+	// A full window per round trip, on average (the pacer sends up to
+	// 1.25 of it; the ACKs the connection sends count too, hence the
+	// margin).
+	full := float64(st.BytesSent-w.sent0) >= 0.6*float64(w.cwnd0)*float64(stall)/float64(rtt)
+	grew := st.CongestionWindow*2 > w.cwnd0*3 // by half: slow start (it doubles per round trip)
+	if !full || grew || now.Sub(w.refreshd) < refreshEvery {
+		w.since, w.cwnd0, w.sent0 = now, st.CongestionWindow, st.BytesSent
 		return false
 	}
 	w.since, w.refreshd = time.Time{}, now

@@ -51,6 +51,21 @@ func TestStallWatch(t *testing.T) {
 			t.Fatalf("refresh at %v, %d times in 3 s; want once, at 250ms (and not again within %v)", first, n, tunnel.RefreshEvery)
 		}
 	})
+	t.Run("bursts across a 200 ms round trip ask once", func(t *testing.T) {
+		first, n := stallRun(1, func(i int, st *quic.ConnectionStats) {
+			st.MinRTT, st.SmoothedRTT = 200*time.Millisecond, 202*time.Millisecond
+			if i%4 != 3 { // the window in three 50 ms bursts, then nothing
+				st.BytesSent += st.CongestionWindow / 3
+			}
+			if i%4 == 0 {
+				st.CongestionWindow += 1200
+			}
+		})
+		// The stall must last 2 round trips (404 ms) from the second sample.
+		if first != 500*time.Millisecond || n != 1 {
+			t.Fatalf("refresh at %v, %d times in 3 s; want once, at 500ms", first, n)
+		}
+	})
 	for _, c := range []struct {
 		name    string
 		writing int32
