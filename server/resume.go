@@ -241,7 +241,7 @@ func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node
 		log.Warn("resumable stream refused: its id is in use by this key, the key holds max_sessions_per_key × max_streams_per_session resumable streams, or the gateway stops", "stream", req.ID)
 		return nil
 	}
-	rctx, cancel := context.WithCancel(ss.srvCtx)
+	rctx, cancel := context.WithCancel(t.resumeParent(ss.srvCtx)) // ends with the server, or when a reload retires the target
 	h.cancel = cancel
 	h.r = tunnel.NewResumable(tunnel.ResumableConfig{ID: req.ID, Token: req.Token, Buffer: lim.ResumeBuffer,
 		Budget: budget, Grace: lim.ResumeGrace, OnEnd: func(*tunnel.Resumable, error) {
@@ -271,9 +271,7 @@ func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node
 		defer s.wg.Done()
 		defer s.streams.add(-1)
 		defer active.Dec()
-		stopCut := context.AfterFunc(t.life, cancel) // a reload retired the target
 		res := tunnel.Relay(rctx, up, h.r, nil, tunnel.IdleTimeout(lim.IdleTimeout))
-		stopCut()
 		cancel()
 		bytesUp, bytesDown := res.StreamToConn, res.ConnToStream
 		m.bytes.WithLabelValues(m.labels(ss, t.name, "up")...).Add(float64(bytesUp))

@@ -37,6 +37,11 @@ type target struct {
 	// streams are cut, its control streams move on (reload.go).
 	life   context.Context
 	retire context.CancelFunc
+	// held is the parent of the target's resumable relays: it ends with
+	// the server's context heldOf or with life (resumeParent).
+	heldMu sync.Mutex
+	heldOf context.Context
+	held   context.Context
 	// refresh wakes the discovery loop of cluster targets; nil otherwise.
 	refresh chan struct{}
 	// discovered is closed after the first discovery round of targets
@@ -80,6 +85,20 @@ func newTarget(name string, cfg *Target) *target {
 		t.discovered = make(chan struct{})
 	}
 	return t
+}
+
+// resumeParent returns a context that ends when srv ends or the target
+// is retired: the parent of its resumable relays, made once per server
+// context, so that a stream costs one WithCancel and no AfterFunc.
+func (t *target) resumeParent(srv context.Context) context.Context {
+	t.heldMu.Lock()
+	defer t.heldMu.Unlock()
+	if t.heldOf != srv {
+		ctx, cancel := context.WithCancel(srv)
+		context.AfterFunc(t.life, cancel)
+		t.heldOf, t.held = srv, ctx
+	}
+	return t.held
 }
 
 // isRetired reports whether a reload removed or replaced the target.
