@@ -250,7 +250,7 @@ func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, cfg QUICCon
 		udp.Close()
 		return nil, err
 	}
-	s.paths = &clientPaths{c: c, laddr: laddr, cfg: cfg, minGap: refreshEvery / 5}
+	s.paths = &clientPaths{c: c, laddr: laddr, cfg: cfg, minGap: time.Second}
 	go watchWindow(c, s.writers, s.paths.refresh)
 	go s.paths.listenRequests()
 	context.AfterFunc(c.Context(), func() { s.paths.close(); tr.Close(); udp.Close() })

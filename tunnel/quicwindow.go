@@ -45,7 +45,7 @@ const (
 	refreshTick     = 50 * time.Millisecond
 	refreshMinRTTs  = 2                      // stall length, in round trips
 	refreshMinStall = 150 * time.Millisecond // and in time
-	refreshEvery    = 10 * time.Second
+	refreshEvery    = 3 * time.Second
 	// A window at or above this is left alone: at 80 ms it already moves
 	// 25 MiB/s.
 	refreshMaxWindow = 2 << 20
