@@ -248,24 +248,19 @@ func (o *sshOpening) SetDeadline(t time.Time) error {
 }
 
 func (o *sshOpening) SetReadDeadline(t time.Time) error {
-	o.mu.Lock()
-	if !o.started {
-		o.rd = t
-		o.mu.Unlock()
-		return nil
-	}
-	o.mu.Unlock()
-	<-o.opened
-	if o.st == nil {
-		return nil
-	}
-	return o.st.SetReadDeadline(t)
+	return o.setDeadline(t, &o.rd, Stream.SetReadDeadline)
 }
 
 func (o *sshOpening) SetWriteDeadline(t time.Time) error {
+	return o.setDeadline(t, &o.wd, Stream.SetWriteDeadline)
+}
+
+// setDeadline keeps t in *saved until the channel open has started, and
+// afterwards sets it on the opened stream (once the open returned).
+func (o *sshOpening) setDeadline(t time.Time, saved *time.Time, set func(Stream, time.Time) error) error {
 	o.mu.Lock()
 	if !o.started {
-		o.wd = t
+		*saved = t
 		o.mu.Unlock()
 		return nil
 	}
@@ -274,5 +269,5 @@ func (o *sshOpening) SetWriteDeadline(t time.Time) error {
 	if o.st == nil {
 		return nil
 	}
-	return o.st.SetWriteDeadline(t)
+	return set(o.st, t)
 }
