@@ -286,7 +286,9 @@ func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node
 			result = resultReset
 		}
 		m.streamsTotal.WithLabelValues(m.labels(ss, transport, t.name, result)...).Inc()
-		if errors.Is(res.Err, tunnel.ErrResumeExpired) {
+		// The stream's own error, not only the relay's: OnEnd's cancel
+		// may end the relay before its copies read the expiry.
+		if errors.Is(res.Err, tunnel.ErrResumeExpired) || errors.Is(h.r.Err(), tunnel.ErrResumeExpired) {
 			log.Warn("resumable stream closed: the client did not resume it within resume_grace; upstream connection closed",
 				"stream", req.ID, "resume_grace", lim.ResumeGrace)
 		}
