@@ -247,7 +247,15 @@ func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node
 		Budget: budget, Grace: lim.ResumeGrace, OnEnd: func(*tunnel.Resumable, error) {
 			s.resume.remove(h)
 			cancel()
-			// Not here: OnEnd may run under h.mu (a failed Attach).
+			// OnEnd may run under h.mu (a failed Attach, a session's
+			// end): then, or while another holds it, the detach waits
+			// for it in a goroutine of its own. Nothing else that calls
+			// OnEnd holds a lock that h.mu comes before.
+			if h.mu.TryLock() {
+				h.detachLocked()
+				h.mu.Unlock()
+				return
+			}
 			go func() {
 				h.mu.Lock()
 				h.detachLocked()
