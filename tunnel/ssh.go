@@ -318,6 +318,15 @@ func (s *sshSession) OpenStream(ctx context.Context, req OpenRequest) (Stream, e
 	if req.Kind == KindProxy && s.openPayload.Load() {
 		return newSSHOpening(s, typ, hdr), nil
 	}
+	return s.openChannel(ctx, typ, hdr)
+}
+
+// openChannel opens a channel of type typ with extra as its channel-open
+// payload and waits for the peer's answer, for ctx or for the session's
+// end. A refusal is not an error: the stream returned reads it as a
+// *StatusError (refusedStream). A channel that opens after the wait was
+// given up is closed.
+func (s *sshSession) openChannel(ctx context.Context, typ string, extra []byte) (Stream, error) {
 	type result struct {
 		ch   ssh.Channel
 		reqs <-chan *ssh.Request
@@ -326,34 +335,41 @@ func (s *sshSession) OpenStream(ctx context.Context, req OpenRequest) (Stream, e
 	// OpenChannel waits for the peer's answer with no deadline.
 	rc := make(chan result, 1)
 	go func() {
-		ch, reqs, err := s.conn.OpenChannel(typ, hdr)
+		ch, reqs, err := s.conn.OpenChannel(typ, extra)
 		rc <- result{ch, reqs, err}
 	}()
+	var r result
+	var stopped error
 	select {
-	case r := <-rc:
-		if r.err != nil {
-			var oe *ssh.OpenChannelError
-			if errors.As(r.err, &oe) {
-				return &refusedStream{err: sshStatusError(oe)}, nil
-			}
-			select {
-			case <-s.done:
-				return nil, fmt.Errorf("open stream: %w", ErrSessionClosed)
-			default:
-			}
-			return nil, fmt.Errorf("open stream: %w", r.err)
-		}
-		go ssh.DiscardRequests(r.reqs) // ends when the channel closes
-		return newSSHStream(r.ch), nil
+	case r = <-rc:
 	case <-ctx.Done():
-		go func() {
+		stopped = ctx.Err()
+	case <-s.done:
+		stopped = fmt.Errorf("open stream: %w", ErrSessionClosed)
+	}
+	if stopped != nil {
+		go func() { // a channel that opens after all is closed
 			if r := <-rc; r.err == nil {
 				go ssh.DiscardRequests(r.reqs)
 				r.ch.Close()
 			}
 		}()
-		return nil, ctx.Err()
+		return nil, stopped
 	}
+	if r.err != nil {
+		var oe *ssh.OpenChannelError
+		if errors.As(r.err, &oe) {
+			return &refusedStream{err: sshStatusError(oe)}, nil
+		}
+		select {
+		case <-s.done:
+			return nil, fmt.Errorf("open stream: %w", ErrSessionClosed)
+		default:
+		}
+		return nil, fmt.Errorf("open stream: %w", r.err)
+	}
+	go ssh.DiscardRequests(r.reqs) // ends when the channel closes
+	return newSSHStream(r.ch), nil
 }
 
 // sshStatusError turns a channel-open failure into the Status the server

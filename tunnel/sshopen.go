@@ -1,13 +1,10 @@
 package tunnel
 
 import (
-	"errors"
-	"fmt"
+	"context"
 	"net"
 	"sync"
 	"time"
-
-	"golang.org/x/crypto/ssh"
 )
 
 // An SSH channel cannot carry data before the peer confirmed it, so a
@@ -74,40 +71,11 @@ func (o *sshOpening) openLocked(p []byte) {
 	}
 	extra := make([]byte, 0, len(o.hdr)+len(p))
 	extra = append(append(extra, o.hdr...), p...)
-	type result struct {
-		ch   ssh.Channel
-		reqs <-chan *ssh.Request
-		err  error
-	}
-	rc := make(chan result, 1)
-	go func() {
-		ch, reqs, err := o.s.conn.OpenChannel(o.typ, extra)
-		rc <- result{ch, reqs, err}
-	}()
-	var r result
-	select {
-	case r = <-rc:
-	case <-o.s.done:
-		go func() {
-			if r := <-rc; r.err == nil {
-				go ssh.DiscardRequests(r.reqs)
-				r.ch.Close()
-			}
-		}()
-		o.err = fmt.Errorf("open stream: %w", ErrSessionClosed)
+	st, err := o.s.openChannel(context.Background(), o.typ, extra)
+	if err != nil {
+		o.err = err
 		return
 	}
-	if r.err != nil {
-		var oe *ssh.OpenChannelError
-		if errors.As(r.err, &oe) {
-			o.st = &refusedStream{err: sshStatusError(oe)}
-			return
-		}
-		o.err = fmt.Errorf("open stream: %w", r.err)
-		return
-	}
-	go ssh.DiscardRequests(r.reqs)
-	st := newSSHStream(r.ch)
 	if !o.rd.IsZero() {
 		_ = st.SetReadDeadline(o.rd)
 	}
