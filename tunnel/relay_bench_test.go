@@ -366,56 +366,69 @@ func BenchmarkRelay_Churn(b *testing.B) {
 	}
 }
 
+// serveStreams connects a pair of sessions of transport tr whose server
+// end accepts every stream with a good header and hands it to serve, each
+// in a goroutine of its own. When the benchmark ends, ctx is cancelled,
+// both sessions are closed and every goroutine is waited for.
+func serveStreams(b *testing.B, tr string, serve func(req tunnel.OpenRequest, st tunnel.Stream)) (client tunnel.Session, ctx context.Context) {
+	b.Helper()
+	p := newPair(b, tr)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	b.Cleanup(func() {
+		cancel()
+		p.client.Close()
+		p.server.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			in, err := p.server.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req, err := in.Request(time.Now().Add(5 * time.Second))
+				if err != nil {
+					in.Reject(tunnel.StatusBadRequest, "bad header")
+					return
+				}
+				st, err := in.Accept()
+				if err != nil {
+					return
+				}
+				serve(req, st)
+			}()
+		}
+	}()
+	return p.client, ctx
+}
+
 // BenchmarkOpenStream: the stream-open path alone, without TCP on either
 // side: open, send a request behind the header, read the status and the
 // reply, close.
 func BenchmarkOpenStream(b *testing.B) {
 	for _, tr := range allTransports {
 		b.Run(tr, func(b *testing.B) {
-			p := newPair(b, tr)
-			ctx, cancel := context.WithCancel(context.Background())
-			var wg sync.WaitGroup
-			defer func() {
-				cancel()
-				p.client.Close()
-				p.server.Close()
-				wg.Wait()
-			}()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					in, err := p.server.AcceptStream(ctx)
-					if err != nil {
-						return
-					}
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						if _, err := in.Request(time.Now().Add(5 * time.Second)); err != nil {
-							in.Reject(tunnel.StatusBadRequest, "bad header")
-							return
-						}
-						st, err := in.Accept()
-						if err != nil {
-							return
-						}
-						defer st.Close()
-						buf := make([]byte, 64)
-						n, err := st.Read(buf)
-						if err != nil && !errors.Is(err, io.EOF) {
-							return
-						}
-						_, _ = st.Write(buf[:n])
-						_ = st.CloseWrite()
-					}()
+			client, ctx := serveStreams(b, tr, func(_ tunnel.OpenRequest, st tunnel.Stream) {
+				defer st.Close()
+				buf := make([]byte, 64)
+				n, err := st.Read(buf)
+				if err != nil && !errors.Is(err, io.EOF) {
+					return
 				}
-			}()
+				_, _ = st.Write(buf[:n])
+				_ = st.CloseWrite()
+			})
 			msg := []byte("*1\r\n$4\r\nPING\r\n")
 			reply := make([]byte, len(msg))
 			b.ReportAllocs()
 			for b.Loop() {
-				st, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "bench", Node: "10.0.0.1:6379"})
+				st, err := client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "bench", Node: "10.0.0.1:6379"})
 				if err != nil {
 					b.Fatal(err)
 				}

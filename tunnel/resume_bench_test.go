@@ -69,54 +69,24 @@ func (e pairEnd) Reset(uint64) {
 func BenchmarkResumable_OpenClose(b *testing.B) {
 	for _, tr := range allTransports {
 		b.Run(tr, func(b *testing.B) {
-			p := newPair(b, tr)
-			ctx, cancel := context.WithCancel(context.Background())
-			var wg sync.WaitGroup
-			defer func() {
-				cancel()
-				p.client.Close()
-				p.server.Close()
-				wg.Wait()
-			}()
 			budget := tunnel.NewResumeBudget(64 << 20).Child(16 << 20)
 			pairs := make(chan *linkPair, 1)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					in, err := p.server.AcceptStream(ctx)
-					if err != nil {
-						return
-					}
-					req, err := in.Request(time.Now().Add(5 * time.Second))
-					if err != nil {
-						in.Reject(tunnel.StatusBadRequest, "bad header")
-						continue
-					}
-					st, err := in.Accept()
-					if err != nil {
-						continue
-					}
-					lp := <-pairs
-					sr := tunnel.NewResumable(tunnel.ResumableConfig{ID: req.ID, Token: req.Token, Budget: budget, Grace: time.Minute}, st, pairEnd{lp, false})
-					lp.mu.Lock()
-					lp.s = sr
-					lp.mu.Unlock()
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						defer sr.Close()
-						buf := make([]byte, 64)
-						n, err := sr.Read(buf)
-						if err != nil {
-							return
-						}
-						_, _ = sr.Write(buf[:n])
-						_ = sr.CloseWrite()
-						_, _ = sr.Read(buf) // io.EOF: the client's Fin
-					}()
+			client, ctx := serveStreams(b, tr, func(req tunnel.OpenRequest, st tunnel.Stream) {
+				lp := <-pairs
+				sr := tunnel.NewResumable(tunnel.ResumableConfig{ID: req.ID, Token: req.Token, Budget: budget, Grace: time.Minute}, st, pairEnd{lp, false})
+				lp.mu.Lock()
+				lp.s = sr
+				lp.mu.Unlock()
+				defer sr.Close()
+				buf := make([]byte, 64)
+				n, err := sr.Read(buf)
+				if err != nil {
+					return
 				}
-			}()
+				_, _ = sr.Write(buf[:n])
+				_ = sr.CloseWrite()
+				_, _ = sr.Read(buf) // io.EOF: the client's Fin
+			})
 			msg := []byte("*1\r\n$4\r\nPING\r\n")
 			reply := make([]byte, len(msg))
 			var id uint64
@@ -124,7 +94,7 @@ func BenchmarkResumable_OpenClose(b *testing.B) {
 			sc, ops := startSyscalls(), 0
 			for b.Loop() {
 				id++
-				st, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "bench",
+				st, err := client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "bench",
 					Node: "10.0.0.1:6379", Resumable: true, ID: id})
 				if err != nil {
 					b.Fatal(err)
