@@ -413,7 +413,7 @@ func (w *wan) startGatewaySide() error {
 	for _, kv := range []struct {
 		k string
 		n int
-	}{{"wan:small", 3}, {"wan:big", bigSize}, {"wan:bulk", bulkSize}} {
+	}{{get50Key, 3}, {"wan:big", bigSize}, {"wan:bulk", bulkSize}} {
 		if err := setValue(w.ctx, rdb.Client, kv.k, kv.n); err != nil {
 			return fmt.Errorf("load %s: %w", kv.k, err)
 		}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cachetun/cachetun/bench/internal/redisbench"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
@@ -323,57 +323,34 @@ func (w *wan) get50(addr string, rtt time.Duration) (float64, float64, error) {
 	ctx, cancel := context.WithTimeout(w.ctx, 4*w.get50Dur+20*time.Second)
 	defer cancel()
 	argv := []string{"ip", "netns", "exec", w.laptop, w.redisBenchmark, "-h", host, "-p", port,
-		"-c", strconv.Itoa(getConns), "-n", strconv.Itoa(n), "--csv", "GET", "wan:small"}
+		"-c", strconv.Itoa(getConns), "-n", strconv.Itoa(n), "--csv", "GET", get50Key}
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return 0, 0, fmt.Errorf("redis-benchmark -c %d -n %d: %w: %s", getConns, n, err, lastLine(stderr.String()+stdout.String()))
+		return 0, 0, fmt.Errorf("redis-benchmark -c %d -n %d: %w: %s", getConns, n, err, redisbench.LastLine(stderr.String()+stdout.String()))
 	}
 	return parseGet50(stdout.Bytes())
 }
 
+// get50Key is the key get50 reads; its row in redis-benchmark's CSV is
+// named after the command, "GET wan:small".
+const get50Key = "wan:small"
+
 // parseGet50 reads rps and p99_latency_ms of the GET row of
 // redis-benchmark's --csv output.
 func parseGet50(out []byte) (float64, float64, error) {
-	rows, err := csv.NewReader(bytes.NewReader(out)).ReadAll()
+	rows, err := redisbench.Parse(out)
 	if err != nil {
-		return 0, 0, fmt.Errorf("parse redis-benchmark CSV: %w", err)
+		return 0, 0, err
 	}
-	if len(rows) < 2 {
-		return 0, 0, fmt.Errorf("redis-benchmark CSV: no result row in %q", lastLine(string(out)))
+	rps, err := rows.Value("GET "+get50Key, "rps")
+	if err != nil {
+		return 0, 0, fmt.Errorf("redis-benchmark CSV: %w in %q", err, redisbench.LastLine(string(out)))
 	}
-	head := rows[0]
-	idx := func(name string) int {
-		for i, h := range head {
-			if h == name {
-				return i
-			}
-		}
-		return -1
+	p99, err := rows.Value("GET "+get50Key, "p99_latency_ms")
+	if err != nil {
+		return 0, 0, fmt.Errorf("redis-benchmark CSV: %w in %q", err, redisbench.LastLine(string(out)))
 	}
-	ri, pi := idx("rps"), idx("p99_latency_ms")
-	if ri < 0 || pi < 0 {
-		return 0, 0, fmt.Errorf("redis-benchmark CSV: no rps or p99_latency_ms column in %q", strings.Join(head, ","))
-	}
-	for _, r := range rows[1:] {
-		if len(r) <= max(ri, pi) || !strings.HasPrefix(r[0], "GET") {
-			continue
-		}
-		rps, err1 := strconv.ParseFloat(r[ri], 64)
-		p99, err2 := strconv.ParseFloat(r[pi], 64)
-		if err1 != nil || err2 != nil {
-			return 0, 0, fmt.Errorf("redis-benchmark CSV: row %q", strings.Join(r, ","))
-		}
-		return rps, p99, nil
-	}
-	return 0, 0, errors.New("redis-benchmark CSV: no GET row")
-}
-
-func lastLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndexAny(s, "\r\n"); i >= 0 {
-		s = s[i+1:]
-	}
-	return s
+	return rps, p99, nil
 }

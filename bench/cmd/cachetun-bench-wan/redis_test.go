@@ -52,7 +52,7 @@ func startRedis(t *testing.T) string {
 func TestGet50CSV(t *testing.T) {
 	addr := startRedis(t)
 	host, port, _ := net.SplitHostPort(addr)
-	out, err := exec.Command("redis-benchmark", "-h", host, "-p", port, "-c", "50", "-n", "500", "--csv", "GET", "wan:small").Output()
+	out, err := exec.Command("redis-benchmark", "-h", host, "-p", port, "-c", "50", "-n", "500", "--csv", "GET", get50Key).Output()
 	if err != nil {
 		t.Fatal(err)
 	}

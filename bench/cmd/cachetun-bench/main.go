@@ -35,6 +35,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cachetun/cachetun/bench/internal/redisbench"
 	"github.com/cachetun/cachetun/bench/internal/sshdenv"
 )
 
@@ -242,7 +243,7 @@ func (b *bench) throughputPhase() error {
 	for _, p := range paths {
 		if _, err := b.runWorkload(workload{name: "warmup", args: func(float64) []string {
 			return []string{"-t", "set,get", "-c", "10", "-n", "2000"}
-		}, parse: func(map[string][]string, map[string]float64) error { return nil }}, p); err != nil {
+		}, parse: func(redisbench.Results, map[string]float64) error { return nil }}, p); err != nil {
 			b.log.Printf("%s: warm-up failed: %v", p.name, err)
 		}
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/csv"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cachetun/cachetun/bench/internal/redisbench"
 )
 
 // metric is one figure of the results table.
@@ -55,7 +56,7 @@ type workload struct {
 	name  string
 	args  func(s float64) []string
 	stdin string // file name under the bench dir fed to -x
-	parse func(rows map[string][]string, out map[string]float64) error
+	parse func(rows redisbench.Results, out map[string]float64) error
 	// cpu names the CPU metric; perN turns the -n of the run into its
 	// unit (requests, or GiB for bulk; CPU per GiB is in ms).
 	cpu  string
@@ -83,12 +84,12 @@ var workloads = []workload{
 		args: func(s float64) []string {
 			return []string{"-t", "set,get", "-c", "50", "-P", "1", "-n", scaled(15000, s, 500)}
 		},
-		parse: func(rows map[string][]string, out map[string]float64) error {
+		parse: func(rows redisbench.Results, out map[string]float64) error {
 			var err error
-			if out["set_c50"], err = col(rows, "SET", "rps"); err != nil {
+			if out["set_c50"], err = rows.Value("SET", "rps"); err != nil {
 				return err
 			}
-			out["get_c50"], err = col(rows, "GET", "rps")
+			out["get_c50"], err = rows.Value("GET", "rps")
 			return err
 		},
 	},
@@ -98,9 +99,9 @@ var workloads = []workload{
 		args: func(s float64) []string {
 			return []string{"-t", "get", "-c", "50", "-P", "16", "-n", scaled(300000, s, 5000)}
 		},
-		parse: func(rows map[string][]string, out map[string]float64) error {
+		parse: func(rows redisbench.Results, out map[string]float64) error {
 			var err error
-			out["get_p16"], err = col(rows, "GET", "rps")
+			out["get_p16"], err = rows.Value("GET", "rps")
 			return err
 		},
 	},
@@ -110,12 +111,12 @@ var workloads = []workload{
 		args: func(s float64) []string {
 			return []string{"-t", "get", "-c", "1", "-P", "1", "-n", scaled(10000, s, 500)}
 		},
-		parse: func(rows map[string][]string, out map[string]float64) error {
-			p50, err := col(rows, "GET", "p50_latency_ms")
+		parse: func(rows redisbench.Results, out map[string]float64) error {
+			p50, err := rows.Value("GET", "p50_latency_ms")
 			if err != nil {
 				return err
 			}
-			p99, err := col(rows, "GET", "p99_latency_ms")
+			p99, err := rows.Value("GET", "p99_latency_ms")
 			if err != nil {
 				return err
 			}
@@ -129,9 +130,9 @@ var workloads = []workload{
 		args: func(s float64) []string {
 			return []string{"-t", "get", "-c", "50", "-k", "0", "-n", scaled(3000, s, 300)}
 		},
-		parse: func(rows map[string][]string, out map[string]float64) error {
+		parse: func(rows redisbench.Results, out map[string]float64) error {
 			var err error
-			out["churn"], err = col(rows, "GET", "rps")
+			out["churn"], err = rows.Value("GET", "rps")
 			return err
 		},
 	},
@@ -142,8 +143,8 @@ var workloads = []workload{
 		args: func(s float64) []string {
 			return []string{"-c", "4", "-P", "1", "-n", scaled(bulkCount, s, 64), "-x", "set", "bench:bulk"}
 		},
-		parse: func(rows map[string][]string, out map[string]float64) error {
-			rps, err := col(rows, "set bench:bulk", "rps")
+		parse: func(rows redisbench.Results, out map[string]float64) error {
+			rps, err := rows.Value("set bench:bulk", "rps")
 			out["bulk_up"] = rps * bulkValue / (1 << 20)
 			return err
 		},
@@ -154,30 +155,12 @@ var workloads = []workload{
 		args: func(s float64) []string {
 			return []string{"-c", "4", "-P", "1", "-n", scaled(bulkCount, s, 64), "get", "bench:bulk"}
 		},
-		parse: func(rows map[string][]string, out map[string]float64) error {
-			rps, err := col(rows, "get bench:bulk", "rps")
+		parse: func(rows redisbench.Results, out map[string]float64) error {
+			rps, err := rows.Value("get bench:bulk", "rps")
 			out["bulk_down"] = rps * bulkValue / (1 << 20)
 			return err
 		},
 	},
-}
-
-// col returns the numeric column of the CSV row whose test is test.
-func col(rows map[string][]string, test, column string) (float64, error) {
-	hdr, ok := rows["test"]
-	if !ok {
-		return 0, fmt.Errorf("no CSV header")
-	}
-	row, ok := rows[test]
-	if !ok {
-		return 0, fmt.Errorf("no CSV row %q", test)
-	}
-	for i, h := range hdr {
-		if h == column && i < len(row) {
-			return strconv.ParseFloat(row[i], 64)
-		}
-	}
-	return 0, fmt.Errorf("no CSV column %q", column)
 }
 
 // runWorkload runs one redis-benchmark through p.
@@ -202,26 +185,15 @@ func (b *bench) runWorkload(w workload, p *benchPath) (map[string]float64, error
 	}
 	b.recordWorkload(w.name, argv)
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("redis-benchmark %s: %v: %s", w.name, err, lastLine(stderr.String()+stdout.String()))
+		return nil, fmt.Errorf("redis-benchmark %s: %v: %s", w.name, err, redisbench.LastLine(stderr.String()+stdout.String()))
 	}
-	rows := map[string][]string{}
-	r := csv.NewReader(&stdout)
-	r.FieldsPerRecord = -1
-	for {
-		rec, err := r.Read()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("parse redis-benchmark CSV: %w", err)
-		}
-		if len(rec) > 0 {
-			rows[rec[0]] = rec
-		}
+	rows, err := redisbench.Parse(stdout.Bytes())
+	if err != nil {
+		return nil, err
 	}
 	out := map[string]float64{}
 	if err := w.parse(rows, out); err != nil {
-		return nil, fmt.Errorf("redis-benchmark %s: %w: %s", w.name, err, lastLine(stdout.String()+stderr.String()))
+		return nil, fmt.Errorf("redis-benchmark %s: %w: %s", w.name, err, redisbench.LastLine(stdout.String()+stderr.String()))
 	}
 	if cpu1 := pathCPU(p); w.cpu != "" && cpu0 != nil && cpu1 != nil {
 		units := float64(argN(args)) * w.perN
@@ -291,14 +263,6 @@ func pathCPU(p *benchPath) map[int]int64 {
 		out[pid] = t
 	}
 	return out
-}
-
-func lastLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		return s[i+1:]
-	}
-	return s
 }
 
 // idleResult is the outcome of the idle-connection test on one path.
