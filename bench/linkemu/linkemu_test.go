@@ -94,9 +94,11 @@ func udpEcho(pc net.PacketConn) {
 }
 
 // TestLink_RTT: with 40 ms one-way delay each way (rate unlimited), a TCP
-// connect (one round trip) and a UDP echo take 80 ms, within -2/+15 ms
-// (the median of 7; the upper margin covers timer wakeups on a loaded
-// machine).
+// connect (one round trip) and a UDP echo take 80 ms, within -2/+15 ms.
+// The fastest of 7 is checked: the link must add its delay and not much
+// more, while any one round trip may also wait for a busy CPU (with the
+// other packages' tests running on 2 cores, TCP connects through the
+// namespaces took 82-106 ms, median 95, the fastest 82).
 func TestLink_RTT(t *testing.T) {
 	d := Dir{Delay: 40 * time.Millisecond}
 	l, a, b := newTestLink(t, d, d)
@@ -147,10 +149,10 @@ func TestLink_RTT(t *testing.T) {
 		v    []time.Duration
 	}{{"TCP connect", tcp}, {"UDP echo", udp}} {
 		slices.Sort(s.v)
-		med := s.v[len(s.v)/2]
-		t.Logf("%s: median %v (want %v), all %v", s.name, med, want, s.v)
-		if med < lo || med > hi {
-			t.Errorf("%s median %v, want %v..%v", s.name, med, lo, hi)
+		fastest := s.v[0]
+		t.Logf("%s: fastest %v (want %v), all %v", s.name, fastest, want, s.v)
+		if fastest < lo || fastest > hi {
+			t.Errorf("%s: fastest of %d round trips %v, want %v..%v", s.name, len(s.v), fastest, lo, hi)
 		}
 	}
 }

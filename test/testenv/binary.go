@@ -8,9 +8,10 @@ import (
 
 // aptPackages maps a binary to the Debian package that ships it.
 var aptPackages = map[string]string{
-	"redis-server": "redis-server",
-	"redis-cli":    "redis-tools",
-	"memcached":    "memcached",
+	"redis-server":    "redis-server",
+	"redis-cli":       "redis-tools",
+	"redis-benchmark": "redis-tools",
+	"memcached":       "memcached",
 }
 
 // RequireBinary returns the path of the executable name found in PATH. When

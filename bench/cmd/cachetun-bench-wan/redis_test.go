@@ -4,46 +4,18 @@ import (
 	"context"
 	"net"
 	"os/exec"
-	"strconv"
 	"testing"
 	"time"
+
+	"github.com/cachetun/cachetun/test/testenv"
 )
 
 // startRedis runs a real redis-server on a free loopback port for the
-// test and returns its address.
+// test and returns its address; redis-benchmark must be there too.
 func startRedis(t *testing.T) string {
 	t.Helper()
-	for _, tool := range []string{"redis-server", "redis-benchmark"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no",
-		"--dir", t.TempDir(), "--daemonize", "no")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			err = ping(c, time.Second)
-			c.Close()
-			if err == nil {
-				return addr
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("redis-server did not answer PING within 10 s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.RequireBinary(t, "redis-benchmark")
+	return testenv.StartRedis(t).Addr
 }
 
 // TestGet50CSV parses the CSV of a real redis-benchmark run of the bench's

@@ -3,9 +3,9 @@ package redisbench
 import (
 	"net"
 	"os/exec"
-	"strconv"
 	"testing"
-	"time"
+
+	"github.com/cachetun/cachetun/test/testenv"
 )
 
 // TestParse reads the CSV of real redis-benchmark runs on loopback (-n
@@ -13,32 +13,8 @@ import (
 // positive, p99 latencies positive and below 10 s; a missing row or column
 // is an error.
 func TestParse(t *testing.T) {
-	for _, tool := range []string{"redis-server", "redis-benchmark"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
-	srv := exec.Command("redis-server", "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no",
-		"--dir", t.TempDir(), "--daemonize", "no")
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.DialTimeout("tcp", "127.0.0.1:"+port, time.Second); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("redis-server did not listen within 10 s")
-		}
-	}
+	testenv.RequireBinary(t, "redis-benchmark")
+	_, port, _ := net.SplitHostPort(testenv.StartRedis(t).Addr)
 	for _, c := range []struct {
 		args  []string
 		tests []string
