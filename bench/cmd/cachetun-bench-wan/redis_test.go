@@ -93,3 +93,21 @@ func TestTransfers(t *testing.T) {
 	}
 	t.Logf("cut SET: %s", tr.note)
 }
+
+// TestGet50Requests: GET -c 50 runs whole rounds of 50 requests, about
+// the planned length, at least 4 rounds.
+func TestGet50Requests(t *testing.T) {
+	for _, c := range []struct {
+		rtt, d time.Duration
+		want   int
+	}{
+		{80 * time.Millisecond, 1500 * time.Millisecond, 950}, // 18.75 rounds → 19
+		{20 * time.Millisecond, 1500 * time.Millisecond, 3750},
+		{200 * time.Millisecond, 1500 * time.Millisecond, 400}, // 7.5 → 8
+		{200 * time.Millisecond, 100 * time.Millisecond, 200},  // at least 4 rounds
+	} {
+		if got := get50Requests(c.rtt, c.d); got != c.want {
+			t.Errorf("get50Requests(%v, %v) = %d, want %d", c.rtt, c.d, got, c.want)
+		}
+	}
+}

@@ -50,7 +50,7 @@ func (w *wan) report() string {
 		w.started.UTC().Format("2006-01-02 15:04 UTC"), w.rounds, runtime.GOOS, runtime.NumCPU(), kernel(), time.Since(w.started).Round(time.Second))
 	fmt.Fprintln(&sb, "bench/linkemu (TUN devices, a user-space pump per direction: half the RTT of delay each way, the rate, a 60 ms tail-drop")
 	fmt.Fprintln(&sb, "queue, random loss each way); redis-server in the gateway namespace, the clients in the laptop namespace: GET -c 50 is")
-	fmt.Fprintf(&sb, "redis-benchmark (`-c 50 -n` 50 / RTT × %v, its 50 connects inside the timed run), the transfers are go-redis, and\n", w.get50Dur)
+	fmt.Fprintf(&sb, "redis-benchmark (`-c 50 -n` 50 × the whole rounds of one RTT in %v, its 50 connects inside the timed run), the transfers are go-redis, and\n", w.get50Dur)
 	fmt.Fprintln(&sb, "the first reply and new connection + PING are a bare TCP connect and an inline PING (go-redis would add HELLO's round")
 	fmt.Fprintln(&sb, "trip). Cells: median, then (× ssh -L / × direct); for the ms columns lower is better. The first reply counts from")
 	fmt.Fprintln(&sb, "starting the tunnel process (for direct: from the first dial). The 32 MiB and 8 × 8 MiB transfers count from the")
