@@ -31,6 +31,17 @@ const relayBufSize = 64 << 10
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
+// holdBufSize is the buffer a holding streamSource (SSH) reads into
+// while the stream has more queued than a relay buffer holds. An SSH
+// channel answers a read with a window adjustment to the peer whenever
+// more than half its window is in flight (x/crypto/ssh
+// channel.adjustWindow), as in a bulk transfer, and each read here is one
+// write to the connection: reads of up to 256 KiB send a quarter of the
+// adjustments and writes that 64 KiB reads do.
+const holdBufSize = 256 << 10
+
+var holdBufs = sync.Pool{New: func() any { b := make([]byte, holdBufSize); return &b }}
+
 // RelayResult tells how a relay ended.
 type RelayResult struct {
 	ConnToStream int64 // bytes read from conn and written to the stream
@@ -273,11 +284,17 @@ func copyLoop(dst io.Writer, src source, last *atomic.Int64) (int64, error) {
 
 // streamSource reads a stream: Stream.WaitReadable waits for data without
 // a buffer, then Read reads it into a pooled one. A stream that cannot
-// wait (ErrNoWait) is read with a buffer held throughout.
+// wait (ErrNoWait) is read with a buffer held throughout: a relay buffer,
+// or a holdBufSize one after a read that filled its buffer (more is
+// likely queued), until a read that does not (the next read likely
+// waits, and a waiting read holds its buffer: an idle stream holds no
+// more than before).
 type streamSource struct {
 	st   Stream
 	bp   *[]byte
 	hold bool // the stream cannot wait: keep bp
+	big  bool // bp is a holdBufs one
+	full bool // the last read filled bp
 }
 
 func (s *streamSource) next() ([]byte, error) {
@@ -298,18 +315,30 @@ func (s *streamSource) next() ([]byte, error) {
 			return nil, err
 		}
 	}
+	if s.full != s.big {
+		s.release()
+		if s.full {
+			s.bp, s.big = holdBufs.Get().(*[]byte), true
+		}
+	}
 	if s.bp == nil {
 		s.bp = relayBufs.Get().(*[]byte)
 	}
 	n, err := s.st.Read(*s.bp)
+	s.full = s.hold && n == len(*s.bp)
 	return (*s.bp)[:n], err
 }
 
 func (s *streamSource) release() {
-	if s.bp != nil {
-		relayBufs.Put(s.bp)
-		s.bp = nil
+	if s.bp == nil {
+		return
 	}
+	if s.big {
+		holdBufs.Put(s.bp)
+	} else {
+		relayBufs.Put(s.bp)
+	}
+	s.bp, s.big = nil, false
 }
 
 // holdingSource reads a reader that cannot wait without a buffer (a
