@@ -54,6 +54,7 @@ type options struct {
 	heapDir    string
 	keep       bool
 	timeout    time.Duration
+	workloads  map[string]bool // -workloads: only these run (nil: all)
 }
 
 type bench struct {
@@ -108,7 +109,29 @@ func run() int {
 	flag.StringVar(&o.heapDir, "idle-profile", "", "write heap and goroutine profiles of cachetun during the idle test into this directory")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (logs, configs)")
 	flag.DurationVar(&o.timeout, "timeout", 20*time.Minute, "abort the whole run after this long")
+	var wls string
+	flag.StringVar(&wls, "workloads", "", "comma-separated workloads to run (setget,p16,c1,churn,bulk_up,bulk_down; empty: all); bulk_down brings bulk_up, which writes the value it reads")
 	flag.Parse()
+	for _, w := range strings.Split(wls, ",") {
+		if w = strings.TrimSpace(w); w == "" {
+			continue
+		}
+		found := false
+		for _, x := range workloads {
+			found = found || x.name == w
+		}
+		if !found {
+			log.Printf("cachetun-bench: error: unknown workload %q", w)
+			return 2
+		}
+		if o.workloads == nil {
+			o.workloads = map[string]bool{}
+		}
+		o.workloads[w] = true
+	}
+	if o.workloads["bulk_down"] {
+		o.workloads["bulk_up"] = true
+	}
 	o.idle = o.idleConns > 0
 	for _, p := range strings.Split(paths, ",") {
 		p = strings.TrimSpace(p)
@@ -249,6 +272,9 @@ func (b *bench) throughputPhase() error {
 	}
 	for r := 0; r < b.opts.rounds; r++ {
 		for _, w := range workloads {
+			if b.opts.workloads != nil && !b.opts.workloads[w.name] {
+				continue
+			}
 			for i := range paths {
 				p := paths[(i+r)%len(paths)]
 				if b.ctx.Err() != nil {

@@ -26,6 +26,9 @@ func (b *bench) profile() error {
 			continue
 		}
 		for _, w := range workloads {
+			if b.opts.workloads != nil && !b.opts.workloads[w.name] {
+				continue
+			}
 			if err := b.profileOne(p, w); err != nil {
 				b.log.Printf("profile %s %s: %v", name, w.name, err)
 			}
