@@ -446,8 +446,12 @@ metrics: "%s"
 
 var httpClient = &http.Client{Timeout: 10 * time.Second}
 
-func httpGet(url string) ([]byte, error) {
-	resp, err := httpClient.Get(url)
+func httpGet(url string) ([]byte, error) { return httpGetWith(httpClient, url) }
+
+// httpGetWith is httpGet with its own client (a CPU profile answers only
+// after its length, which can exceed httpClient's timeout).
+func httpGetWith(hc *http.Client, url string) ([]byte, error) {
+	resp, err := hc.Get(url)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,8 +42,12 @@ func (b *bench) profile() error {
 func (b *bench) profileOne(p *benchPath, w workload) error {
 	tr := cachetunTransport[p.name]
 	base := filepath.Join(b.opts.profileDir, tr+"-"+w.name)
+	secs := b.opts.profileSec
+	// A CPU profile answers only after secs: httpClient's 10 s timeout
+	// cut every profile of the default 10 s.
+	long := &http.Client{Timeout: time.Duration(secs)*time.Second + 30*time.Second}
 	get := func(addr, what, file string) error {
-		body, err := httpGet("http://" + addr + "/debug/pprof/" + what)
+		body, err := httpGetWith(long, "http://"+addr+"/debug/pprof/"+what)
 		if err != nil {
 			return err
 		}
@@ -53,7 +58,6 @@ func (b *bench) profileOne(p *benchPath, w workload) error {
 			return err
 		}
 	}
-	secs := b.opts.profileSec
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	for side, addr := range map[string]string{"client": p.clientPprof, "server": p.serverPprof} {
