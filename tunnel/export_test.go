@@ -127,6 +127,12 @@ type StallWatch = stallWatch
 // NewStallWatch returns a detector that sees writing stream writes.
 func NewStallWatch(writing *atomic.Int32) *StallWatch { return &stallWatch{writing: writing} }
 
+// NewClientStallWatch returns a client's detector: switches counts its
+// path switches.
+func NewClientStallWatch(writing *atomic.Int32, switches *atomic.Int64) *StallWatch {
+	return &stallWatch{writing: writing, switches: switches}
+}
+
 // Sample feeds one reading to w.
 func (w *StallWatch) Sample(now time.Time, st quic.ConnectionStats) bool { return w.sample(now, st) }
 

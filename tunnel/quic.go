@@ -169,7 +169,7 @@ func (l *quicListener) Accept(ctx context.Context) (Session, error) {
 	}
 	s.gateUntilAuthenticated()
 	s.asker = &serverRefresh{c: c, done: l.onRefresh}
-	go watchWindow(c, s.writers, s.asker.request)
+	go watchWindow(c, s.writers, nil, s.asker.request, nil)
 	return s, nil
 }
 
@@ -251,7 +251,7 @@ func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, cfg QUICCon
 		return nil, err
 	}
 	s.paths = &clientPaths{c: c, laddr: laddr, cfg: cfg, minGap: time.Second}
-	go watchWindow(c, s.writers, s.paths.refresh)
+	go watchWindow(c, s.writers, &s.paths.count, s.paths.refresh, s.paths.warm)
 	go s.paths.listenRequests()
 	context.AfterFunc(c.Context(), func() { s.paths.close(); tr.Close(); udp.Close() })
 	return s, nil

@@ -32,14 +32,51 @@ import (
 // are waiting to write, the connection sends a full window per round trip,
 // the window has not grown by half in two round trips, no packet
 // was lost meanwhile, and the round trip is still near its minimum (no
-// queue is building, so the path has room). The client then probes a new
-// path on a fresh UDP socket and switches to it, which gives both ends a
-// fresh window (quic-go resets the server's on the switch too). The
-// gateway watches its own sender the same way and, when it stalls, asks the
-// client to do it over a unidirectional stream it opens for that (one byte
-// per request; see PROTOCOL.md "QUIC window refresh"). At most one refresh
-// per refreshEvery; the client keeps at most two extra sockets and
-// alternates between them.
+// queue is building, so the path has room). The client then switches to a
+// new path on a fresh UDP socket, which gives both ends a fresh window
+// (quic-go resets the server's on the switch too). The gateway watches its
+// own sender the same way and, when it stalls, asks the client to do it
+// over a unidirectional stream it opens for that (one byte per request;
+// see PROTOCOL.md "QUIC window refresh"). At most one refresh per
+// refreshEvery; the client keeps at most two extra sockets and alternates
+// between them.
+//
+// A window that loss has cut is not that stall, however slowly it grows:
+// Reno takes 0.7 of it per loss episode, and it is what the path carries.
+// A 32 MiB GET at 80 ms / 200 Mbit overshoots to 4 MiB in slow start, is
+// cut to 1.5 MiB by two loss episodes and then moves 18 MiB/s; refreshing
+// it there (the rule above alone did, 0.4 s after the last loss) restarted
+// slow start from 38 KiB in the middle of the transfer, and the GET took
+// over 3 s instead of 2 (measured in qlog traces, make bench-wan). So a
+// window that lost packets since it last started afresh (at most 64 KiB: a
+// new connection or a new path), that reached 256 KiB and that is still a
+// quarter of its peak since then is left alone.
+//
+// A client can tell that stall before it shows: its window is still at its
+// start (at most 64 KiB) although the gateway sent it 4 MiB or more since
+// then (since the connection or the last switch), which is the download
+// that raised its round trips. When such a client's own upload then fills
+// that window for one sample, with the gateway quiet (under 64 KiB in that
+// sample), it refreshes at once instead of after two round trips: across
+// 80 ms the SET after a GET was judged 0.1 s after it began rather than
+// 0.3 s (qlog traces). If quic-go had not in fact left slow start, the
+// cost is the little the window had grown (it was at most 64 KiB) and the
+// gateway's window, which sent nothing that sample.
+//
+// After a switch, the path to switch to next is probed ahead
+// (PATH_CHALLENGE, RFC 9000 section 8.2): at once, and again when a stream
+// write begins while that validation is over spareMaxAge/2 old. The next
+// refresh is then the switch alone, not a round trip of probing first.
+// quic-go keeps a validated path usable until it is closed (a client's
+// Path.Switch needs no new probe; the server keeps the address of a probe
+// it validated until the client switches); what may go stale is a NAT's
+// mapping for the idle socket, hence the age bound: a spare older than
+// spareMaxAge is probed again before the switch. A session that never
+// switched probes nothing ahead: in quic-go v0.65 a probe while data flows
+// fails the ECN validation of one end or both ("ACK contains fewer new ECN
+// counts than acknowledged ECN-marked packets", TestQUIC_WrapperKeepsGSOAndECN
+// with a probe at the start), and a session that never stalls should keep
+// ECN; one that refreshed has probed once already.
 
 const (
 	refreshTick     = 50 * time.Millisecond
@@ -49,6 +86,19 @@ const (
 	// A window at or above this is left alone: at 80 ms it already moves
 	// 25 MiB/s.
 	refreshMaxWindow = 2 << 20
+	// A window at most this large has just started afresh (the initial
+	// window is 40 KiB, 38 KiB on a new path).
+	refreshFreshWindow = 64 << 10
+	// A window cut by loss since it started afresh is left alone if it
+	// reached refreshLossPeak and is at least 1/refreshLossShare of its
+	// peak since then.
+	refreshLossPeak  = 256 << 10
+	refreshLossShare = 4
+	// A client whose window is still fresh after receiving this much
+	// refreshes as soon as its upload fills that window, if it received
+	// less than refreshFastQuiet in that sample.
+	refreshFastReceived = 4 << 20
+	refreshFastQuiet    = 64 << 10
 )
 
 // stallWatch decides, from samples of a connection's statistics, when its
@@ -63,6 +113,14 @@ type stallWatch struct {
 	lost     uint64    // PacketsLost at the last sample
 	at       time.Time // time of the last sample
 	refreshd time.Time // the last refresh
+
+	peak uint64 // the largest window since it last started afresh
+	cut  bool   // a packet was lost since then
+
+	switches *atomic.Int64 // the client's path switches (nil on a server)
+	nswitch  int64         // switches at the last sample
+	rx0      uint64        // BytesReceived at the last switch or when the window was last above refreshFreshWindow
+	rx       uint64        // BytesReceived at the last sample
 }
 
 // sample takes one reading and reports whether to refresh now. A stall is
@@ -72,11 +130,29 @@ type stallWatch struct {
 func (w *stallWatch) sample(now time.Time, st quic.ConnectionStats) bool {
 	dt := now.Sub(w.at)
 	lost := st.PacketsLost != w.lost
-	w.at, w.lost = now, st.PacketsLost
+	rxTick := st.BytesReceived - w.rx
+	w.at, w.lost, w.rx = now, st.PacketsLost, st.BytesReceived
+	if w.switches != nil {
+		if n := w.switches.Load(); n != w.nswitch {
+			w.nswitch, w.rx0 = n, st.BytesReceived
+		}
+	}
+	if st.CongestionWindow > refreshFreshWindow {
+		w.rx0 = st.BytesReceived
+	}
 	if w.writing.Load() == 0 {
 		w.idle++
 	} else {
 		w.idle = 0
+	}
+	if st.CongestionWindow <= refreshFreshWindow {
+		w.peak, w.cut = 0, false
+	}
+	w.peak = max(w.peak, st.CongestionWindow)
+	w.cut = w.cut || lost
+	if w.cut && w.peak >= refreshLossPeak && st.CongestionWindow*refreshLossShare >= w.peak {
+		w.since = time.Time{} // what the path carries, found by loss
+		return false
 	}
 	rtt, min := st.SmoothedRTT, st.MinRTT
 	queue := rtt > min+max(min/8, 4*time.Millisecond)
@@ -92,7 +168,9 @@ func (w *stallWatch) sample(now time.Time, st quic.ConnectionStats) bool {
 		return false
 	}
 	stall := now.Sub(w.since)
-	if stall < refreshMinStall || stall < refreshMinRTTs*rtt {
+	fast := w.switches != nil && w.idle == 0 && st.CongestionWindow <= refreshFreshWindow &&
+		st.BytesReceived-w.rx0 >= refreshFastReceived && rxTick < refreshFastQuiet
+	if !fast && (stall < refreshMinStall || stall < refreshMinRTTs*rtt) {
 		return false
 	}
 	// A full window per round trip, on average (the pacer sends up to
@@ -131,8 +209,8 @@ func (w *writers) end() { w.n.Add(-1) }
 
 // watchWindow samples c while streams write on it, until it ends, and
 // calls refresh when its sender stalls.
-func watchWindow(c *quic.Conn, ws *writers, refresh func()) {
-	w := &stallWatch{writing: &ws.n}
+func watchWindow(c *quic.Conn, ws *writers, switches *atomic.Int64, refresh, wake func()) {
+	w := &stallWatch{writing: &ws.n, switches: switches}
 	t := time.NewTicker(refreshTick)
 	idle := 5 // start asleep
 	for {
@@ -145,6 +223,9 @@ func watchWindow(c *quic.Conn, ws *writers, refresh func()) {
 			}
 			idle = 0
 			w.at, w.since = time.Time{}, time.Time{}
+			if wake != nil {
+				wake()
+			}
 			t.Reset(refreshTick)
 		}
 		select {
@@ -205,21 +286,93 @@ func (r *serverRefresh) request() {
 // clientPaths refreshes a client connection's path: a new UDP socket,
 // probed, then switched to. It alternates between two such paths, so a
 // session holds at most three sockets (the first one stays: quic-go closes
-// a connection with the transport it was dialed on).
+// a connection with the transport it was dialed on). After the first
+// switch, the path to switch to next is probed ahead, so that a refresh is
+// a switch at once rather than a round trip of probing first; one
+// validated more than spareMaxAge ago (a NAT may have dropped its mapping)
+// is probed again first.
 type clientPaths struct {
 	c     *quic.Conn
 	laddr *net.UDPAddr
 	cfg   QUICConfig
 
 	mu     sync.Mutex // one refresh at a time
-	paths  [2]*quic.Path
-	trs    [2]*quic.Transport
-	udps   [2]*net.UDPConn
+	spares [2]spare
 	next   int
 	last   time.Time     // the last switch
 	minGap time.Duration // between two switches
 	closed bool
 	count  atomic.Int64 // refreshes done (for tests and metrics)
+}
+
+// spare is one of a client's extra paths.
+type spare struct {
+	path    *quic.Path
+	tr      *quic.Transport
+	udp     *net.UDPConn
+	probing chan struct{} // closed when the probe in flight ends; nil if none
+	valid   atomic.Int64  // when the last probe succeeded (UnixNano), 0 if it failed
+}
+
+// spareMaxAge is how long a probed path is taken as still usable: well
+// under the 30 s after which many NATs drop an idle UDP mapping.
+const spareMaxAge = 20 * time.Second
+
+// prepare makes sure spare i exists and, unless it was validated less
+// than fresh ago or is being probed, starts probing it. It is called with
+// p.mu held.
+func (p *clientPaths) prepare(i int, fresh time.Duration) bool {
+	s := &p.spares[i]
+	if p.closed {
+		return false
+	}
+	if s.path == nil {
+		udp, err := net.ListenUDP("udp", p.laddr)
+		if err != nil {
+			return false
+		}
+		tr := &quic.Transport{Conn: p.cfg.packetConn(udp, false)}
+		path, err := p.c.AddPath(tr)
+		if err != nil {
+			tr.Close()
+			udp.Close()
+			return false
+		}
+		s.path, s.tr, s.udp = path, tr, udp
+	}
+	if s.probing != nil {
+		select {
+		case <-s.probing:
+			s.probing = nil
+		default:
+			return true // under way
+		}
+	}
+	if v := s.valid.Load(); v != 0 && time.Since(time.Unix(0, v)) < fresh {
+		return true
+	}
+	done := make(chan struct{})
+	s.probing = done
+	s.valid.Store(0)
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(p.c.Context(), 2*time.Second)
+		defer cancel()
+		if s.path.Probe(ctx) == nil {
+			s.valid.Store(time.Now().UnixNano())
+		}
+	}()
+	return true
+}
+
+// warm probes the next spare ahead of need, if it is not fresh, on a
+// session that has switched before (see the comment at the top).
+func (p *clientPaths) warm() {
+	if p.count.Load() == 0 || !p.mu.TryLock() {
+		return
+	}
+	defer p.mu.Unlock()
+	p.prepare(p.next, spareMaxAge/2)
 }
 
 func (p *clientPaths) refresh() {
@@ -231,31 +384,25 @@ func (p *clientPaths) refresh() {
 		return
 	}
 	i := p.next
-	if p.paths[i] == nil {
-		udp, err := net.ListenUDP("udp", p.laddr)
-		if err != nil {
-			return
-		}
-		pc := p.cfg.packetConn(udp, false)
-		tr := &quic.Transport{Conn: pc}
-		path, err := p.c.AddPath(tr)
-		if err != nil {
-			tr.Close()
-			udp.Close()
-			return
-		}
-		p.paths[i], p.trs[i], p.udps[i] = path, tr, udp
-	}
-	ctx, cancel := context.WithTimeout(p.c.Context(), 2*time.Second)
-	defer cancel()
-	if err := p.paths[i].Probe(ctx); err != nil {
+	s := &p.spares[i]
+	if !p.prepare(i, spareMaxAge) {
 		return
 	}
-	if err := p.paths[i].Switch(); err != nil {
+	if s.probing != nil {
+		<-s.probing // bounded by the probe's 2 s
+		s.probing = nil
+	}
+	if s.valid.Load() == 0 {
 		return
 	}
+	if err := s.path.Switch(); err != nil {
+		s.valid.Store(0)
+		return
+	}
+	s.valid.Store(0) // probed again before the next switch to it
 	p.next, p.last = 1-i, time.Now()
 	p.count.Add(1)
+	p.prepare(p.next, spareMaxAge/2)
 	if p.cfg.OnWindowRefresh != nil {
 		p.cfg.OnWindowRefresh()
 	}
@@ -285,10 +432,10 @@ func (p *clientPaths) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
-	for i, tr := range p.trs {
-		if tr != nil {
-			tr.Close()
-			p.udps[i].Close()
+	for i := range p.spares {
+		if s := &p.spares[i]; s.tr != nil {
+			s.tr.Close()
+			s.udp.Close()
 		}
 	}
 }

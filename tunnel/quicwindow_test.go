@@ -36,6 +36,63 @@ func stallRun(writing int32, step func(i int, st *quic.ConnectionStats)) (first 
 	return first, count
 }
 
+// TestStallWatch_AfterDownload: a client that received a large transfer
+// while its own window stayed at its start has had quic-go leave slow
+// start (the download's queue raised its round trips), so once its own
+// upload fills that window it refreshes at the next sample, not after two
+// round trips.
+func TestStallWatch_AfterDownload(t *testing.T) {
+	run := func(received uint64, during uint64, switchAt int) (time.Duration, int) {
+		var writing atomic.Int32
+		var switches atomic.Int64
+		w := tunnel.NewClientStallWatch(&writing, &switches)
+		t0 := time.Unix(1000, 0)
+		st := quic.ConnectionStats{MinRTT: 80 * time.Millisecond, SmoothedRTT: 80 * time.Millisecond, CongestionWindow: 40960}
+		first, n := time.Duration(-1), 0
+		for i := range 60 {
+			now := t0.Add(time.Duration(i) * 50 * time.Millisecond)
+			switch {
+			case i < 10: // the download: nothing to write
+				st.BytesReceived += received / 10
+			default: // the upload
+				writing.Store(1)
+				full(&st)
+				st.CongestionWindow += 1200 / 2
+				st.BytesReceived += during
+			}
+			if i == switchAt {
+				switches.Add(1)
+			}
+			if w.Sample(now, st) {
+				if first < 0 {
+					first = now.Sub(t0)
+				}
+				n++
+			}
+		}
+		return first, n
+	}
+	// The upload starts at 500 ms; its first sample starts the stall and
+	// the next judges it.
+	if first, n := run(32<<20, 1000, -1); first != 550*time.Millisecond || n != 1 {
+		t.Errorf("after a 32 MiB download: refresh at %v, %d times; want once, at 550ms", first, n)
+	}
+	for _, c := range []struct {
+		name             string
+		received, during uint64
+		switchAt         int
+	}{
+		{"after 1 MiB received", 1 << 20, 1000, -1},
+		{"while the peer still sends", 32 << 20, 200 << 10, -1},
+		{"after a path switch since the download", 32 << 20, 1000, 9},
+	} {
+		// The two round trips of any stall: from 500 ms, at 700 ms.
+		if first, n := run(c.received, c.during, c.switchAt); first != 700*time.Millisecond || n != 1 {
+			t.Errorf("%s: refresh at %v, %d times; want once, at 700ms", c.name, first, n)
+		}
+	}
+}
+
 // full sends one congestion window per round trip: 50/80 of it per tick.
 func full(st *quic.ConnectionStats) { st.BytesSent += st.CongestionWindow * 5 / 8 }
 
@@ -49,6 +106,27 @@ func TestStallWatch(t *testing.T) {
 		// which must last 2 round trips (160 ms): the sixth sample, at 250 ms.
 		if first != 250*time.Millisecond || n != 1 {
 			t.Fatalf("refresh at %v, %d times in 3 s; want once, at 250ms (and not again within %v)", first, n, tunnel.RefreshEvery)
+		}
+	})
+	t.Run("a stall after a new path, on a session whose window was once cut by loss, asks", func(t *testing.T) {
+		first, n := stallRun(1, func(i int, st *quic.ConnectionStats) {
+			switch {
+			case i == 0:
+				st.CongestionWindow = 4 << 20
+			case i == 2:
+				st.PacketsLost += 900
+				st.CongestionWindow = st.CongestionWindow * 7 / 10
+			case i == 4: // a path switch: slow start from 38 KiB, left at once
+				st.CongestionWindow = 38400
+			case i > 4:
+				st.CongestionWindow += 1200 / 2
+			}
+			full(st)
+		})
+		// The window restarted, so the loss before does not count: the
+		// stall starts with the new window (200 ms) and lasts 2 round trips.
+		if first != 400*time.Millisecond || n != 1 {
+			t.Fatalf("refresh at %v, %d times in 3 s; want once, at 400ms", first, n)
 		}
 	})
 	t.Run("bursts across a 200 ms round trip ask once", func(t *testing.T) {
@@ -93,6 +171,24 @@ func TestStallWatch(t *testing.T) {
 		{"no stream writing", 0, func(i int, st *quic.ConnectionStats) { full(st) }},
 		{"a window of 2 MiB", 1, func(i int, st *quic.ConnectionStats) {
 			st.CongestionWindow = 2 << 20
+			full(st)
+		}},
+		{"congestion avoidance after the losses of a fast slow start", 1, func(i int, st *quic.ConnectionStats) {
+			// The shape of a 32 MiB GET at 80 ms / 200 Mbit: slow start
+			// overshoots to 4 MiB, two loss episodes cut the window to
+			// 1.5 MiB (18 MiB/s), then it grows by a packet per round trip.
+			switch {
+			case i == 0:
+				st.CongestionWindow = 4 << 20
+			case i == 2:
+				st.PacketsLost += 900
+				st.CongestionWindow = st.CongestionWindow * 7 / 10
+			case i == 6:
+				st.PacketsLost += 400
+				st.CongestionWindow = st.CongestionWindow * 7 / 10
+			case i > 6:
+				st.CongestionWindow += 1200 / 2
+			}
 			full(st)
 		}},
 		{"no RTT sample yet", 1, func(i int, st *quic.ConnectionStats) {
