@@ -120,25 +120,27 @@ func TestRelay_IdleHoldsNoBuffers(t *testing.T) {
 			warm := c.dial(t) // the session's first stream, out of the count
 			defer warm.Close()
 			ping(warm)
-			before := heapInuse()
-			var ncs []net.Conn
-			defer func() {
-				for _, nc := range ncs {
-					nc.Close()
-				}
-			}()
-			for range conns {
-				nc := c.dial(t)
-				ncs = append(ncs, nc)
-				ping(nc)
-			}
-			growth := int64(heapInuse()) - int64(before)
+			growth := idleGrowth(t, c, conns, ping)
 			t.Logf("%s: %d idle relayed connections grew the heap by %d KiB (bound %d KiB)", tr, conns, growth>>10, bound>>10)
 			if growth >= bound {
 				t.Fatalf("%d idle connections grew the heap by %d KiB, bound %d KiB: idle relays hold copy buffers", conns, growth>>10, bound>>10)
 			}
 		})
 	}
+}
+
+// idleGrowth dials n connections through c, runs use on each and returns
+// how much they grew the heap while all are still open (closed when the
+// test ends).
+func idleGrowth(t *testing.T, c *chain, n int, use func(net.Conn)) int64 {
+	t.Helper()
+	before := heapInuse()
+	for range n {
+		nc := c.dial(t)
+		t.Cleanup(func() { nc.Close() })
+		use(nc)
+	}
+	return int64(heapInuse()) - int64(before)
 }
 
 // heapInuse returns the heap in use after two collections, which empty
@@ -185,19 +187,7 @@ func TestRelay_SSHIdleAfterBulk(t *testing.T) {
 		}
 	}
 	read(warm)
-	before := heapInuse()
-	var ncs []net.Conn
-	defer func() {
-		for _, nc := range ncs {
-			nc.Close()
-		}
-	}()
-	for range conns {
-		nc := c.dial(t)
-		ncs = append(ncs, nc)
-		read(nc)
-	}
-	growth := int64(heapInuse()) - int64(before)
+	growth := idleGrowth(t, c, conns, read)
 	t.Logf("%d idle SSH relays after a 1 MiB transfer each grew the heap by %d KiB (bound %d KiB)", conns, growth>>10, bound>>10)
 	if growth >= bound {
 		t.Fatalf("%d idle SSH relays grew the heap by %d KiB, bound %d KiB: idle relays keep their large read buffers", conns, growth>>10, bound>>10)
