@@ -139,14 +139,13 @@ func (w *stallWatch) sample(now time.Time, st quic.ConnectionStats) bool {
 	}
 	if st.CongestionWindow > refreshFreshWindow {
 		w.rx0 = st.BytesReceived
+	} else { // started afresh: no peak, no loss yet
+		w.peak, w.cut = 0, false
 	}
 	if w.writing.Load() == 0 {
 		w.idle++
 	} else {
 		w.idle = 0
-	}
-	if st.CongestionWindow <= refreshFreshWindow {
-		w.peak, w.cut = 0, false
 	}
 	w.peak = max(w.peak, st.CongestionWindow)
 	w.cut = w.cut || lost
