@@ -36,10 +36,10 @@ func (c *Client) acceptLoop(v *targetView, l *localListener) {
 			continue
 		}
 		c.wg.Add(1)
-		go func() {
+		tunnel.Go(func() {
 			defer c.wg.Done()
 			c.serveLocal(nc, v, l.node)
-		}()
+		})
 	}
 }
 

@@ -306,7 +306,7 @@ func (l *Link) kickLocked() {
 		return
 	}
 	l.flushing = true
-	go l.flusher()
+	tunnel.Go(l.flusher) // it writes to the control stream: a deep stack, see tunnel.Go
 }
 
 // flusher writes what is pending until nothing is.

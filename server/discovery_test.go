@@ -233,7 +233,7 @@ func FuzzParseClusterConfig(f *testing.F) {
 // first round still releases the first Welcome; a reload's swap stops the
 // loops of retired targets and starts those of new ones.
 func TestServer_DiscoveryLifecycle(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), idleWorkers)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -357,7 +357,7 @@ func fakeNode(t *testing.T, reply string) (string, *atomic.Int64) {
 // a RESP2 CLUSTER SHARDS reply, and leaves no goroutine behind.
 func TestTarget_QueryRedisCluster(t *testing.T) {
 	before := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after fakeNode's cleanup
+	t.Cleanup(func() { goleak.VerifyNone(t, before, idleWorkers) }) // after fakeNode's cleanup
 	bulk := func(s string) string { return "$" + strconv.Itoa(len(s)) + "\r\n" + s + "\r\n" }
 	node := func(id, ip string, port int, role string) string {
 		return "*14\r\n" + bulk("id") + bulk(id) + bulk("port") + ":" + strconv.Itoa(port) + "\r\n" +

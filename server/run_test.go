@@ -18,6 +18,11 @@ import (
 
 // newRunServer builds a server listening on loopback port 0 on every
 // transport and for metrics, with one redis target that nothing serves.
+
+// idleWorkers: a goroutine of tunnel.Go that waits for work (a bounded
+// few, for seconds) is not a leak.
+var idleWorkers = goleak.IgnoreTopFunction("github.com/cachetun/cachetun/tunnel.worker")
+
 func newRunServer(t *testing.T, drain time.Duration) *Server {
 	t.Helper()
 	dir := t.TempDir()
@@ -73,7 +78,7 @@ func waitRun(t *testing.T, done <-chan error, what string) {
 // metrics server, and when its context ends returns with all of them
 // closed and no goroutine of its own left; a second Run is refused.
 func TestServer_Run(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), idleWorkers)
 	s := newRunServer(t, time.Hour) // no stream is open: the drain cannot wait
 	if a := s.Addrs(); a != (Addrs{}) {
 		t.Fatalf("Addrs before Run = %+v, want none: New must not listen", a)
@@ -114,7 +119,7 @@ func TestServer_Run(t *testing.T) {
 // TestServer_RunListenError: a port already taken is a *ListenError naming
 // the listener; Ready never closes and nothing stays open.
 func TestServer_RunListenError(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), idleWorkers)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +145,7 @@ func TestServer_RunListenError(t *testing.T) {
 // timeout of an hour, Run's drain ends when that stream ends, not at the
 // timeout; a Close cuts a drain short.
 func TestServer_DrainWaitsForLastStream(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), idleWorkers)
 	t.Run("last stream ends", func(t *testing.T) {
 		s := newRunServer(t, time.Hour)
 		ctx, cancel := context.WithCancel(context.Background())

@@ -355,7 +355,7 @@ func (ss *session) admitStream(in tunnel.Incoming, req tunnel.OpenRequest, reqEr
 		return true
 	}
 	ss.wg.Add(1)
-	go func() {
+	tunnel.Go(func() {
 		relay := ss.serveIncoming(ss.ctx, in, req, reqErr)
 		ss.streams.Add(-1)
 		ss.wg.Done()
@@ -365,7 +365,7 @@ func (ss *session) admitStream(in tunnel.Incoming, req tunnel.OpenRequest, reqEr
 		if relay != nil {
 			relay()
 		}
-	}()
+	})
 	return true
 }
 

@@ -185,7 +185,7 @@ func newPairWith(t testing.TB, transport string, o pairOptions) pair {
 }
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, tunnel.IgnoreQUICListen)
+	goleak.VerifyTestMain(m, tunnel.IgnoreQUICListen, tunnel.IgnoreIdleWorkers)
 }
 
 // serveRelay accepts streams on s and relays each to the upstream

@@ -50,7 +50,7 @@ func VerifyNoLeaks(t testing.TB) {
 	t.Cleanup(func() {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			err := goleak.Find(before, IgnoreQUICListen)
+			err := goleak.Find(before, IgnoreQUICListen, IgnoreIdleWorkers)
 			if err == nil {
 				return
 			}
@@ -146,3 +146,14 @@ func SetOwnedWrites(on bool) func() {
 	ownWrites = on
 	return func() { ownWrites = old }
 }
+
+// IgnoreIdleWorkers: a goroutine of Go that waits for work (at most
+// maxIdleWorkers, each for at most workerIdle) is not a leak.
+var IgnoreIdleWorkers = goleak.IgnoreTopFunction("github.com/cachetun/cachetun/tunnel.worker")
+
+// GoWorkers returns how many goroutines Go has started, and how many
+// wait for work now.
+func GoWorkers() (started int64, idle int32) { return workers.Load(), idleWorkers.Load() }
+
+// MaxIdleWorkers is maxIdleWorkers.
+const MaxIdleWorkers = maxIdleWorkers

@@ -139,7 +139,7 @@ func Relay(ctx context.Context, conn net.Conn, st Stream, rw Rewriter, opts ...R
 	// One direction runs here, the other in one goroutine: two goroutines
 	// per relay, counting the caller's.
 	downDone := make(chan struct{})
-	go func() {
+	Go(func() {
 		defer close(downDone)
 		n, err := copyDown(rw, conn, st, last, &r.down)
 		res.StreamToConn = n
@@ -160,7 +160,7 @@ func Relay(ctx context.Context, conn net.Conn, st Stream, rw Rewriter, opts ...R
 		} else {
 			_ = conn.Close()
 		}
-	}()
+	})
 	n, err := copyUp(rw, st, conn, last, &r.up)
 	res.ConnToStream = n
 	if err == nil {

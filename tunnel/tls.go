@@ -156,10 +156,10 @@ func (y *yamuxSession) OpenStream(ctx context.Context, req OpenRequest) (Stream,
 	}
 	// OpenStream blocks while AcceptBacklog streams are unacknowledged.
 	ch := make(chan result, 1)
-	go func() {
+	Go(func() { // yamux's send path grows a new goroutine's stack: see Go
 		s, err := y.s.OpenStream()
 		ch <- result{s, err}
-	}()
+	})
 	select {
 	case r := <-ch:
 		if r.err != nil {
