@@ -150,6 +150,7 @@ type wan struct {
 	// cuts[link][path][workload] = how far each cut transfer got
 	cuts      map[string]map[string]map[string][]string
 	redisAddr string
+	tcpCC     string        // -tcp-cc, then what the namespaces use
 	emu       *linkemu.Link // the link under test
 	links     []link
 	rounds    int
@@ -162,7 +163,7 @@ func main() {
 }
 
 func run() int {
-	var bin, out, paths, links, workloads string
+	var bin, out, paths, links, workloads, tcpCC string
 	var rounds int
 	var timeout, get50, bulkCap time.Duration
 	var keep bool
@@ -180,6 +181,7 @@ func run() int {
 	flag.DurationVar(&bulkCap, "bulk-timeout", defaultBulkCap, "cut a transfer (32 MiB GET and SET, 8 × 8 MiB GETs) still under way after this long: its cell is what had arrived by then divided by the time, marked *")
 	flag.DurationVar(&timeout, "timeout", 30*time.Minute, "abort the whole run after this long")
 	flag.BoolVar(&keep, "keep", false, "keep the temp dir (logs, configs)")
+	flag.StringVar(&tcpCC, "tcp-cc", "", "TCP congestion control in both namespaces (empty: what they inherit from the host): reno is the algorithm quic-go runs, cubic the default of most Linux distributions and of macOS; a namespace may set only those in /proc/sys/net/ipv4/tcp_allowed_congestion_control. The TCP paths (direct, ssh -L, cachetun tls and ssh) use it; cachetun quic always runs quic-go's NewReno")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Print("cachetun-bench-wan: error: needs root (it creates network namespaces, TUN devices and iptables rules); run it as root")
@@ -187,7 +189,7 @@ func run() int {
 	}
 	w := &wan{log: log.New(os.Stderr, "", log.Ltime), rounds: rounds, get50Dur: get50, bulkCap: bulkCap,
 		results: map[string]map[string]map[string][]float64{}, errs: map[string]map[string]string{},
-		cuts: map[string]map[string]map[string][]string{}, started: time.Now()}
+		cuts: map[string]map[string]map[string][]string{}, started: time.Now(), tcpCC: tcpCC}
 	for _, p := range splitList(paths) {
 		p = strings.ReplaceAll(p, "ssh-L", pathSSHL)
 		if strings.HasPrefix(p, "cachetun-") {
@@ -307,6 +309,9 @@ func (w *wan) main() error {
 			return err
 		}
 	}
+	if err := w.setTCPCC(); err != nil {
+		return err
+	}
 	if err := w.startGatewaySide(); err != nil {
 		return err
 	}
@@ -319,6 +324,25 @@ func (w *wan) main() error {
 }
 
 // sh runs a short command in namespace ns.
+// setTCPCC sets -tcp-cc in both namespaces, or reads what they use, for
+// the report: under random loss it decides the TCP paths' transfers
+// (BBR ignores such loss, CUBIC and Reno do not).
+func (w *wan) setTCPCC() error {
+	for _, ns := range []string{w.laptop, w.gateway} {
+		if w.tcpCC != "" {
+			if err := w.sh(ns, "sysctl", "-q", "-w", "net.ipv4.tcp_congestion_control="+w.tcpCC); err != nil {
+				return fmt.Errorf("-tcp-cc %s: %w (a namespace may set only what the host lists in /proc/sys/net/ipv4/tcp_allowed_congestion_control; as root on the host: sysctl -w net.ipv4.tcp_allowed_congestion_control=\"$(cat /proc/sys/net/ipv4/tcp_allowed_congestion_control) %s\")", w.tcpCC, err, w.tcpCC)
+			}
+		}
+	}
+	out, err := exec.CommandContext(w.ctx, "ip", "netns", "exec", w.gateway, "sysctl", "-n", "net.ipv4.tcp_congestion_control").Output()
+	if err != nil {
+		return fmt.Errorf("read the gateway namespace's TCP congestion control: %w", err)
+	}
+	w.tcpCC = strings.TrimSpace(string(out))
+	return nil
+}
+
 func (w *wan) sh(ns string, argv ...string) error {
 	ctx, cancel := context.WithTimeout(w.ctx, 20*time.Second)
 	defer cancel()
