@@ -157,3 +157,12 @@ func GoWorkers() (started int64, idle int32) { return workers.Load(), idleWorker
 
 // MaxIdleWorkers is maxIdleWorkers.
 const MaxIdleWorkers = maxIdleWorkers
+
+// Acquire is acquire, for the budget's own tests.
+func (b *ResumeBudget) Acquire(n int, stop func() bool) bool { return b.acquire(n, stop) }
+
+// Release is release.
+func (b *ResumeBudget) Release(n int) { b.release(n) }
+
+// Wake is wake.
+func (b *ResumeBudget) Wake() { b.wake() }

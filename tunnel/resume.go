@@ -500,15 +500,21 @@ func (r *Resumable) writePiece(b []byte, bp *[]byte) error {
 	if bp != nil {
 		charge = cap(*bp)
 	}
-	if err := r.reserve(charge); err != nil {
-		if bp != nil {
-			relayBufs.Put(bp)
-		}
-		return err
-	}
 	r.wmu.Lock()
 	r.mu.Lock()
-	r.reserved -= charge
+	if !r.fitsLocked(charge) { // wait for room with neither lock held
+		r.mu.Unlock()
+		r.wmu.Unlock()
+		if err := r.reserve(charge); err != nil {
+			if bp != nil {
+				relayBufs.Put(bp)
+			}
+			return err
+		}
+		r.wmu.Lock()
+		r.mu.Lock()
+		r.reserved -= charge
+	}
 	if r.err != nil || r.localFin {
 		err := r.writeErrLocked()
 		r.mu.Unlock()
@@ -558,6 +564,15 @@ func (r *Resumable) writeErrLocked() error {
 		return r.err
 	}
 	return fmt.Errorf("write stream %d: %w", r.cfg.ID, net.ErrClosed)
+}
+
+// fitsLocked takes k bytes of the buffer's bound and of the budget for a
+// write that goes on at once, if they are there without waiting and
+// nothing stops the write (else false: reserve waits, or says why not).
+// The budget is taken with r.mu held: its locks come after r.mu.
+func (r *Resumable) fitsLocked(k int) bool {
+	return r.err == nil && !r.localFin && r.wdl.IsZero() && r.buf.mem+r.reserved+k <= r.bound &&
+		r.cfg.Budget.tryAcquire(int64(k), false)
 }
 
 // reserve waits until k more bytes fit the buffer and the budget.
@@ -870,28 +885,35 @@ func (b *replayBuf) slices() [][]byte {
 
 // ResumeBudget bounds the replay memory of many Resumables: one for the
 // gateway and one per key under it (Child). A nil budget bounds nothing.
+//
+// Every write of every stream takes from it, so taking is lock-free:
+// each level's use is an atomic count, added to on the way up and taken
+// back if a level lacks room. Only a writer that must wait locks the
+// root (all streams of a gateway share it), and a release locks it only
+// while one waits.
 type ResumeBudget struct {
 	root   *budgetRoot
 	parent *ResumeBudget
-	limit  int
-	used   int
+	limit  int64
+	used   atomic.Int64
 }
 
 type budgetRoot struct {
-	mu   sync.Mutex
-	cond sync.Cond
+	mu      sync.Mutex
+	cond    sync.Cond
+	waiters atomic.Int32 // acquires waiting on cond; changed under mu
 }
 
 // NewResumeBudget returns a budget of limit bytes.
 func NewResumeBudget(limit int) *ResumeBudget {
 	root := &budgetRoot{}
 	root.cond.L = &root.mu
-	return &ResumeBudget{root: root, limit: limit}
+	return &ResumeBudget{root: root, limit: int64(limit)}
 }
 
 // Child returns a budget of limit bytes whose use counts against b too.
 func (b *ResumeBudget) Child(limit int) *ResumeBudget {
-	return &ResumeBudget{root: b.root, parent: b, limit: limit}
+	return &ResumeBudget{root: b.root, parent: b, limit: int64(limit)}
 }
 
 // Used returns the bytes held under b.
@@ -899,16 +921,31 @@ func (b *ResumeBudget) Used() int {
 	if b == nil {
 		return 0
 	}
-	b.root.mu.Lock()
-	defer b.root.mu.Unlock()
-	return b.used
+	return int(b.used.Load())
 }
 
-func (b *ResumeBudget) fitsLocked(n int) bool {
+// tryAcquire takes n bytes from b and its parents, or, if one of them
+// lacks room, nothing (false). locked: the caller holds root.mu.
+func (b *ResumeBudget) tryAcquire(n int64, locked bool) bool {
 	for x := b; x != nil; x = x.parent {
-		if x.used+n > x.limit {
-			return false
+		if x.used.Add(n) <= x.limit {
+			continue
 		}
+		for y := b; ; y = y.parent { // take back what this call added
+			y.used.Add(-n)
+			if y == x {
+				break
+			}
+		}
+		// A waiting acquire may have tried while this one's bytes were
+		// counted, and waits: it may fit now. Not when this is a waiter's
+		// try: waiters try only under root.mu, one at a time, so none saw
+		// these bytes (and waking them would have them wake this one in
+		// turn, round and round while the budget stays full).
+		if !locked {
+			b.root.wakeWaiters()
+		}
+		return false
 	}
 	return true
 }
@@ -916,19 +953,21 @@ func (b *ResumeBudget) fitsLocked(n int) bool {
 // acquire waits until n bytes fit b and its parents, or stop says to
 // give up (false).
 func (b *ResumeBudget) acquire(n int, stop func() bool) bool {
-	if b == nil {
+	if b == nil || b.tryAcquire(int64(n), false) {
 		return true
 	}
-	b.root.mu.Lock()
-	defer b.root.mu.Unlock()
-	for !b.fitsLocked(n) {
+	r := b.root
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Counted before the next try: a release that the try misses sees
+	// the count, and its wake takes mu, which this holds until Wait.
+	r.waiters.Add(1)
+	defer r.waiters.Add(-1)
+	for !b.tryAcquire(int64(n), true) {
 		if stop() {
 			return false
 		}
-		b.root.cond.Wait()
-	}
-	for x := b; x != nil; x = x.parent {
-		x.used += n
+		r.cond.Wait()
 	}
 	return true
 }
@@ -937,14 +976,24 @@ func (b *ResumeBudget) release(n int) {
 	if b == nil || n == 0 {
 		return
 	}
-	b.root.mu.Lock()
 	for x := b; x != nil; x = x.parent {
-		x.used -= n
+		x.used.Add(-int64(n))
 	}
-	b.root.cond.Broadcast()
-	b.root.mu.Unlock()
+	b.root.wakeWaiters()
 }
 
+// wakeWaiters wakes the acquires that wait, if any do.
+func (r *budgetRoot) wakeWaiters() {
+	if r.waiters.Load() == 0 {
+		return
+	}
+	r.mu.Lock()
+	r.cond.Broadcast()
+	r.mu.Unlock()
+}
+
+// wake wakes every waiting acquire (a Resumable ended: its waiter's stop
+// now says so).
 func (b *ResumeBudget) wake() {
 	if b == nil {
 		return

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -447,5 +449,84 @@ func TestResumable_RelayHandsOverBuffers(t *testing.T) {
 	}
 	if got := budget.Used(); got != 0 {
 		t.Fatalf("budget holds %d bytes after the end, want 0", got)
+	}
+}
+
+// TestResumeBudget_Concurrent: writers of two keys under one gateway
+// budget take and give back bytes at once, far more than fits. What they
+// hold never passes a key's limit or the gateway's, no writer is left
+// waiting once others have given back (every one of 8 × 2,000 takes
+// finishes within 20 s), and all of it is back at the end.
+func TestResumeBudget_Concurrent(t *testing.T) {
+	const (
+		gwLimit, keyLimit = 48 << 10, 32 << 10
+		writers, takes    = 4, 2000
+	)
+	gw := tunnel.NewResumeBudget(gwLimit)
+	keys := []*tunnel.ResumeBudget{gw.Child(keyLimit), gw.Child(keyLimit)}
+	var held [2]atomic.Int64
+	var gwHeld atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*writers)
+	for k, key := range keys {
+		for w := range writers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range takes {
+					n := 1 + (i*7919+w*104729)%(16<<10)
+					if !key.Acquire(n, func() bool { return false }) {
+						errs <- fmt.Errorf("key %d: acquire %d refused with no stop", k, n)
+						return
+					}
+					if h := held[k].Add(int64(n)); h > keyLimit {
+						errs <- fmt.Errorf("key %d holds %d bytes, over its limit %d", k, h, keyLimit)
+					}
+					if h := gwHeld.Add(int64(n)); h > gwLimit {
+						errs <- fmt.Errorf("the gateway holds %d bytes, over its limit %d", h, gwLimit)
+					}
+					runtime.Gosched()
+					held[k].Add(-int64(n))
+					gwHeld.Add(-int64(n))
+					key.Release(n)
+				}
+			}()
+		}
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("writers still waiting after 20 s: key use %d and %d, gateway %d", keys[0].Used(), keys[1].Used(), gw.Used())
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if keys[0].Used() != 0 || keys[1].Used() != 0 || gw.Used() != 0 {
+		t.Fatalf("after every release the budgets hold %d, %d and %d bytes, want 0", keys[0].Used(), keys[1].Used(), gw.Used())
+	}
+
+	// stop gives up a wait: a full budget refuses, and releases nothing.
+	if !keys[0].Acquire(keyLimit, func() bool { return false }) {
+		t.Fatal("an empty key refused its whole limit")
+	}
+	var stopped atomic.Bool
+	got := make(chan bool, 1)
+	go func() { got <- keys[0].Acquire(1, stopped.Load) }()
+	time.Sleep(20 * time.Millisecond)
+	stopped.Store(true)
+	gw.Wake()
+	select {
+	case ok := <-got:
+		if ok {
+			t.Fatal("an acquire on a full key succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an acquire told to stop still waits 5 s after the wake")
+	}
+	if keys[0].Used() != keyLimit {
+		t.Fatalf("after the refused acquire the key holds %d bytes, want %d", keys[0].Used(), keyLimit)
 	}
 }
