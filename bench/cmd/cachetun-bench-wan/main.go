@@ -328,19 +328,25 @@ func (w *wan) main() error {
 // the report: under random loss it decides the TCP paths' transfers
 // (BBR ignores such loss, CUBIC and Reno do not).
 func (w *wan) setTCPCC() error {
-	for _, ns := range []string{w.laptop, w.gateway} {
-		if w.tcpCC != "" {
+	if w.tcpCC != "" {
+		for _, ns := range []string{w.laptop, w.gateway} {
 			if err := w.sh(ns, "sysctl", "-q", "-w", "net.ipv4.tcp_congestion_control="+w.tcpCC); err != nil {
 				return fmt.Errorf("-tcp-cc %s: %w (a namespace may set only what the host lists in /proc/sys/net/ipv4/tcp_allowed_congestion_control; as root on the host: sysctl -w net.ipv4.tcp_allowed_congestion_control=\"$(cat /proc/sys/net/ipv4/tcp_allowed_congestion_control) %s\")", w.tcpCC, err, w.tcpCC)
 			}
 		}
 	}
-	out, err := exec.CommandContext(w.ctx, "ip", "netns", "exec", w.gateway, "sysctl", "-n", "net.ipv4.tcp_congestion_control").Output()
+	cc, err := w.tcpCCOf(w.gateway)
+	w.tcpCC = cc
+	return err
+}
+
+// tcpCCOf returns the TCP congestion control namespace ns runs.
+func (w *wan) tcpCCOf(ns string) (string, error) {
+	out, err := exec.CommandContext(w.ctx, "ip", "netns", "exec", ns, "sysctl", "-n", "net.ipv4.tcp_congestion_control").Output()
 	if err != nil {
-		return fmt.Errorf("read the gateway namespace's TCP congestion control: %w", err)
+		return "", fmt.Errorf("read the TCP congestion control of namespace %s: %w", ns, err)
 	}
-	w.tcpCC = strings.TrimSpace(string(out))
-	return nil
+	return strings.TrimSpace(string(out)), nil
 }
 
 func (w *wan) sh(ns string, argv ...string) error {

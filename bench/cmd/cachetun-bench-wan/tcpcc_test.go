@@ -33,11 +33,11 @@ func TestSetTCPCC(t *testing.T) {
 		t.Cleanup(func() { _ = linkemu.DelNetns(ns) })
 	}
 	read := func(ns string) string {
-		out, err := exec.Command("ip", "netns", "exec", ns, "sysctl", "-n", "net.ipv4.tcp_congestion_control").Output()
+		cc, err := w.tcpCCOf(ns)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return strings.TrimSpace(string(out))
+		return cc
 	}
 	inherited := read(w.gateway)
 	if err := w.setTCPCC(); err != nil {
