@@ -31,6 +31,13 @@ import (
 // ALPN is the application protocol of cachetun's QUIC and TLS transports.
 const ALPN = "cachetun/1"
 
+// ALPNEarly is the same protocol from a gateway that serves, on QUIC too,
+// the stream a client opens right behind its Hello (tunnel.EarlyHold).
+// A gateway prefers it and a client offers it first; an older gateway
+// picks ALPN, and the client then opens no stream before the Welcome on
+// QUIC, as that gateway resets such streams.
+const ALPNEarly = "cachetun/1+early"
+
 // oidSSHHostCert marks the extension that carries an OpenSSH host
 // certificate (wire format) for the certificate's key. Private arc.
 var oidSSHHostCert = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 59999, 1, 1}
@@ -121,7 +128,7 @@ func ServerTLSConfig(key crypto.Signer, hostCert *ssh.Certificate) (*tls.Config,
 	return &tls.Config{
 		Certificates:           []tls.Certificate{cert},
 		MinVersion:             tls.VersionTLS13,
-		NextProtos:             []string{ALPN},
+		NextProtos:             []string{ALPNEarly, ALPN},
 		SessionTicketsDisabled: true,
 	}, nil
 }
@@ -133,7 +140,7 @@ func ServerTLSConfig(key crypto.Signer, hostCert *ssh.Certificate) (*tls.Config,
 func ClientTLSConfig(verify func(ssh.PublicKey) error) *tls.Config {
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
-		NextProtos:         []string{ALPN},
+		NextProtos:         []string{ALPNEarly, ALPN},
 		InsecureSkipVerify: true, // the host key is pinned in VerifyConnection
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			k, err := HostKey(cs)

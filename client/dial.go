@@ -252,7 +252,7 @@ func (c *Client) authenticate(ctx context.Context, cn *conn) (*control.Welcome, 
 	}
 	var sent func()
 	c.mu.Lock()
-	if e := c.early; e != nil && cn.sess.Transport() == TransportTLS {
+	if e := c.early; e != nil && servesEarly(cn.sess) {
 		sent = func() { e.helloSent(cn) } // streams may follow the Hello (early.go)
 	}
 	c.mu.Unlock()

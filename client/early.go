@@ -5,19 +5,23 @@ package client
 // session (handshake, Hello, Welcome), then for its stream. When the local
 // port of the first node is known before the Welcome (a connect of one
 // target with local_port set), Run listens on it before it dials. On a TLS
-// session the local connections accepted meanwhile open their streams
-// right behind the client's last Hello instead of after the Welcome, which
-// saves a round trip: the gateway reads nothing of them before it has
-// verified the Hello (tunnel/gate.go holds them in the kernel), then serves
-// them as any stream, or closes them with the session if it refuses it.
+// or QUIC session the local connections accepted meanwhile open their
+// streams right behind the client's last Hello instead of after the
+// Welcome, which saves a round trip: the gateway reads nothing of them
+// before it has verified the Hello (on TLS tunnel/gate.go holds them in
+// the kernel; on QUIC the gateway holds the first one unread, for at most
+// tunnel.EarlyHold, and resets any other), then serves them as any stream,
+// or closes them with the session if it refuses it.
 // Such a stream names node 0 of its target as "0.TARGET:0", which every
 // gateway resolves (the form stock OpenSSH clients use); it is a plain
 // stream, not resumable, as resumption is agreed on in the Welcome.
 //
-// On QUIC the gateway resets every stream that comes before the Welcome
-// (it keeps none of their data), and on SSH the stream channel's open costs
-// its own round trip anyway: there the early connections wait for the
-// Welcome and are served as usual.
+// A QUIC gateway that holds such a stream says so in the handshake's ALPN
+// (certs.ALPNEarly); an older one resets every stream that comes before
+// the Welcome, so with it, as on SSH (where the stream channel's open
+// costs its own round trip anyway), the early connections wait for the
+// Welcome and are served as usual. On QUIC only the first early
+// connection goes behind the Hello; later ones wait for the Welcome.
 //
 // A cache protocol's rewriter (Redis Cluster, memcached discovery) is known
 // only from the Welcome. Rewriters pass requests unchanged and only note
@@ -35,6 +39,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/cachetun/cachetun/certs"
 	"github.com/cachetun/cachetun/tunnel"
 )
 
@@ -45,7 +50,8 @@ type earlyState struct {
 	port int
 
 	mu      sync.Mutex
-	cn      *conn         // the TLS session whose last Hello is out
+	cn      *conn         // the TLS or QUIC session whose last Hello is out
+	onQUIC  *conn         // the QUIC session whose one early stream is taken
 	ready   chan struct{} // closed when cn is set
 	node    string        // node 0's address, once the Welcome was applied
 	applied chan struct{} // closed when node is set, or the start failed
@@ -129,6 +135,37 @@ func (e *earlyState) helloSent(cn *conn) {
 	e.cn = cn
 }
 
+// takeStream reports whether a connection may open its stream behind the
+// Hello on cn: on TLS every one may (the gateway holds them in the
+// kernel), on QUIC the first one only (the gateway holds one and resets
+// the others).
+func (e *earlyState) takeStream(cn *conn) bool {
+	if cn.sess.Transport() != TransportQUIC {
+		return true
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.onQUIC == cn {
+		return false
+	}
+	e.onQUIC = cn
+	return true
+}
+
+// servesEarly reports whether sess's gateway serves a stream opened right
+// behind the Hello: every TLS one (tunnel/gate.go), a QUIC one that agreed
+// on certs.ALPNEarly.
+func servesEarly(sess tunnel.Session) bool {
+	switch sess.Transport() {
+	case TransportTLS:
+		return true
+	case TransportQUIC:
+		p, ok := sess.(interface{ NegotiatedProtocol() string })
+		return ok && p.NegotiatedProtocol() == certs.ALPNEarly
+	}
+	return false
+}
+
 // adoptLocked hands ln to applyLocked as the listener of node at port, if
 // it is this target's first node's port. c.mu is held.
 func (e *earlyState) adoptLocked(v *targetView, port int) (net.Listener, bool) {
@@ -195,6 +232,18 @@ func (c *Client) serveEarly(nc net.Conn, e *earlyState) {
 		nc.Close()
 		return
 	}
+	if !e.takeStream(cn) { // a QUIC gateway holds one: wait for the Welcome
+		select {
+		case <-e.applied:
+		case <-ctx.Done():
+		}
+		if node, ok := e.nodeNow(); ok {
+			c.serveLocal(nc, e.v, node)
+			return
+		}
+		nc.Close()
+		return
+	}
 	c.open.Add(1)
 	defer c.open.Add(-1)
 	if tc, ok := nc.(*net.TCPConn); ok {
@@ -222,6 +271,11 @@ func (c *Client) serveEarly(nc net.Conn, e *earlyState) {
 	var se *tunnel.StatusError
 	if errors.As(res.Err, &se) {
 		log.Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)
+		return
+	}
+	if tunnel.HeldStreamDropped(res.Err) {
+		log.Warn("closing local connection: the gateway dropped it, as it was opened before the session was up and the gateway took longer than "+
+			tunnel.EarlyHold.String()+" to authenticate it; connect again (if this recurs, the gateway is overloaded: tell its operator)", "err", res.Err)
 		return
 	}
 	log.Debug("connection closed", "bytes_up", res.ConnToStream, "bytes_down", res.StreamToConn, "err", res.Err)

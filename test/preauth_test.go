@@ -195,6 +195,74 @@ func TestPreAuth_StreamFlood(t *testing.T) {
 	}
 }
 
+// TestPreAuth_QUICHeldStreams: on QUIC the gateway holds, unread, one
+// stream behind the control stream before authentication (the first
+// connection's stream right behind the Hello, client/early.go). Clients
+// with no key fill every unauthenticated slot of their source (8) with a
+// session whose held stream carries a full stream window (1 MiB) and
+// never send a Hello. The gateway's RSS grows by at most 32 MiB (8 × the
+// per-connection bound of PROTOCOL.md, 3.2 MiB, is 26 MiB), every held
+// stream is dropped (the client reads the refusal) within
+// tunnel.EarlyHold (3 s) + 2 s, and a client from another source
+// authenticates meanwhile within 2 s.
+func TestPreAuth_QUICHeldStreams(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills a gateway process's unauthenticated slots")
+	}
+	k := newKey(t, "legit")
+	g := preAuthGateway(t, []string{k.Line}, map[string]string{"auth_timeout": "20s"})
+	before := g.RSS(t)
+	g.ResetPeakRSS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	window := make([]byte, 1<<20) // tunnel.DefaultQUICConfig's InitialStreamReceiveWindow
+	type held struct {
+		took time.Duration
+		err  error
+	}
+	results := make(chan held, unauthPerSource)
+	for i := range unauthPerSource {
+		s, err := attackerSession(ctx, g, "quic", "127.0.0.2")
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		defer s.Close()
+		if _, err := s.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "cache"}); err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "cache", Node: "127.0.0.1:9"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		go func() {
+			defer st.Abort()
+			_ = st.SetDeadline(start.Add(tunnel.EarlyHold + 5*time.Second))
+			// Up to the window: what does not fit stays with the client.
+			_, _ = st.Write(window[:len(window)-1024])
+			_, err := st.Read(make([]byte, 1))
+			results <- held{time.Since(start), err}
+		}()
+	}
+	checkLegit(t, g, k, "held streams on every slot of a source")
+	for range unauthPerSource {
+		r := <-results
+		if !tunnel.HeldStreamDropped(r.err) {
+			t.Fatalf("a held stream read %v after %v, want the gateway's refusal", r.err, r.took)
+		}
+		if r.took > tunnel.EarlyHold+2*time.Second {
+			t.Errorf("a held stream was dropped after %v, bound %v + 2 s", r.took, tunnel.EarlyHold)
+		}
+	}
+	after := g.PeakRSS(t)
+	growth := after - before
+	t.Logf("%d sessions each holding a 1 MiB early stream: gateway RSS %d KiB -> peak %d KiB (growth %+.1f MiB, bound %d MiB)",
+		unauthPerSource, before>>10, after>>10, float64(growth)/(1<<20), preAuthRSSBound>>20)
+	if growth > preAuthRSSBound {
+		t.Fatalf("gateway RSS grew by %d MiB before authentication, bound %d MiB", growth>>20, preAuthRSSBound>>20)
+	}
+}
+
 // TestPreAuth_LockOut (finding 4): idle TCP connections and sessions that
 // never send Hello, all from 127.0.0.2, are capped at
 // unauthenticated_per_source (8) and refused at once beyond it; a client

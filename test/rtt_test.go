@@ -230,9 +230,10 @@ func pingOnce(addr string, timeout time.Duration) error {
 // handshakes (under -race, on a shared machine), so that one round trip
 // more than the bound still fails:
 //
-//	first reply: quic 3 (QUIC handshake, Hello/Welcome, stream + PING),
+//	first reply: quic 2 (QUIC handshake, then the Hello with the stream
+//	  + PING right behind it: client/early.go),
 //	  tls 3 (TCP, TLS 1.3, then the Hello with the stream + PING right
-//	  behind it: client/early.go),
+//	  behind it),
 //	  ssh 10 (TCP, versions, key exchange, then x/crypto's service request,
 //	  "none" and publickey query before the signed publickey: 7; control
 //	  channel open, Hello/Welcome, stream + PING);
@@ -247,7 +248,7 @@ func TestRTT_FirstReplyAndNewConnection(t *testing.T) {
 	g := startGateway(t, redisTarget(r), []string{k.Line})
 	d := newDelayedGateway(t, g, rttD)
 	bounds := map[string]struct{ first, newconn float64 }{
-		"quic": {3, 1},
+		"quic": {2, 1},
 		"tls":  {3, 1},
 		"ssh":  {10, 1},
 	}
@@ -309,14 +310,20 @@ func TestRTT_FirstReplyAndNewConnection(t *testing.T) {
 }
 
 // TestRTT_EarlyStreamRefusedWithSession: a local connection accepted
-// before the first Welcome sends its stream right behind the Hello on TLS;
-// when the gateway refuses the Hello (a key it does not know) that stream
-// is never served: the upstream (a TCP target that counts its connections)
-// is never dialled, the local connection is closed without a byte, and
-// Run returns the refusal. The gateway reads the client's end of the
-// session at once (the held stream does not stall it): no read of a next
-// Hello runs into auth_timeout (2 s here).
+// before the first Welcome sends its stream right behind the Hello on TLS
+// and QUIC; when the gateway refuses the Hello (a key it does not know)
+// that stream is never served: the upstream (a TCP target that counts its
+// connections) is never dialled, the local connection is closed without a
+// byte, and Run returns the refusal. The gateway reads the client's end of
+// the session at once (the held stream does not stall it): no read of a
+// next Hello runs into auth_timeout (2 s here).
 func TestRTT_EarlyStreamRefusedWithSession(t *testing.T) {
+	for _, tr := range []string{"tls", "quic"} {
+		t.Run(tr, func(t *testing.T) { testEarlyStreamRefused(t, tr) })
+	}
+}
+
+func testEarlyStreamRefused(t *testing.T, transport string) {
 	up, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -337,7 +344,7 @@ func TestRTT_EarlyStreamRefusedWithSession(t *testing.T) {
 		}
 	}()
 	known, stranger := newKey(t, "known"), newKey(t, "stranger")
-	g := startGateway(t, map[string]*server.Target{"svc": {Type: server.TypeTCP, Nodes: []string{up.Addr().String()}}}, []string{known.Line}, withoutQUIC,
+	g := startGateway(t, map[string]*server.Target{"svc": {Type: server.TypeTCP, Nodes: []string{up.Addr().String()}}}, []string{known.Line},
 		func(c *server.Config) { c.Limits.AuthTimeout = 2 * time.Second })
 	d := newDelayedGateway(t, g, rttD)
 	port := testenv.FreeLoopbackListener(t)
@@ -345,8 +352,8 @@ func TestRTT_EarlyStreamRefusedWithSession(t *testing.T) {
 	port.Close()
 	local := fmt.Sprintf("127.0.0.1:%d", lport)
 	logger, tl := newTestLogger(t)
-	cl, err := client.New(client.Options{Profile: "svc", Target: "svc", Servers: []string{d.ServerAddr("tls")},
-		Transport: "tls", Identity: stranger.Path, LocalPort: &lport, KnownHosts: d.knownHosts, Logger: logger})
+	cl, err := client.New(client.Options{Profile: "svc", Target: "svc", Servers: []string{d.ServerAddr(transport)},
+		Transport: transport, Identity: stranger.Path, LocalPort: &lport, KnownHosts: d.knownHosts, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,11 +401,11 @@ func TestRTT_EarlyStreamRefusedWithSession(t *testing.T) {
 }
 
 // TestRTT_EarlyStreamClusterRewritten: on a Redis Cluster target, a first
-// request sent before the Welcome (on TLS its stream goes right behind
-// the Hello, before the client knows the target's type) still passes the
-// cluster rewriter: CLUSTER SLOTS answers with the client's local ports,
-// not the nodes' addresses, and the connection goes on with a second
-// request.
+// request sent before the Welcome (on TLS and QUIC its stream goes right
+// behind the Hello, before the client knows the target's type) still
+// passes the cluster rewriter: CLUSTER SLOTS answers with the client's
+// local ports, not the nodes' addresses, and the connection goes on with a
+// second request.
 func TestRTT_EarlyStreamClusterRewritten(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a Redis Cluster and a delayed link")
@@ -407,13 +414,19 @@ func TestRTT_EarlyStreamClusterRewritten(t *testing.T) {
 	k := newKey(t, "rtt")
 	g := startGateway(t, map[string]*server.Target{
 		"prod": {Type: server.TypeRedisCluster, Nodes: []string{cl.Nodes[0].Addr}, Refresh: time.Hour, Networks: loopbackNetworks},
-	}, []string{k.Line}, withoutQUIC)
+	}, []string{k.Line})
 	d := newDelayedGateway(t, g, rttD)
+	for _, tr := range []string{"tls", "quic"} {
+		t.Run(tr, func(t *testing.T) { testEarlyStreamCluster(t, tr, cl, k, d) })
+	}
+}
+
+func testEarlyStreamCluster(t *testing.T, transport string, cl *testenv.Cluster, k key, d *delayedGateway) {
 	lport := freePortBlock(t, len(cl.Nodes)) // node i listens on lport+i
 	local := fmt.Sprintf("127.0.0.1:%d", lport)
 	logger, _ := newTestLogger(t)
-	c, err := client.New(client.Options{Profile: "prod", Target: "prod", Servers: []string{d.ServerAddr("tls")},
-		Transport: "tls", Identity: k.Path, LocalPort: &lport, KnownHosts: d.knownHosts, Logger: logger})
+	c, err := client.New(client.Options{Profile: "prod", Target: "prod", Servers: []string{d.ServerAddr(transport)},
+		Transport: transport, Identity: k.Path, LocalPort: &lport, KnownHosts: d.knownHosts, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}

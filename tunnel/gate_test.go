@@ -13,10 +13,12 @@ import (
 
 // TestGate_NothingBeforeAuthentication: before the server calls
 // Authenticated, only the first stream the client opens (the control
-// stream) reaches the server. On TLS+yamux the frames of a second stream
-// stay unread in the socket (they arrive after Authenticated); on QUIC
-// the second stream is reset, so the client's write fails. Streams
-// opened after Authenticated work on both.
+// stream) reaches the server. The second one (the early stream behind a
+// Hello) arrives after Authenticated with its bytes intact: on TLS+yamux
+// its frames stay unread in the socket, on QUIC quic-go holds it unread
+// (tunnel.EarlyHold). On QUIC a third stream opened before authentication
+// is reset, so the client's write fails. Streams opened after
+// Authenticated work on both.
 func TestGate_NothingBeforeAuthentication(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, p pair) {
 		if _, ok := p.server.(tunnel.Gated); !ok {
@@ -63,8 +65,20 @@ func TestGate_NothingBeforeAuthentication(t *testing.T) {
 			t.Fatalf("control stream to the client before auth: %q %v", buf, err)
 		}
 		if p.transport == "quic" {
-			if err := <-werr; err == nil {
-				t.Fatal("quic: writing 256 KiB on a stream opened before authentication succeeded; want a reset")
+			if err := <-werr; err != nil {
+				t.Fatalf("quic: writing 256 KiB on the stream held before authentication: %v", err)
+			}
+			third, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:3"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer third.Abort()
+			_ = third.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := third.Write(payload); err == nil {
+				t.Fatal("quic: writing 256 KiB on a second stream opened before authentication succeeded; want a reset")
+			}
+			if _, err := third.Read(make([]byte, 1)); !tunnel.HeldStreamDropped(err) {
+				t.Fatalf("quic: reading a second stream opened before authentication: %v, want the gateway's refusal", err)
 			}
 		}
 
@@ -126,8 +140,8 @@ func gateControlStream(ctx context.Context, t *testing.T, p pair) (ctrl, sctrl t
 
 // gateAfterAuth takes the streams accepted after authentication from acc
 // until the one to n:2 (the late stream), which it answers by echoing its
-// "ping" and returns, still open. The held stream n:1 (TLS only: QUIC
-// reset it) must bring payload intact.
+// "ping" and returns, still open. The held stream n:1 must bring payload
+// intact.
 func gateAfterAuth(t *testing.T, p pair, acc <-chan gateAccepted, payload []byte) tunnel.Stream {
 	t.Helper()
 	for seen := 0; seen < 2; seen++ {
@@ -141,10 +155,10 @@ func gateAfterAuth(t *testing.T, p pair, acc <-chan gateAccepted, payload []byte
 		}
 		st, _ := a.in.Accept()
 		_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+		if req.Node == "n:3" {
+			t.Fatal("quic: the stream reset before authentication was accepted after it")
+		}
 		if req.Node == "n:1" {
-			if p.transport == "quic" {
-				t.Fatal("quic: the stream reset before authentication was accepted after it")
-			}
 			got := make([]byte, len(payload))
 			if _, err := io.ReadFull(st, got); err != nil || !bytes.Equal(got, payload) {
 				t.Fatalf("held stream after authentication: %v", err)
@@ -193,16 +207,17 @@ func TestGate_ControlStreamBounded(t *testing.T) {
 	within(t, p.server.Done(), 10*time.Second, "2 MiB on the control stream before authentication ended the server session")
 }
 
-// TestGate_DropEarly: after DropEarly (the gateway refused a Hello) the
-// TLS gate discards the frames of a stream held before authentication
-// instead of waiting, so what the client sends on the control stream
-// behind it (a next Hello) is read at once; the held stream never reaches
-// the server, while one opened after Authenticated does.
+// TestGate_DropEarly: after DropEarly (the gateway refused a Hello) a
+// stream held before authentication never reaches the server, while one
+// opened after Authenticated does. The TLS gate discards the held
+// stream's frames instead of waiting, so what the client sends on the
+// control stream behind it (a next Hello) is read at once; QUIC resets
+// the held stream, and the client reads the refusal.
 func TestGate_DropEarly(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, p pair) {
 		d, ok := p.server.(tunnel.EarlyDropper)
 		if !ok {
-			t.Skip("only TLS holds streams back before authentication")
+			t.Skip("ssh: no session exists before the SSH handshake authenticated the client")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -228,16 +243,24 @@ func TestGate_DropEarly(t *testing.T) {
 		if _, err := ctrl.Write([]byte("again")); err != nil {
 			t.Fatal(err)
 		}
-		// Held: the bytes behind the early stream do not arrive.
 		buf := make([]byte, 5)
-		_ = sctrl.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-		if n, err := io.ReadFull(sctrl, buf); err == nil {
-			t.Fatalf("control bytes behind a held stream arrived before DropEarly: %q", buf[:n])
+		if p.transport == "tls" {
+			// Held: the bytes behind the early stream do not arrive.
+			_ = sctrl.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			if n, err := io.ReadFull(sctrl, buf); err == nil {
+				t.Fatalf("control bytes behind a held stream arrived before DropEarly: %q", buf[:n])
+			}
 		}
 		d.DropEarly()
 		_ = sctrl.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.ReadFull(sctrl, buf); err != nil || string(buf) != "again" {
 			t.Fatalf("control stream after DropEarly: %q %v", buf, err)
+		}
+		if p.transport == "quic" {
+			_ = early.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := early.Read(make([]byte, 1)); !tunnel.HeldStreamDropped(err) {
+				t.Fatalf("quic: the held stream after DropEarly reads %v, want the gateway's refusal", err)
+			}
 		}
 		p.server.(tunnel.Gated).Authenticated()
 		late, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:2"})
@@ -254,4 +277,58 @@ func TestGate_DropEarly(t *testing.T) {
 			t.Fatalf("first stream the server accepted: %+v %v; want n:2 (n:1 was dropped)", req, err)
 		}
 	}, unauthenticated())
+}
+
+// TestGate_QUICEarlyHoldExpires: a QUIC gateway keeps the stream behind
+// the control stream unread for at most tunnel.EarlyHold (3 s); a client
+// that has not authenticated by then reads the refusal, within 2 s more,
+// and the stream is never served, even after a later Authenticated. The
+// control stream keeps working.
+func TestGate_QUICEarlyHoldExpires(t *testing.T) {
+	p := newPairWith(t, "quic", pairOptions{unauthenticated: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ctrl, sctrl := gateControlStream(ctx, t, p)
+	early, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Abort()
+	start := time.Now()
+	if _, err := early.Write(bytes.Repeat([]byte("x"), 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	_ = early.SetReadDeadline(time.Now().Add(tunnel.EarlyHold + 5*time.Second))
+	_, err = early.Read(make([]byte, 1))
+	took := time.Since(start)
+	if !tunnel.HeldStreamDropped(err) {
+		t.Fatalf("the held stream read %v after %v, want the gateway's refusal", err, took)
+	}
+	if took < tunnel.EarlyHold-100*time.Millisecond || took > tunnel.EarlyHold+2*time.Second {
+		t.Fatalf("the held stream was dropped after %v, want %v (+ at most 2 s)", took, tunnel.EarlyHold)
+	}
+	p.server.(tunnel.Gated).Authenticated()
+	late, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+	if _, err := late.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	in, err := p.server.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req, err := in.Request(time.Now().Add(5 * time.Second)); err != nil || req.Node != "n:2" {
+		t.Fatalf("first stream accepted after authentication: %+v %v; want n:2 (n:1 was dropped)", req, err)
+	}
+	if _, err := sctrl.Write([]byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2)
+	_ = ctrl.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(ctrl, buf); err != nil {
+		t.Fatalf("control stream after the hold ran out: %v", err)
+	}
 }

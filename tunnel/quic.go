@@ -265,8 +265,10 @@ type quicSession struct {
 	asker   *serverRefresh // server only
 
 	// Server only, until Authenticated: the first stream the client opens
-	// is the control stream; every later one is reset as it arrives, so
-	// quic-go keeps none of its data (see Gated).
+	// is the control stream; the next one is held unread (the first
+	// connection's stream behind the Hello, client/early.go) and every later
+	// one is reset as it arrives, so quic-go keeps none of its data (see
+	// Gated and EarlyHold).
 	gated     bool
 	firstOnce sync.Once
 	authOnce  sync.Once
@@ -275,7 +277,24 @@ type quicSession struct {
 	resetDone chan struct{} // closed when resetUntilAuthenticated returned or never ran
 	authed    chan struct{} // closed by Authenticated
 	firstDone atomic.Bool   // the control stream was accepted
+
+	heldMu    sync.Mutex
+	held      *quic.Stream // the stream behind the control stream, unread until Authenticated
+	heldTimer *time.Timer  // resets held after EarlyHold
+	heldOnce  bool         // a stream was held (or refused in its place): later ones are reset
+	dropped   bool         // DropEarly was called
+	heldReady *quic.Stream // held, handed over by Authenticated to the next AcceptStream
 }
+
+// EarlyHold is how long a QUIC gateway keeps, unread, the one stream a
+// client opened behind its control stream before authenticating (the first
+// connection's stream right behind the Hello, client/early.go). A client
+// sends it in the same flight as its last Hello, so an honest one is
+// authenticated (or refused) long before; a held stream still waiting then
+// is reset, as every other stream before authentication is. What it can
+// hold meanwhile is bounded by the connection's receive window, with the
+// control stream's data (PROTOCOL.md "Before authentication").
+const EarlyHold = 3 * time.Second
 
 // quicStreamRefused is the reset code of a stream opened before the
 // session authenticated.
@@ -297,13 +316,59 @@ func (s *quicSession) resetUntilAuthenticated() {
 		if err != nil {
 			return
 		}
-		qs.CancelRead(quicStreamRefused)
-		qs.CancelWrite(quicStreamRefused)
+		if !s.hold(qs) {
+			refuseQUIC(qs)
+		}
 	}
 }
 
-// Authenticated stops resetting streams (Gated); a stream the client
-// opened before it is reset, one opened after is accepted.
+func refuseQUIC(qs *quic.Stream) {
+	qs.CancelRead(quicStreamRefused)
+	qs.CancelWrite(quicStreamRefused)
+}
+
+// hold keeps qs unread as the one early stream, unless one was held
+// already or DropEarly was called.
+func (s *quicSession) hold(qs *quic.Stream) bool {
+	s.heldMu.Lock()
+	defer s.heldMu.Unlock()
+	if s.heldOnce || s.dropped {
+		return false
+	}
+	s.heldOnce, s.held = true, qs
+	s.heldTimer = time.AfterFunc(EarlyHold, s.dropHeld)
+	return true
+}
+
+// dropHeld resets the held stream, if any.
+func (s *quicSession) dropHeld() {
+	s.heldMu.Lock()
+	defer s.heldMu.Unlock()
+	if s.heldTimer != nil {
+		s.heldTimer.Stop()
+	}
+	if s.held != nil {
+		refuseQUIC(s.held)
+		s.held = nil
+	}
+}
+
+// DropEarly resets the held stream and, until Authenticated, every later
+// one as before: the gateway refused a Hello, and a stream behind it is
+// never served.
+func (s *quicSession) DropEarly() {
+	if !s.gated {
+		return
+	}
+	s.heldMu.Lock()
+	s.dropped = true
+	s.heldMu.Unlock()
+	s.dropHeld()
+}
+
+// Authenticated stops resetting streams (Gated): the held stream, if any,
+// is the next one AcceptStream returns; any other stream the client
+// opened before is reset, one opened after is accepted.
 func (s *quicSession) Authenticated() {
 	if !s.gated {
 		return
@@ -312,6 +377,12 @@ func (s *quicSession) Authenticated() {
 		s.stopReset()
 		s.firstOnce.Do(func() { close(s.resetDone) }) // no stream yet: nothing to stop
 		<-s.resetDone
+		s.heldMu.Lock()
+		if s.heldTimer != nil {
+			s.heldTimer.Stop()
+		}
+		s.heldReady, s.held = s.held, nil
+		s.heldMu.Unlock()
 		close(s.authed)
 	})
 }
@@ -342,6 +413,13 @@ func (s *quicSession) AcceptStream(ctx context.Context) (Incoming, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
+		s.heldMu.Lock()
+		qs := s.heldReady
+		s.heldReady = nil
+		s.heldMu.Unlock()
+		if qs != nil {
+			return &framedIncoming{s: &quicStream{s: qs, w: s.writers}}, nil
+		}
 	}
 	qs, err := s.c.AcceptStream(ctx)
 	if err != nil {
@@ -365,8 +443,21 @@ func (s *quicSession) Close() error {
 	return s.c.CloseWithError(quicCodeNormal, "")
 }
 
+// NegotiatedProtocol is the ALPN protocol the handshake agreed on.
+func (s *quicSession) NegotiatedProtocol() string {
+	return s.c.ConnectionState().TLS.NegotiatedProtocol
+}
+
 // Stats returns the QUIC connection statistics (RTT, loss).
 func (s *quicSession) Stats() quic.ConnectionStats { return s.c.ConnectionStats() }
+
+// HeldStreamDropped reports whether err is a QUIC gateway's reset of a
+// stream it did not serve because it came before authentication: one
+// opened behind a Hello and held longer than EarlyHold, or any other.
+func HeldStreamDropped(err error) bool {
+	var se *quic.StreamError
+	return errors.As(err, &se) && se.Remote && se.ErrorCode == quicStreamRefused
+}
 
 // peerStopped reports whether err is the peer's STOP_SENDING of a QUIC
 // stream, as a server sends with a refusal.

@@ -116,17 +116,17 @@ type PreAuthenticated interface {
 
 // Gated is implemented by server sessions that, until Authenticated is
 // called, serve nothing but the first stream the client opened (the control
-// stream) and hold no data of any other: on TLS+yamux the frames of other
-// streams stay unread in the socket, on QUIC other streams are reset as
-// they arrive. The server calls Authenticated once the client has proved
+// stream) and read no data of any other: on TLS+yamux the frames of other
+// streams stay unread in the socket; on QUIC the next stream is held
+// unread for at most EarlyHold and later ones are reset as they arrive. The server calls Authenticated once the client has proved
 // its key, before it answers; the transport knows nothing of keys.
 type Gated interface {
 	Authenticated()
 }
 
 // EarlyDropper is a server session that holds back the streams a client
-// opened before it authenticated (TLS); DropEarly discards them from now
-// on, for a session whose Hello was refused.
+// opened before it authenticated (TLS, QUIC); DropEarly discards them from
+// now on, for a session whose Hello was refused.
 type EarlyDropper interface {
 	DropEarly()
 }
