@@ -9,9 +9,11 @@ package client
 // streams right behind the client's last Hello instead of after the
 // Welcome, which saves a round trip: the gateway reads nothing of them
 // before it has verified the Hello (on TLS tunnel/gate.go holds them in
-// the kernel; on QUIC the gateway holds the first one unread, for at most
-// tunnel.EarlyHold, and resets any other), then serves them as any stream,
-// or closes them with the session if it refuses it.
+// the kernel; on QUIC the gateway buffers the first one, at most
+// tunnel.MaxEarlyBytes of it for at most tunnel.EarlyHold, and resets any
+// other), then serves them as any stream, or closes them with the session
+// if it refuses it. Before the Welcome an early stream carries its header
+// and one read of the local connection, at most 16 KiB (CopyRequests).
 // Such a stream names node 0 of its target as "0.TARGET:0", which every
 // gateway resolves (the form stock OpenSSH clients use); it is a plain
 // stream, not resumable, as resumption is agreed on in the Welcome.

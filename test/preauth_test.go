@@ -195,68 +195,141 @@ func TestPreAuth_StreamFlood(t *testing.T) {
 	}
 }
 
-// TestPreAuth_QUICHeldStreams: on QUIC the gateway holds, unread, one
-// stream behind the control stream before authentication (the first
-// connection's stream right behind the Hello, client/early.go). Clients
-// with no key fill every unauthenticated slot of their source (8) with a
-// session whose held stream carries a full stream window (1 MiB) and
-// never send a Hello. The gateway's RSS grows by at most 32 MiB (8 × the
-// per-connection bound of PROTOCOL.md, 3.2 MiB, is 26 MiB), every held
-// stream is dropped (the client reads the refusal) within
-// tunnel.EarlyHold (3 s) + 2 s, and a client from another source
-// authenticates meanwhile within 2 s.
+// TestPreAuth_QUICHeldStreams: on QUIC the gateway holds one stream
+// behind the control stream before authentication (the first
+// connection's stream right behind the Hello, client/early.go), reading at
+// most tunnel.MaxEarlyBytes (64 KiB) of it into a buffer of its own.
+// Clients with no key fill every unauthenticated slot of their source (8)
+// with a session that writes 1 MiB (its stream window) on that stream and
+// never sends a Hello: once in one write, once in 130-byte writes (quic-go
+// would keep each such frame, unread, in a 1452-byte buffer: +113 MiB
+// when the gateway did not read the held stream). The gateway's RSS grows
+// by at most 32 MiB, every held stream is refused (the client reads the
+// refusal) within tunnel.EarlyHold (3 s) + 2 s, and a client from another
+// source authenticates meanwhile within 2 s.
 func TestPreAuth_QUICHeldStreams(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fills a gateway process's unauthenticated slots")
 	}
 	k := newKey(t, "legit")
 	g := preAuthGateway(t, []string{k.Line}, map[string]string{"auth_timeout": "20s"})
+	for _, chunk := range []int{1 << 20, 130} {
+		t.Run(fmt.Sprintf("writes of %d bytes", chunk), func(t *testing.T) {
+			before := g.RSS(t)
+			g.ResetPeakRSS(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			window := make([]byte, 1<<20) // tunnel.DefaultQUICConfig's InitialStreamReceiveWindow
+			type held struct {
+				took    time.Duration
+				written int
+				err     error
+			}
+			results := make(chan held, unauthPerSource)
+			for i := range unauthPerSource {
+				s, err := attackerSession(ctx, g, "quic", "127.0.0.2")
+				if err != nil {
+					t.Fatalf("session %d: %v", i, err)
+				}
+				defer s.Close()
+				if _, err := s.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "cache"}); err != nil {
+					t.Fatal(err)
+				}
+				st, err := s.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "cache", Node: "127.0.0.1:9"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				start := time.Now()
+				go func() {
+					defer st.Abort()
+					_ = st.SetDeadline(start.Add(tunnel.EarlyHold + 5*time.Second))
+					written := 0
+					for written < len(window) {
+						n, err := st.Write(window[written:min(written+chunk, len(window))])
+						written += n
+						if err != nil {
+							break
+						}
+						if chunk < 1<<10 {
+							time.Sleep(20 * time.Microsecond) // one frame per packet, not coalesced
+						}
+					}
+					_, err := st.Read(make([]byte, 1))
+					results <- held{time.Since(start), written, err}
+				}()
+			}
+			checkLegit(t, g, k, "held streams on every slot of a source")
+			for range unauthPerSource {
+				r := <-results
+				if !tunnel.HeldStreamDropped(r.err) {
+					t.Fatalf("a held stream read %v after %v, want the gateway's refusal", r.err, r.took)
+				}
+				if r.took > tunnel.EarlyHold+2*time.Second {
+					t.Errorf("a held stream was refused after %v, bound %v + 2 s", r.took, tunnel.EarlyHold)
+				}
+			}
+			after := g.PeakRSS(t)
+			growth := after - before
+			t.Logf("%d sessions each writing 1 MiB on a held stream in %d-byte writes: gateway RSS %d KiB -> peak %d KiB (growth %+.1f MiB, bound %d MiB)",
+				unauthPerSource, chunk, before>>10, after>>10, float64(growth)/(1<<20), preAuthRSSBound>>20)
+			if growth > preAuthRSSBound {
+				t.Fatalf("gateway RSS grew by %d MiB before authentication, bound %d MiB", growth>>20, preAuthRSSBound>>20)
+			}
+		})
+	}
+}
+
+// TestPreAuth_QUICRefusalLinger: a refused QUIC session is given up to
+// 2 s to read its refusal before the gateway closes it. Clients with no
+// key fill every unauthenticated slot of their source (8) with a session
+// whose Hello is refused at once (its key does not parse) and that then
+// writes 1 MiB more on the control stream in 130-byte writes. The gateway
+// reads and discards at most 64 KiB of that and then closes the session,
+// so quic-go never holds the rest (unread, it would keep each such frame
+// in a 1452-byte buffer). Its RSS grows by at most 32 MiB.
+func TestPreAuth_QUICRefusalLinger(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills a gateway process's unauthenticated slots")
+	}
+	k := newKey(t, "legit")
+	g := preAuthGateway(t, []string{k.Line}, nil)
 	before := g.RSS(t)
 	g.ResetPeakRSS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	window := make([]byte, 1<<20) // tunnel.DefaultQUICConfig's InitialStreamReceiveWindow
-	type held struct {
-		took time.Duration
-		err  error
-	}
-	results := make(chan held, unauthPerSource)
+	var wg sync.WaitGroup
 	for i := range unauthPerSource {
 		s, err := attackerSession(ctx, g, "quic", "127.0.0.2")
 		if err != nil {
 			t.Fatalf("session %d: %v", i, err)
 		}
 		defer s.Close()
-		if _, err := s.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "cache"}); err != nil {
-			t.Fatal(err)
-		}
-		st, err := s.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "cache", Node: "127.0.0.1:9"})
+		ctrl, err := s.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindControl, Target: "cache"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		start := time.Now()
+		wg.Add(1)
 		go func() {
-			defer st.Abort()
-			_ = st.SetDeadline(start.Add(tunnel.EarlyHold + 5*time.Second))
-			// Up to the window: what does not fit stays with the client.
-			_, _ = st.Write(window[:len(window)-1024])
-			_, err := st.Read(make([]byte, 1))
-			results <- held{time.Since(start), err}
+			defer wg.Done()
+			_ = ctrl.SetDeadline(time.Now().Add(5 * time.Second))
+			// A Hello whose key does not parse: a final refusal.
+			if err := control.WriteFrame(ctrl, control.FrameHello, []byte(`{"target":"cache","public_key":"eA=="}`)); err != nil {
+				return
+			}
+			piece := make([]byte, 130)
+			for range (1 << 20) / len(piece) {
+				if _, err := ctrl.Write(piece); err != nil {
+					return
+				}
+				time.Sleep(20 * time.Microsecond) // one frame per packet, not coalesced
+			}
 		}()
 	}
-	checkLegit(t, g, k, "held streams on every slot of a source")
-	for range unauthPerSource {
-		r := <-results
-		if !tunnel.HeldStreamDropped(r.err) {
-			t.Fatalf("a held stream read %v after %v, want the gateway's refusal", r.err, r.took)
-		}
-		if r.took > tunnel.EarlyHold+2*time.Second {
-			t.Errorf("a held stream was dropped after %v, bound %v + 2 s", r.took, tunnel.EarlyHold)
-		}
-	}
+	wg.Wait()
+	time.Sleep(500 * time.Millisecond) // within the gateway's 2 s linger
 	after := g.PeakRSS(t)
 	growth := after - before
-	t.Logf("%d sessions each holding a 1 MiB early stream: gateway RSS %d KiB -> peak %d KiB (growth %+.1f MiB, bound %d MiB)",
+	t.Logf("%d refused sessions each writing 1 MiB more in 130-byte writes: gateway RSS %d KiB -> peak %d KiB (growth %+.1f MiB, bound %d MiB)",
 		unauthPerSource, before>>10, after>>10, float64(growth)/(1<<20), preAuthRSSBound>>20)
 	if growth > preAuthRSSBound {
 		t.Fatalf("gateway RSS grew by %d MiB before authentication, bound %d MiB", growth>>20, preAuthRSSBound>>20)

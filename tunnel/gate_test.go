@@ -15,8 +15,8 @@ import (
 // Authenticated, only the first stream the client opens (the control
 // stream) reaches the server. The second one (the early stream behind a
 // Hello) arrives after Authenticated with its bytes intact: on TLS+yamux
-// its frames stay unread in the socket, on QUIC quic-go holds it unread
-// (tunnel.EarlyHold). On QUIC a third stream opened before authentication
+// its frames stay unread in the socket, on QUIC the gateway buffers them
+// (at most tunnel.MaxEarlyBytes, see tunnel.EarlyHold). On QUIC a third stream opened before authentication
 // is reset, so the client's write fails. Streams opened after
 // Authenticated work on both.
 func TestGate_NothingBeforeAuthentication(t *testing.T) {
@@ -42,13 +42,17 @@ func TestGate_NothingBeforeAuthentication(t *testing.T) {
 			}
 		}()
 
-		// A second stream before authentication, 256 KiB on it.
+		// A second stream before authentication, 256 KiB on it (QUIC:
+		// 60 KiB, under tunnel.MaxEarlyBytes with the header).
 		early, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:1"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer early.Abort()
 		payload := bytes.Repeat([]byte("x"), 256<<10)
+		if p.transport == "quic" {
+			payload = payload[:60<<10]
+		}
 		werr := make(chan error, 1)
 		go func() {
 			_ = early.SetWriteDeadline(time.Now().Add(3 * time.Second))
@@ -66,7 +70,7 @@ func TestGate_NothingBeforeAuthentication(t *testing.T) {
 		}
 		if p.transport == "quic" {
 			if err := <-werr; err != nil {
-				t.Fatalf("quic: writing 256 KiB on the stream held before authentication: %v", err)
+				t.Fatalf("quic: writing 60 KiB on the stream held before authentication: %v", err)
 			}
 			third, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:3"})
 			if err != nil {
@@ -74,7 +78,7 @@ func TestGate_NothingBeforeAuthentication(t *testing.T) {
 			}
 			defer third.Abort()
 			_ = third.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := third.Write(payload); err == nil {
+			if _, err := third.Write(make([]byte, 256<<10)); err == nil {
 				t.Fatal("quic: writing 256 KiB on a second stream opened before authentication succeeded; want a reset")
 			}
 			if _, err := third.Read(make([]byte, 1)); !tunnel.HeldStreamDropped(err) {
@@ -237,7 +241,7 @@ func TestGate_DropEarly(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer early.Abort()
-		if _, err := early.Write(bytes.Repeat([]byte("x"), 64<<10)); err != nil {
+		if _, err := early.Write(bytes.Repeat([]byte("x"), 60<<10)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := ctrl.Write([]byte("again")); err != nil {
@@ -279,8 +283,8 @@ func TestGate_DropEarly(t *testing.T) {
 	}, unauthenticated())
 }
 
-// TestGate_QUICEarlyHoldExpires: a QUIC gateway keeps the stream behind
-// the control stream unread for at most tunnel.EarlyHold (3 s); a client
+// TestGate_QUICEarlyHoldExpires: a QUIC gateway holds the stream behind
+// the control stream for at most tunnel.EarlyHold (3 s); a client
 // that has not authenticated by then reads the refusal, within 2 s more,
 // and the stream is never served, even after a later Authenticated. The
 // control stream keeps working.
@@ -295,7 +299,7 @@ func TestGate_QUICEarlyHoldExpires(t *testing.T) {
 	}
 	defer early.Abort()
 	start := time.Now()
-	if _, err := early.Write(bytes.Repeat([]byte("x"), 64<<10)); err != nil {
+	if _, err := early.Write(bytes.Repeat([]byte("x"), 60<<10)); err != nil {
 		t.Fatal(err)
 	}
 	_ = early.SetReadDeadline(time.Now().Add(tunnel.EarlyHold + 5*time.Second))
@@ -330,5 +334,43 @@ func TestGate_QUICEarlyHoldExpires(t *testing.T) {
 	_ = ctrl.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(ctrl, buf); err != nil {
 		t.Fatalf("control stream after the hold ran out: %v", err)
+	}
+}
+
+// TestGate_QUICEarlyStreamBounded: a QUIC client that sends more than
+// tunnel.MaxEarlyBytes (64 KiB) on its held stream before authenticating
+// reads the refusal at once (within 2 s, far before tunnel.EarlyHold), in
+// 130-byte writes as in one: the gateway buffers no more than that of it.
+func TestGate_QUICEarlyStreamBounded(t *testing.T) {
+	for _, chunk := range []int{130, 1 << 20} {
+		p := newPairWith(t, "quic", pairOptions{unauthenticated: true})
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		gateControlStream(ctx, t, p)
+		early, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		go func() {
+			_ = early.SetWriteDeadline(start.Add(10 * time.Second))
+			data := make([]byte, tunnel.MaxEarlyBytes+4096)
+			for off := 0; off < len(data); off += chunk {
+				if _, err := early.Write(data[off:min(off+chunk, len(data))]); err != nil {
+					return
+				}
+			}
+		}()
+		_ = early.SetReadDeadline(start.Add(10 * time.Second))
+		_, err = early.Read(make([]byte, 1))
+		took := time.Since(start)
+		early.Abort()
+		if !tunnel.HeldStreamDropped(err) {
+			t.Fatalf("%d-byte writes: the held stream read %v after %v, want the gateway's refusal", chunk, err, took)
+		}
+		if took > 2*time.Second {
+			t.Fatalf("%d-byte writes: %d bytes before authentication were refused after %v, bound 2 s", chunk, tunnel.MaxEarlyBytes+4096, took)
+		}
+		t.Logf("%d-byte writes: refused after %v", chunk, took.Round(time.Millisecond))
 	}
 }

@@ -265,10 +265,10 @@ type quicSession struct {
 	asker   *serverRefresh // server only
 
 	// Server only, until Authenticated: the first stream the client opens
-	// is the control stream; the next one is held unread (the first
-	// connection's stream behind the Hello, client/early.go) and every later
-	// one is reset as it arrives, so quic-go keeps none of its data (see
-	// Gated and EarlyHold).
+	// is the control stream; the next one is held (the first connection's
+	// stream behind the Hello, client/early.go: see EarlyHold) and every
+	// later one is reset as it arrives, so quic-go keeps none of its data
+	// (see Gated).
 	gated     bool
 	firstOnce sync.Once
 	authOnce  sync.Once
@@ -279,22 +279,36 @@ type quicSession struct {
 	firstDone atomic.Bool   // the control stream was accepted
 
 	heldMu    sync.Mutex
-	held      *quic.Stream // the stream behind the control stream, unread until Authenticated
-	heldTimer *time.Timer  // resets held after EarlyHold
-	heldOnce  bool         // a stream was held (or refused in its place): later ones are reset
-	dropped   bool         // DropEarly was called
-	heldReady *quic.Stream // held, handed over by Authenticated to the next AcceptStream
+	held      *quic.Stream  // the stream behind the control stream, until Authenticated
+	heldRead  chan struct{} // closed when readHeld returned
+	heldBuf   []byte        // what readHeld took of held; readHeld's until heldRead is closed
+	heldTimer *time.Timer   // resets held after EarlyHold
+	heldOnce  bool          // a stream was held (or refused in its place): later ones are reset
+	dropped   bool          // DropEarly was called
+	heldReady *quicStream   // held with heldBuf in front, for the next AcceptStream
 }
 
-// EarlyHold is how long a QUIC gateway keeps, unread, the one stream a
-// client opened behind its control stream before authenticating (the first
+// EarlyHold is how long a QUIC gateway holds the one stream a client
+// opened behind its control stream before authenticating (the first
 // connection's stream right behind the Hello, client/early.go). A client
 // sends it in the same flight as its last Hello, so an honest one is
 // authenticated (or refused) long before; a held stream still waiting then
-// is reset, as every other stream before authentication is. What it can
-// hold meanwhile is bounded by the connection's receive window, with the
-// control stream's data (PROTOCOL.md "Before authentication").
+// is reset, as every other stream before authentication is.
+//
+// Meanwhile the gateway reads the held stream as it arrives into a buffer
+// of its own, at most MaxEarlyBytes, and serves none of it: quic-go would
+// keep each unread STREAM frame of 128 bytes or more in a packet-sized
+// buffer (1452 bytes), so a client writing its data in small pieces could
+// make an unread 1 MiB window cost 14 MiB (TestPreAuth_QUICHeldStreams
+// measured +113 MiB for 8 such sessions). A held stream that brings more
+// than MaxEarlyBytes before authentication is reset.
 const EarlyHold = 3 * time.Second
+
+// MaxEarlyBytes is what a client may send on its held stream before it is
+// authenticated: the open header (at most 516 bytes) and the first
+// request, of which a cachetun client sends at most 16 KiB before the
+// Welcome (client/early.go).
+const MaxEarlyBytes = 64 << 10
 
 // quicStreamRefused is the reset code of a stream opened before the
 // session authenticated.
@@ -307,8 +321,9 @@ func (s *quicSession) gateUntilAuthenticated() {
 	s.authed = make(chan struct{})
 }
 
-// resetUntilAuthenticated resets every stream the client opens after the
-// control stream, until Authenticated or the end of the connection.
+// resetUntilAuthenticated holds the first stream the client opens after
+// the control stream and resets every later one, until Authenticated or
+// the end of the connection.
 func (s *quicSession) resetUntilAuthenticated() {
 	defer close(s.resetDone)
 	for {
@@ -327,8 +342,8 @@ func refuseQUIC(qs *quic.Stream) {
 	qs.CancelWrite(quicStreamRefused)
 }
 
-// hold keeps qs unread as the one early stream, unless one was held
-// already or DropEarly was called.
+// hold takes qs as the one early stream, unless one was held already or
+// DropEarly was called.
 func (s *quicSession) hold(qs *quic.Stream) bool {
 	s.heldMu.Lock()
 	defer s.heldMu.Unlock()
@@ -336,21 +351,45 @@ func (s *quicSession) hold(qs *quic.Stream) bool {
 		return false
 	}
 	s.heldOnce, s.held = true, qs
-	s.heldTimer = time.AfterFunc(EarlyHold, s.dropHeld)
+	s.heldRead = make(chan struct{})
+	s.heldTimer = time.AfterFunc(EarlyHold, func() { s.dropHeld(qs) })
+	go s.readHeld(qs)
 	return true
 }
 
-// dropHeld resets the held stream, if any.
-func (s *quicSession) dropHeld() {
+// readHeld reads qs into heldBuf as it arrives, until Authenticated stops
+// it (a read deadline), the stream ends, or it brings more than
+// MaxEarlyBytes (then it is reset).
+func (s *quicSession) readHeld(qs *quic.Stream) {
+	defer close(s.heldRead)
+	buf, n := make([]byte, 4<<10), 0
+	for {
+		if n == len(buf) {
+			if n > MaxEarlyBytes {
+				s.dropHeld(qs)
+				return
+			}
+			buf = append(buf, make([]byte, min(len(buf), MaxEarlyBytes+1-n))...)
+		}
+		m, err := qs.Read(buf[n:])
+		n += m
+		s.heldBuf = buf[:n]
+		if err != nil {
+			return // a later Read meets the same error, or none after the deadline
+		}
+	}
+}
+
+// dropHeld resets qs if it is still the held stream.
+func (s *quicSession) dropHeld(qs *quic.Stream) {
 	s.heldMu.Lock()
 	defer s.heldMu.Unlock()
-	if s.heldTimer != nil {
-		s.heldTimer.Stop()
+	if s.held != qs || qs == nil {
+		return
 	}
-	if s.held != nil {
-		refuseQUIC(s.held)
-		s.held = nil
-	}
+	s.heldTimer.Stop()
+	refuseQUIC(qs)
+	s.held = nil
 }
 
 // DropEarly resets the held stream and, until Authenticated, every later
@@ -362,13 +401,15 @@ func (s *quicSession) DropEarly() {
 	}
 	s.heldMu.Lock()
 	s.dropped = true
+	qs := s.held
 	s.heldMu.Unlock()
-	s.dropHeld()
+	s.dropHeld(qs)
 }
 
 // Authenticated stops resetting streams (Gated): the held stream, if any,
-// is the next one AcceptStream returns; any other stream the client
-// opened before is reset, one opened after is accepted.
+// is the next one AcceptStream returns, what readHeld took of it first;
+// any other stream the client opened before is reset, one opened after is
+// accepted.
 func (s *quicSession) Authenticated() {
 	if !s.gated {
 		return
@@ -378,11 +419,18 @@ func (s *quicSession) Authenticated() {
 		s.firstOnce.Do(func() { close(s.resetDone) }) // no stream yet: nothing to stop
 		<-s.resetDone
 		s.heldMu.Lock()
-		if s.heldTimer != nil {
+		qs, read := s.held, s.heldRead
+		if qs != nil {
 			s.heldTimer.Stop()
+			s.held = nil
 		}
-		s.heldReady, s.held = s.held, nil
 		s.heldMu.Unlock()
+		if qs != nil {
+			_ = qs.SetReadDeadline(time.Now())
+			<-read
+			_ = qs.SetReadDeadline(time.Time{})
+			s.heldReady = &quicStream{s: qs, w: s.writers, pre: s.heldBuf}
+		}
 		close(s.authed)
 	})
 }
@@ -414,11 +462,11 @@ func (s *quicSession) AcceptStream(ctx context.Context) (Incoming, error) {
 			return nil, ctx.Err()
 		}
 		s.heldMu.Lock()
-		qs := s.heldReady
+		held := s.heldReady
 		s.heldReady = nil
 		s.heldMu.Unlock()
-		if qs != nil {
-			return &framedIncoming{s: &quicStream{s: qs, w: s.writers}}, nil
+		if held != nil {
+			return &framedIncoming{s: held}, nil
 		}
 	}
 	qs, err := s.c.AcceptStream(ctx)
@@ -473,13 +521,23 @@ type quicStream struct {
 	s       *quic.Stream
 	w       *writers // the connection's (quicwindow.go)
 	scratch [1]byte  // WaitReadable's Peek; used by the reader only
+	pre     []byte   // read before authentication (EarlyHold), returned first; used by the reader only
 
 	mu sync.Mutex // guards the following
 	wroteFIN,
 	aborted bool
 }
 
-func (q *quicStream) Read(p []byte) (int, error) { return q.s.Read(p) }
+func (q *quicStream) Read(p []byte) (int, error) {
+	if len(q.pre) > 0 {
+		n := copy(p, q.pre)
+		if q.pre = q.pre[n:]; len(q.pre) == 0 {
+			q.pre = nil
+		}
+		return n, nil
+	}
+	return q.s.Read(p)
+}
 func (q *quicStream) Write(p []byte) (int, error) {
 	q.w.begin()
 	defer q.w.end()
