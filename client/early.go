@@ -218,32 +218,16 @@ func (c *Client) serveEarly(nc net.Conn, e *earlyState) {
 	cn := e.cn
 	e.mu.Unlock()
 	if cn != nil && isDone(cn.sess.Done()) {
-		// That gateway refused the Hello; another listed one may not:
-		// wait for the Welcome.
-		select {
-		case <-e.applied:
-		case <-ctx.Done():
-		}
-		if node, ok := e.nodeNow(); ok {
-			c.serveLocal(nc, e.v, node)
-			return
-		}
-		cn = nil
+		// That gateway refused the Hello; another listed one may not.
+		c.serveAfterWelcome(ctx, nc, e)
+		return
 	}
 	if cn == nil || ctx.Err() != nil { // the start failed
 		nc.Close()
 		return
 	}
-	if !e.takeStream(cn) { // a QUIC gateway holds one: wait for the Welcome
-		select {
-		case <-e.applied:
-		case <-ctx.Done():
-		}
-		if node, ok := e.nodeNow(); ok {
-			c.serveLocal(nc, e.v, node)
-			return
-		}
-		nc.Close()
+	if !e.takeStream(cn) { // a QUIC gateway holds one only
+		c.serveAfterWelcome(ctx, nc, e)
 		return
 	}
 	c.open.Add(1)
@@ -281,6 +265,20 @@ func (c *Client) serveEarly(nc net.Conn, e *earlyState) {
 		return
 	}
 	log.Debug("connection closed", "bytes_up", res.ConnToStream, "bytes_down", res.StreamToConn, "err", res.Err)
+}
+
+// serveAfterWelcome serves nc as usual once the first Welcome is applied,
+// or closes it if the start failed.
+func (c *Client) serveAfterWelcome(ctx context.Context, nc net.Conn, e *earlyState) {
+	select {
+	case <-e.applied:
+	case <-ctx.Done():
+	}
+	if node, ok := e.nodeNow(); ok {
+		c.serveLocal(nc, e.v, node)
+		return
+	}
+	nc.Close()
 }
 
 // earlyNode names node 0 of target in an open header, as every gateway

@@ -184,13 +184,8 @@ func TestPreAuth_StreamFlood(t *testing.T) {
 			// The peak, not a sample: by now the writers have aborted
 			// their streams, and what the gateway held for them may be
 			// free again.
-			after := g.PeakRSS(t)
-			growth := after - before
-			t.Logf("%s: %d of %d streams x 256 KiB opened before auth; client wrote %d KiB; gateway RSS %d KiB -> peak %d KiB (growth %+.1f MiB, bound %d MiB)",
-				tr, opened, streams, written>>10, before>>10, after>>10, float64(growth)/(1<<20), preAuthRSSBound>>20)
-			if growth > preAuthRSSBound {
-				t.Fatalf("gateway RSS grew by %d MiB before authentication, bound %d MiB", growth>>20, preAuthRSSBound>>20)
-			}
+			assertPreAuthGrowth(t, g, before, fmt.Sprintf("%s: %d of %d streams x 256 KiB opened before auth; client wrote %d KiB",
+				tr, opened, streams, written>>10))
 		})
 	}
 }
@@ -268,13 +263,7 @@ func TestPreAuth_QUICHeldStreams(t *testing.T) {
 					t.Errorf("a held stream was refused after %v, bound %v + 2 s", r.took, tunnel.EarlyHold)
 				}
 			}
-			after := g.PeakRSS(t)
-			growth := after - before
-			t.Logf("%d sessions each writing 1 MiB on a held stream in %d-byte writes: gateway RSS %d KiB -> peak %d KiB (growth %+.1f MiB, bound %d MiB)",
-				unauthPerSource, chunk, before>>10, after>>10, float64(growth)/(1<<20), preAuthRSSBound>>20)
-			if growth > preAuthRSSBound {
-				t.Fatalf("gateway RSS grew by %d MiB before authentication, bound %d MiB", growth>>20, preAuthRSSBound>>20)
-			}
+			assertPreAuthGrowth(t, g, before, fmt.Sprintf("%d sessions each writing 1 MiB on a held stream in %d-byte writes", unauthPerSource, chunk))
 		})
 	}
 }
@@ -327,10 +316,17 @@ func TestPreAuth_QUICRefusalLinger(t *testing.T) {
 	}
 	wg.Wait()
 	time.Sleep(500 * time.Millisecond) // within the gateway's 2 s linger
+	assertPreAuthGrowth(t, g, before, fmt.Sprintf("%d refused sessions each writing 1 MiB more in 130-byte writes", unauthPerSource))
+}
+
+// assertPreAuthGrowth logs what grew the gateway's peak RSS since before
+// (what) and fails beyond preAuthRSSBound.
+func assertPreAuthGrowth(t *testing.T, g *gatewayProc, before int64, what string) {
+	t.Helper()
 	after := g.PeakRSS(t)
 	growth := after - before
-	t.Logf("%d refused sessions each writing 1 MiB more in 130-byte writes: gateway RSS %d KiB -> peak %d KiB (growth %+.1f MiB, bound %d MiB)",
-		unauthPerSource, before>>10, after>>10, float64(growth)/(1<<20), preAuthRSSBound>>20)
+	t.Logf("%s: gateway RSS %d KiB -> peak %d KiB (growth %+.1f MiB, bound %d MiB)",
+		what, before>>10, after>>10, float64(growth)/(1<<20), preAuthRSSBound>>20)
 	if growth > preAuthRSSBound {
 		t.Fatalf("gateway RSS grew by %d MiB before authentication, bound %d MiB", growth>>20, preAuthRSSBound>>20)
 	}

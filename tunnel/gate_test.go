@@ -267,20 +267,28 @@ func TestGate_DropEarly(t *testing.T) {
 			}
 		}
 		p.server.(tunnel.Gated).Authenticated()
-		late, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:2"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer late.Close()
-		if _, err := late.Write([]byte("ping")); err != nil {
-			t.Fatal(err)
-		}
+		defer openLate(ctx, t, p).Close()
 		in := within(t, acc, 5*time.Second, "the stream opened after authentication")
 		req, err := in.Request(time.Now().Add(5 * time.Second))
 		if err != nil || req.Node != "n:2" {
 			t.Fatalf("first stream the server accepted: %+v %v; want n:2 (n:1 was dropped)", req, err)
 		}
 	}, unauthenticated())
+}
+
+// openLate opens the stream to n:2 after authentication and writes
+// "ping" on it.
+func openLate(ctx context.Context, t *testing.T, p pair) tunnel.Stream {
+	t.Helper()
+	late, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := late.Write([]byte("ping")); err != nil {
+		late.Close()
+		t.Fatal(err)
+	}
+	return late
 }
 
 // TestGate_QUICEarlyHoldExpires: a QUIC gateway holds the stream behind
@@ -312,14 +320,7 @@ func TestGate_QUICEarlyHoldExpires(t *testing.T) {
 		t.Fatalf("the held stream was dropped after %v, want %v (+ at most 2 s)", took, tunnel.EarlyHold)
 	}
 	p.server.(tunnel.Gated).Authenticated()
-	late, err := p.client.OpenStream(ctx, tunnel.OpenRequest{Kind: tunnel.KindProxy, Target: "t", Node: "n:2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer late.Close()
-	if _, err := late.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
+	defer openLate(ctx, t, p).Close()
 	in, err := p.server.AcceptStream(ctx)
 	if err != nil {
 		t.Fatal(err)

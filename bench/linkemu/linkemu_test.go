@@ -210,6 +210,9 @@ func TestLink_Loss(t *testing.T) {
 	l, a, b := newTestLink(t, Dir{Loss: 0.01}, Dir{})
 	srv := l.cfg.AddrB + ":7003"
 	_, pc := listenIn(t, b, "udp", srv)
+	// Room for the datagrams while the reader waits for a CPU (under
+	// -race, beside other test packages): a drop there is not the link's.
+	_ = pc.(*net.UDPConn).SetReadBuffer(4 << 20)
 	var recv atomic.Int64
 	go func() {
 		buf := make([]byte, 2048)
@@ -231,12 +234,14 @@ func TestLink_Loss(t *testing.T) {
 		if _, err := u.Write([]byte("datagram")); err != nil {
 			t.Fatal(err)
 		}
-		if i%50 == 49 {
-			time.Sleep(time.Millisecond) // stay well inside the socket buffers
+		if i%10 == 9 {
+			// Stay well inside the socket buffers and the TUN device's
+			// queue (500 packets), also when the pump waits for a CPU.
+			time.Sleep(time.Millisecond)
 		}
 	}
 	var c Counters
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		c = l.AtoB()
 		if c.Received-before.Received >= sent && recv.Load()+c.Lost >= sent {
