@@ -108,10 +108,15 @@ func run() int {
 	flag.IntVar(&o.profileSec, "profile-seconds", 10, "length of each CPU profile")
 	flag.StringVar(&o.heapDir, "idle-profile", "", "write heap and goroutine profiles of cachetun during the idle test into this directory")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (logs, configs)")
-	flag.DurationVar(&o.timeout, "timeout", 20*time.Minute, "abort the whole run after this long")
+	flag.DurationVar(&o.timeout, "timeout", 0, "abort the whole run after this long (default 20m, times -scale when that is above 1)")
 	var wls string
 	flag.StringVar(&wls, "workloads", "", "comma-separated workloads to run (setget,p16,c1,churn,bulk_up,bulk_down; empty: all); bulk_down brings bulk_up, which writes the value it reads")
 	flag.Parse()
+	if o.timeout <= 0 {
+		// A run at -scale 3 with -base-bin needs about 25 minutes: the bound
+		// grows with the request counts.
+		o.timeout = time.Duration(float64(20*time.Minute) * max(1, o.scale))
+	}
 	for _, w := range strings.Split(wls, ",") {
 		if w = strings.TrimSpace(w); w == "" {
 			continue
