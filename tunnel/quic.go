@@ -285,7 +285,7 @@ type quicSession struct {
 	heldTimer *time.Timer   // resets held after EarlyHold
 	heldOnce  bool          // a stream was held (or refused in its place): later ones are reset
 	dropped   bool          // DropEarly was called
-	heldReady *quicStream   // held with heldBuf in front, for the next AcceptStream
+	heldReady *heldStream   // held with heldBuf in front, for the next AcceptStream
 }
 
 // EarlyHold is how long a QUIC gateway holds the one stream a client
@@ -430,7 +430,7 @@ func (s *quicSession) Authenticated() {
 			_ = qs.SetReadDeadline(time.Now())
 			<-read
 			_ = qs.SetReadDeadline(time.Time{})
-			s.heldReady = &quicStream{s: qs, w: s.writers, pre: s.heldBuf}
+			s.heldReady = &heldStream{quicStream: &quicStream{s: qs, w: s.writers}, pre: s.heldBuf}
 		}
 		close(s.authed)
 	})
@@ -500,6 +500,34 @@ func (s *quicSession) NegotiatedProtocol() string {
 // Stats returns the QUIC connection statistics (RTT, loss).
 func (s *quicSession) Stats() quic.ConnectionStats { return s.c.ConnectionStats() }
 
+// heldStream is the stream a gateway held before authentication
+// (EarlyHold), once served: what readHeld took of it comes first. Only
+// that one stream pays for the prefix; every other QUIC stream reads
+// quic-go directly.
+type heldStream struct {
+	*quicStream
+	pre []byte // used by the reader only
+}
+
+func (h *heldStream) Read(p []byte) (int, error) {
+	if len(h.pre) == 0 {
+		return h.quicStream.Read(p)
+	}
+	n := copy(p, h.pre)
+	if h.pre = h.pre[n:]; len(h.pre) == 0 {
+		h.pre = nil
+	}
+	return n, nil
+}
+
+// WaitReadable returns at once while the prefix lasts.
+func (h *heldStream) WaitReadable() error {
+	if len(h.pre) > 0 {
+		return nil
+	}
+	return h.quicStream.WaitReadable()
+}
+
 // HeldStreamDropped reports whether err is a QUIC gateway's reset of a
 // stream it did not serve because it came before authentication: one
 // opened behind a Hello and held longer than EarlyHold, or any other.
@@ -522,23 +550,13 @@ type quicStream struct {
 	s       *quic.Stream
 	w       *writers // the connection's (quicwindow.go)
 	scratch [1]byte  // WaitReadable's Peek; used by the reader only
-	pre     []byte   // read before authentication (EarlyHold), returned first; used by the reader only
 
 	mu sync.Mutex // guards the following
 	wroteFIN,
 	aborted bool
 }
 
-func (q *quicStream) Read(p []byte) (int, error) {
-	if len(q.pre) > 0 {
-		n := copy(p, q.pre)
-		if q.pre = q.pre[n:]; len(q.pre) == 0 {
-			q.pre = nil
-		}
-		return n, nil
-	}
-	return q.s.Read(p)
-}
+func (q *quicStream) Read(p []byte) (int, error) { return q.s.Read(p) }
 func (q *quicStream) Write(p []byte) (int, error) {
 	q.w.begin()
 	defer q.w.end()

@@ -116,10 +116,12 @@ type PreAuthenticated interface {
 
 // Gated is implemented by server sessions that, until Authenticated is
 // called, serve nothing but the first stream the client opened (the control
-// stream) and read no data of any other: on TLS+yamux the frames of other
-// streams stay unread in the socket; on QUIC the next stream is held
-// unread for at most EarlyHold and later ones are reset as they arrive. The server calls Authenticated once the client has proved
-// its key, before it answers; the transport knows nothing of keys.
+// stream) and act on no data of any other: on TLS+yamux the frames of
+// other streams stay unread in the socket; on QUIC the next stream is held
+// (at most MaxEarlyBytes of it copied aside, for at most EarlyHold) and
+// later ones are reset as they arrive. The server calls Authenticated once
+// the client has proved its key, before it answers; the transport knows
+// nothing of keys.
 type Gated interface {
 	Authenticated()
 }

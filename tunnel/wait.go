@@ -25,9 +25,6 @@ func (y *yamuxStream) FlushOpen() error { return nil }
 
 // WaitReadable blocks until data, the end of the stream or an error.
 func (q *quicStream) WaitReadable() error {
-	if len(q.pre) > 0 {
-		return nil
-	}
 	_, err := q.s.Peek(q.scratch[:])
 	return err
 }
