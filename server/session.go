@@ -349,15 +349,17 @@ func (ss *session) admitStream(in tunnel.Incoming, req tunnel.OpenRequest, reqEr
 		}
 		s.metrics.streamsTotal.WithLabelValues(s.metrics.labels(ss, ss.sess.Transport(), "", statusResult(st))...).Inc()
 		ss.wg.Go(func() {
-			defer ss.streams.Add(-1)
-			in.Reject(st, msg)
+			c := ss.countIn(in)
+			c.Reject(st, msg)
+			c.release()
 		})
 		return true
 	}
 	ss.wg.Add(1)
 	tunnel.Go(func() {
-		relay := ss.serveIncoming(ss.ctx, in, req, reqErr)
-		ss.streams.Add(-1)
+		c := ss.countIn(in)
+		relay := ss.serveIncoming(ss.ctx, c, req, reqErr)
+		c.release()
 		ss.wg.Done()
 		// A resumable stream outlives the session: its relay left the
 		// session's group for the server's, and runs here rather than in
@@ -367,6 +369,34 @@ func (ss *session) admitStream(in tunnel.Incoming, req tunnel.OpenRequest, reqEr
 		}
 	})
 	return true
+}
+
+// countedIncoming is a stream that counts in ss.streams until release.
+// On QUIC and SSH a refused stream is freed the moment it is refused, so
+// its count ends before the refusal is sent: a client that opens its next
+// stream on reading the refusal must not find this one still counted while
+// the goroutine that refused it is still logging (TestStreams_
+// RefusedFloodBounded/ssh saw "limit reached" that way under load). On TLS
+// the stream lives until the peer closes it, and Reject returns then.
+type countedIncoming struct {
+	tunnel.Incoming
+	once    sync.Once
+	streams *streamCount
+	atOnce  bool
+}
+
+func (ss *session) countIn(in tunnel.Incoming) *countedIncoming {
+	return &countedIncoming{Incoming: in, streams: &ss.streams, atOnce: ss.sess.Transport() != "tls"}
+}
+
+func (c *countedIncoming) release() { c.once.Do(func() { c.streams.Add(-1) }) }
+
+func (c *countedIncoming) Reject(code tunnel.Status, msg string) {
+	if c.atOnce {
+		c.release()
+	}
+	c.Incoming.Reject(code, msg)
+	c.release()
 }
 
 // The session is the control.Gate of its set-up: authorized_keys, limits
