@@ -371,32 +371,26 @@ func (ss *session) admitStream(in tunnel.Incoming, req tunnel.OpenRequest, reqEr
 	return true
 }
 
-// countedIncoming is a stream that counts in ss.streams until release.
-// On QUIC and SSH a refused stream is freed the moment it is refused, so
-// its count ends before the refusal is sent: a client that opens its next
-// stream on reading the refusal must not find this one still counted while
-// the goroutine that refused it is still logging (TestStreams_
-// RefusedFloodBounded/ssh saw "limit reached" that way under load). On TLS
-// the stream lives until the peer closes it, and Reject returns then.
+// countedIncoming is a stream that counts in ss.streams until release. A
+// refused one stops counting when the transport frees it
+// (tunnel.RejectFreed): a client that opens its next stream on reading the
+// refusal must not find this one still counted while the goroutine that
+// refused it is still logging (TestStreams_RefusedFloodBounded/ssh saw
+// "limit reached" that way under load).
 type countedIncoming struct {
 	tunnel.Incoming
 	once    sync.Once
 	streams *streamCount
-	atOnce  bool
 }
 
 func (ss *session) countIn(in tunnel.Incoming) *countedIncoming {
-	return &countedIncoming{Incoming: in, streams: &ss.streams, atOnce: ss.sess.Transport() != "tls"}
+	return &countedIncoming{Incoming: in, streams: &ss.streams}
 }
 
 func (c *countedIncoming) release() { c.once.Do(func() { c.streams.Add(-1) }) }
 
 func (c *countedIncoming) Reject(code tunnel.Status, msg string) {
-	if c.atOnce {
-		c.release()
-	}
-	c.Incoming.Reject(code, msg)
-	c.release()
+	tunnel.RejectFreed(c.Incoming, code, msg, c.release)
 }
 
 // The session is the control.Gate of its set-up: authorized_keys, limits

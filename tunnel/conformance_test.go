@@ -972,3 +972,57 @@ func TestConformance_RejectReturnsWhenGone(t *testing.T) {
 		})
 	}
 }
+
+// TestConformance_RejectFreedOrder: RejectFreed's freed runs when the
+// transport frees the refused stream. Where the refusal frees it (QUIC,
+// SSH), freed has run by the time the client reads the refusal, so a
+// gateway counting streams never counts it while the client opens its
+// next one. On yamux it runs only after the client closed its side.
+func TestConformance_RejectFreedOrder(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, p pair) {
+		var freed, closed atomic.Bool
+		freedAfterClose := make(chan bool, 1)
+		go func() {
+			in, err := p.server.AcceptStream(context.Background())
+			if err != nil {
+				return
+			}
+			if _, err := in.Request(time.Now().Add(5 * time.Second)); err != nil {
+				return
+			}
+			calls := 0
+			tunnel.RejectFreed(in, tunnel.StatusUnknownNode, "no", func() {
+				calls++
+				freedAfterClose <- closed.Load()
+				freed.Store(true)
+			})
+			if calls != 1 {
+				t.Errorf("freed ran %d times, want once", calls)
+			}
+		}()
+		st, err := p.client.OpenStream(context.Background(), proxyReq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+		var se *tunnel.StatusError
+		if _, err := st.Read(make([]byte, 1)); !errors.As(err, &se) || se.Code != tunnel.StatusUnknownNode {
+			t.Fatalf("read: %v, want the unknown-node refusal", err)
+		}
+		if p.transport != "tls" {
+			if !freed.Load() {
+				t.Fatal("the client read the refusal before freed ran")
+			}
+			return
+		}
+		if freed.Load() {
+			t.Fatal("yamux: freed ran while the client still held the refused stream open")
+		}
+		closed.Store(true)
+		st.Close()
+		if !within(t, freedAfterClose, 10*time.Second, "freed after the client closed") {
+			t.Fatal("yamux: freed ran before the client closed")
+		}
+	})
+}

@@ -287,16 +287,28 @@ func (in *framedIncoming) Accept() (Stream, error) {
 // keeps none of the stream's data and the peer resets it. yamux cannot
 // reset a stream, so there the stream drains (see yamuxStream.drainRefused)
 // and Reject returns once it is gone.
-func (in *framedIncoming) Reject(code Status, msg string) {
+func (in *framedIncoming) Reject(code Status, msg string) { in.rejectFreed(code, msg, nil) }
+
+// rejectFreed is Reject that calls freed, if not nil, when the stream is
+// freed: before the refusal is written on QUIC, where Close frees it,
+// after the drain on yamux.
+func (in *framedIncoming) rejectFreed(code Status, msg string, freed func()) {
 	in.once.Do(func() {
+		d, drains := in.s.(refusedDrainer)
+		if !drains && freed != nil {
+			freed()
+		}
 		_ = in.s.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		if _, err := in.s.Write(AppendStatus(nil, code, msg)); err != nil {
 			in.s.Abort()
-			return
+		} else {
+			_ = in.s.Close()
+			if drains {
+				d.drainRefused(RejectLinger)
+			}
 		}
-		_ = in.s.Close()
-		if d, ok := in.s.(refusedDrainer); ok {
-			d.drainRefused(RejectLinger)
+		if drains && freed != nil {
+			freed()
 		}
 	})
 }

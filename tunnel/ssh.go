@@ -478,8 +478,15 @@ func (in *sshIncoming) Accept() (Stream, error) {
 	return st, nil
 }
 
-func (in *sshIncoming) Reject(code Status, msg string) {
+func (in *sshIncoming) Reject(code Status, msg string) { in.rejectFreed(code, msg, nil) }
+
+// rejectFreed is Reject that calls freed, if not nil, before the refusal
+// is sent: the refusal itself frees the channel.
+func (in *sshIncoming) rejectFreed(code Status, msg string, freed func()) {
 	in.once.Do(func() {
+		if freed != nil {
+			freed()
+		}
 		if len(msg) > 1024 {
 			msg = msg[:1024]
 		}

@@ -79,6 +79,24 @@ type Incoming interface {
 	Reject(code Status, msg string)
 }
 
+// RejectFreed is in.Reject that calls freed (once) at the moment the
+// transport frees the stream, for a caller that counts streams. Where the
+// refusal itself frees the stream (QUIC, SSH), freed runs before the
+// refusal is sent, so a peer that opens its next stream on reading the
+// refusal never meets this one still counted; on TLS+yamux it runs once
+// the peer has closed its side (see Reject). An Incoming of another
+// package gets freed after its Reject returns.
+func RejectFreed(in Incoming, code Status, msg string, freed func()) {
+	if r, ok := in.(interface {
+		rejectFreed(Status, string, func())
+	}); ok {
+		r.rejectFreed(code, msg, freed)
+		return
+	}
+	in.Reject(code, msg)
+	freed()
+}
+
 // Session is one authenticated-or-not connection between a client and a
 // server carrying many streams.
 type Session interface {
