@@ -29,6 +29,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -41,7 +42,8 @@ import (
 
 type options struct {
 	bin        string
-	baseBin    string // -base-bin: a second cachetun binary, run side by side
+	baseBin    string   // -base-bin: a second cachetun binary, run side by side
+	baseLimits []string // -base-limits: "key: value" lines under the base gateways' limits
 	out        string
 	rounds     int
 	paths      []string
@@ -98,6 +100,8 @@ func run() int {
 	var paths string
 	flag.StringVar(&o.bin, "bin", "", "cachetun binary (default: go build ./cmd/cachetun into the temp dir)")
 	flag.StringVar(&o.baseBin, "base-bin", "", "a second cachetun binary (say, main before a change): each cachetun path also runs with it, interleaved in the same rounds, as \"cachetun T"+baseSuffix+"\"")
+	var baseLimits string
+	flag.StringVar(&baseLimits, "base-limits", "", "comma-separated \"key: value\" settings added under limits: of the \""+baseSuffix[1:]+"\" gateways (say \"resume_grace: 0s\" to measure what stream resumption costs); without -base-bin the base paths run the same binary")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "markdown file whose bench section is rewritten (empty: print only)")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (medians need 3 or more)")
 	flag.StringVar(&paths, "paths", strings.Join(allPaths, ","), "comma-separated paths to compare")
@@ -112,6 +116,11 @@ func run() int {
 	var wls string
 	flag.StringVar(&wls, "workloads", "", "comma-separated workloads to run (setget,p16,c1,churn,bulk_up,bulk_down; empty: all); bulk_down brings bulk_up, which writes the value it reads")
 	flag.Parse()
+	var err error
+	if o.baseLimits, err = parseBaseLimits(baseLimits); err != nil {
+		log.Printf("cachetun-bench: error: %v", err)
+		return 2
+	}
 	if o.timeout <= 0 {
 		// A run at -scale 3 with -base-bin needs about 25 minutes: the bound
 		// grows with the request counts.
@@ -159,7 +168,7 @@ func run() int {
 		}
 		o.paths = append(o.paths, p)
 	}
-	if o.baseBin != "" {
+	if o.baseBin != "" || len(o.baseLimits) > 0 {
 		o.paths = addBasePaths(o.paths)
 	}
 
@@ -179,7 +188,7 @@ func run() int {
 	b := &bench{opts: o, ctx: ctx, log: log.New(os.Stderr, "", log.Ltime), wcmds: map[string]string{},
 		results: map[string]map[string][]float64{}, errs: map[string]string{}, idle: map[string]*idleResult{},
 		idleErr: map[string]string{}, skipped: map[string]string{}, started: time.Now()}
-	err := b.main()
+	err = b.main()
 	b.cleanup()
 	if err != nil {
 		log.Printf("cachetun-bench: error: %v", err)
@@ -502,8 +511,37 @@ func (b *bench) findTools() error {
 	return nil
 }
 
+// baseLimitRE is one -base-limits setting: one YAML line, nothing else.
+var baseLimitRE = regexp.MustCompile(`^[a-z_]+: *[^\s,:#][^,:#\n]*$`)
+
+// parseBaseLimits splits -base-limits into its "key: value" settings.
+func parseBaseLimits(s string) ([]string, error) {
+	var out []string
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		if !baseLimitRE.MatchString(kv) {
+			return nil, fmt.Errorf("-base-limits %q: each setting is \"key: value\", a key of the gateway's limits: (say \"resume_grace: 0s\"), settings separated by commas", kv)
+		}
+		out = append(out, kv)
+	}
+	return out, nil
+}
+
 // buildCachetun uses -bin or builds ./cmd/cachetun; -base-bin must exist.
+// Without it, -base-limits runs the base paths with the same binary.
 func (b *bench) buildCachetun() error {
+	if err := b.buildMain(); err != nil {
+		return err
+	}
+	if b.baseBin == "" && len(b.opts.baseLimits) > 0 {
+		b.baseBin = b.bin
+	}
+	return nil
+}
+
+func (b *bench) buildMain() error {
 	if b.opts.baseBin != "" {
 		p, err := filepath.Abs(b.opts.baseBin)
 		if err != nil {

@@ -354,6 +354,12 @@ func (b *bench) setupCachetun(name, tag string) (*benchPath, error) {
 		// transport run side by side.
 		bin, tag = b.baseBin, "-base"+tag
 	}
+	extraLimits := ""
+	if isBase(name) {
+		for _, kv := range b.opts.baseLimits { // -base-limits
+			extraLimits += "  " + kv + "\n"
+		}
+	}
 	dir := b.ctDir
 	var srv *proc
 	var srvAddr, metrics, spprof string
@@ -384,9 +390,9 @@ targets:
 limits:
   # the idle test holds 10,000 connections through one session
   max_streams_per_session: 16384
-metrics: "%s"
+%smetrics: "%s"
 `, listen["quic"], listen["tls"], listen["ssh"], filepath.Join(dir, "host_ed25519"),
-			filepath.Join(dir, "authorized_keys"), b.redisAddr, metrics)
+			filepath.Join(dir, "authorized_keys"), b.redisAddr, extraLimits, metrics)
 		conf := filepath.Join(dir, "server-"+tr+tag+".yaml")
 		if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
 			return nil, err

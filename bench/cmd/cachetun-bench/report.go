@@ -37,7 +37,11 @@ func (b *bench) gatherFacts() {
 	f.ssh = firstLine(cmdOut(b.tools["ssh"], "-V"))
 	f.cachetun = firstLine(cmdOut(b.bin, "version"))
 	if b.baseBin != "" {
-		f.cachetun += " (paths \"" + strings.TrimSpace(baseSuffix) + "\": " + firstLine(cmdOut(b.baseBin, "version")) + ")"
+		base := firstLine(cmdOut(b.baseBin, "version"))
+		if len(b.opts.baseLimits) > 0 {
+			base += ", gateway limits " + strings.Join(b.opts.baseLimits, ", ")
+		}
+		f.cachetun += " (paths \"" + strings.TrimSpace(baseSuffix) + "\": " + base + ")"
 	}
 	f.rmemMax = strings.TrimSpace(readFile("/proc/sys/net/core/rmem_max"))
 	f.wmemMax = strings.TrimSpace(readFile("/proc/sys/net/core/wmem_max"))
@@ -199,7 +203,7 @@ func (b *bench) report() string {
 		pf("\n### Ratio to `ssh -L` (median of per-round ratios; above 1 is faster for rates, below 1 is faster for latencies)\n\n")
 		b.table(&w, paths, func(m metric, p string) string { return fmtRatio(ratio(b.series(m.key, p), b.series(m.key, pathSSHL))) })
 		if b.baseBin != "" {
-			pf("\n### Ratio to the base binary (-base-bin; median of per-round ratios; each cachetun path against its `%s` twin)\n\n", strings.TrimSpace(baseSuffix))
+			pf("\n### Ratio to the base paths (-base-bin, -base-limits; median of per-round ratios; each cachetun path against its `%s` twin)\n\n", strings.TrimSpace(baseSuffix))
 			var ctp []string
 			for _, p := range paths {
 				if _, ok := cachetunTransport[p]; ok && !isBase(p) {
