@@ -210,9 +210,12 @@ func (b *bench) report() string {
 					ctp = append(ctp, p)
 				}
 			}
-			b.table(&w, ctp, func(m metric, p string) string {
+			baseRatio := func(m metric, p string) string {
 				return fmtRatio(ratio(b.series(m.key, p), b.series(m.key, p+baseSuffix)))
-			})
+			}
+			b.table(&w, ctp, baseRatio)
+			pf("\nCPU time of the path's own processes per request or GiB, against the base (below 1 is cheaper):\n\n")
+			b.tableOf(&w, cpuMetrics, ctp, baseRatio)
 		}
 		pf("\n### Ratio to direct\n\n")
 		b.table(&w, paths, func(m metric, p string) string {
