@@ -348,14 +348,11 @@ func (b *bench) setupCachetun(name, tag string) (*benchPath, error) {
 		return nil, err
 	}
 	tr := cachetunTransport[name]
-	bin := b.bin
+	bin, extraLimits := b.bin, ""
 	if isBase(name) {
 		// Its own files and process names: the two gateways of a
 		// transport run side by side.
 		bin, tag = b.baseBin, "-base"+tag
-	}
-	extraLimits := ""
-	if isBase(name) {
 		for _, kv := range b.opts.baseLimits { // -base-limits
 			extraLimits += "  " + kv + "\n"
 		}
