@@ -158,6 +158,9 @@ func GoWorkers() (started int64, idle int32) { return workers.Load(), idleWorker
 // MaxIdleWorkers is maxIdleWorkers.
 const MaxIdleWorkers = maxIdleWorkers
 
+// BudgetQuantum is budgetQuantum.
+const BudgetQuantum = budgetQuantum
+
 // Acquire is acquire, for the budget's own tests.
 func (b *ResumeBudget) Acquire(n int, stop func() bool) bool { return b.acquire(n, stop) }
 

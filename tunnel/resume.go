@@ -119,6 +119,7 @@ type Resumable struct {
 	reported   uint64
 	ackAsked   bool
 	reserved   int
+	credit     int // budget taken ahead and not yet charged to buf (takeBudgetLocked)
 	buf        replayBuf
 	hasFin     bool
 	finAt      uint64
@@ -212,7 +213,7 @@ func (r *Resumable) ackLocked(n uint64) {
 func (r *Resumable) trimLocked() {
 	drop := int(r.buf.n - int(r.sent-r.acked))
 	if drop > 0 {
-		r.cfg.Budget.release(r.buf.drop(drop))
+		r.releaseBudgetLocked(r.buf.drop(drop))
 	}
 }
 
@@ -328,7 +329,7 @@ func (r *Resumable) Attach(st Stream, peerRecv uint64, link ResumeLink) error {
 	r.replaying = false
 	r.trimLocked()
 	if r.err != nil { // failed during the replay: free what it pinned
-		r.cfg.Budget.release(r.buf.drop(r.buf.n))
+		r.releaseBudgetLocked(r.buf.drop(r.buf.n))
 	}
 	if bad && r.gen == gen {
 		r.curBad = true
@@ -517,9 +518,9 @@ func (r *Resumable) writePiece(b []byte, bp *[]byte) error {
 	}
 	if r.err != nil || r.localFin {
 		err := r.writeErrLocked()
+		r.releaseBudgetLocked(charge)
 		r.mu.Unlock()
 		r.wmu.Unlock()
-		r.cfg.Budget.release(charge)
 		if bp != nil {
 			relayBufs.Put(bp)
 		}
@@ -550,7 +551,7 @@ func (r *Resumable) writePiece(b []byte, bp *[]byte) error {
 		if bp != nil {
 			r.ownedWrite = false
 			if r.err != nil && !r.replaying { // ended during the write: free what it pinned
-				r.cfg.Budget.release(r.buf.drop(r.buf.n))
+				r.releaseBudgetLocked(r.buf.drop(r.buf.n))
 			}
 		}
 		r.mu.Unlock()
@@ -572,7 +573,55 @@ func (r *Resumable) writeErrLocked() error {
 // The budget is taken with r.mu held: its locks come after r.mu.
 func (r *Resumable) fitsLocked(k int) bool {
 	return r.err == nil && !r.localFin && r.wdl.IsZero() && r.buf.mem+r.reserved+k <= r.bound &&
-		r.cfg.Budget.tryAcquire(int64(k), false)
+		r.takeBudgetLocked(k)
+}
+
+// budgetQuantum is the least a stream takes of its budget at a time. The
+// budget's counters are shared by every stream of a key and of the
+// gateway, and an atomic add on a counter another CPU just changed was
+// most of what resumption cost per request (BENCHMARKS.md, "What stream
+// resumption costs per request"): a stream takes at least this much and
+// keeps what its write did not use as credit for the next ones, so small
+// writes (requests, replies) reach the shared counters about once per
+// quantum or per ack instead of once each.
+const budgetQuantum = resumeChunk
+
+// takeBudgetLocked takes k bytes of the budget for a write: from the
+// stream's credit, else at least budgetQuantum from the budget without
+// waiting (false if the budget lacks it: reserve then waits for k alone).
+func (r *Resumable) takeBudgetLocked(k int) bool {
+	if r.cfg.Budget == nil {
+		return true
+	}
+	if r.credit >= k {
+		r.credit -= k
+		return true
+	}
+	q := max(k-r.credit, budgetQuantum)
+	if !r.cfg.Budget.tryAcquire(int64(q), false) {
+		return false
+	}
+	r.credit += q - k
+	return true
+}
+
+// releaseBudgetLocked gives back n bytes the buffer freed. While the
+// buffer still holds bytes the stream keeps up to budgetQuantum of it as
+// credit; once the buffer is empty or the stream is final it keeps none,
+// so an idle or ended stream holds no budget it does not use.
+func (r *Resumable) releaseBudgetLocked(n int) {
+	if r.cfg.Budget == nil {
+		return
+	}
+	r.credit += n
+	keep := 0
+	if r.buf.n > 0 && r.err == nil {
+		keep = min(r.credit, budgetQuantum)
+	}
+	if give := r.credit - keep; give > 0 {
+		r.credit = keep
+		r.cfg.Budget.release(give)
+	}
 }
 
 // reserve waits until k more bytes fit the buffer and the budget.
@@ -704,7 +753,7 @@ func (r *Resumable) failLocked(err error) {
 		r.dlTimer.Stop()
 	}
 	if !r.replaying && !r.ownedWrite {
-		r.cfg.Budget.release(r.buf.drop(r.buf.n))
+		r.releaseBudgetLocked(r.buf.drop(r.buf.n))
 	}
 	r.cond.Broadcast()
 	r.cfg.Budget.wake()

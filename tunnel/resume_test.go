@@ -236,8 +236,12 @@ func TestResumable_WriteBlocksWhenBufferFull(t *testing.T) {
 	if got := w.Buffered(); got != 32<<10+1 {
 		t.Fatalf("buffered %d after ack of 32 KiB, want %d", got, 32<<10+1)
 	}
-	// The budget: w holds 32 KiB + 1; w2 may take 96 KiB - that.
-	room := 96<<10 - (32<<10 + 1)
+	// The budget: w holds 32 KiB + 1, and at most BudgetQuantum more
+	// taken ahead for its next writes; w2 may take the rest.
+	if used := budget.Used(); used < 32<<10+1 || used > 32<<10+1+tunnel.BudgetQuantum {
+		t.Fatalf("budget used %d with 32 KiB + 1 buffered, want that plus at most %d of credit", used, tunnel.BudgetQuantum)
+	}
+	room := 96<<10 - budget.Used()
 	if _, err := w2.Write(make([]byte, room)); err != nil {
 		t.Fatal(err)
 	}
@@ -265,6 +269,60 @@ func TestResumable_WriteBlocksWhenBufferFull(t *testing.T) {
 		t.Fatalf("budget used %d after both streams ended, want 0", got)
 	}
 	_ = sst2
+}
+
+// TestResumable_BudgetCredit: small writes take the shared budget a
+// quantum at a time (BudgetQuantum), not each on its own: 100 writes of
+// 14 bytes leave it at one quantum; the stream's credit never passes a
+// quantum; an ack that leaves bytes buffered keeps at most a quantum
+// taken; one that empties the buffer, or the stream's end, gives all of it
+// back.
+func TestResumable_BudgetCredit(t *testing.T) {
+	const q = tunnel.BudgetQuantum
+	budget := tunnel.NewResumeBudget(1 << 20)
+	r := tunnel.NewResumable(tunnel.ResumableConfig{ID: 1, Budget: budget, Grace: time.Minute}, newRecordStream(), nopLink{})
+	t.Cleanup(r.Abort)
+	req := []byte("*1\r\n$4\r\nPING\r\n")
+	for range 100 {
+		if _, err := r.Write(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := budget.Used(); got != q {
+		t.Fatalf("budget used %d after 100 writes of %d bytes, want one quantum (%d)", got, len(req), q)
+	}
+	// Past the first quantum: a second one, not one take per write.
+	for range 300 {
+		if _, err := r.Write(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := 400 * len(req)
+	if got, want := budget.Used(), (sent+q-1)/q*q; got != want {
+		t.Fatalf("budget used %d after %d bytes in writes of %d, want %d (whole quanta)", got, sent, len(req), want)
+	}
+	// An ack of all but the last request keeps at most a quantum of credit.
+	if err := r.Acked(uint64(sent - len(req))); err != nil {
+		t.Fatal(err)
+	}
+	if got := budget.Used(); got < len(req) || got > len(req)+q {
+		t.Fatalf("budget used %d with %d bytes buffered, want those plus at most %d", got, len(req), q)
+	}
+	// An ack that empties the buffer gives everything back.
+	if err := r.Acked(uint64(sent)); err != nil {
+		t.Fatal(err)
+	}
+	if got := budget.Used(); got != 0 {
+		t.Fatalf("budget used %d with the buffer empty, want 0", got)
+	}
+	// So does the stream's end, with bytes and credit held.
+	if _, err := r.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	r.Abort()
+	if got := budget.Used(); got != 0 {
+		t.Fatalf("budget used %d after the stream ended, want 0", got)
+	}
 }
 
 // TestResumable_GraceExpiry: a stream not re-attached within its grace
