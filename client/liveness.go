@@ -44,8 +44,13 @@ type liveness struct {
 	deadAfter, probeWait time.Duration
 
 	// heard counts what arrived on the session (control frames, stream
-	// reads with data).
-	heard atomic.Uint64
+	// reads with data) while a probe is in flight (probing): only a
+	// change since the probe was sent matters, and an add on a counter
+	// that every stream's reads share, on every read, cost more than the
+	// rest of the watch (BENCHMARKS.md, "What stream resumption costs per
+	// request"); a load of a flag that changes once per probe does not.
+	heard   atomic.Uint64
+	probing atomic.Bool
 
 	kick chan probeWish // cap 1: a probe is wanted now
 
@@ -72,7 +77,11 @@ func newLiveness(deadAfter, probeWait time.Duration) *liveness {
 }
 
 // noteHeard records that something arrived on the session.
-func (l *liveness) noteHeard() { l.heard.Add(1) }
+func (l *liveness) noteHeard() {
+	if l.probing.Load() {
+		l.heard.Add(1)
+	}
+}
 
 // probeWish is a request for a probe: why, and whether it makes the
 // session suspect (new streams wait for the verdict).
@@ -125,6 +134,7 @@ func (l *liveness) sent(suspect bool, wait time.Duration, reason string) (*pingP
 		}
 		return p, false
 	}
+	l.probing.Store(true) // before heardAt: a read that misses the flag came before the probe
 	l.probe = &pingProbe{sent: now, heardAt: l.heard.Load(), deadline: now.Add(wait), suspect: suspect, reason: reason, done: make(chan struct{})}
 	return l.probe, true
 }
@@ -141,6 +151,7 @@ func (l *liveness) settle(force bool) bool {
 	}
 	close(p.done)
 	l.probe = nil
+	l.probing.Store(false)
 	return true
 }
 
