@@ -856,7 +856,7 @@ func (b *replayBuf) append(p []byte) {
 	b.mem += len(p)
 	for len(p) > 0 {
 		if k := len(b.chunks); k == 0 || b.chunks[k-1].owned || b.chunks[k-1].len == resumeChunk {
-			b.grow()
+			b.grow(len(p))
 			b.chunks = append(b.chunks, replayChunk{b: resumeChunks.Get().(*[]byte)})
 		}
 		last := &b.chunks[len(b.chunks)-1]
@@ -868,17 +868,20 @@ func (b *replayBuf) append(p []byte) {
 
 // appendOwned adds (*bp)[:n] without a copy: bp is the buffer's now.
 func (b *replayBuf) appendOwned(bp *[]byte, n int) {
-	b.grow()
+	b.grow(0)
 	b.chunks = append(b.chunks, replayChunk{b: bp, len: int32(n), owned: true})
 	b.n += n
 	b.mem += cap(*bp)
 }
 
 // grow makes room for a chunk: an empty buffer (its slice was let go)
-// starts with room for a 64 KiB write, not one chunk at a time.
-func (b *replayBuf) grow() {
+// starts with room for the chunks of a write of n bytes, at least two and
+// at most a 64 KiB write's. A request-response stream empties its buffer
+// at every ack and starts it again with its next small write: two slots
+// (48 bytes) instead of sixteen (384) each time.
+func (b *replayBuf) grow(n int) {
 	if b.chunks == nil {
-		b.chunks = make([]replayChunk, 0, maxPiece/resumeChunk)
+		b.chunks = make([]replayChunk, 0, min(max(2, (n+resumeChunk-1)/resumeChunk), maxPiece/resumeChunk))
 	}
 }
 
