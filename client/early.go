@@ -104,14 +104,14 @@ func (c *Client) acceptEarly(e *earlyState) {
 			continue
 		}
 		c.wg.Add(1)
-		go func() {
+		tunnel.Go(func() { // a reused goroutine: see tunnel.Go
 			defer c.wg.Done()
 			if node, ok := e.nodeNow(); ok {
 				c.serveLocal(nc, e.v, node)
 				return
 			}
 			c.serveEarly(nc, e)
-		}()
+		})
 	}
 }
 

@@ -11,6 +11,7 @@ package client
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"time"
 
@@ -44,25 +45,49 @@ func (c *Client) acceptLoop(v *targetView, l *localListener) {
 }
 
 // serveLocal carries one local connection to node through the session.
+// Its frame stays small: the relay's write path (a Resumable, the
+// transport's stream, quic-go's or yamux's send) runs on top of it, and a
+// goroutine whose stack outgrows its start copies it, once per connection
+// (tunnel.Go), and an idle connection keeps the larger stack. The open and
+// the report of the end are functions of their own, out of the relay's
+// way.
 func (c *Client) serveLocal(nc net.Conn, v *targetView, node string) {
-	ctx := c.runCtx
 	c.open.Add(1)
 	defer c.open.Add(-1)
+	st, rctx, w, resum, cn := c.openLocal(nc, v, node)
+	if st == nil {
+		return
+	}
+	defer w.unwatch()
+	res := tunnel.Relay(rctx, nc, st, v.rewriter(node))
+	c.localEnded(nc, v, node, res, resum, cn)
+}
+
+// localLog is the logger of one local connection's lines.
+func (c *Client) localLog(nc net.Conn, v *targetView, node string) *slog.Logger {
+	return c.log.With("target", v.name, "node", node, "local", nc.RemoteAddr().String())
+}
+
+// openLocal opens the stream of a local connection: resumable when the
+// session's gateway resumes streams. On failure it closes nc, says why and
+// returns a nil stream.
+//
+//go:noinline
+func (c *Client) openLocal(nc net.Conn, v *targetView, node string) (tunnel.Stream, context.Context, *watchedStream, *localStream, *conn) {
+	ctx := c.runCtx
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	log := c.log.With("target", v.name, "node", node, "local", nc.RemoteAddr().String())
 	cn, err := c.session(ctx)
 	if err != nil {
-		log.Warn("closing local connection: no session to the gateway", "err", err)
+		c.localLog(nc, v, node).Warn("closing local connection: no session to the gateway", "err", err)
 		nc.Close()
-		return
+		return nil, nil, nil, nil, nil
 	}
 	// Make sure the gateway is still there (liveness.go); the stream does
 	// not wait for the answer.
 	cn.live.want("a stream was opened", false)
 	w := cn.watch()
-	defer w.unwatch()
 	octx, cancel := context.WithTimeout(ctx, c.opts.WaitForSession)
 	var (
 		st    tunnel.Stream
@@ -79,26 +104,32 @@ func (c *Client) serveLocal(nc net.Conn, v *targetView, node string) {
 	}
 	cancel()
 	if err != nil {
-		log.Warn("closing local connection: open stream", "err", err)
+		w.unwatch()
+		c.localLog(nc, v, node).Warn("closing local connection: open stream", "err", err)
 		nc.Close()
-		return
+		return nil, nil, nil, nil, nil
 	}
 	if resum == nil {
 		w.Stream = st
 		w.mark.Store(0) // opened; its first write or FlushOpen marks it again
 		st = w
 	}
-	res := tunnel.Relay(rctx, nc, st, v.rewriter(node))
+	return st, rctx, w, resum, cn
+}
+
+// localEnded says how a local connection's relay ended.
+//
+//go:noinline
+func (c *Client) localEnded(nc net.Conn, v *targetView, node string, res tunnel.RelayResult, resum *localStream, cn *conn) {
 	var se *tunnel.StatusError
 	switch {
 	case errors.As(res.Err, &se):
-		log.Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)
-		return
+		c.localLog(nc, v, node).Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)
 	case errors.Is(res.Err, tunnel.ErrResumeExpired):
-		log.Warn("closing local connection: its stream was not resumed within the gateway's grace", "stream", resum.r.ID(), "grace", cn.grace)
-		return
+		c.localLog(nc, v, node).Warn("closing local connection: its stream was not resumed within the gateway's grace", "stream", resum.r.ID(), "grace", cn.grace)
+	case c.log.Enabled(context.Background(), slog.LevelDebug):
+		c.localLog(nc, v, node).Debug("connection closed", "bytes_up", res.ConnToStream, "bytes_down", res.StreamToConn, "err", res.Err)
 	}
-	log.Debug("connection closed", "bytes_up", res.ConnToStream, "bytes_down", res.StreamToConn, "err", res.Err)
 }
 
 // rewriter returns the cache-protocol rewriter of one connection to node,
