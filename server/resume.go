@@ -279,33 +279,43 @@ func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node
 		defer s.wg.Done()
 		defer s.streams.add(-1)
 		defer active.Dec()
+		// The relay runs on a small frame (serveStream says why); the
+		// report of its end is a function of its own.
 		res := tunnel.Relay(rctx, up, h.r, nil, tunnel.IdleTimeout(lim.IdleTimeout))
 		cancel()
-		bytesUp, bytesDown := res.StreamToConn, res.ConnToStream
-		m.bytes.WithLabelValues(m.labels(ss, t.name, "up")...).Add(float64(bytesUp))
-		m.bytes.WithLabelValues(m.labels(ss, t.name, "down")...).Add(float64(bytesDown))
-		result := resultOK
-		switch {
-		case res.Idle:
-			result = resultIdle
-		case t.isRetired():
-			result = resultTargetRemoved
-		case res.Err != nil:
-			result = resultReset
-		}
-		m.streamsTotal.WithLabelValues(m.labels(ss, transport, t.name, result)...).Inc()
-		// The stream's own error, not only the relay's: OnEnd's cancel
-		// may end the relay before its copies read the expiry.
-		if errors.Is(res.Err, tunnel.ErrResumeExpired) || errors.Is(h.r.Err(), tunnel.ErrResumeExpired) {
-			log.Warn("resumable stream closed: the client did not resume it within resume_grace; upstream connection closed",
-				"stream", req.ID, "resume_grace", lim.ResumeGrace)
-		}
-		attrs := []any{keyResult, result, "stream", req.ID, "bytes_up", bytesUp, "bytes_down", bytesDown, keyDuration, time.Since(start).Round(time.Microsecond)}
-		if res.Err != nil && !res.Idle {
-			attrs = append(attrs, keyErr, res.Err)
-		}
-		log.Info("stream", attrs...)
+		ss.resumableEnded(h, res, log, start, lim.ResumeGrace)
 	}
+}
+
+// resumableEnded counts and logs the end of a resumable stream.
+//
+//go:noinline
+func (ss *session) resumableEnded(h *heldStream, res tunnel.RelayResult, log *slog.Logger, start time.Time, grace time.Duration) {
+	m, t := ss.srv.metrics, h.t
+	bytesUp, bytesDown := res.StreamToConn, res.ConnToStream
+	m.bytes.WithLabelValues(m.labels(ss, t.name, "up")...).Add(float64(bytesUp))
+	m.bytes.WithLabelValues(m.labels(ss, t.name, "down")...).Add(float64(bytesDown))
+	result := resultOK
+	switch {
+	case res.Idle:
+		result = resultIdle
+	case t.isRetired():
+		result = resultTargetRemoved
+	case res.Err != nil:
+		result = resultReset
+	}
+	m.streamsTotal.WithLabelValues(m.labels(ss, ss.sess.Transport(), t.name, result)...).Inc()
+	// The stream's own error, not only the relay's: OnEnd's cancel may
+	// end the relay before its copies read the expiry.
+	if errors.Is(res.Err, tunnel.ErrResumeExpired) || errors.Is(h.r.Err(), tunnel.ErrResumeExpired) {
+		log.Warn("resumable stream closed: the client did not resume it within resume_grace; upstream connection closed",
+			"stream", h.key.id, "resume_grace", grace)
+	}
+	attrs := []any{keyResult, result, "stream", h.key.id, "bytes_up", bytesUp, "bytes_down", bytesDown, keyDuration, time.Since(start).Round(time.Microsecond)}
+	if res.Err != nil && !res.Idle {
+		attrs = append(attrs, keyErr, res.Err)
+	}
+	log.Info("stream", attrs...)
 }
 
 // serveResume re-attaches a held stream to this session (a KindResume

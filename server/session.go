@@ -898,21 +898,66 @@ func (ss *session) serveIncoming(ctx context.Context, in tunnel.Incoming, req tu
 }
 
 // serveStream authorises one stream, dials its node and relays; a
-// resumable stream's relay it returns (serveIncoming).
+// resumable stream's relay it returns (serveIncoming). Its own frame
+// stays small, as the client's serveLocal does: the relay's write path (a
+// Resumable, the transport's stream, quic-go's or yamux's send) runs on
+// top of it, and a goroutine whose stack outgrows its start copies it once
+// per stream, and an idle stream keeps the larger stack. The checks and
+// the dial (openUpstream) and the report of the end (plainEnded) are
+// functions of their own, out of the relay's way.
 func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunnel.OpenRequest) func() {
+	o := ss.openUpstream(ctx, in, &req)
+	if o.st == nil {
+		return nil
+	}
+	defer o.done()
+	if req.Resumable {
+		return ss.serveResumable(o.st, o.up, o.t, o.node, req, o.log, o.start)
+	}
+	active := ss.srv.metrics.streams.WithLabelValues(ss.sess.Transport(), o.t.name)
+	active.Inc()
+	rctx, rcancel := context.WithCancel(o.ctx)
+	stopCut := context.AfterFunc(o.t.life, rcancel) // a reload retired the target
+	res := tunnel.Relay(rctx, o.up, o.st, nil, tunnel.IdleTimeout(ss.srv.config().Limits.IdleTimeout))
+	stopCut()
+	rcancel()
+	active.Dec()
+	ss.plainEnded(&o, res)
+	return nil
+}
+
+// openedStream is a stream openUpstream accepted, its node dialed; done
+// ends its tracking (ss.track).
+type openedStream struct {
+	st    tunnel.Stream
+	up    net.Conn
+	t     *target
+	node  string
+	log   *slog.Logger
+	start time.Time
+	ctx   context.Context
+	done  func()
+}
+
+// openUpstream checks a proxy stream against the gateway's state, the
+// key's rights and the target, dials its node and accepts it; a refused
+// or failed one it answers, and returns a zero openedStream.
+//
+//go:noinline
+func (ss *session) openUpstream(ctx context.Context, in tunnel.Incoming, req *tunnel.OpenRequest) openedStream {
 	s := ss.srv
 	start := time.Now()
 	select {
 	case <-s.draining:
 		in.Reject(tunnel.StatusShutdown, "the gateway is shutting down: reconnect")
-		return nil
+		return openedStream{}
 	default:
 	}
 	ss.opened.Add(1)
 	ss.countSession("") // a stock OpenSSH session names no target
 	m := s.metrics
 	transport := ss.sess.Transport()
-	t, node, status, msg := s.resolve(req, ss.identity().Allows)
+	t, node, status, msg := s.resolve(*req, ss.identity().Allows)
 	log := ss.log.With(keyTarget, req.Target, keyNode, req.Node)
 	// Labels carry configured target names only: what a client asks for
 	// is not a label, or a client could make series without bound.
@@ -928,19 +973,20 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunn
 	}
 	if status != tunnel.StatusOK {
 		refuse(status, msg)
-		return nil
+		return openedStream{}
 	}
 	// Registered before the last check, so that a judgement that narrows
 	// targets= either sees this stream or is seen by the check.
 	ctx, done := ss.track(ctx, t, node)
-	defer done()
 	if !ss.identity().Allows(t.name) {
 		refuse(tunnel.StatusDenied, fmt.Sprintf("key %s may not use target %q", ss.ident.Fingerprint, t.name))
-		return nil
+		done()
+		return openedStream{}
 	}
 	if err := mayOpen(ss.identity(), t, node); err != nil {
 		refuse(tunnel.StatusDenied, err.Error())
-		return nil
+		done()
+		return openedStream{}
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.config().Limits.DialTimeout)
 	dialStart := time.Now()
@@ -950,25 +996,26 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunn
 		m.dialErrors.WithLabelValues(t.name, dialReason(err)).Inc()
 		log.Warn("upstream connection failed", keyErr, err) // our own words, or a sanitised prefix
 		refuse(tunnel.StatusUnreachable, upstreamFailure(node, err))
-		return nil
+		done()
+		return openedStream{}
 	}
 	m.dialSeconds.WithLabelValues(t.name).Observe(time.Since(dialStart).Seconds())
 	st, err := in.Accept()
 	if err != nil {
 		up.Close()
-		return nil
+		done()
+		return openedStream{}
 	}
-	if req.Resumable {
-		return ss.serveResumable(st, up, t, node, req, log, start)
-	}
-	active := m.streams.WithLabelValues(transport, t.name)
-	active.Inc()
-	rctx, rcancel := context.WithCancel(ctx)
-	stopCut := context.AfterFunc(t.life, rcancel) // a reload retired the target
-	res := tunnel.Relay(rctx, up, st, nil, tunnel.IdleTimeout(s.config().Limits.IdleTimeout))
-	stopCut()
-	rcancel()
-	active.Dec()
+	return openedStream{st: st, up: up, t: t, node: node, log: log, start: start, ctx: ctx, done: done}
+}
+
+// plainEnded counts and logs the end of a stream that is not resumable,
+// and lets the transport free it.
+//
+//go:noinline
+func (ss *session) plainEnded(o *openedStream, res tunnel.RelayResult) {
+	m := ss.srv.metrics
+	t, st := o.t, o.st
 	bytesUp, bytesDown := res.StreamToConn, res.ConnToStream // the conn is the cache
 	ss.bytesUp.Add(bytesUp)
 	ss.bytesDown.Add(bytesDown)
@@ -983,17 +1030,16 @@ func (ss *session) serveStream(ctx context.Context, in tunnel.Incoming, req tunn
 	case res.Err != nil:
 		result = resultReset
 	}
-	m.streamsTotal.WithLabelValues(m.labels(ss, transport, t.name, result)...).Inc()
-	attrs := []any{keyResult, result, "bytes_up", bytesUp, "bytes_down", bytesDown, keyDuration, time.Since(start).Round(time.Microsecond)}
+	m.streamsTotal.WithLabelValues(m.labels(ss, ss.sess.Transport(), t.name, result)...).Inc()
+	attrs := []any{keyResult, result, "bytes_up", bytesUp, "bytes_down", bytesDown, keyDuration, time.Since(o.start).Round(time.Microsecond)}
 	if res.Err != nil && !res.Idle {
 		attrs = append(attrs, keyErr, res.Err)
 	}
-	log.Info("stream", attrs...)
+	o.log.Info("stream", attrs...)
 	// The stream counts against max_streams_per_session until the
 	// transport has freed it: a client that keeps its side of a finished
 	// stream open holds a slot, not memory.
 	tunnel.Release(st)
-	return nil
 }
 
 // register applies the per-key session limit and records the session.
