@@ -291,20 +291,8 @@ func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node
 //
 //go:noinline
 func (ss *session) resumableEnded(h *heldStream, res tunnel.RelayResult, log *slog.Logger, start time.Time, grace time.Duration) {
-	m, t := ss.srv.metrics, h.t
+	result := ss.countEnd(h.t, res)
 	bytesUp, bytesDown := res.StreamToConn, res.ConnToStream
-	m.bytes.WithLabelValues(m.labels(ss, t.name, "up")...).Add(float64(bytesUp))
-	m.bytes.WithLabelValues(m.labels(ss, t.name, "down")...).Add(float64(bytesDown))
-	result := resultOK
-	switch {
-	case res.Idle:
-		result = resultIdle
-	case t.isRetired():
-		result = resultTargetRemoved
-	case res.Err != nil:
-		result = resultReset
-	}
-	m.streamsTotal.WithLabelValues(m.labels(ss, ss.sess.Transport(), t.name, result)...).Inc()
 	// The stream's own error, not only the relay's: OnEnd's cancel may
 	// end the relay before its copies read the expiry.
 	if errors.Is(res.Err, tunnel.ErrResumeExpired) || errors.Is(h.r.Err(), tunnel.ErrResumeExpired) {

@@ -1009,16 +1009,11 @@ func (ss *session) openUpstream(ctx context.Context, in tunnel.Incoming, req *tu
 	return openedStream{st: st, up: up, t: t, node: node, log: log, start: start, ctx: ctx, done: done}
 }
 
-// plainEnded counts and logs the end of a stream that is not resumable,
-// and lets the transport free it.
-//
-//go:noinline
-func (ss *session) plainEnded(o *openedStream, res tunnel.RelayResult) {
+// countEnd counts the end of a stream to t in the metrics (its bytes, its
+// result) and returns the result.
+func (ss *session) countEnd(t *target, res tunnel.RelayResult) string {
 	m := ss.srv.metrics
-	t, st := o.t, o.st
 	bytesUp, bytesDown := res.StreamToConn, res.ConnToStream // the conn is the cache
-	ss.bytesUp.Add(bytesUp)
-	ss.bytesDown.Add(bytesDown)
 	m.bytes.WithLabelValues(m.labels(ss, t.name, "up")...).Add(float64(bytesUp))
 	m.bytes.WithLabelValues(m.labels(ss, t.name, "down")...).Add(float64(bytesDown))
 	result := resultOK
@@ -1031,6 +1026,18 @@ func (ss *session) plainEnded(o *openedStream, res tunnel.RelayResult) {
 		result = resultReset
 	}
 	m.streamsTotal.WithLabelValues(m.labels(ss, ss.sess.Transport(), t.name, result)...).Inc()
+	return result
+}
+
+// plainEnded counts and logs the end of a stream that is not resumable,
+// and lets the transport free it.
+//
+//go:noinline
+func (ss *session) plainEnded(o *openedStream, res tunnel.RelayResult) {
+	result := ss.countEnd(o.t, res)
+	bytesUp, bytesDown := res.StreamToConn, res.ConnToStream
+	ss.bytesUp.Add(bytesUp)
+	ss.bytesDown.Add(bytesDown)
 	attrs := []any{keyResult, result, "bytes_up", bytesUp, "bytes_down", bytesDown, keyDuration, time.Since(o.start).Round(time.Microsecond)}
 	if res.Err != nil && !res.Idle {
 		attrs = append(attrs, keyErr, res.Err)
@@ -1039,7 +1046,7 @@ func (ss *session) plainEnded(o *openedStream, res tunnel.RelayResult) {
 	// The stream counts against max_streams_per_session until the
 	// transport has freed it: a client that keeps its side of a finished
 	// stream open holds a slot, not memory.
-	tunnel.Release(st)
+	tunnel.Release(o.st)
 }
 
 // register applies the per-key session limit and records the session.
