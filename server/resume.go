@@ -291,19 +291,13 @@ func (ss *session) serveResumable(st tunnel.Stream, up net.Conn, t *target, node
 //
 //go:noinline
 func (ss *session) resumableEnded(h *heldStream, res tunnel.RelayResult, log *slog.Logger, start time.Time, grace time.Duration) {
-	result := ss.countEnd(h.t, res)
-	bytesUp, bytesDown := res.StreamToConn, res.ConnToStream
 	// The stream's own error, not only the relay's: OnEnd's cancel may
 	// end the relay before its copies read the expiry.
 	if errors.Is(res.Err, tunnel.ErrResumeExpired) || errors.Is(h.r.Err(), tunnel.ErrResumeExpired) {
 		log.Warn("resumable stream closed: the client did not resume it within resume_grace; upstream connection closed",
 			"stream", h.key.id, "resume_grace", grace)
 	}
-	attrs := []any{keyResult, result, "stream", h.key.id, "bytes_up", bytesUp, "bytes_down", bytesDown, keyDuration, time.Since(start).Round(time.Microsecond)}
-	if res.Err != nil && !res.Idle {
-		attrs = append(attrs, keyErr, res.Err)
-	}
-	log.Info("stream", attrs...)
+	ss.endStream(h.t, res, log, start, "stream", h.key.id)
 }
 
 // serveResume re-attaches a held stream to this session (a KindResume

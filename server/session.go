@@ -1009,9 +1009,10 @@ func (ss *session) openUpstream(ctx context.Context, in tunnel.Incoming, req *tu
 	return openedStream{st: st, up: up, t: t, node: node, log: log, start: start, ctx: ctx, done: done}
 }
 
-// countEnd counts the end of a stream to t in the metrics (its bytes, its
-// result) and returns the result.
-func (ss *session) countEnd(t *target, res tunnel.RelayResult) string {
+// endStream counts the end of a stream to t in the metrics (its bytes, its
+// result) and writes its "stream" line to log; extra attributes go after
+// the result.
+func (ss *session) endStream(t *target, res tunnel.RelayResult, log *slog.Logger, start time.Time, extra ...any) {
 	m := ss.srv.metrics
 	bytesUp, bytesDown := res.StreamToConn, res.ConnToStream // the conn is the cache
 	m.bytes.WithLabelValues(m.labels(ss, t.name, "up")...).Add(float64(bytesUp))
@@ -1026,7 +1027,12 @@ func (ss *session) countEnd(t *target, res tunnel.RelayResult) string {
 		result = resultReset
 	}
 	m.streamsTotal.WithLabelValues(m.labels(ss, ss.sess.Transport(), t.name, result)...).Inc()
-	return result
+	attrs := append([]any{keyResult, result}, extra...)
+	attrs = append(attrs, "bytes_up", bytesUp, "bytes_down", bytesDown, keyDuration, time.Since(start).Round(time.Microsecond))
+	if res.Err != nil && !res.Idle {
+		attrs = append(attrs, keyErr, res.Err)
+	}
+	log.Info("stream", attrs...)
 }
 
 // plainEnded counts and logs the end of a stream that is not resumable,
@@ -1034,15 +1040,9 @@ func (ss *session) countEnd(t *target, res tunnel.RelayResult) string {
 //
 //go:noinline
 func (ss *session) plainEnded(o *openedStream, res tunnel.RelayResult) {
-	result := ss.countEnd(o.t, res)
-	bytesUp, bytesDown := res.StreamToConn, res.ConnToStream
-	ss.bytesUp.Add(bytesUp)
-	ss.bytesDown.Add(bytesDown)
-	attrs := []any{keyResult, result, "bytes_up", bytesUp, "bytes_down", bytesDown, keyDuration, time.Since(o.start).Round(time.Microsecond)}
-	if res.Err != nil && !res.Idle {
-		attrs = append(attrs, keyErr, res.Err)
-	}
-	o.log.Info("stream", attrs...)
+	ss.bytesUp.Add(res.StreamToConn)
+	ss.bytesDown.Add(res.ConnToStream)
+	ss.endStream(o.t, res, o.log, o.start)
 	// The stream counts against max_streams_per_session until the
 	// transport has freed it: a client that keeps its side of a finished
 	// stream open holds a slot, not memory.

@@ -62,6 +62,15 @@ var (
 	smallChunks  = sync.Pool{New: func() any { b := make([]byte, smallChunk); return &b }}
 )
 
+// chunkPool is the pool of chunks of size bytes, or of the chunk a write
+// of size bytes starts an empty buffer with.
+func chunkPool(size int) *sync.Pool {
+	if size <= smallChunk {
+		return &smallChunks
+	}
+	return &resumeChunks
+}
+
 // Errors of a Resumable.
 var (
 	// ErrResumeExpired: the stream was not re-attached within its grace.
@@ -870,8 +879,8 @@ func (b *replayBuf) append(p []byte) {
 		if k := len(b.chunks); k == 0 || b.chunks[k-1].owned || int(b.chunks[k-1].len) == len(*b.chunks[k-1].b) {
 			b.grow(len(p))
 			pool := &resumeChunks
-			if k == 0 && len(p) <= smallChunk {
-				pool = &smallChunks
+			if k == 0 {
+				pool = chunkPool(len(p))
 			}
 			b.chunks = append(b.chunks, replayChunk{b: pool.Get().(*[]byte)})
 		}
@@ -923,11 +932,7 @@ func (b *replayBuf) drop(k int) int {
 			relayBufs.Put(c.b)
 		} else {
 			freed += left
-			if len(*c.b) == smallChunk {
-				smallChunks.Put(c.b)
-			} else {
-				resumeChunks.Put(c.b)
-			}
+			chunkPool(len(*c.b)).Put(c.b)
 		}
 		gone++
 		b.off = 0
