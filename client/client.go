@@ -634,8 +634,9 @@ func (c *Client) serveControl(ctx context.Context, cn *conn) (string, error) {
 // the stream fails) and returns why; every frame is a sign of life
 // (heard).
 func (c *Client) readControl(cn *conn, heard chan<- struct{}) error {
+	fr := control.NewFrameReader(cn.ctrl, control.MaxServerFrameSize) // handleFrame keeps no payload
 	for {
-		typ, payload, err := control.ReadServerFrame(cn.ctrl)
+		typ, payload, err := fr.Read()
 		if err != nil {
 			return err
 		}

@@ -21,18 +21,23 @@ var ErrClosed = errors.New("control stream closed for writing")
 // FrameRevoked may be on its way while the session is set up).
 type Conn struct {
 	st     tunnel.Stream
+	fr     FrameReader
 	mu     sync.Mutex // guards writes and closed
 	closed bool       // a final frame was written
 }
 
 // NewConn returns the Conn of the control stream st.
-func NewConn(st tunnel.Stream) *Conn { return &Conn{st: st} }
+func NewConn(st tunnel.Stream) *Conn {
+	return &Conn{st: st, fr: FrameReader{r: st, limit: MaxFrameSize}}
+}
 
 // Stream returns the control stream.
 func (c *Conn) Stream() tunnel.Stream { return c.st }
 
-// Read reads one frame from the client (at most MaxFrameSize).
-func (c *Conn) Read() (FrameType, []byte, error) { return ReadFrame(c.st) }
+// Read reads one frame from the client (at most MaxFrameSize). Like
+// FrameReader's, a payload of at most 4 KiB is valid only until the next
+// Read.
+func (c *Conn) Read() (FrameType, []byte, error) { return c.fr.Read() }
 
 // Write writes one frame, v encoded as JSON (nil: no payload), within
 // timeout.

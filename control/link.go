@@ -47,12 +47,9 @@ func AppendAck(b []byte, acks []AckEntry) []byte {
 
 // DecodeAck decodes the payload of a FrameAck.
 func DecodeAck(p []byte) ([]AckEntry, error) {
-	if len(p) < 2 {
-		return nil, fmt.Errorf("decode ack: %w: %d bytes", ErrBadResumeFrame, len(p))
-	}
-	n := int(binary.BigEndian.Uint16(p))
-	if n > MaxAcksPerFrame || len(p) != 2+16*n {
-		return nil, fmt.Errorf("decode ack: %w: %d entries in %d bytes", ErrBadResumeFrame, n, len(p))
+	n, err := ackEntries(p)
+	if err != nil {
+		return nil, err
 	}
 	out := make([]AckEntry, n)
 	for i := range out {
@@ -60,6 +57,19 @@ func DecodeAck(p []byte) ([]AckEntry, error) {
 		out[i] = AckEntry{ID: binary.BigEndian.Uint64(q), Recv: binary.BigEndian.Uint64(q[8:])}
 	}
 	return out, nil
+}
+
+// ackEntries checks the payload of a FrameAck and returns its count of
+// entries (Handle reads them in place, without DecodeAck's slice).
+func ackEntries(p []byte) (int, error) {
+	if len(p) < 2 {
+		return 0, fmt.Errorf("decode ack: %w: %d bytes", ErrBadResumeFrame, len(p))
+	}
+	n := int(binary.BigEndian.Uint16(p))
+	if n > MaxAcksPerFrame || len(p) != 2+16*n {
+		return 0, fmt.Errorf("decode ack: %w: %d entries in %d bytes", ErrBadResumeFrame, n, len(p))
+	}
+	return n, nil
 }
 
 // AppendFin appends the payload of a FrameFin.
@@ -103,8 +113,9 @@ type Link struct {
 	mu       sync.Mutex
 	streams  map[uint64]*tunnel.Resumable
 	pending  map[*tunnel.Resumable]struct{}
-	queue    []byte // Fin and Reset frames, encoded, in order
-	timer    *time.Timer
+	queue    []byte      // Fin and Reset frames, encoded, in order
+	timer    *time.Timer // made once, then Reset: under churn it is armed again for about every stream
+	armed    bool        // timer runs for the acks pending
 	due      time.Time
 	flushing bool // a flusher goroutine runs: it takes what is queued before it ends
 	closed   bool
@@ -227,8 +238,8 @@ func (l *Link) DetachAll() []*tunnel.Resumable {
 	l.closed = true
 	if l.timer != nil {
 		l.timer.Stop()
-		l.timer = nil
 	}
+	l.armed = false
 	out := make([]*tunnel.Resumable, 0, len(l.streams))
 	for _, r := range l.streams {
 		out = append(out, r)
@@ -283,17 +294,25 @@ func (l *Link) armLocked(d time.Duration) {
 	switch {
 	case l.timer == nil:
 		l.timer = time.AfterFunc(d, l.timerFired)
-		l.due = due
-	case due.Before(l.due):
+	case !l.armed || due.Before(l.due):
 		l.timer.Reset(d)
-		l.due = due
+	default:
+		return
 	}
+	l.armed, l.due = true, due
 }
 
+// timerFired runs the flush the acks waited for. A run that a flush's
+// Stop came too late for finds the timer disarmed and does nothing; one
+// whose timer was armed again meanwhile flushes early, and its Reset's
+// run then finds nothing armed.
 func (l *Link) timerFired() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.timer = nil
+	if !l.armed {
+		return
+	}
+	l.armed = false
 	if !l.closed {
 		l.kickLocked()
 	}
@@ -332,9 +351,9 @@ func (l *Link) flushOnce(flusher bool) bool {
 		l.mu.Unlock()
 		return false
 	}
-	if l.timer != nil { // this write carries the acks it waited for
+	if l.armed { // this write carries the acks it waited for
 		l.timer.Stop()
-		l.timer = nil
+		l.armed = false
 	}
 	acks := make([]*tunnel.Resumable, 0, len(l.pending))
 	for r := range l.pending {
@@ -380,13 +399,14 @@ func (l *Link) flushOnce(flusher bool) bool {
 func (l *Link) Handle(typ FrameType, payload []byte) (handled bool, err error) {
 	switch typ {
 	case FrameAck:
-		acks, err := DecodeAck(payload)
+		n, err := ackEntries(payload)
 		if err != nil {
 			return true, err
 		}
-		for _, a := range acks {
-			if r := l.stream(a.ID); r != nil {
-				if err := r.Acked(a.Recv); err != nil {
+		for i := range n {
+			q := payload[2+16*i:]
+			if r := l.stream(binary.BigEndian.Uint64(q)); r != nil {
+				if err := r.Acked(binary.BigEndian.Uint64(q[8:])); err != nil {
 					return true, err
 				}
 			}

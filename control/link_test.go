@@ -166,6 +166,51 @@ func TestLink_BatchesAndDispatches(t *testing.T) {
 	a.Abort()
 }
 
+// TestLink_AckAfterFlush: a flush that a Fin brings takes the acks that
+// waited for the batching timer and disarms it; an ack after that arms the
+// same timer again and still goes out within AckDelay, with no flush left
+// pending after it.
+func TestLink_AckAfterFlush(t *testing.T) {
+	rec := &recorder{}
+	l := NewLink(rec.write)
+	a := tunnel.NewResumable(tunnel.ResumableConfig{ID: 1, Grace: time.Minute}, nopStream{}, l)
+	defer a.Abort()
+	l.Add(a)
+	wait := func(n int, within time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for rec.count() < n && time.Since(start) < within {
+			time.Sleep(time.Millisecond)
+		}
+		if got := rec.count(); got != n {
+			t.Fatalf("%d frames written within %v, want %d: %v", got, within, n, rec.frames)
+		}
+		return time.Since(start)
+	}
+	for round := range 3 {
+		l.Ack(a, false) // arms the timer
+		l.Fin(9, 1)     // flushes at once, the ack with it
+		wait(2*round+2, time.Second)
+		if round == 2 {
+			break
+		}
+		rec.mu.Lock()
+		got := rec.frames[len(rec.frames)-2:]
+		rec.mu.Unlock()
+		if got[0] != FrameAck || got[1] != FrameFin {
+			t.Fatalf("round %d: frames %v, want the ack, then the Fin", round, got)
+		}
+	}
+	l.Ack(a, false)
+	if d := wait(7, 5*time.Second); d > tunnel.AckDelay+500*time.Millisecond {
+		t.Fatalf("the ack after the flushes took %v, want about AckDelay (%v)", d, tunnel.AckDelay)
+	}
+	time.Sleep(2 * tunnel.AckDelay)
+	if n := rec.count(); n != 7 {
+		t.Fatalf("%d frames after the last ack's, want none more: %v", n-7, rec.frames)
+	}
+}
+
 // TestLink_EarlyReset: a Reset (or Fin) read before its stream is
 // attached, as when a client opens a stream and stops at once, reaches the
 // stream when it is attached; what is kept for unknown ids is bounded.

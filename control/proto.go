@@ -162,6 +162,13 @@ const frameChunk = 64 << 10
 // declares a length and sends nothing costs at most 64 KiB.
 func ReadFrameLimit(r io.Reader, limit int) (typ FrameType, payload []byte, err error) {
 	var fixed [5]byte
+	return readFrame(r, limit, &fixed, nil)
+}
+
+// readFrame is ReadFrameLimit with the header read into fixed and, when
+// reuse is set, a payload of at most frameReuse bytes read into *reuse
+// (grown to fit) instead of a new slice.
+func readFrame(r io.Reader, limit int, fixed *[5]byte, reuse *[]byte) (typ FrameType, payload []byte, err error) {
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
 		return 0, nil, err
 	}
@@ -169,7 +176,15 @@ func ReadFrameLimit(r io.Reader, limit int) (typ FrameType, payload []byte, err 
 	if uint64(n) > uint64(limit) {
 		return 0, nil, fmt.Errorf("read control frame: %w (%d bytes, at most %d)", ErrFrameSize, n, limit)
 	}
-	payload = make([]byte, min(int(n), frameChunk))
+	switch {
+	case reuse != nil && int(n) <= cap(*reuse):
+		payload = (*reuse)[:n]
+	case reuse != nil && n <= frameReuse:
+		*reuse = make([]byte, max(int(n), 256))
+		payload = (*reuse)[:n]
+	default:
+		payload = make([]byte, min(int(n), frameChunk))
+	}
 	if _, err := io.ReadFull(r, payload); err != nil {
 		return 0, nil, fmt.Errorf("read control frame: %w", err)
 	}
@@ -181,4 +196,33 @@ func ReadFrameLimit(r io.Reader, limit int) (typ FrameType, payload []byte, err 
 		}
 	}
 	return FrameType(fixed[0]), payload, nil
+}
+
+// frameReuse is the largest payload a FrameReader reads into its own
+// buffer: a FrameAck of up to 255 entries, and every Fin, Reset, ping and
+// refresh.
+const frameReuse = 4 << 10
+
+// FrameReader reads the frames of one control stream, as ReadFrameLimit
+// does, into buffers of its own: a payload of at most 4 KiB is valid only
+// until the next Read. The control loops read a frame or two for every
+// resumable stream that ends (its Fin each way); a new header and payload
+// for each were two allocations per frame.
+type FrameReader struct {
+	r     io.Reader
+	limit int
+	fixed [5]byte
+	buf   []byte
+}
+
+// NewFrameReader returns a FrameReader of frames of at most limit bytes
+// from r.
+func NewFrameReader(r io.Reader, limit int) *FrameReader {
+	return &FrameReader{r: r, limit: limit}
+}
+
+// Read reads the next frame. Its payload is the reader's until the next
+// Read when it is at most 4 KiB: keep a copy to hold it longer.
+func (f *FrameReader) Read() (FrameType, []byte, error) {
+	return readFrame(f.r, f.limit, &f.fixed, &f.buf)
 }

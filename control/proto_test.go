@@ -140,3 +140,64 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestProto_FrameReaderReuses: a FrameReader reads the frames of a stream
+// as ReadFrameLimit does, with the same limit; a payload of at most 4 KiB
+// lands in the reader's own buffer, so that reading a churn's Fins and
+// acks allocates nothing per frame, and a larger one is a slice of its
+// own that the next Read leaves alone.
+func TestProto_FrameReaderReuses(t *testing.T) {
+	var b bytes.Buffer
+	fin := AppendFin(nil, 7, 42)
+	big := bytes.Repeat([]byte{'x'}, frameReuse+1)
+	for _, f := range []struct {
+		typ FrameType
+		p   []byte
+	}{{FrameFin, fin}, {FrameTopology, big}, {FrameFin, fin}, {FramePing, nil}} {
+		if err := WriteFrame(&b, f.typ, f.p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fr := NewFrameReader(&b, MaxServerFrameSize)
+	typ, p1, err := fr.Read()
+	if err != nil || typ != FrameFin || !bytes.Equal(p1, fin) {
+		t.Fatalf("first fin: %d %x %v", typ, p1, err)
+	}
+	typ, p2, err := fr.Read()
+	if err != nil || typ != FrameTopology || !bytes.Equal(p2, big) {
+		t.Fatalf("big frame: %d, %d bytes, %v", typ, len(p2), err)
+	}
+	typ, p3, err := fr.Read()
+	if err != nil || typ != FrameFin || !bytes.Equal(p3, fin) {
+		t.Fatalf("second fin: %d %x %v", typ, p3, err)
+	}
+	if &p1[0] != &p3[0] {
+		t.Error("the two Fins were read into different buffers, want the reader's one")
+	}
+	if !bytes.Equal(p2, big) {
+		t.Error("a Read after a frame over 4 KiB overwrote that frame's payload")
+	}
+	if typ, p, err := fr.Read(); err != nil || typ != FramePing || len(p) != 0 {
+		t.Fatalf("ping: %d %q %v", typ, p, err)
+	}
+	if _, _, err := fr.Read(); err != io.EOF {
+		t.Fatalf("at the end: %v, want io.EOF", err)
+	}
+
+	frame := AppendFrame(nil, FrameFin, fin)
+	rd := bytes.NewReader(frame)
+	fr = NewFrameReader(rd, MaxFrameSize)
+	if allocs := testing.AllocsPerRun(100, func() {
+		rd.Reset(frame)
+		if _, _, err := fr.Read(); err != nil {
+			t.Fatal(err)
+		}
+	}); allocs != 0 {
+		t.Errorf("reading a Fin: %.0f allocations per frame, want 0", allocs)
+	}
+
+	huge := []byte{byte(FrameHello), 0, 0x10, 0, 0}
+	if _, _, err := NewFrameReader(bytes.NewReader(huge), MaxFrameSize).Read(); !errors.Is(err, ErrFrameSize) {
+		t.Fatalf("1 MiB frame from a client: got %v, want ErrFrameSize", err)
+	}
+}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -643,8 +644,11 @@ func (ss *session) control(ctx context.Context, c *control.Conn, hello *control.
 				ss.noteEndErr(err)
 				return
 			}
+			if ss.resumeFrame(typ, payload) {
+				continue
+			}
 			select {
-			case frames <- frame{typ, payload}:
+			case frames <- frame{typ, bytes.Clone(payload)}: // Read reuses payload's buffer
 			case <-ctx.Done():
 				return
 			}
@@ -695,19 +699,31 @@ func (ss *session) controlStep(ctx context.Context, cs *ctrlState, frames <-chan
 			return ss.writeFrame(control.FramePong, nil)
 		case control.FrameRefresh:
 			refreshTarget(cs.ts, f.payload).requestRefresh()
-		case control.FrameAck, control.FrameFin, control.FrameReset:
-			if ss.link == nil {
-				ss.log.Warn("resume frame on a session without resumption", "type", f.typ)
-				return nil
-			}
-			if _, err := ss.link.Handle(f.typ, f.payload); err != nil {
-				ss.log.Warn("bad resume frame", "type", f.typ, keyErr, err)
-			}
 		default:
 			ss.log.Warn("unexpected control frame", "type", f.typ)
 		}
 	}
 	return nil
+}
+
+// resumeFrame hands a FrameAck, FrameFin or FrameReset to the session's
+// resume link (true), in the control stream's reader: a churn of
+// resumable streams brings a Fin or two for each, and the link's handling
+// neither blocks nor writes, so they skip the control loop's hand-off.
+func (ss *session) resumeFrame(typ control.FrameType, payload []byte) bool {
+	switch typ {
+	case control.FrameAck, control.FrameFin, control.FrameReset:
+	default:
+		return false
+	}
+	if ss.link == nil {
+		ss.log.Warn("resume frame on a session without resumption", "type", typ)
+		return true
+	}
+	if _, err := ss.link.Handle(typ, payload); err != nil {
+		ss.log.Warn("bad resume frame", "type", typ, keyErr, err)
+	}
+	return true
 }
 
 // sendTopologies sends the topology of every target not dropped.
@@ -1027,7 +1043,8 @@ func (ss *session) endStream(t *target, res tunnel.RelayResult, log *slog.Logger
 		result = resultReset
 	}
 	m.streamsTotal.WithLabelValues(m.labels(ss, ss.sess.Transport(), t.name, result)...).Inc()
-	attrs := append([]any{keyResult, result}, extra...)
+	var buf [14]any // the line's attributes without a slice grown on the heap
+	attrs := append(append(buf[:0], keyResult, result), extra...)
 	attrs = append(attrs, "bytes_up", bytesUp, "bytes_down", bytesDown, keyDuration, time.Since(start).Round(time.Microsecond))
 	if res.Err != nil && !res.Idle {
 		attrs = append(attrs, keyErr, res.Err)

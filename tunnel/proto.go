@@ -242,24 +242,24 @@ func ReadHeader(r io.Reader) (OpenRequest, error) {
 	default:
 		return OpenRequest{}, fmt.Errorf("read open header: %w: got %d, want %d or %d", ErrBadVersion, fixed[2], ProtoVersion1, ProtoVersion)
 	}
-	rest := make([]byte, tlen+nlen)
+	tail := 0 // a resumable stream's id, token and (resume) recv follow the names
+	if req.Resumable {
+		tail = 8 + 16
+		if req.Kind == KindResume {
+			tail += 8
+		}
+	}
+	rest := make([]byte, tlen+nlen+tail) // one read, one allocation
 	if _, err := io.ReadFull(r, rest); err != nil {
 		return OpenRequest{}, fmt.Errorf("read open header: %w", err)
 	}
-	req.Target, req.Node = string(rest[:tlen]), string(rest[tlen:])
+	req.Target, req.Node = string(rest[:tlen]), string(rest[tlen:tlen+nlen])
 	if req.Resumable {
-		var tail [8 + 16 + 8]byte
-		n := 8 + 16
+		t := rest[tlen+nlen:]
+		req.ID = binary.BigEndian.Uint64(t[:8])
+		copy(req.Token[:], t[8:24])
 		if req.Kind == KindResume {
-			n += 8
-		}
-		if _, err := io.ReadFull(r, tail[:n]); err != nil {
-			return OpenRequest{}, fmt.Errorf("read open header: %w", err)
-		}
-		req.ID = binary.BigEndian.Uint64(tail[:8])
-		copy(req.Token[:], tail[8:24])
-		if req.Kind == KindResume {
-			req.Recv = binary.BigEndian.Uint64(tail[24:32])
+			req.Recv = binary.BigEndian.Uint64(t[24:32])
 		}
 	}
 	return req, nil
