@@ -254,8 +254,7 @@ func (c *Client) serveEarly(nc net.Conn, e *earlyState) {
 		}
 	}()
 	res := tunnel.Relay(rctx, nc, st, &earlyRewriter{e: e, sess: cn.sess, ctx: rctx, replayed: make(chan struct{})})
-	var se *tunnel.StatusError
-	if errors.As(res.Err, &se) {
+	if se, refused := tunnel.AsStatusError(res.Err); refused {
 		log.Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)
 		return
 	}

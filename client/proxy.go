@@ -121,9 +121,9 @@ func (c *Client) openLocal(nc net.Conn, v *targetView, node string) (tunnel.Stre
 //
 //go:noinline
 func (c *Client) localEnded(nc net.Conn, v *targetView, node string, res tunnel.RelayResult, resum *localStream, cn *conn) {
-	var se *tunnel.StatusError
+	se, refused := tunnel.AsStatusError(res.Err)
 	switch {
-	case errors.As(res.Err, &se):
+	case refused:
 		c.localLog(nc, v, node).Warn("gateway refused the connection", "status", se.Code.String(), "reason", se.Message)
 	case errors.Is(res.Err, tunnel.ErrResumeExpired):
 		c.localLog(nc, v, node).Warn("closing local connection: its stream was not resumed within the gateway's grace", "stream", resum.r.ID(), "grace", cn.grace)

@@ -139,6 +139,19 @@ type StatusError struct {
 	Message string
 }
 
+// AsStatusError returns the refusal err is or wraps, if any. It is
+// errors.As with a fast path: as errors.As's target escapes, a check of
+// it allocates, and these checks run at the end of every stream, whose
+// error is mostly nil or io.EOF.
+func AsStatusError(err error) (*StatusError, bool) {
+	if err == nil || err == io.EOF {
+		return nil, false
+	}
+	var se *StatusError
+	ok := errors.As(err, &se)
+	return se, ok
+}
+
 func (e *StatusError) Error() string {
 	if e.Message == "" {
 		return "stream refused: " + e.Code.String()

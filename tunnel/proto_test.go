@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -133,4 +134,25 @@ func FuzzReadStatus(f *testing.F) {
 			t.Fatalf("message longer than the limit: %d", len(se.Message))
 		}
 	})
+}
+
+// TestAsStatusError: a refusal is found through wrapping, anything else is
+// not one, and the checks at a stream's clean end (nil, io.EOF) allocate
+// nothing.
+func TestAsStatusError(t *testing.T) {
+	refusal := &StatusError{Code: StatusDenied, Message: "no"}
+	if se, ok := AsStatusError(fmt.Errorf("open: %w", refusal)); !ok || se != refusal {
+		t.Fatalf("wrapped refusal: %v %v", se, ok)
+	}
+	for _, err := range []error{nil, io.EOF, errors.New("other"), fmt.Errorf("x: %w", io.EOF)} {
+		if se, ok := AsStatusError(err); ok || se != nil {
+			t.Fatalf("%v taken for a refusal: %v", err, se)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		_, _ = AsStatusError(nil)
+		_, _ = AsStatusError(io.EOF)
+	}); n != 0 {
+		t.Fatalf("nil and io.EOF: %.0f allocations, want 0", n)
+	}
 }

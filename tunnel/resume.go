@@ -427,21 +427,15 @@ func (r *Resumable) readErrLocked() error {
 // returned, anything else ends only this stream's read side (the link's
 // Fin, Reset or a detach decides what follows).
 func (r *Resumable) curReadErrLocked(err error) error {
-	switch {
-	case err != io.EOF && isStatusError(err): // io.EOF first: As would allocate for each stream's end
+	if _, refused := AsStatusError(err); refused {
 		r.failLocked(err)
 		return err
-	case errors.Is(err, os.ErrDeadlineExceeded) && !r.rdl.IsZero() && !time.Now().Before(r.rdl):
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) && !r.rdl.IsZero() && !time.Now().Before(r.rdl) {
 		return err
 	}
 	r.readEnded = true
 	return nil
-}
-
-// isStatusError reports whether err is a refusal (*StatusError).
-func isStatusError(err error) bool {
-	var se *StatusError
-	return errors.As(err, &se)
 }
 
 // WaitReadable waits until a Read would not block, while detached too.
